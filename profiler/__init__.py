@@ -1,0 +1,1 @@
+"""hwnas profiler: export every candidate block, measure it on real devices, write LUTs."""

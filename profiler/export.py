@@ -1,0 +1,335 @@
+"""Exporter: ``BlockSpec`` (or a whole subnet) to ONNX and TFLite, cached on disk.
+
+- ONNX: ``torch.onnx.export(..., dynamo=True, external_data=False)``, NCHW in and out, run
+  with onnxruntime.
+- TFLite: litert-torch converts PyTorch directly; inputs and outputs are NHWC
+  (``litert_torch.to_channel_last_io``), so a block's graph has no TRANSPOSE, as a Keras
+  model's would not.  Global pooling is written channel-last directly, because the layout
+  pass leaves a transpose around a lone MEAN.
+
+Artifacts are cached by block key, format and exporter version
+(``<cache>/<format>/<version>/<key>.<ext>``): a second run exports nothing.  Each file is
+written to a temporary name and renamed, so a killed export never leaves a half file.
+
+Weights are random but deterministic per key (latency does not depend on their values; the
+seed keeps artifacts reproducible).  Heavy imports happen inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from supernet.space import BlockSpec, SearchSpace, SubnetConfig
+
+EXPORTER_REV = 1
+FORMATS = ("onnx", "tflite")
+RUNTIME_FORMAT = {"onnxruntime": "onnx", "tflite": "tflite"}
+ONNX_OPSET = 18
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("HWNAS_CACHE", "cache")) / "artifacts"
+
+
+def format_for_runtime(runtime: str) -> str:
+    try:
+        return RUNTIME_FORMAT[runtime]
+    except KeyError:
+        raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIME_FORMAT)})") from None
+
+
+def exporter_version(fmt: str) -> str:
+    """A string that changes whenever an artifact of ``fmt`` could change."""
+    from importlib.metadata import version
+
+    torch_v = version("torch")
+    if fmt == "onnx":
+        return f"torch{torch_v}-opset{ONNX_OPSET}-rev{EXPORTER_REV}"
+    if fmt == "tflite":
+        return f"torch{torch_v}-litert_torch{version('litert-torch')}-rev{EXPORTER_REV}"
+    raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+
+
+def _file_stem(key: str) -> str:
+    stem = key.replace(":", "")
+    if len(stem) > 180:  # keep names well under filesystem limits
+        stem = stem[:120] + "-" + hashlib.sha1(key.encode()).hexdigest()[:16]
+    return stem
+
+
+def artifact_path(cache_dir: Path, key: str, fmt: str, version: str | None = None) -> Path:
+    version = version or exporter_version(fmt)
+    return Path(cache_dir) / fmt / version / f"{_file_stem(key)}.{fmt}"
+
+
+@contextlib.contextmanager
+def quiet_fds() -> Iterator[Path]:
+    """Send file descriptors 1 and 2 (Python and C++ writers alike) to a temporary file for
+    the duration; the converters print progress and absl logs there.  Yields the file's path
+    so an error message can quote its tail."""
+    with tempfile.NamedTemporaryFile("w+b", suffix=".log", delete=False) as log:
+        path = Path(log.name)
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield path
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
+
+
+def _tail(path: Path, n: int = 400) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return text[-n:].replace("\n", " | ")
+
+
+def _seed_for(key: str) -> int:
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "little")
+
+
+def block_module(spec: BlockSpec):
+    """The block's module in eval mode, with deterministic weights and BN statistics."""
+    import torch
+
+    from supernet.ops import build_block
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed_for(str(spec)))
+        module = build_block(spec).eval()
+        # Non-trivial BN statistics, so that a test comparing outputs exercises them.
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return module
+
+
+class _PoolNHWC:  # built lazily so that torch is imported only when exporting
+    @staticmethod
+    def make():
+        import torch
+
+        class PoolNHWC(torch.nn.Module):
+            """Global average pooling of an NHWC tensor, keeping dims: (N,H,W,C) -> (N,1,1,C)."""
+
+            def forward(self, x):
+                return x.mean((1, 2), keepdim=True)
+
+        return PoolNHWC().eval()
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def export_onnx(module, example, path: Path) -> None:
+    """Export ``module`` traced on ``example`` (NCHW) to one self-contained ONNX file."""
+    import torch
+
+    def write(tmp: Path) -> None:
+        with quiet_fds() as log:
+            try:
+                torch.onnx.export(
+                    module, (example,), str(tmp), dynamo=True, external_data=False,
+                    opset_version=ONNX_OPSET, verify=False, report=False,
+                )
+            except Exception as exc:
+                raise RuntimeError(f"ONNX export failed: {exc.__class__.__name__}: {exc} [{_tail(log)}]") from None
+            finally:
+                log.unlink(missing_ok=True)
+
+    _write_atomic(path, write)
+
+
+def export_tflite(module, example_nchw, path: Path, nhwc_module=None) -> None:
+    """Convert ``module`` to TFLite with NHWC input and (for 4-D outputs) NHWC output.
+    ``nhwc_module``, when given, is a module that already takes NHWC and is converted as is."""
+    import litert_torch
+    import torch
+
+    x_nhwc = example_nchw.permute(0, 2, 3, 1).contiguous()
+    if nhwc_module is None:
+        with torch.no_grad():
+            out_dims = module(example_nchw).dim()
+        nhwc_module = litert_torch.to_channel_last_io(
+            module, args=[0], outputs=[0] if out_dims == 4 else []
+        ).eval()
+
+    def write(tmp: Path) -> None:
+        with quiet_fds() as log:
+            try:
+                edge = litert_torch.convert(nhwc_module, (x_nhwc,))
+                edge.export(str(tmp))
+            except Exception as exc:
+                raise RuntimeError(f"TFLite conversion failed: {exc.__class__.__name__}: {exc} [{_tail(log)}]") from None
+            finally:
+                log.unlink(missing_ok=True)
+
+    _write_atomic(path, write)
+
+
+def export_block(spec: BlockSpec, fmt: str, path: Path) -> Path:
+    """Export one block to ``path`` (atomically)."""
+    import torch
+
+    module = block_module(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed_for(str(spec)) + 1)
+        example = torch.randn(spec.input_shape)
+    if fmt == "onnx":
+        export_onnx(module, example, path)
+    elif fmt == "tflite":
+        nhwc = _PoolNHWC.make() if spec.kind == "pool" else None
+        export_tflite(module, example, path, nhwc_module=nhwc)
+    else:
+        raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    return path
+
+
+def export_network(space: SearchSpace, cfg: SubnetConfig, fmt: str, path: Path, module=None) -> Path:
+    """Export a whole subnet (NCHW ONNX, or NHWC-input TFLite).  ``module`` defaults to the
+    static network with random weights built by the same block builder."""
+    import torch
+
+    from supernet.ops import build_network
+
+    if module is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed_for(cfg.to_json()))
+            module = build_network(space, cfg).eval()
+    example = torch.randn(1, space.in_channels, cfg.r, cfg.r)
+    if fmt == "onnx":
+        export_onnx(module.eval(), example, path)
+    elif fmt == "tflite":
+        export_tflite(module.eval(), example, path)
+    else:
+        raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
+    return path
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    key: str
+    fmt: str
+    path: Path | None
+    error: str = ""
+    exported: bool = False  # False when it came from the cache
+
+
+def _export_task(key: str, fmt: str, path: str) -> tuple[str, str, str]:
+    """Worker body: export one block; returns (key, fmt, error or '')."""
+    try:
+        export_block(BlockSpec.parse(key), fmt, Path(path))
+        return key, fmt, ""
+    except Exception as exc:  # noqa: BLE001 - a failed export is a result
+        return key, fmt, f"{exc.__class__.__name__}: {exc}"[:2000]
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class ArtifactCache:
+    """Artifacts by (key, format) under ``root``; ``ensure`` exports what is missing."""
+
+    def __init__(self, root: Path | str | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self._versions: dict[str, str] = {}
+
+    def version(self, fmt: str) -> str:
+        if fmt not in self._versions:
+            self._versions[fmt] = exporter_version(fmt)
+        return self._versions[fmt]
+
+    def path(self, key: str, fmt: str) -> Path:
+        return artifact_path(self.root, key, fmt, self.version(fmt))
+
+    def ensure(
+        self,
+        items: Sequence[tuple[str, str]],
+        workers: int = 1,
+        progress: bool = True,
+        desc: str = "export",
+    ) -> dict[tuple[str, str], ExportResult]:
+        """Make sure every (key, format) in ``items`` has an artifact.  Exports run in
+        ``workers`` processes (1: in this process).  Failures are results, not raises."""
+        from tqdm import tqdm
+
+        results: dict[tuple[str, str], ExportResult] = {}
+        todo: list[tuple[str, str]] = []
+        for key, fmt in dict.fromkeys(items):
+            p = self.path(key, fmt)
+            if p.is_file() and p.stat().st_size > 0:
+                results[(key, fmt)] = ExportResult(key, fmt, p)
+            else:
+                todo.append((key, fmt))
+        if not todo:
+            return results
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(f"cannot create the artifact cache {self.root}: {exc.strerror}") from None
+        bar = tqdm(total=len(todo), desc=desc, unit="block", disable=not progress, dynamic_ncols=True)
+        try:
+            if workers <= 1:
+                for key, fmt in todo:
+                    _, _, err = _export_task(key, fmt, str(self.path(key, fmt)))
+                    results[(key, fmt)] = self._result(key, fmt, err)
+                    bar.update(1)
+            else:
+                import multiprocessing as mp
+
+                ctx = mp.get_context("spawn")
+                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+                    futures = [pool.submit(_export_task, k, f, str(self.path(k, f))) for k, f in todo]
+                    for fut in as_completed(futures):
+                        key, fmt, err = fut.result()
+                        results[(key, fmt)] = self._result(key, fmt, err)
+                        bar.update(1)
+        finally:
+            bar.close()
+        return results
+
+    def _result(self, key: str, fmt: str, err: str) -> ExportResult:
+        if err:
+            return ExportResult(key, fmt, None, error=err)
+        return ExportResult(key, fmt, self.path(key, fmt), exported=True)
+
+
+def keys_and_formats(specs: Iterable[BlockSpec], runtimes: Iterable[str]) -> list[tuple[str, str]]:
+    fmts = [format_for_runtime(r) for r in runtimes]
+    return [(str(s), f) for f in dict.fromkeys(fmts) for s in specs]

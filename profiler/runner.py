@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""hwnas on-device runner: times one model and prints one JSON line of statistics.
+
+Self-contained on purpose: the standard library plus numpy and whichever runtime the device
+has (``ai_edge_litert``, ``tflite_runtime``, ``tensorflow.lite`` for TFLite models;
+``onnxruntime`` for ONNX).  The host pushes this file to a device and never evaluates what
+comes back; it parses the JSON line and validates every field.
+
+Usage::
+
+    python3 runner.py info                       # one JSON line: platform, CPU, runtimes
+    python3 runner.py once MODEL [--runtime R] [--threads N] [--warmup N] [--repeats N]
+                               [--min-time S] [--max-time S] [--providers P1,P2]
+    python3 runner.py serve                      # JSON requests on stdin, one reply per line
+
+A ``serve`` request is ``{"id": .., "model": PATH, "runtime": .., "threads": .., "warmup": ..,
+"repeats": .., "min_time_s": .., "max_time_s": .., "providers": [..]}``; the reply carries the
+same id.  Errors are replies (``"ok": false``), never tracebacks on stdout.
+"""
+
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+PROTOCOL = 1
+TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                low = line.lower()
+                if low.startswith("model name") or low.startswith("hardware") or low.startswith("processor\t: arm"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _import(name):
+    module = __import__(name)
+    for part in name.split(".")[1:]:
+        module = getattr(module, part)
+    return module
+
+
+def _tflite_interpreter_class():
+    errors = []
+    for name in TFLITE_MODULES:
+        try:
+            mod = _import(name)
+            cls = getattr(mod, "Interpreter")
+            top = _import(name.split(".")[0])
+            version = getattr(top, "__version__", "") or getattr(mod, "__version__", "")
+            if not version:
+                try:
+                    from importlib.metadata import version as _v
+                    version = _v(name.split(".")[0].replace("_", "-"))
+                except Exception:  # noqa: BLE001 - best effort only
+                    version = "unknown"
+            return cls, name.split(".")[0], version
+        except Exception as exc:  # noqa: BLE001 - try the next one
+            errors.append(f"{name}: {exc.__class__.__name__}")
+    raise RuntimeError("no TFLite runtime on this device (tried " + ", ".join(errors) + ")")
+
+
+def runtimes():
+    found = {}
+    try:
+        _, module, version = _tflite_interpreter_class()
+        found["tflite"] = {"module": module, "version": version}
+    except RuntimeError:
+        pass
+    try:
+        import onnxruntime
+        found["onnxruntime"] = {
+            "module": "onnxruntime",
+            "version": onnxruntime.__version__,
+            "providers": onnxruntime.get_available_providers(),
+        }
+    except Exception:  # noqa: BLE001
+        pass
+    return found
+
+
+def info():
+    return {
+        "ok": True,
+        "protocol": PROTOCOL,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "host": platform.node(),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "runtimes": runtimes(),
+    }
+
+
+class _Model:
+    """A loaded model with one fixed random input."""
+
+    def __init__(self, path, runtime, threads, providers=None):
+        import numpy as np
+
+        self.runtime = runtime
+        rng = np.random.default_rng(0)
+        if runtime == "tflite":
+            cls, self.module, self.version = _tflite_interpreter_class()
+            self.interp = cls(model_path=path, num_threads=int(threads))
+            self.interp.allocate_tensors()
+            self.inputs = []
+            for d in self.interp.get_input_details():
+                data = rng.standard_normal(tuple(d["shape"])).astype(d["dtype"])
+                self.interp.set_tensor(d["index"], data)
+            self.run = self.interp.invoke
+            self.provider = "xnnpack" if "ai_edge_litert" in self.module or "tflite" in self.module else ""
+        elif runtime == "onnxruntime":
+            import onnxruntime as ort
+
+            self.module, self.version = "onnxruntime", ort.__version__
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.log_severity_level = 3
+            providers = list(providers or ["CPUExecutionProvider"])
+            self.sess = ort.InferenceSession(path, sess_options=opts, providers=providers)
+            self.provider = self.sess.get_providers()[0]
+            feeds = {}
+            for i in self.sess.get_inputs():
+                shape = tuple(d if isinstance(d, int) else 1 for d in i.shape)
+                feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
+            self.feeds = feeds
+            names = [o.name for o in self.sess.get_outputs()]
+            self.run = lambda: self.sess.run(names, feeds)
+        else:
+            raise ValueError(f"unknown runtime {runtime!r} (known: tflite, onnxruntime)")
+
+
+def _stats(samples):
+    s = sorted(samples)
+    n = len(s)
+
+    def q(p):
+        if n == 1:
+            return s[0]
+        pos = p * (n - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, n - 1)
+        return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+    return {
+        "count": n,
+        "median_ms": statistics.median(s),
+        "mean_ms": statistics.fmean(s),
+        "std_ms": statistics.stdev(s) if n > 1 else 0.0,
+        "p90_ms": q(0.9),
+        "min_ms": s[0],
+        "max_ms": s[-1],
+        "iqr_ms": q(0.75) - q(0.25),
+    }
+
+
+def measure(model, runtime="tflite", threads=1, warmup=10, repeats=50, min_time_s=0.0,
+            max_time_s=30.0, providers=None):
+    """Load ``model``, run ``warmup`` untimed invocations, then time invocations until at
+    least ``repeats`` were done and ``min_time_s`` has passed (or ``max_time_s`` is spent)."""
+    t_load = time.perf_counter()
+    m = _Model(model, runtime, threads, providers)
+    load_ms = (time.perf_counter() - t_load) * 1e3
+    for _ in range(int(warmup)):
+        m.run()
+    samples = []
+    clock = time.perf_counter_ns
+    start = clock()
+    budget_ns = float(max_time_s) * 1e9
+    min_ns = float(min_time_s) * 1e9
+    while True:
+        t0 = clock()
+        m.run()
+        t1 = clock()
+        samples.append((t1 - t0) / 1e6)
+        elapsed = t1 - start
+        if len(samples) >= int(repeats) and elapsed >= min_ns:
+            break
+        if elapsed >= budget_ns:
+            break
+    out = {
+        "ok": True,
+        "runtime": runtime,
+        "module": m.module,
+        "runtime_version": m.version,
+        "provider": m.provider,
+        "threads": int(threads),
+        "warmup": int(warmup),
+        "load_ms": load_ms,
+        "timed_s": (clock() - start) / 1e9,
+        "samples_ms": samples,
+    }
+    out.update(_stats(samples))
+    return out
+
+
+def _error(exc):
+    return {"ok": False, "error": f"{exc.__class__.__name__}: {exc}".replace("\n", " ")[:2000]}
+
+
+def serve(stdin, stdout):
+    stdout.write(json.dumps({"ok": True, "ready": True, "protocol": PROTOCOL}) + "\n")
+    stdout.flush()
+    for line in stdin:
+        line = line.strip()
+        if not line:
+            continue
+        req_id = None
+        try:
+            req = json.loads(line)
+            req_id = req.get("id")
+            if req.get("op") == "info":
+                reply = info()
+            else:
+                reply = measure(
+                    req["model"],
+                    runtime=req.get("runtime", "tflite"),
+                    threads=req.get("threads", 1),
+                    warmup=req.get("warmup", 10),
+                    repeats=req.get("repeats", 50),
+                    min_time_s=req.get("min_time_s", 0.0),
+                    max_time_s=req.get("max_time_s", 30.0),
+                    providers=req.get("providers"),
+                )
+        except Exception as exc:  # noqa: BLE001 - every failure is a reply
+            reply = _error(exc)
+        reply["id"] = req_id
+        stdout.write(json.dumps(reply) + "\n")
+        stdout.flush()
+
+
+def main(argv):
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(__doc__)
+        return 0
+    cmd = argv[0]
+    if cmd == "info":
+        print(json.dumps(info()))
+        return 0
+    if cmd == "serve":
+        serve(sys.stdin, sys.stdout)
+        return 0
+    if cmd == "once":
+        if len(argv) < 2:
+            print(json.dumps({"ok": False, "error": "usage: runner.py once MODEL [options]"}))
+            return 2
+        opts = {"runtime": None, "threads": "1", "warmup": "10", "repeats": "50",
+                "min-time": "0", "max-time": "30", "providers": ""}
+        rest = argv[2:]
+        while rest:
+            flag = rest.pop(0)
+            name = flag[2:] if flag.startswith("--") else ""
+            if name not in opts or not rest:
+                print(json.dumps({"ok": False, "error": f"bad option {flag!r}"}))
+                return 2
+            opts[name] = rest.pop(0)
+        model = argv[1]
+        runtime = opts["runtime"] or ("onnxruntime" if model.endswith(".onnx") else "tflite")
+        try:
+            out = measure(model, runtime, int(opts["threads"]), int(opts["warmup"]),
+                          int(opts["repeats"]), float(opts["min-time"]), float(opts["max-time"]),
+                          [p for p in opts["providers"].split(",") if p] or None)
+        except Exception as exc:  # noqa: BLE001
+            out = _error(exc)
+        print(json.dumps(out))
+        return 0 if out["ok"] else 1
+    print(json.dumps({"ok": False, "error": f"unknown command {cmd!r} (info, once, serve)"}))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""hwnas search: latency model, accuracy predictor, evolutionary and gradient search."""

@@ -1,0 +1,663 @@
+"""The search space, defined once and shared by the profiler, the supernet and the search.
+
+Three frozen dataclasses carry everything:
+
+- ``SearchSpace``: stages (base width, stride, activation, squeeze-excite), the elastic
+  choices (kernels, expand ratios, depths, resolutions, width multipliers), the fixed stem
+  and head.  ``OFA_MBV3`` is the published Once-for-All MobileNetV3 space (Cai et al.,
+  "Once-for-All", ICLR 2020, Sec. 3.1 and the released ``OFAMobileNetV3``); small spaces for
+  tests are the same class with other numbers.
+- ``SubnetConfig(ks, e, d, r, w)``: one architecture of a space, in OFA's JSON naming.
+- ``BlockSpec``: everything that decides a block's latency.  ``str(spec)`` is the LUT key
+  and ``BlockSpec.parse(str(spec)) == spec``.
+
+``space.blocks(subnet)`` lists a subnet's blocks in network order; ``space.all_blocks()``
+lists every distinct block the space can produce.  The profiler measures ``all_blocks``,
+the latency model sums LUT rows over ``blocks(subnet)``, and ``supernet.ops.build_block``
+turns the same specs into the modules that are exported, measured and deployed.
+
+This module imports nothing heavy: ``import supernet.space`` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+ACTIVATIONS = ("relu", "hswish", "none")
+KINDS = ("first_conv", "mbconv", "final_expand", "pool", "feature_mix", "classifier")
+DIVISOR = 8
+SE_REDUCTION = 4
+
+
+def make_divisible(value: float, divisor: int = DIVISOR, min_value: int | None = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, never more than 10% down.
+
+    The rule of the MobileNet reference code (and OFA's ``make_divisible``).
+    """
+    min_value = divisor if min_value is None else min_value
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return int(new)
+
+
+def se_channels(channels: int) -> int:
+    """Hidden width of the squeeze-excite block on ``channels`` (OFA: reduction 4, divisor 8)."""
+    return make_divisible(channels // SE_REDUCTION, DIVISOR)
+
+
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    """Output size of a convolution with 'same' padding ``kernel // 2``."""
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+def _fmt_num(x: float) -> int | float:
+    """An integral float as int (so JSON says 4, not 4.0)."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
+# --------------------------------------------------------------------------- BlockSpec
+
+_KEY_RE = re.compile(
+    r"^(?P<kind>[a-z_]+)"
+    r"-input:(?P<ih>\d+)x(?P<iw>\d+)x(?P<ic>\d+)"
+    r"-output:(?P<oh>\d+)x(?P<ow>\d+)x(?P<oc>\d+)"
+    r"-mid:(?P<mid>\d+)-kernel:(?P<k>\d+)-stride:(?P<s>\d+)"
+    r"-res:(?P<res>[01])-se:(?P<se>[01])-act:(?P<act>[a-z]+)$"
+)
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Everything that decides one block's latency.
+
+    Kinds: ``first_conv`` (kxk conv, BN, act), ``mbconv`` (inverted residual: 1x1 expand
+    unless ``mid == in_c``, kxk depthwise, optional squeeze-excite, 1x1 project, optional
+    residual), ``final_expand`` (1x1 conv, BN, act), ``pool`` (global average pooling),
+    ``feature_mix`` (1x1 conv without BN, act), ``classifier`` (dropout and linear).
+    """
+
+    kind: str
+    in_h: int
+    in_w: int
+    in_c: int
+    out_h: int
+    out_w: int
+    out_c: int
+    mid: int = 0
+    kernel: int = 1
+    stride: int = 1
+    residual: bool = False
+    se: bool = False
+    act: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"block kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"activation {self.act!r} is not one of {', '.join(ACTIVATIONS)}")
+        for name in ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "kernel", "stride"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"block field {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.mid, int) or self.mid < 0:
+            raise ValueError(f"block field mid must be a non-negative integer, got {self.mid!r}")
+        if self.kind == "mbconv":
+            if self.mid < 1 or self.kernel % 2 == 0:
+                raise ValueError(f"mbconv needs mid >= 1 and an odd kernel, got mid={self.mid} kernel={self.kernel}")
+            if self.residual and (self.stride != 1 or self.in_c != self.out_c):
+                raise ValueError("a residual mbconv needs stride 1 and in_c == out_c")
+        elif self.mid or self.residual or self.se:
+            raise ValueError(f"{self.kind} takes no mid, residual or se")
+
+    # string form ---------------------------------------------------------------
+    def __str__(self) -> str:
+        return (
+            f"{self.kind}-input:{self.in_h}x{self.in_w}x{self.in_c}"
+            f"-output:{self.out_h}x{self.out_w}x{self.out_c}"
+            f"-mid:{self.mid}-kernel:{self.kernel}-stride:{self.stride}"
+            f"-res:{int(self.residual)}-se:{int(self.se)}-act:{self.act}"
+        )
+
+    @property
+    def key(self) -> str:
+        return str(self)
+
+    @classmethod
+    def parse(cls, text: str) -> "BlockSpec":
+        """Inverse of ``str``; raises ValueError naming the malformed key."""
+        m = _KEY_RE.match(text.strip()) if isinstance(text, str) else None
+        if m is None:
+            raise ValueError(
+                f"malformed block key {text!r}: expected "
+                "KIND-input:HxWxC-output:HxWxC-mid:M-kernel:K-stride:S-res:0|1-se:0|1-act:ACT"
+            )
+        g = m.groupdict()
+        return cls(
+            kind=g["kind"],
+            in_h=int(g["ih"]), in_w=int(g["iw"]), in_c=int(g["ic"]),
+            out_h=int(g["oh"]), out_w=int(g["ow"]), out_c=int(g["oc"]),
+            mid=int(g["mid"]), kernel=int(g["k"]), stride=int(g["s"]),
+            residual=g["res"] == "1", se=g["se"] == "1", act=g["act"],
+        )
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """NCHW input shape at batch 1 (every block, the classifier included, takes NCHW)."""
+        return (1, self.in_c, self.in_h, self.in_w)
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Output shape at batch 1: NCHW, or N x classes for the classifier."""
+        if self.kind == "classifier":
+            return (1, self.out_c)
+        return (1, self.out_c, self.out_h, self.out_w)
+
+    @property
+    def has_expand(self) -> bool:
+        return self.kind == "mbconv" and self.mid != self.in_c
+
+    # cost ------------------------------------------------------------------------
+    def params(self) -> int:
+        """Trainable parameters of the block as built by ``supernet.ops.build_block``."""
+        k, i, o, m = self.kernel, self.in_c, self.out_c, self.mid
+        if self.kind in ("first_conv", "final_expand"):
+            return k * k * i * o + 2 * o
+        if self.kind == "feature_mix":
+            return i * o
+        if self.kind == "classifier":
+            return i * o + o
+        if self.kind == "pool":
+            return 0
+        total = 0
+        if self.has_expand:
+            total += i * m + 2 * m
+        total += m * k * k + 2 * m
+        if self.se:
+            s = se_channels(m)
+            total += m * s + s + s * m + m
+        total += m * o + 2 * o
+        return total
+
+    def macs(self) -> int:
+        """Multiply-accumulates, counted as OFA's ``count_net_flops`` does.
+
+        Convolutions count ``out elements * (in/groups * k * k + has_bias)``, linear layers
+        ``out elements * in``; BN, activations, pooling and additions are free.
+        """
+        k, i, o, m = self.kernel, self.in_c, self.out_c, self.mid
+        out_px = self.out_h * self.out_w
+        if self.kind in ("first_conv", "final_expand", "feature_mix"):
+            return out_px * o * i * k * k
+        if self.kind == "classifier":
+            return i * o
+        if self.kind == "pool":
+            return 0
+        total = 0
+        if self.has_expand:
+            total += self.in_h * self.in_w * m * i
+        total += out_px * m * k * k
+        if self.se:
+            s = se_channels(m)
+            total += s * (m + 1) + m * (s + 1)
+        total += out_px * o * m
+        return total
+
+
+# --------------------------------------------------------------------------- SearchSpace
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One elastic stage: base width (at width multiplier 1.0), first-block stride,
+    activation and squeeze-excite."""
+
+    width: int
+    stride: int
+    act: str
+    se: bool
+
+
+@dataclass(frozen=True)
+class Widths:
+    """Channel counts of a space at one width multiplier."""
+
+    first_conv: int
+    first_block: int
+    stages: tuple[int, ...]
+    final_expand: int
+    feature_mix: int
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """An OFA-style MobileNetV3 search space.
+
+    The defaults are the published OFA MobileNetV3 space (MobileNetV3-Large widths, Table 1
+    of Howard et al., "Searching for MobileNetV3", with OFA's elastic kernel, expand and depth).
+    """
+
+    name: str
+    stages: tuple[StageSpec, ...]
+    kernels: tuple[int, ...] = (3, 5, 7)
+    expands: tuple[float, ...] = (3, 4, 6)
+    depths: tuple[int, ...] = (2, 3, 4)
+    resolutions: tuple[int, ...] = tuple(range(128, 225, 4))
+    width_mults: tuple[float, ...] = (1.0, 1.2)
+    first_conv_width: int = 16
+    first_conv_kernel: int = 3
+    first_conv_stride: int = 2
+    first_conv_act: str = "hswish"
+    first_block_width: int = 16
+    first_block_act: str = "relu"
+    final_expand_width: int = 960
+    feature_mix_width: int = 1280
+    head_act: str = "hswish"
+    in_channels: int = 3
+    num_classes: int = 1000
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        def fail(msg: str) -> None:
+            raise ValueError(f"search space {self.name!r}: {msg}")
+
+        if not self.stages:
+            fail("needs at least one stage")
+        for attr in ("kernels", "expands", "depths", "resolutions", "width_mults"):
+            values = getattr(self, attr)
+            if not values or list(values) != sorted(set(values)):
+                fail(f"{attr} must be a non-empty, strictly increasing tuple, got {values!r}")
+        if any(k % 2 == 0 or k < 1 for k in self.kernels):
+            fail(f"kernels must be odd, got {self.kernels}")
+        if min(self.depths) < 1:
+            fail("depths must be >= 1")
+        for s in self.stages:
+            if s.act not in ACTIVATIONS:
+                fail(f"stage activation {s.act!r} is not one of {ACTIVATIONS}")
+
+    # shape of the space ------------------------------------------------------------
+    @property
+    def max_depth(self) -> int:
+        return max(self.depths)
+
+    @property
+    def num_blocks(self) -> int:
+        """Number of elastic block slots (OFA MobileNetV3: 5 stages x 4 = 20)."""
+        return len(self.stages) * self.max_depth
+
+    @property
+    def default_resolution(self) -> int:
+        return max(self.resolutions)
+
+    @property
+    def default_width(self) -> float:
+        return self.width_mults[0]
+
+    def widths(self, w: float) -> Widths:
+        """Channel counts at width multiplier ``w`` (OFA: ``make_divisible(base * w, 8)``)."""
+        md = lambda c: make_divisible(c * w, DIVISOR)  # noqa: E731
+        return Widths(
+            first_conv=md(self.first_conv_width),
+            first_block=md(self.first_block_width),
+            stages=tuple(md(s.width) for s in self.stages),
+            final_expand=md(self.final_expand_width),
+            feature_mix=md(self.feature_mix_width),
+        )
+
+    def middle_channels(self, in_c: int, expand: float) -> int:
+        return make_divisible(round(in_c * expand), DIVISOR)
+
+    def size(self) -> int:
+        """Number of distinct architectures (kernel x expand per active block, depth, r, w)."""
+        per_block = len(self.kernels) * len(self.expands)
+        per_stage = sum(per_block**d for d in self.depths)
+        return per_stage ** len(self.stages) * len(self.resolutions) * len(self.width_mults)
+
+    # subnets ---------------------------------------------------------------------------
+    def max_subnet(self, r: int | None = None, w: float | None = None) -> "SubnetConfig":
+        return SubnetConfig(
+            ks=(max(self.kernels),) * self.num_blocks,
+            e=(max(self.expands),) * self.num_blocks,
+            d=(max(self.depths),) * len(self.stages),
+            r=self.default_resolution if r is None else r,
+            w=self.default_width if w is None else w,
+        ).validated(self)
+
+    def min_subnet(self, r: int | None = None, w: float | None = None) -> "SubnetConfig":
+        return SubnetConfig(
+            ks=(min(self.kernels),) * self.num_blocks,
+            e=(min(self.expands),) * self.num_blocks,
+            d=(min(self.depths),) * len(self.stages),
+            r=self.default_resolution if r is None else r,
+            w=self.default_width if w is None else w,
+        ).validated(self)
+
+    def sample(
+        self,
+        rng: random.Random,
+        resolutions: Sequence[int] | None = None,
+        widths: Sequence[float] | None = None,
+    ) -> "SubnetConfig":
+        """A uniformly random subnet; ``rng`` is the only source of randomness."""
+        return SubnetConfig(
+            ks=tuple(rng.choice(self.kernels) for _ in range(self.num_blocks)),
+            e=tuple(rng.choice(self.expands) for _ in range(self.num_blocks)),
+            d=tuple(rng.choice(self.depths) for _ in self.stages),
+            r=rng.choice(list(resolutions or self.resolutions)),
+            w=rng.choice(list(widths or (self.default_width,))),
+        )
+
+    def canonical(self, cfg: "SubnetConfig") -> "SubnetConfig":
+        """The same architecture with the entries that depth skips set to the smallest
+        choice, so that equal architectures compare and hash equal."""
+        ks, e = list(cfg.ks), list(cfg.e)
+        for i, d in enumerate(cfg.d):
+            for j in range(d, self.max_depth):
+                ks[i * self.max_depth + j] = self.kernels[0]
+                e[i * self.max_depth + j] = self.expands[0]
+        return replace(cfg, ks=tuple(ks), e=tuple(e))
+
+    def active_blocks(self, cfg: "SubnetConfig") -> list[tuple[int, int, int]]:
+        """(stage, position in stage, block slot) of every block the subnet keeps."""
+        return [
+            (i, j, i * self.max_depth + j)
+            for i, d in enumerate(cfg.d)
+            for j in range(d)
+        ]
+
+    # blocks ------------------------------------------------------------------------------
+    def blocks(self, cfg: "SubnetConfig") -> list[BlockSpec]:
+        """The subnet's blocks in network order (the rows its latency is summed over)."""
+        cfg.validate(self)
+        return self._blocks(cfg.r, cfg.w, cfg.ks, cfg.e, cfg.d)
+
+    def _blocks(self, r: int, w: float, ks, e, d) -> list[BlockSpec]:
+        wd = self.widths(w)
+        out: list[BlockSpec] = []
+        h = conv_out(r, self.first_conv_kernel, self.first_conv_stride)
+        out.append(BlockSpec("first_conv", r, r, self.in_channels, h, h, wd.first_conv,
+                             kernel=self.first_conv_kernel, stride=self.first_conv_stride,
+                             act=self.first_conv_act))
+        c = wd.first_conv
+        out.append(BlockSpec("mbconv", h, h, c, h, h, wd.first_block, mid=c, kernel=3, stride=1,
+                             residual=c == wd.first_block, act=self.first_block_act))
+        c = wd.first_block
+        for i, stage in enumerate(self.stages):
+            for j in range(d[i]):
+                slot = i * self.max_depth + j
+                stride = stage.stride if j == 0 else 1
+                k = ks[slot]
+                ho = conv_out(h, k, stride)
+                oc = wd.stages[i]
+                out.append(BlockSpec(
+                    "mbconv", h, h, c, ho, ho, oc,
+                    mid=self.middle_channels(c, e[slot]), kernel=k, stride=stride,
+                    residual=stride == 1 and c == oc, se=stage.se, act=stage.act,
+                ))
+                h, c = ho, oc
+        out.append(BlockSpec("final_expand", h, h, c, h, h, wd.final_expand, act=self.head_act))
+        out.append(BlockSpec("pool", h, h, wd.final_expand, 1, 1, wd.final_expand))
+        out.append(BlockSpec("feature_mix", 1, 1, wd.final_expand, 1, 1, wd.feature_mix,
+                             act=self.head_act))
+        out.append(BlockSpec("classifier", 1, 1, wd.feature_mix, 1, 1, self.num_classes))
+        return out
+
+    def all_blocks(
+        self,
+        resolutions: Iterable[int] | None = None,
+        widths: Iterable[float] | None = None,
+    ) -> list[BlockSpec]:
+        """Every distinct block of the space at these resolutions and width multipliers,
+        in network order per resolution (96 per resolution for the OFA MobileNetV3 space)."""
+        resolutions = list(self.resolutions if resolutions is None else resolutions)
+        widths = list((self.default_width,) if widths is None else widths)
+        for r in resolutions:
+            if r not in self.resolutions:
+                raise ValueError(
+                    f"resolution {r} is not in space {self.name!r} "
+                    f"(allowed: {_ranges(self.resolutions)})"
+                )
+        for w in widths:
+            if w not in self.width_mults:
+                raise ValueError(
+                    f"width multiplier {w} is not in space {self.name!r} (allowed: {list(self.width_mults)})"
+                )
+        seen: dict[BlockSpec, None] = {}
+        nb = self.num_blocks
+        for w in widths:
+            for r in resolutions:
+                # Every block slot sees the same input shape whatever the depth, and the
+                # later blocks of a stage share one shape, so the deepest subnet with each
+                # (kernel, expand) everywhere covers all blocks; interleaving the lists keeps
+                # network order.
+                per_choice = [
+                    self._blocks(r, w, (k,) * nb, (x,) * nb, (self.max_depth,) * len(self.stages))
+                    for k in self.kernels
+                    for x in self.expands
+                ]
+                for position in zip(*per_choice):
+                    for spec in position:
+                        seen.setdefault(spec)
+        return list(seen)
+
+    # misc --------------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "stages": [vars(s) for s in self.stages],
+            "kernels": list(self.kernels),
+            "expands": [_fmt_num(x) for x in self.expands],
+            "depths": list(self.depths),
+            "resolutions": list(self.resolutions),
+            "width_mults": [_fmt_num(x) for x in self.width_mults],
+            "num_classes": self.num_classes,
+        }
+
+
+def _ranges(values: Sequence[int]) -> str:
+    v = list(values)
+    if len(v) > 3:
+        step = v[1] - v[0]
+        if all(b - a == step for a, b in zip(v, v[1:])):
+            return f"{v[0]} to {v[-1]} in steps of {step}"
+    return ", ".join(map(str, v))
+
+
+# --------------------------------------------------------------------------- SubnetConfig
+
+
+@dataclass(frozen=True)
+class SubnetConfig:
+    """One architecture, in OFA's naming: kernel and expand ratio per block slot, depth per
+    stage, input resolution, width multiplier.  Entries of slots that depth skips are kept
+    but ignored."""
+
+    ks: tuple[int, ...]
+    e: tuple[float, ...]
+    d: tuple[int, ...]
+    r: int
+    w: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ks", tuple(self.ks))
+        object.__setattr__(self, "e", tuple(self.e))
+        object.__setattr__(self, "d", tuple(self.d))
+
+    # JSON -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ks": list(self.ks),
+            "e": [_fmt_num(x) for x in self.e],
+            "d": list(self.d),
+            "r": self.r,
+            "w": _fmt_num(self.w),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "SubnetConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"a subnet must be a JSON object with ks, e, d, r, w; got {type(data).__name__}")
+        missing = [k for k in ("ks", "e", "d", "r") if k not in data]
+        if missing:
+            raise ValueError(f"subnet JSON lacks {', '.join(missing)} (needs ks, e, d, r and optionally w)")
+        extra = sorted(set(data) - {"ks", "e", "d", "r", "w"})
+        if extra:
+            raise ValueError(f"subnet JSON has unknown fields {', '.join(extra)} (allowed: ks, e, d, r, w)")
+
+        def ints(name: str) -> tuple[int, ...]:
+            v = data[name]
+            if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+                raise ValueError(f"subnet field {name} must be a list of integers, got {v!r}")
+            return tuple(v)
+
+        e = data["e"]
+        if not isinstance(e, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in e):
+            raise ValueError(f"subnet field e must be a list of numbers, got {e!r}")
+        r, w = data["r"], data.get("w", 1.0)
+        if not isinstance(r, int) or isinstance(r, bool):
+            raise ValueError(f"subnet field r must be an integer resolution, got {r!r}")
+        if not isinstance(w, (int, float)) or isinstance(w, bool):
+            raise ValueError(f"subnet field w must be a number, got {w!r}")
+        return cls(ks=ints("ks"), e=tuple(e), d=ints("d"), r=r, w=float(w))
+
+    @classmethod
+    def from_json(cls, text: str) -> "SubnetConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"subnet is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    # validation -----------------------------------------------------------------------
+    def validate(self, space: SearchSpace) -> None:
+        """Raise ValueError naming the first field that does not fit ``space``."""
+        nb, ns = space.num_blocks, len(space.stages)
+        where = f"space {space.name!r}"
+        if len(self.ks) != nb:
+            raise ValueError(f"subnet has {len(self.ks)} kernels; {where} has {nb} block slots")
+        if len(self.e) != nb:
+            raise ValueError(f"subnet has {len(self.e)} expand ratios; {where} has {nb} block slots")
+        if len(self.d) != ns:
+            raise ValueError(f"subnet has {len(self.d)} depths; {where} has {ns} stages")
+        for name, values, allowed in (
+            ("ks", self.ks, space.kernels),
+            ("e", self.e, space.expands),
+            ("d", self.d, space.depths),
+        ):
+            for idx, v in enumerate(values):
+                if v not in allowed:
+                    raise ValueError(
+                        f"subnet {name}[{idx}] = {_fmt_num(v)} is not in {where} "
+                        f"(allowed: {', '.join(str(_fmt_num(a)) for a in allowed)})"
+                    )
+        if self.r not in space.resolutions:
+            raise ValueError(
+                f"subnet resolution {self.r} is not in {where} (allowed: {_ranges(space.resolutions)})"
+            )
+        if not any(math.isclose(self.w, x) for x in space.width_mults):
+            raise ValueError(
+                f"subnet width multiplier {self.w} is not in {where} "
+                f"(allowed: {', '.join(str(_fmt_num(x)) for x in space.width_mults)})"
+            )
+
+    def validated(self, space: SearchSpace) -> "SubnetConfig":
+        self.validate(space)
+        return self
+
+
+# --------------------------------------------------------------------------- registry
+
+OFA_MBV3 = SearchSpace(
+    name="ofa_mbv3",
+    stages=(
+        StageSpec(24, 2, "relu", False),
+        StageSpec(40, 2, "relu", True),
+        StageSpec(80, 2, "hswish", False),
+        StageSpec(112, 1, "hswish", True),
+        StageSpec(160, 2, "hswish", True),
+    ),
+)
+
+# A space small enough that forward, backward and export take milliseconds (tests, demos).
+TINY = SearchSpace(
+    name="tiny",
+    stages=(
+        StageSpec(16, 2, "relu", False),
+        StageSpec(24, 2, "hswish", True),
+    ),
+    kernels=(3, 5),
+    expands=(2, 3),
+    depths=(1, 2),
+    resolutions=(32, 40, 48),
+    width_mults=(1.0, 1.5),
+    first_conv_width=8,
+    first_block_width=8,
+    final_expand_width=64,
+    feature_mix_width=96,
+    num_classes=10,
+)
+
+_SPACES: dict[str, SearchSpace] = {}
+
+
+def register_space(space: SearchSpace) -> SearchSpace:
+    """Add a space to the registry; a second space with the same name is an error."""
+    if space.name in _SPACES:
+        raise ValueError(f"search space {space.name!r} is already registered")
+    _SPACES[space.name] = space
+    return space
+
+
+def get_space(name: str) -> SearchSpace:
+    try:
+        return _SPACES[name]
+    except KeyError:
+        raise ValueError(f"unknown search space {name!r} (known: {', '.join(sorted(_SPACES))})") from None
+
+
+def space_names() -> list[str]:
+    return sorted(_SPACES)
+
+
+register_space(OFA_MBV3)
+register_space(TINY)
+
+
+def parse_subnet(text: str, space: SearchSpace, r: int | None = None, w: float | None = None) -> SubnetConfig:
+    """A subnet from the command line: ``max``, ``min``, a JSON object, or a path to a JSON
+    file.  ``r`` and ``w`` override the resolution and width when given.  Raises ValueError."""
+    text = text.strip()
+    if text in ("max", "min"):
+        cfg = (space.max_subnet if text == "max" else space.min_subnet)(r=r, w=w)
+    else:
+        if not text.startswith("{"):
+            path = Path(text)
+            if not path.is_file():
+                raise ValueError(f"--subnet {text!r} is neither max, min, a JSON object nor a file")
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise ValueError(f"cannot read subnet file {path}: {exc.strerror}") from None
+        cfg = SubnetConfig.from_json(text)
+        if r is not None:
+            cfg = replace(cfg, r=r)
+        if w is not None:
+            cfg = replace(cfg, w=float(w))
+    cfg.validate(space)
+    return cfg
+
+
+__all__ = [
+    "ACTIVATIONS", "KINDS", "BlockSpec", "SearchSpace", "StageSpec", "SubnetConfig", "Widths",
+    "OFA_MBV3", "TINY", "make_divisible", "se_channels", "conv_out", "get_space",
+    "register_space", "space_names", "parse_subnet",
+]
