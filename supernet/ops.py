@@ -19,6 +19,8 @@ from .space import BlockSpec, SearchSpace, SubnetConfig, se_channels
 def make_act(name: str) -> nn.Module:
     if name == "relu":
         return nn.ReLU()
+    if name == "relu6":
+        return nn.ReLU6()
     if name == "hswish":
         return nn.Hardswish()
     if name == "none":

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-ACTIVATIONS = ("relu", "hswish", "none")
+ACTIVATIONS = ("relu", "relu6", "hswish", "none")
 KINDS = ("first_conv", "mbconv", "final_expand", "pool", "feature_mix", "classifier")
 DIVISOR = 8
 SE_REDUCTION = 4
@@ -661,3 +661,28 @@ __all__ = [
     "OFA_MBV3", "TINY", "make_divisible", "se_channels", "conv_out", "get_space",
     "register_space", "space_names", "parse_subnet",
 ]
+
+
+# --------------------------------------------------------------------------- demo space
+# The Fashion-MNIST demo space (issue 4): an OFA MobileNetV3-style space sized for 28x28
+# grey images upsampled to 32..64 px and for training on a couple of CPU cores.  Same
+# elastic choices as OFA (kernels 3/5/7, expands 3/4/6, depths 2/3/4) so the search has
+# real choices; one input channel, ten classes; width 1.0 (default) and 1.5.
+FMNIST = register_space(SearchSpace(
+    name="fmnist",
+    stages=(
+        StageSpec(24, 2, "relu", False),
+        StageSpec(32, 2, "relu", True),
+        StageSpec(48, 2, "hswish", False),
+        StageSpec(64, 1, "hswish", True),
+    ),
+    resolutions=(32, 40, 48, 56, 64),
+    width_mults=(1.0, 1.5),
+    first_conv_width=16,
+    first_block_width=16,
+    final_expand_width=256,
+    feature_mix_width=512,
+    in_channels=1,
+    num_classes=10,
+))
+__all__.append("FMNIST")

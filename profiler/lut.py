@@ -1,0 +1,366 @@
+"""Latency lookup tables: one tidy CSV per device (and runtime), one row per (block key, runtime).
+
+Columns (stable; scripts rely on them): ``COLUMNS`` below.  Statistics are in milliseconds.
+``status`` is ``ok`` or ``error`` (a failure is a row with its ``error``, not a crash).
+
+Writing is crash-safe.  Every measurement is first appended, as one JSON line with its raw
+samples, to an append-only journal ``<lut>.raw.jsonl`` (flushed and fsynced); the CSV is
+rewritten from all rows to a temporary file and renamed over the old one every few seconds
+and at the end.  A run killed at any moment therefore loses at most the block it was
+measuring (a half-written last journal line is ignored), and a rerun rebuilds the table from
+CSV plus journal, keeping the newest row per (key, runtime): no row lost, none duplicated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from supernet.space import BlockSpec
+
+COLUMNS = [
+    "key", "kind", "runtime", "resolution", "status", "median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms",
+    "max_ms", "iqr_ms", "count", "noisy", "threads", "runtime_version", "provider", "device",
+    "host", "host_cpu", "measured_at", "exporter", "attempts", "source", "error",
+]
+FLOAT_COLUMNS = ("median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms", "max_ms", "iqr_ms")
+INT_COLUMNS = ("count", "threads", "attempts", "resolution")
+REQUIRED = ("key", "runtime", "status")
+NOISY_IQR_RATIO = 0.10  # torch.utils.benchmark flags IQR/median above 10%
+
+
+class LutError(ValueError):
+    """A LUT file that cannot be read; the message names the file and line."""
+
+
+def _num(value: str, cast, where: str, column: str):
+    if value == "" or value is None:
+        return None
+    try:
+        x = cast(value)
+    except ValueError:
+        raise LutError(f"{where}: column {column} is not a number: {value!r}") from None
+    if cast is float and not math.isfinite(x):
+        raise LutError(f"{where}: column {column} is not finite: {value!r}")
+    return x
+
+
+def _normalise(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """Validate one row (from CSV text or the journal) and return it with typed values."""
+    for col in REQUIRED:
+        if not row.get(col):
+            raise LutError(f"{where}: missing {col}")
+    try:
+        spec = BlockSpec.parse(str(row["key"]))
+    except ValueError as exc:
+        raise LutError(f"{where}: {exc}") from None
+    out: dict[str, Any] = {c: row.get(c, "") for c in COLUMNS}
+    out["key"] = str(spec)
+    out["kind"] = spec.kind
+    for c in FLOAT_COLUMNS:
+        out[c] = _num(row.get(c, ""), float, where, c) if not isinstance(row.get(c), (int, float)) else float(row[c])
+    for c in INT_COLUMNS:
+        v = row.get(c, "")
+        out[c] = v if isinstance(v, int) and not isinstance(v, bool) else _num(v, int, where, c)
+    if out["status"] not in ("ok", "error"):
+        raise LutError(f"{where}: status must be ok or error, got {out['status']!r}")
+    if out["status"] == "ok" and out["median_ms"] is None and out["mean_ms"] is None:
+        raise LutError(f"{where}: an ok row needs median_ms or mean_ms")
+    noisy = row.get("noisy", "")
+    out["noisy"] = noisy if isinstance(noisy, bool) else str(noisy).lower() in ("1", "true", "yes")
+    for c in COLUMNS:
+        if out[c] is None:
+            out[c] = ""
+    return out
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a LUT CSV; raises LutError naming the file and line on anything malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise LutError(f"{path}: no such LUT file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LutError(f"{path}: cannot read LUT: {exc}") from None
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise LutError(f"{path}:1: not a LUT CSV (header lacks {', '.join(missing)})")
+    rows = []
+    for i, raw in enumerate(reader, start=2):
+        if None in raw or any(v is None for v in raw.values()):
+            raise LutError(f"{path}:{i}: wrong number of fields")
+        rows.append(_normalise(raw, f"{path}:{i}"))
+    return rows
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def write_rows_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write rows as CSV to a temporary file beside ``path``, fsync, rename over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(COLUMNS)
+            for r in rows:
+                w.writerow([_format(r.get(c, "")) for c in COLUMNS])
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def journal_path(lut_path: Path) -> Path:
+    p = Path(lut_path)
+    return p.with_name(p.name[: -len(".csv")] + ".raw.jsonl" if p.name.endswith(".csv") else p.name + ".raw.jsonl")
+
+
+def calibration_path(lut_path: Path) -> Path:
+    p = Path(lut_path)
+    stem = p.name[: -len(".csv")] if p.name.endswith(".csv") else p.name
+    return p.with_name(stem + ".calibration.json")
+
+
+def read_journal(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows of a journal and warnings.  Every record ends with a newline, so trailing text
+    without one is a torn write (a kill mid-line): it is dropped with a warning and that
+    block is measured again.  A malformed complete line is an error."""
+    rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return rows, warnings
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LutError(f"{path}: cannot read journal: {exc}") from None
+    lines = text.split("\n")
+    if lines[-1].strip():
+        warnings.append(f"{path}:{len(lines)}: ignoring a torn last line (interrupted write); that block is measured again")
+    for i, line in enumerate(lines[:-1]):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+            rows.append(_normalise(obj, f"{path}:{i + 1}"))
+        except (ValueError, LutError) as exc:
+            raise LutError(f"{path}:{i + 1}: malformed journal line: {exc}") from None
+    return rows, warnings
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Truncate a journal after its last complete line."""
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        if data and not data.endswith(b"\n"):
+            fh.truncate(data.rfind(b"\n") + 1)
+
+
+def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return str(a.get("measured_at", "")) >= str(b.get("measured_at", ""))
+
+
+def row_id(row: dict[str, Any]) -> tuple[str, str, Any]:
+    """Rows are unique per (key, runtime, resolution).  ``resolution`` is empty for measured
+    rows (a block's cost does not depend on the network it sits in); imported per-resolution
+    tables (OFA publishes one file per input size) tag each row with its table's size, since
+    the same head block appears, measured separately, in every file."""
+    return row["key"], row["runtime"], row.get("resolution", "")
+
+
+@dataclass
+class LutTable:
+    """A LUT in memory: rows by (key, runtime)."""
+
+    path: Path | None = None
+    rows: dict[tuple[str, str, Any], dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path | str, with_journal: bool = True) -> "LutTable":
+        """Read a LUT CSV (and its journal, if any).  Raises LutError naming file and line."""
+        path = Path(path)
+        table = cls(path=path)
+        jp = journal_path(path)
+        if not path.exists() and not (with_journal and jp.exists()):
+            raise LutError(f"{path}: no such LUT file")
+        if path.exists():
+            for r in read_rows(path):
+                table._merge(r)
+        if with_journal and jp.exists():
+            rows, warnings = read_journal(jp)
+            table.warnings += warnings
+            for r in rows:
+                table._merge(r)
+        return table
+
+    def _merge(self, row: dict[str, Any]) -> None:
+        rid = row_id(row)
+        old = self.rows.get(rid)
+        if old is None or _newer(row, old):
+            self.rows[rid] = row
+
+    # queries -------------------------------------------------------------------------
+    @property
+    def runtimes(self) -> list[str]:
+        return sorted({rt for _, rt, _ in self.rows})
+
+    @property
+    def devices(self) -> list[str]:
+        return sorted({r["device"] for r in self.rows.values() if r.get("device")})
+
+    def ok(self, key: str, runtime: str) -> bool:
+        r = self.rows.get((key, runtime, ""))
+        return r is not None and r["status"] == "ok"
+
+    def get(self, key: str, runtime: str) -> dict[str, Any] | None:
+        return self.rows.get((key, runtime, ""))
+
+    def pick_runtime(self, runtime: str | None = None) -> str:
+        rts = self.runtimes
+        if runtime is None:
+            if len(rts) == 1:
+                return rts[0]
+            where = self.path or "LUT"
+            if not rts:
+                raise LutError(f"{where}: the LUT has no rows")
+            raise LutError(f"{where}: the LUT holds several runtimes ({', '.join(rts)}); choose one with --runtime")
+        if runtime not in rts:
+            raise LutError(f"{self.path or 'LUT'}: no rows for runtime {runtime!r} (has: {', '.join(rts) or 'none'})")
+        return runtime
+
+    def table(self, runtime: str | None = None, stat: str = "median",
+              resolution: int | None = None) -> dict[str, float]:
+        """Latency in ms by block key, from the ``ok`` rows of one runtime.
+
+        ``stat``: median (falling back to the mean for rows without one, as in imported OFA
+        tables) or mean.  ``resolution``: for tables imported per input size, prefer rows of
+        that size, then untagged rows, then the nearest size."""
+        rt = self.pick_runtime(runtime)
+        first, second = ("median_ms", "mean_ms") if stat == "median" else ("mean_ms", "median_ms")
+        best: dict[str, tuple[tuple[int, int], float]] = {}
+        for (key, r_rt, res), row in self.rows.items():
+            if r_rt != rt or row["status"] != "ok":
+                continue
+            if res == "":
+                rank = (1, 0)
+            elif resolution is not None and res == resolution:
+                rank = (0, 0)
+            else:
+                rank = (2, abs(res - resolution) if resolution is not None else res)
+            value = row[first] if row[first] != "" else row[second]
+            if key not in best or rank < best[key][0]:
+                best[key] = (rank, float(value))
+        return {k: v for k, (_, v) in best.items()}
+
+    def sorted_rows(self) -> list[dict[str, Any]]:
+        return [self.rows[k] for k in sorted(self.rows, key=lambda k: (k[1], k[0], str(k[2])))]
+
+
+class LutWriter:
+    """Crash-safe, resumable writer for one LUT file (see the module docstring)."""
+
+    def __init__(self, path: Path | str, flush_every_s: float = 5.0):
+        self.path = Path(path)
+        self.journal = journal_path(self.path)
+        self.flush_every_s = flush_every_s
+        self._last_flush = time.monotonic()
+        self._dirty = False
+        parent = self.path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LutError(f"{parent}: cannot create the LUT folder: {exc.strerror}") from None
+        if not os.access(parent, os.W_OK):
+            raise LutError(f"{parent}: the LUT folder is not writable")
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise LutError(f"{self.path}: the LUT file is not writable")
+        if self.path.exists() or self.journal.exists():
+            self.table = LutTable.load(self.path)
+        else:
+            self.table = LutTable(path=self.path)
+        if self.journal.exists():
+            _drop_torn_tail(self.journal)
+        self._fh = open(self.journal, "a", encoding="utf-8")
+
+    def add(self, row: dict[str, Any], samples: list[float] | None = None) -> dict[str, Any]:
+        """Record one measurement (or failure).  Returns the normalised row."""
+        norm = _normalise(row, f"{self.path} (new row)")
+        record = dict(norm)
+        if samples is not None:
+            record["samples_ms"] = [round(s, 6) for s in samples]
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.table._merge(norm)
+        self._dirty = True
+        if time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+        return norm
+
+    def flush(self) -> None:
+        if self._dirty:
+            write_rows_atomic(self.path, self.table.sorted_rows())
+            self._dirty = False
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._fh.close()
+
+    def __enter__(self) -> "LutWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def stats_row(key: str, runtime: str, reply: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """A LUT row from a validated runner reply and the run context."""
+    row = {c: "" for c in COLUMNS}
+    row.update(context)
+    row.update({
+        "key": key,
+        "runtime": runtime,
+        "status": "ok",
+        "runtime_version": reply.get("runtime_version", ""),
+        "provider": reply.get("provider", ""),
+        "threads": reply.get("threads", context.get("threads", "")),
+    })
+    for c in FLOAT_COLUMNS + ("count",):
+        row[c] = reply[c]
+    row["noisy"] = reply["median_ms"] > 0 and reply["iqr_ms"] / reply["median_ms"] > NOISY_IQR_RATIO
+    return row
+
+
+def error_row(key: str, runtime: str, error: str, context: dict[str, Any]) -> dict[str, Any]:
+    row = {c: "" for c in COLUMNS}
+    row.update(context)
+    row.update({"key": key, "runtime": runtime, "status": "error", "error": error.replace("\n", " ")[:1000]})
+    return row
