@@ -1,0 +1,183 @@
+"""The device inventory: ``devices.yaml`` loaded into validated dataclasses.
+
+Every entry has ``transport`` (local, ssh or adb) and ``runtime`` (onnxruntime or tflite).
+Field names are stable; scripts rely on them.  Every error names the file, the device and
+the field.  Example::
+
+    devices:
+      local:
+        transport: local
+        runtime: onnxruntime
+        threads: 1
+      rpi4:
+        transport: ssh
+        host: rpi4.lan
+        user: pi
+        key_file: ~/.ssh/id_ed25519
+        known_hosts: ~/.ssh/known_hosts
+        python: python3
+        runtime: tflite
+        workdir: /tmp/hwnas
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TRANSPORTS = ("local", "ssh", "adb")
+RUNTIMES = ("onnxruntime", "tflite")
+DEFAULT_DEVICES_FILE = Path("devices.yaml")
+
+
+class DeviceConfigError(ValueError):
+    """A devices.yaml problem; the message names file, device and field."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device of the inventory (see the module docstring and devices.yaml)."""
+
+    name: str
+    transport: str
+    runtime: str
+    description: str = ""
+    threads: int = 1
+    warmup: int = 10              # untimed runs before timing
+    repeats: int = 50             # at least this many timed runs ...
+    min_time_s: float = 0.2       # ... and at least this long
+    max_time_s: float = 10.0      # stop timing after this long whatever the count
+    timeout_s: float = 120.0      # per block, load + warm-up + timing
+    retries: int = 2              # transport errors: reconnect and retry this often
+    max_attempts: int = 3         # a block that failed this often is not tried again
+    workdir: str = ""             # remote work directory (ssh, adb); cleaned up at the end
+    providers: tuple[str, ...] = ()  # onnxruntime execution providers, in order
+    # ssh
+    host: str = ""
+    port: int = 22
+    user: str = ""
+    key_file: str = ""
+    known_hosts: str = ""
+    insecure_accept_new_host_key: bool = False
+    password_env: str = ""        # name of an environment variable holding a password
+    python: str = ""              # interpreter that runs the runner (local: this one)
+    connect_timeout_s: float = 10.0
+    # adb
+    serial: str = ""
+    benchmark_model: str = ""     # path of TFLite's benchmark_model on the device
+    cpu_mask: str = ""            # CPU affinity mask for taskset, e.g. "f0"
+    adb: str = "adb"              # the adb client
+
+    def expand(self, value: str) -> str:
+        return os.path.expanduser(os.path.expandvars(value)) if value else value
+
+
+_FIELDS = {f.name: f for f in fields(Device)}
+_INT = {"threads", "warmup", "repeats", "retries", "max_attempts", "port"}
+_FLOAT = {"min_time_s", "max_time_s", "timeout_s", "connect_timeout_s"}
+_BOOL = {"insecure_accept_new_host_key"}
+_POSITIVE = {"threads", "repeats", "max_attempts", "port", "timeout_s", "max_time_s", "connect_timeout_s"}
+_REQUIRED_BY_TRANSPORT = {"local": (), "ssh": ("host", "user"), "adb": ("serial",)}
+
+
+def _coerce(file: Path, name: str, key: str, value: Any) -> Any:
+    where = f"{file}: device {name!r}: field {key!r}"
+    if key in _BOOL:
+        if not isinstance(value, bool):
+            raise DeviceConfigError(f"{where}: must be true or false, got {value!r}")
+        return value
+    if key in _INT:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise DeviceConfigError(f"{where}: must be an integer, got {value!r}")
+        if key in _POSITIVE and value < 1 or value < 0:
+            raise DeviceConfigError(f"{where}: must be positive, got {value!r}")
+        return value
+    if key in _FLOAT:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise DeviceConfigError(f"{where}: must be a number, got {value!r}")
+        if value < 0 or (key in _POSITIVE and value == 0):
+            raise DeviceConfigError(f"{where}: must be positive, got {value!r}")
+        return float(value)
+    if key == "providers":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise DeviceConfigError(f"{where}: must be a list of execution provider names")
+        return tuple(value)
+    if key == "password":
+        raise DeviceConfigError(f"{where}: passwords are never stored in files; name an environment variable with password_env")
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        raise DeviceConfigError(f"{where}: must be a string, got {value!r}")
+    return str(value)
+
+
+def parse_device(file: Path, name: str, entry: Any) -> Device:
+    if not isinstance(entry, dict):
+        raise DeviceConfigError(f"{file}: device {name!r}: expected a mapping of fields, got {type(entry).__name__}")
+    values: dict[str, Any] = {"name": name}
+    for key, value in entry.items():
+        key = str(key)
+        if key == "name":
+            continue
+        if key not in _FIELDS and key != "password":
+            known = ", ".join(sorted(k for k in _FIELDS if k != "name"))
+            raise DeviceConfigError(f"{file}: device {name!r}: unknown field {key!r} (known: {known})")
+        values[key] = _coerce(file, name, key, value)
+    for key in ("transport", "runtime"):
+        if key not in values:
+            raise DeviceConfigError(f"{file}: device {name!r}: field {key!r} is required")
+    if values["transport"] not in TRANSPORTS:
+        raise DeviceConfigError(
+            f"{file}: device {name!r}: field 'transport': {values['transport']!r} is not one of {', '.join(TRANSPORTS)}"
+        )
+    if values["runtime"] not in RUNTIMES:
+        raise DeviceConfigError(
+            f"{file}: device {name!r}: field 'runtime': {values['runtime']!r} is not one of {', '.join(RUNTIMES)}"
+        )
+    for key in _REQUIRED_BY_TRANSPORT[values["transport"]]:
+        if not values.get(key):
+            raise DeviceConfigError(f"{file}: device {name!r}: field {key!r} is required for transport {values['transport']}")
+    if values.get("min_time_s", 0.2) > values.get("max_time_s", 10.0):
+        raise DeviceConfigError(f"{file}: device {name!r}: field 'min_time_s' is larger than max_time_s")
+    return Device(**values)
+
+
+def load_devices(path: Path | str = DEFAULT_DEVICES_FILE) -> dict[str, Device]:
+    """All devices of an inventory file, by name."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DeviceConfigError(f"{path}: no such devices file (use --devices PATH)") from None
+    except OSError as exc:
+        raise DeviceConfigError(f"{path}: cannot read devices file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DeviceConfigError(f"{path}{line}: malformed YAML: {problem}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("devices"), dict) or not data["devices"]:
+        raise DeviceConfigError(f"{path}: expected a top-level 'devices:' mapping of device names to entries")
+    extra = sorted(set(data) - {"devices"})
+    if extra:
+        raise DeviceConfigError(f"{path}: unknown top-level key(s) {', '.join(map(str, extra))} (expected only 'devices')")
+    return {str(name): parse_device(path, str(name), entry) for name, entry in data["devices"].items()}
+
+
+def select_devices(devices: dict[str, Device], spec: str, path: Path | str = DEFAULT_DEVICES_FILE) -> list[Device]:
+    """Devices named by ``spec``: a name, a comma list, or ``all``."""
+    names = list(devices) if spec.strip() == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise DeviceConfigError("no device named (use --device NAME, a comma list, or all)")
+    unknown = [n for n in names if n not in devices]
+    if unknown:
+        raise DeviceConfigError(
+            f"{path}: unknown device {', '.join(map(repr, unknown))} (known: {', '.join(devices)})"
+        )
+    return [devices[n] for n in dict.fromkeys(names)]

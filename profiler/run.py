@@ -1,0 +1,138 @@
+"""Build latency lookup tables: every block of the search space, measured on a device.
+
+    python -m profiler.run --device local [--runtime onnxruntime|tflite|onnxruntime,tflite]
+        [--resolutions 160,224] [--widths 1.0] [--threads N] [--limit N] [--lut PATH]
+        [--space ofa_mbv3] [--devices devices.yaml] [--cache DIR] [--export-workers N] [--json]
+
+Writes ``luts/<device>.csv`` (``luts/<device>-<runtime>.csv`` for a runtime other than the
+device's own), its raw-sample journal, and a run summary ``<lut>.run.json``.  A rerun skips
+what is measured; a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from supernet.space import get_space, space_names
+
+from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
+from .export import ArtifactCache, default_cache_dir
+from .lut import LutError
+from .measure import ProfileResult, default_lut_path, profile_device
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a comma list of integers, got {text!r}") from None
+
+
+def _float_list(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a comma list of numbers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m profiler.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="local", help="device name from devices.yaml, a comma list, or all (default: local)")
+    ap.add_argument("--devices", type=Path, default=DEFAULT_DEVICES_FILE, help="device inventory (default: ./devices.yaml)")
+    ap.add_argument("--runtime", default=None, help="onnxruntime, tflite, or both comma-separated (default: the device's)")
+    ap.add_argument("--space", default="ofa_mbv3", help=f"search space ({', '.join(space_names())})")
+    ap.add_argument("--resolutions", type=lambda t: _int_list(t, "--resolutions"), default=None,
+                    help="input resolutions to cover (default: all of the space)")
+    ap.add_argument("--widths", type=lambda t: _float_list(t, "--widths"), default=None,
+                    help="width multipliers to cover (default: the space's first)")
+    ap.add_argument("--threads", type=int, default=None, help="runtime threads (default: the device's)")
+    ap.add_argument("--repeats", type=int, default=None, help="minimum timed runs per block (default: the device's)")
+    ap.add_argument("--min-time", type=float, default=None, help="minimum timed seconds per block (default: the device's)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N blocks of the space")
+    ap.add_argument("--lut", type=Path, default=None, help="LUT CSV to write (default: luts/<device>.csv)")
+    ap.add_argument("--cache", type=Path, default=None, help=f"artifact cache (default: {default_cache_dir()})")
+    ap.add_argument("--export-workers", type=int, default=min(2, os.cpu_count() or 1),
+                    help="parallel export processes (exports finish before local measurement starts)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--json", action="store_true", help="print the run summary as one JSON object")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        space = get_space(args.space)
+        devices = select_devices(load_devices(args.devices), args.device, args.devices)
+        runtimes = None
+        if args.runtime:
+            runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
+            bad = [r for r in runtimes if r not in RUNTIMES]
+            if bad:
+                raise ValueError(f"unknown runtime {', '.join(map(repr, bad))} (known: {', '.join(RUNTIMES)})")
+        specs = space.all_blocks(args.resolutions, args.widths)
+        if args.limit is not None:
+            if args.limit < 1:
+                raise ValueError("--limit must be at least 1")
+            specs = specs[: args.limit]
+        for name, value in (("--threads", args.threads), ("--repeats", args.repeats)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if args.lut is not None and len(devices) > 1:
+            raise ValueError("--lut names one file; with several devices each gets luts/<device>.csv")
+    except (DeviceConfigError, ValueError) as exc:
+        ap.exit(2, f"error: {exc}\n")
+    cache = ArtifactCache(args.cache)
+    results: list[ProfileResult] = []
+    code = 0
+    for device in devices:
+        overrides = {k: v for k, v in (("threads", args.threads), ("repeats", args.repeats),
+                                        ("min_time_s", args.min_time)) if v is not None}
+        device = replace(device, **overrides)
+        for runtime in runtimes or [device.runtime]:
+            lut_path = args.lut or default_lut_path(device, runtime)
+            try:
+                res = profile_device(device, specs, runtime, lut_path, cache,
+                                     export_workers=args.export_workers, progress=not args.no_progress)
+            except (LutError, ValueError, OSError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+            results.append(res)
+            _write_summary(res)
+            if res.device_lost:
+                print(f"error: {res.device_lost} (measured rows kept in {lut_path}; rerun to resume)", file=sys.stderr)
+                code = 1
+    _print(results, args.json)
+    return code
+
+
+def _write_summary(res: ProfileResult) -> None:
+    path = Path(res.lut)
+    out = path.with_name(path.name[:-4] + ".run.json" if path.name.endswith(".csv") else path.name + ".run.json")
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(res.as_dict(), indent=2) + "\n")
+    os.replace(tmp, out)
+
+
+def _print(results: list[ProfileResult], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"runs": [r.as_dict() for r in results]}))
+        return
+    print(f"{'device':<10} {'runtime':<12} {'measured':>8} {'failed':>6} {'skipped':>7} {'export s':>8} "
+          f"{'measure s':>9} {'timed s':>7}  lut")
+    for r in results:
+        print(f"{r.device:<10} {r.runtime:<12} {r.measured:>8} {r.failed:>6} {r.skipped:>7} {r.export_s:>8.1f} "
+              f"{r.measure_s:>9.1f} {r.timed_s:>7.1f}  {r.lut}")
+        for e in r.errors[:5]:
+            print(f"  failed: {e}")
+        if r.device_lost:
+            print(f"  device lost: {r.device_lost}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
