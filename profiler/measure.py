@@ -1,9 +1,12 @@
 """Profile one device: export what is missing, then measure every block not yet in the LUT.
 
 Build and run are separate steps (TVM's builder/runner split).  Export happens on the host
-through the artifact cache; for the local device every export finishes before the first
-measurement, so conversion never disturbs a timing.  Measurement goes through the device's
-transport and one long-lived runner.  Every outcome is a LUT row: a timeout or a runtime
+through the artifact cache and an ``ExportBroker`` that converts each (block, format) once
+per run, whichever devices need it.  For the local device every export finishes before the
+first measurement, so conversion never disturbs a timing on the same CPU; for a remote
+device the conversion of the next blocks overlaps with the measurement of the current one.
+Measurement goes through the device's transport and one long-lived runner (or, on an
+Android phone, TFLite's ``benchmark_model``, whose summary is parsed on the host).  Every outcome is a LUT row: a timeout or a runtime
 error is a failure row with its message; a broken connection is retried after reconnecting
 (``device.retries`` times), and a device that stays unreachable ends its run with
 ``device_lost`` set, everything measured so far kept.
@@ -13,7 +16,9 @@ from __future__ import annotations
 
 import platform
 import socket
+import threading
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,8 +27,8 @@ from typing import Any, Sequence
 from supernet.space import BlockSpec
 
 from .devices import Device
-from .export import ArtifactCache, format_for_runtime
-from .lut import LutWriter, error_row, stats_row
+from .export import ArtifactCache, ExportResult, format_for_runtime
+from .lut import COLUMNS, FLOAT_COLUMNS, LutWriter, error_row, stats_row
 from .transport import (RunnerChannel, RunnerError, RunnerTimeout, Transport, TransportError,
                         make_transport, validate_reply)
 
@@ -92,6 +97,95 @@ def check_threads(writer: LutWriter, runtime: str, threads: int) -> None:
         )
 
 
+class ExportBroker:
+    """Converts each (key, format) at most once per run, on the host, for every device.
+
+    ``submit`` returns a future of an ``ExportResult``; a key already in the cache is done at
+    once, a key another device already asked for shares that device's future.  Conversions
+    run in a pool of ``workers`` spawned processes, started on first need (a run whose
+    artifacts are all cached starts none); ``workers=0`` converts in the calling thread,
+    synchronously (tests).  Thread-safe: the device farm shares one broker."""
+
+    def __init__(self, cache: ArtifactCache, workers: int = 1):
+        self.cache = cache
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._futures: dict[tuple[str, str], Future] = {}
+        self._pool: ProcessPoolExecutor | None = None
+        self.exported = 0
+
+    def submit(self, key: str, fmt: str) -> "Future[ExportResult]":
+        from .export import _export_task
+
+        with self._lock:
+            fut = self._futures.get((key, fmt))
+            if fut is not None:
+                return fut
+            path = self.cache.path(key, fmt)
+            out: Future = Future()
+            self._futures[(key, fmt)] = out
+            if path.is_file() and path.stat().st_size > 0:
+                out.set_result(ExportResult(key, fmt, path))
+                return out
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if self.workers <= 0:
+                _, _, err = _export_task(key, fmt, str(path))
+                self._finish(out, key, fmt, path, err)
+                return out
+            if self._pool is None:
+                import multiprocessing as mp
+
+                from .export import _worker_init
+
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                                 initializer=_worker_init)
+            inner = self._pool.submit(_export_task, key, fmt, str(path))
+
+        def done(f: Future) -> None:
+            try:
+                err = f.result()[2]
+            except BaseException as exc:  # noqa: BLE001 - a dead worker is this block's failure
+                err = f"export worker failed: {exc.__class__.__name__}: {exc}"
+            self._finish(out, key, fmt, path, err)
+
+        inner.add_done_callback(done)
+        return out
+
+    def _finish(self, out: Future, key: str, fmt: str, path: Path, err: str) -> None:
+        if err:
+            out.set_result(ExportResult(key, fmt, None, error=err))
+        else:
+            with self._lock:
+                self.exported += 1
+            out.set_result(ExportResult(key, fmt, path, exported=True))
+
+    def ensure(self, items: Sequence[tuple[str, str]], progress: bool = False,
+               desc: str = "export") -> dict[tuple[str, str], ExportResult]:
+        """Submit every item and wait for all of them."""
+        from tqdm import tqdm
+
+        futures = {it: self.submit(*it) for it in dict.fromkeys(items)}
+        pending_n = sum(1 for f in futures.values() if not f.done())
+        bar = tqdm(total=pending_n, desc=desc, unit="block", disable=not progress or not pending_n,
+                   dynamic_ncols=True)
+        out = {}
+        try:
+            for it, f in futures.items():
+                was_done = f.done()
+                out[it] = f.result()
+                if not was_done:
+                    bar.update(1)
+        finally:
+            bar.close()
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 class Session:
     """A transport plus a runner channel, restarted on demand."""
 
@@ -122,6 +216,23 @@ class Session:
             pass
 
 
+def summary_row(key: str, runtime: str, reply: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """A LUT row from a validated summary reply (``benchmark_model``: no raw samples, so
+    the median, p90 and IQR are whatever the tool printed, often nothing).  Noisy when the
+    coefficient of variation exceeds 10%."""
+    row = {c: "" for c in COLUMNS}
+    row.update(context)
+    row.update({"key": key, "runtime": runtime, "status": "ok",
+                "runtime_version": reply.get("runtime_version", ""), "provider": reply.get("provider", ""),
+                "threads": reply.get("threads", context.get("threads", "")), "count": reply["count"],
+                "source": reply.get("source", "")})
+    for c in FLOAT_COLUMNS:
+        v = reply.get(c)
+        row[c] = "" if v is None else v
+    row["noisy"] = reply["mean_ms"] > 0 and reply["std_ms"] / reply["mean_ms"] > 0.10
+    return row
+
+
 def profile_device(
     device: Device,
     specs: Sequence[BlockSpec],
@@ -133,14 +244,34 @@ def profile_device(
     progress: bool = True,
     position: int = 0,
     transport: Transport | None = None,
+    broker: ExportBroker | None = None,
 ) -> ProfileResult:
-    """Measure every block of ``specs`` on ``device`` with ``runtime`` into ``lut_path``."""
+    """Measure every block of ``specs`` on ``device`` with ``runtime`` into ``lut_path``.
+
+    Args:
+        device: the inventory entry.
+        specs: blocks to cover; those already ``ok`` in the LUT (or failed
+            ``device.max_attempts`` times) are skipped.
+        runtime: ``onnxruntime`` or ``tflite``.
+        lut_path: the LUT CSV (its journal sits beside it).
+        cache: the artifact cache.
+        export_workers: conversion processes (when no ``broker`` is given).
+        progress: show progress bars; ``position`` is this device's bar line.
+        transport: use this transport instead of ``make_transport(device)``.
+        broker: a shared ``ExportBroker`` (the device farm passes one for all devices).
+
+    Returns:
+        A ``ProfileResult``; ``device_lost`` is set when the device could not be reached
+        again (every row measured before that is kept; a rerun resumes).
+    """
     from tqdm import tqdm
 
     t_start = time.perf_counter()
     fmt = format_for_runtime(runtime)
     res = ProfileResult(device.name, runtime, str(lut_path))
     writer = LutWriter(lut_path)
+    own_broker = broker is None
+    broker = broker or ExportBroker(cache, export_workers)
     try:
         check_threads(writer, runtime, device.threads)
         todo, res.skipped = pending(writer, specs, runtime, device.max_attempts)
@@ -163,31 +294,27 @@ def profile_device(
             res.errors.append(f"{spec}: {message}"[:300])
 
         # build -----------------------------------------------------------------------------
+        # Local: everything converted before the first timing.  Remote: submitted now,
+        # converted in the background while earlier blocks are measured.
         t0 = time.perf_counter()
-        built = cache.ensure([(str(s), fmt) for s in todo], workers=export_workers, progress=progress,
-                             desc=f"{device.name} export {fmt}")
-        res.export_s = time.perf_counter() - t0
-        res.exported = sum(1 for r in built.values() if r.exported)
-        ready = []
-        for s in todo:
-            r = built[(str(s), fmt)]
-            if r.path is None:
-                fail(s, f"export: {r.error}")
-            else:
-                ready.append((s, r.path))
+        exported_before = broker.exported
+        futures = [(s, broker.submit(str(s), fmt)) for s in todo]
+        if device.transport == "local":
+            broker.ensure([(str(s), fmt) for s in todo], progress=progress, desc=f"{device.name} export {fmt}")
+            res.export_s = time.perf_counter() - t0
 
         # run -------------------------------------------------------------------------------
         t0 = time.perf_counter()
         session = Session(transport or make_transport(device))
-        bar = tqdm(total=len(ready), desc=f"{device.name} {runtime}", unit="block", position=position,
+        bar = tqdm(total=len(todo), desc=f"{device.name} {runtime}", unit="block", position=position,
                    disable=not progress, dynamic_ncols=True, leave=True)
         try:
             _connect(session, device)
-            info = session.transport.info(timeout=device.timeout_s) if ready else {}
+            info = session.transport.info(timeout=max(device.timeout_s, device.connect_timeout_s + 60))
             res.host = str(info.get("host", ""))[:100]
             res.host_cpu = str(info.get("cpu", ""))[:200]
             rt_info = info.get("runtimes", {}).get(runtime) if isinstance(info.get("runtimes"), dict) else None
-            if ready and not rt_info:
+            if not rt_info:
                 raise TransportError(f"{device.name}: runtime {runtime} is not installed on the device "
                                      f"(found: {', '.join(info.get('runtimes', {})) or 'none'})")
             res.runtime_version = str((rt_info or {}).get("version", ""))
@@ -198,18 +325,29 @@ def profile_device(
             }
             if device.providers:
                 req_base["providers"] = list(device.providers)
-            for spec, path in ready:
-                outcome = _measure_one(session, device, spec, path, req_base)
+            for spec, fut in futures:
+                t_wait = time.perf_counter()
+                built = fut.result()
+                if device.transport != "local":
+                    res.export_s += time.perf_counter() - t_wait  # time spent waiting for conversion
+                if built.path is None:
+                    fail(spec, f"export: {built.error}")
+                    bar.update(1)
+                    continue
+                outcome = _measure_one(session, device, spec, built.path, req_base)
                 if isinstance(outcome, str):
                     fail(spec, outcome)
                 else:
                     reply = outcome
-                    row = stats_row(str(spec), runtime, reply,
-                                    dict(context, measured_at=_now(), attempts=attempts(spec)))
-                    writer.add(row, samples=reply["samples_ms"])
+                    ctx = dict(context, measured_at=_now(), attempts=attempts(spec))
+                    if "samples_ms" in reply:
+                        writer.add(stats_row(str(spec), runtime, reply, ctx), samples=reply["samples_ms"])
+                    else:
+                        writer.add(summary_row(str(spec), runtime, reply, ctx))
                     res.measured += 1
                     res.timed_s += float(reply.get("timed_s", 0.0))
-                    bar.set_postfix(ms=f"{reply['median_ms']:.3f}", failed=res.failed, refresh=False)
+                    shown = reply.get("median_ms") or reply.get("mean_ms") or 0.0
+                    bar.set_postfix(ms=f"{shown:.3f}", failed=res.failed, refresh=False)
                 bar.update(1)
         except TransportError as exc:
             res.device_lost = str(exc)
@@ -217,14 +355,18 @@ def profile_device(
             bar.close()
             session.close()
             res.measure_s = time.perf_counter() - t0
+            res.exported = broker.exported - exported_before
         return res
     finally:
+        if own_broker:
+            broker.close()
         writer.close()
         res.wall_s = time.perf_counter() - t_start
 
 
 def _connect(session: Session, device: Device, reconnect: bool = False) -> None:
-    """(Re)connect with back-off; raises TransportError when every attempt fails."""
+    """(Re)connect with back-off; raises TransportError when every attempt fails, at once
+    when the error is permanent (host key, authentication, missing adb client...)."""
     last: Exception | None = None
     for attempt in range(device.retries + 1):
         try:
@@ -233,9 +375,11 @@ def _connect(session: Session, device: Device, reconnect: bool = False) -> None:
             session.open()
             return
         except TransportError as exc:
+            if getattr(exc, "permanent", False):
+                raise
             last = exc
             if attempt < device.retries:
-                time.sleep(min(1.0 * 2**attempt, 10.0))
+                time.sleep(min(0.5 * 2**attempt, 10.0))
     raise TransportError(f"{device.name}: unreachable after {device.retries + 1} attempts: {last}")
 
 
@@ -245,7 +389,12 @@ def _measure_one(session: Session, device: Device, spec: BlockSpec, path: Path,
 
     A broken connection or a dead runner is retried after reconnecting.  When the device
     answers again but the runner keeps dying on this block, that is the block's failure (a
-    row); only a device that cannot be reconnected raises TransportError."""
+    row); only a device that cannot be reconnected raises TransportError.
+
+    Replies are validated by what the host knows about the channel, never by what the
+    reply claims: a runner's reply must carry raw samples (statistics are recomputed here);
+    only a channel that declares ``summary_only`` (``benchmark_model``, parsed on the host)
+    yields summary statistics, checked by ``benchmark_model.validate_summary``."""
     last = ""
     for _ in range(device.retries + 1):
         try:
@@ -254,8 +403,14 @@ def _measure_one(session: Session, device: Device, spec: BlockSpec, path: Path,
             try:
                 reply = ch.request(dict(req_base, model=remote), timeout=device.timeout_s)
             finally:
-                session.transport.unstage(remote)
-            out = validate_reply(reply)
+                if ch.alive:
+                    session.transport.unstage(remote)
+            if getattr(ch, "summary_only", False):
+                from .benchmark_model import validate_summary
+
+                out = validate_summary(reply)
+            else:
+                out = validate_reply(reply)
             t = reply.get("timed_s")
             out["timed_s"] = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0.0
             return out
