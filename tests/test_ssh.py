@@ -157,14 +157,12 @@ def test_timeouts_are_failure_rows_and_are_not_retried_forever(tmp_path, server,
 
     # min_time 30 s cannot finish within a 1.5 s block timeout
     dev = parse_device(Path("t.yaml"), "slow", server.device_entry(min_time_s=30, max_time_s=60, timeout_s=1.5,
-                                                                   max_attempts=2))
+                                                                   max_attempts=1))
     lut = tmp_path / "slow.csv"
     res = profile_device(dev, SPECS[:1], "onnxruntime", lut, cache, progress=False)
     assert res.failed == 1 and res.measured == 0 and not res.device_lost
     row = LutTable.load(lut).get(str(SPECS[0]), "onnxruntime")
     assert row["status"] == "error" and row["error"].startswith("timeout") and row["attempts"] == 1
-    res = profile_device(dev, SPECS[:1], "onnxruntime", lut, cache, progress=False)
-    assert res.failed == 1 and LutTable.load(lut).get(str(SPECS[0]), "onnxruntime")["attempts"] == 2
     res = profile_device(dev, SPECS[:1], "onnxruntime", lut, cache, progress=False)
     assert res.todo == 0 and res.skipped == 1  # gave up after max_attempts
     # the timed-out runners were killed, not left spinning on the device
