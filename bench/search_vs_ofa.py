@@ -1,0 +1,262 @@
+"""hwnas evolution vs OFA's EvolutionFinder: same predictor, same LUT, same budgets, same
+population and generations.  Wall time and best predicted accuracy, several seeds.
+
+    bash bench/make_ref_env.sh                  # once: bench/.venv-ref with PyPI `ofa`
+    .venv/bin/python bench/search_vs_ofa.py [--seeds 0,1,2] [--budgets 15,20,25,30]
+        [--population 100] [--generations 500] [--out out/bench/search_vs_ofa]
+
+- OFA side: ``ofa.tutorial.EvolutionFinder`` (the one OFA's tutorial uses for Note10), its
+  ``AccuracyPredictor`` loaded with ``../shared/data/ofa/acc_predictor.pth`` and its
+  ``LatencyTable`` over ``../shared/data/ofa/note10/*.yaml``, run in ``bench/.venv-ref``.
+  The only change: OFA's ``LatencyEstimator`` calls ``yaml.load(fp)`` without a Loader,
+  which PyYAML 6 rejects (once-for-all#94), so the tables are read with ``yaml.safe_load``
+  and handed to OFA's own estimator objects; the latency queries are OFA's code.
+- hwnas side: ``search.evolve.evolve`` with the same predictor file (``ofa:PATH``) and the
+  same tables imported into an hwnas LUT CSV (``profiler.import_lut``).
+- Both run in separate processes under the same conditions, one torch thread each; the
+  timed part is the search call alone (``run_evolution_search`` / ``evolve``), per budget.
+  OFA's finder picks random samples with Python's ``random`` and ``np.random``; both are
+  seeded with the seed.
+- Every OFA result is re-scored with hwnas's predictor and LUT (the numbers must agree), and
+  every hwnas result is checked against the budget.
+
+Prints a table and writes ``results.json`` (all runs) and ``summary.json`` beside a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+REF_PY = REPO / "bench" / ".venv-ref" / "bin" / "python"
+RESOLUTIONS = (160, 176, 192, 208, 224)
+
+
+# --------------------------------------------------------------------------- OFA worker
+# Runs inside bench/.venv-ref: imports only ofa, torch, numpy, yaml.
+
+
+def ofa_worker(args: argparse.Namespace) -> None:
+    import random
+
+    import numpy as np
+    import torch
+    import yaml
+
+    torch.set_num_threads(1)
+    from ofa.tutorial.accuracy_predictor import AccuracyPredictor
+    from ofa.tutorial.evolution_finder import EvolutionFinder
+    from ofa.tutorial.latency_table import LatencyEstimator, LatencyTable
+
+    predictor = AccuracyPredictor(pretrained=False, device="cpu")
+    predictor.model.load_state_dict(torch.load(args.predictor, map_location="cpu"))
+    table = LatencyTable.__new__(LatencyTable)  # OFA's __init__ downloads; fill it from disk
+    table.latency_tables = {}
+    for r in RESOLUTIONS:
+        est = LatencyEstimator.__new__(LatencyEstimator)
+        with open(Path(args.note10) / f"{r}_lookup_table.yaml") as f:
+            est.lut = yaml.safe_load(f)
+        table.latency_tables[r] = est
+    out = []
+    for seed in args.seeds:
+        for budget in args.budgets:
+            random.seed(seed)
+            np.random.seed(seed)
+            finder = EvolutionFinder(
+                "note10", budget, table, predictor,
+                mutate_prob=0.1, population_size=args.population, max_time_budget=args.generations,
+                parent_ratio=0.25, mutation_ratio=0.5,
+            )
+            t0 = time.perf_counter()
+            _, (acc, sample, lat) = finder.run_evolution_search()
+            dt = time.perf_counter() - t0
+            out.append({"seed": seed, "budget": budget, "seconds": dt, "accuracy": float(acc),
+                        "latency_ms": float(lat),
+                        "subnet": {"ks": sample["ks"], "e": sample["e"], "d": sample["d"], "r": sample["r"][0]}})
+            print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+    print(json.dumps(out))
+
+
+# --------------------------------------------------------------------------- hwnas side
+
+
+def run_hwnas(args: argparse.Namespace, lut_csv: Path) -> list[dict]:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from search.evolve import CostArrays, EvolutionParams, covered_choices, evolve
+    from search.latency import LatencyModel
+    from search.predictor import load_predictor
+    from supernet.space import OFA_MBV3
+
+    pred = load_predictor(f"ofa:{args.predictor}", OFA_MBV3)
+    lat = LatencyModel.from_lut(lut_csv, OFA_MBV3, calibration=None)
+    choices = covered_choices(lat, OFA_MBV3, pred.supports)
+    assert choices.resolutions == RESOLUTIONS and choices.widths == (1.2,), choices
+    costs = CostArrays(lat, choices)
+    params = EvolutionParams(population=args.population, generations=args.generations)
+    score = lambda p: pred.predict_population(p, choices)  # noqa: E731
+    score(costs.cheapest()[1])  # warm up torch once, outside the timed part
+    out = []
+    for seed in args.seeds:
+        for budget in args.budgets:
+            t0 = time.perf_counter()
+            res = evolve(budget, costs, score, params, np.random.default_rng([seed, int(budget * 1000)]), progress=False)
+            dt = time.perf_counter() - t0
+            lat_check = float(lat.latency([res.subnet])[0])
+            assert lat_check <= budget + 1e-9, (lat_check, budget)
+            out.append({"seed": seed, "budget": budget, "seconds": dt, "accuracy": res.accuracy,
+                        "latency_ms": lat_check, "evaluations": res.evaluations, "ranked": res.ranked,
+                        "notes": res.notes, "subnet": res.subnet.to_dict()})
+            print(json.dumps({k: v for k, v in out[-1].items() if k != "subnet"}), file=sys.stderr, flush=True)
+    return out
+
+
+def rescore_ofa(rows: list[dict], args: argparse.Namespace, lut_csv: Path) -> None:
+    """Re-evaluate OFA's answers with hwnas's predictor and LUT (fields ``hwnas_*``)."""
+    from search.latency import LatencyModel
+    from search.predictor import load_predictor
+    from supernet.space import OFA_MBV3, SubnetConfig
+
+    pred = load_predictor(f"ofa:{args.predictor}", OFA_MBV3)
+    lat = LatencyModel.from_lut(lut_csv, OFA_MBV3, calibration=None)
+    cfgs = [SubnetConfig(ks=r["subnet"]["ks"], e=r["subnet"]["e"], d=r["subnet"]["d"], r=r["subnet"]["r"], w=1.2)
+            for r in rows]
+    accs = pred.predict(cfgs, OFA_MBV3)
+    lats = lat.latency(cfgs)
+    for r, a, l in zip(rows, accs, lats):
+        r["hwnas_accuracy"] = float(a)
+        r["hwnas_latency_ms"] = float(l)
+
+
+def summarize(ofa: list[dict], ours: list[dict], budgets: list[float]) -> list[dict]:
+    import numpy as np
+
+    rows = []
+    for b in budgets:
+        o = [r for r in ofa if r["budget"] == b]
+        h = [r for r in ours if r["budget"] == b]
+        by_seed = {r["seed"]: r for r in o}
+        wins = sum(r["accuracy"] >= by_seed[r["seed"]]["accuracy"] - 1e-6 for r in h)
+        rows.append({
+            "budget_ms": b,
+            "ofa_seconds": float(np.mean([r["seconds"] for r in o])),
+            "hwnas_seconds": float(np.mean([r["seconds"] for r in h])),
+            "speedup": float(np.mean([r["seconds"] for r in o]) / np.mean([r["seconds"] for r in h])),
+            "ofa_acc_mean": float(np.mean([r["accuracy"] for r in o])),
+            "ofa_acc_best": float(np.max([r["accuracy"] for r in o])),
+            "hwnas_acc_mean": float(np.mean([r["accuracy"] for r in h])),
+            "hwnas_acc_best": float(np.max([r["accuracy"] for r in h])),
+            "hwnas_ge_ofa_seeds": f"{wins}/{len(h)}",
+            "ofa_latency_ms_mean": float(np.mean([r["latency_ms"] for r in o])),
+            "hwnas_latency_ms_mean": float(np.mean([r["latency_ms"] for r in h])),
+            "hwnas_predictor_evals_mean": float(np.mean([r["evaluations"] for r in h])),
+        })
+    return rows
+
+
+def plot(rows: list[dict], ofa: list[dict], ours: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    a1.scatter([r["latency_ms"] for r in ofa], [100 * r["accuracy"] for r in ofa], marker="x", label="OFA EvolutionFinder")
+    a1.scatter([r["latency_ms"] for r in ours], [100 * r["accuracy"] for r in ours], marker="o", facecolors="none",
+               edgecolors="tab:red", label="hwnas evolve")
+    a1.set_xlabel("Note10 latency (ms, LUT)")
+    a1.set_ylabel("predicted ImageNet top-1 (%)")
+    a1.legend(fontsize=8)
+    a1.grid(alpha=0.3)
+    x = range(len(rows))
+    a2.bar([i - 0.2 for i in x], [r["ofa_seconds"] for r in rows], 0.4, label="OFA")
+    a2.bar([i + 0.2 for i in x], [r["hwnas_seconds"] for r in rows], 0.4, label="hwnas", color="tab:red")
+    a2.set_xticks(list(x), [f"{r['budget_ms']:g} ms" for r in rows])
+    a2.set_ylabel("search wall time per budget (s)")
+    a2.set_yscale("log")
+    a2.legend(fontsize=8)
+    a2.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--budgets", default="15,20,25,30")
+    ap.add_argument("--population", type=int, default=100)
+    ap.add_argument("--generations", type=int, default=500)
+    ap.add_argument("--predictor", default=str(DATA / "ofa" / "acc_predictor.pth"))
+    ap.add_argument("--note10", default=str(DATA / "ofa" / "note10"))
+    ap.add_argument("--out", default="out/bench/search_vs_ofa")
+    ap.add_argument("--ofa-worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.budgets = [float(b) for b in args.budgets.split(",")]
+    if args.ofa_worker:
+        ofa_worker(args)
+        return 0
+
+    if not Path(args.predictor).is_file() or not Path(args.note10).is_dir():
+        sys.exit(f"error: OFA's predictor or Note10 tables not found under {DATA} (see ../shared/data/README.md)")
+    if not REF_PY.exists():
+        sys.exit("error: bench/.venv-ref missing; run: bash bench/make_ref_env.sh")
+    sys.path.insert(0, str(REPO))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lut_csv = out / "note10.csv"
+    subprocess.run([sys.executable, "-m", "profiler.import_lut", "--format", "ofa",
+                    *sorted(str(p) for p in Path(args.note10).glob("*_lookup_table.yaml")),
+                    "--out", str(lut_csv), "--device", "note10"], check=True, cwd=REPO, timeout=300)
+
+    print(f"OFA EvolutionFinder ({REF_PY.relative_to(REPO)}) ...", file=sys.stderr)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    cmd = [str(REF_PY), str(Path(__file__).resolve()), "--ofa-worker",
+           "--seeds", ",".join(map(str, args.seeds)), "--budgets", ",".join(f"{b:g}" for b in args.budgets),
+           "--population", str(args.population), "--generations", str(args.generations),
+           "--predictor", args.predictor, "--note10", args.note10]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, cwd=REPO, timeout=6 * 3600, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"error: OFA worker failed with exit code {proc.returncode}")
+    ofa = json.loads(proc.stdout.strip().splitlines()[-1])
+    rescore_ofa(ofa, args, lut_csv)
+    print("hwnas evolve ...", file=sys.stderr)
+    ours = run_hwnas(args, lut_csv)
+
+    rows = summarize(ofa, ours, args.budgets)
+    meta = {"population": args.population, "generations": args.generations, "seeds": args.seeds,
+            "predictor": args.predictor, "lut": str(lut_csv), "host_cpus": os.cpu_count(),
+            "max_rescore_acc_diff": max(abs(r["accuracy"] - r["hwnas_accuracy"]) for r in ofa),
+            "max_rescore_latency_diff_ms": max(abs(r["latency_ms"] - r["hwnas_latency_ms"]) for r in ofa)}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "ofa": ofa, "hwnas": ours}, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    plot(rows, ofa, ours, out / "search_vs_ofa.png")
+
+    print(f"population {args.population}, generations {args.generations}, seeds {args.seeds}; "
+          f"OFA results re-scored by hwnas: max |acc diff| {meta['max_rescore_acc_diff']:.2e}, "
+          f"max |latency diff| {meta['max_rescore_latency_diff_ms']:.3f} ms")
+    head = (f"{'budget':>7} | {'OFA s':>7} {'hwnas s':>8} {'speedup':>8} | {'OFA acc% (mean/best)':>21} "
+            f"{'hwnas acc% (mean/best)':>23} {'hwnas>=OFA':>10}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['budget_ms']:>4g} ms | {r['ofa_seconds']:>7.2f} {r['hwnas_seconds']:>8.3f} {r['speedup']:>7.1f}x | "
+              f"{100 * r['ofa_acc_mean']:>10.2f} / {100 * r['ofa_acc_best']:<8.2f} "
+              f"{100 * r['hwnas_acc_mean']:>11.2f} / {100 * r['hwnas_acc_best']:<9.2f} {r['hwnas_ge_ofa_seeds']:>10}")
+    print(json.dumps({"meta": meta, "rows": rows}))
+    print(f"wrote {out / 'results.json'}, {out / 'summary.json'}, {out / 'search_vs_ofa.png'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

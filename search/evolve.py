@@ -1,0 +1,550 @@
+"""Hardware-aware evolutionary search: the most accurate subnet whose cost fits a budget.
+
+The algorithm is OFA's ``EvolutionFinder`` (population 100, parent ratio 0.25, mutation
+probability 0.1, mutation ratio 0.5, 500 generations), with three changes:
+
+- whole populations at once: subnets are index arrays (``search.encoding.Population``), the
+  cost is an array sum over the cost model's ``tables(r, w)``, and the predictor runs once
+  per generation on the encoded population;
+- every sampling loop is capped.  A budget below the smallest subnet's cost is refused up
+  front (the exact minimum, computed from the tables); a child that still misses the budget
+  after ``max_tries`` rounds is replaced by its parent, and an initial population that random
+  sampling cannot fill is completed by shrinking random subnets until they fit.  Both are
+  counted and reported;
+- parents are distinct architectures (duplicates do not take several parent places).
+
+Every returned subnet satisfies the budget under the same cost model (asserted).
+
+CLI (contract)::
+
+    python -m search.evolve --lut PATH --predictor RUN_OR_FILE|ofa:PATH --latency-ms 15,20 \
+        [--seed S] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from supernet.space import SearchSpace, SubnetConfig, get_space
+
+from .encoding import Choices, Population, active_mask, gene_sizes, random_population
+
+
+class InfeasibleBudget(ValueError):
+    """The budget is below the cheapest subnet's cost."""
+
+
+# --------------------------------------------------------------------------- costs
+
+
+def covered_choices(model, space: SearchSpace, supports: Callable[[int, float], bool] | None = None,
+                    resolutions: Sequence[int] | None = None,
+                    widths: Sequence[float] | None = None) -> Choices:
+    """The (resolution, width) pairs the cost model has tables for and the predictor supports.
+
+    With explicit ``resolutions``/``widths`` a missing table is an error (MissingKeysError
+    listing the keys); otherwise pairs the LUT lacks are skipped.  Raises ValueError when
+    nothing is left.
+    """
+    from .latency import MissingKeysError
+
+    explicit = resolutions is not None or widths is not None
+    res = list(resolutions) if resolutions is not None else list(space.resolutions)
+    wid = list(widths) if widths is not None else list(space.width_mults)
+    ok_r: set[int] = set()
+    ok_w: set[float] = set()
+    pairs: list[tuple[int, float]] = []
+    first_missing: MissingKeysError | None = None
+    for r in res:
+        for w in wid:
+            if supports is not None and not supports(r, w):
+                continue
+            try:
+                model.tables(r, w)
+            except MissingKeysError as exc:
+                if explicit:
+                    raise
+                first_missing = first_missing or exc
+                continue
+            pairs.append((r, w))
+            ok_r.add(r)
+            ok_w.add(w)
+    if not pairs:
+        hint = f"; e.g. {first_missing.message(limit=3)}" if first_missing else ""
+        raise ValueError(
+            f"{getattr(model, 'where', 'the cost model')} covers no resolution/width of space "
+            f"{space.name!r} that the predictor supports{hint}"
+        )
+    # a search over a product of resolutions and widths needs every pair
+    for r in ok_r:
+        for w in ok_w:
+            if (r, w) not in pairs:
+                raise ValueError(
+                    f"{getattr(model, 'where', 'the cost model')} covers resolution {r} and width {w:g} "
+                    f"but not together; choose with --resolutions/--widths"
+                )
+    return Choices(space, tuple(sorted(ok_r)), tuple(sorted(ok_w)))
+
+
+class CostArrays:
+    """A cost model's tables stacked over the search's choices, for array sums.
+
+    ``base[ri, wi]`` and ``slot[ri, wi, slot, k, e]`` (uncalibrated); the cost of a population
+    is ``a * (base + sum of active slots) + b`` when the model carries a calibration (a, b).
+    """
+
+    def __init__(self, model, choices: Choices):
+        self.model = model
+        self.choices = choices
+        sp = choices.space
+        nr, nw = len(choices.resolutions), len(choices.widths)
+        self.base = np.zeros((nr, nw))
+        self.slot = np.zeros((nr, nw, sp.num_blocks, len(sp.kernels), len(sp.expands)))
+        for ri, r in enumerate(choices.resolutions):
+            for wi, w in enumerate(choices.widths):
+                b, s = model.tables(r, w)
+                self.base[ri, wi] = b
+                self.slot[ri, wi] = s
+        cal = getattr(model, "calibration", None)
+        self.a, self.b = (float(cal[0]), float(cal[1])) if cal else (1.0, 0.0)
+        self._slots = np.arange(sp.num_blocks)[None, :]
+
+    def raw(self, pop: Population) -> np.ndarray:
+        """Uncalibrated table sums, (N,)."""
+        per = self.slot[pop.r[:, None], pop.w[:, None], self._slots, pop.k, pop.e]
+        return self.base[pop.r, pop.w] + (per * active_mask(pop, self.choices)).sum(axis=1)
+
+    def __call__(self, pop: Population) -> np.ndarray:
+        return self.a * self.raw(pop) + self.b
+
+    def cheapest(self) -> tuple[float, Population]:
+        """The exact minimum cost over the choices and one subnet attaining it.
+
+        Per stage the cheapest depth given the cheapest (kernel, expand) of every slot; then
+        the cheapest (resolution, width).  Exact because slots are independent given (r, w).
+        """
+        sp = self.choices.space
+        nr, nw = self.base.shape
+        ns, md = len(sp.stages), sp.max_depth
+        flat = self.slot.reshape(nr, nw, sp.num_blocks, -1)
+        best_ke = flat.argmin(axis=-1)                       # (nr, nw, nb)
+        min_slot = flat.min(axis=-1).reshape(nr, nw, ns, md)
+        cums = np.cumsum(min_slot, axis=-1)                  # cost of the first j+1 slots
+        depth_cost = cums[..., np.asarray(sp.depths) - 1]     # (nr, nw, ns, n_depths)
+        di = depth_cost.argmin(axis=-1)                      # (nr, nw, ns)
+        total = self.base + depth_cost.min(axis=-1).sum(axis=-1)
+        ri, wi = np.unravel_index(int(np.argmin(self.a * total)), total.shape)
+        ke = best_ke[ri, wi]
+        pop = Population.of((ke // len(sp.expands))[None, :], (ke % len(sp.expands))[None, :],
+                            di[ri, wi][None, :], np.array([ri]), np.array([wi]))
+        return float(self(pop)[0]), pop
+
+
+# --------------------------------------------------------------------------- evolution
+
+
+@dataclass(frozen=True)
+class EvolutionParams:
+    """Evolution settings (defaults: OFA's ``EvolutionFinder``), and the loop caps."""
+
+    population: int = 100
+    parent_ratio: float = 0.25
+    mutation_prob: float = 0.1
+    mutation_ratio: float = 0.5
+    generations: int = 500
+    max_tries: int = 50          # rounds of re-drawing children that miss the budget (4 draws each)
+    max_draws: int = 200_000     # random subnets drawn for the initial population, at most
+    distinct_parents: bool = True
+
+    def __post_init__(self) -> None:
+        if self.population < 2:
+            raise ValueError(f"population must be >= 2, got {self.population}")
+        if not 0 < self.parent_ratio <= 1:
+            raise ValueError(f"parent ratio must be in (0, 1], got {self.parent_ratio}")
+        if not 0 <= self.mutation_prob <= 1 or not 0 <= self.mutation_ratio <= 1:
+            raise ValueError("mutation probability and ratio must be in [0, 1]")
+        if self.generations < 0 or self.max_tries < 1 or self.max_draws < 1:
+            raise ValueError("generations must be >= 0 and the caps >= 1")
+
+
+@dataclass
+class SearchResult:
+    """The outcome of one search under one budget."""
+
+    budget: float
+    subnet: SubnetConfig
+    accuracy: float
+    cost: float
+    raw_cost: float
+    history: list[float]               # best accuracy after each generation
+    population: list[SubnetConfig]     # the final parents
+    population_acc: np.ndarray
+    population_cost: np.ndarray
+    evaluations: int                   # distinct subnets the predictor scored
+    ranked: int                        # subnets ranked (initial population + all children)
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _mutate(parents: Population, prob: float, choices: Choices, rng: np.random.Generator) -> Population:
+    """Each slot's (kernel, expand) pair, each stage's depth, the resolution and the width is
+    redrawn uniformly with probability ``prob`` (OFA's ``mutate_sample``)."""
+    sizes = gene_sizes(choices)
+    n, nb, ns = len(parents), parents.nb, parents.ns
+    hit = rng.random((n, nb + ns + 2)) < prob
+    mask = np.concatenate([hit[:, :nb], hit], axis=1)   # one draw decides kernel and expand
+    fresh = (rng.random(parents.g.shape) * sizes).astype(np.int64)
+    return Population(np.where(mask, fresh, parents.g), nb, ns)
+
+
+def _crossover(p1: Population, p2: Population, rng: np.random.Generator) -> Population:
+    """Every gene taken from either parent with probability 1/2 (OFA's ``crossover_sample``)."""
+    return Population(np.where(rng.random(p1.g.shape) < 0.5, p1.g, p2.g), p1.nb, p1.ns)
+
+
+def _shrink_until_fits(pop: Population, costs: CostArrays, budget: float,
+                       rng: np.random.Generator) -> tuple[Population, int]:
+    """Lower random genes one step (choices are ascending) until each row fits; rows that
+    still do not fit when nothing can be lowered become the cheapest subnet.  Returns the
+    population and how many rows needed the cheapest subnet."""
+    out = pop.copy()
+    for _ in range(int(out.g.sum()) + 1):
+        over = costs(out) > budget
+        room = (out.g > 0) & over[:, None]
+        movable = room.any(axis=1)
+        if not movable.any():
+            break
+        pick = np.argmax(rng.random(room.shape) * room, axis=1)
+        rows = np.nonzero(movable)[0]
+        out.g[rows, pick[rows]] -= 1
+    bad = costs(out) > budget
+    if bad.any():
+        _, cheapest = costs.cheapest()
+        out.put(bad, cheapest.take(np.zeros(int(bad.sum()), dtype=np.int64)))
+    return out, int(bad.sum())
+
+
+def initial_population(n: int, costs: CostArrays, budget: float, max_draws: int,
+                       rng: np.random.Generator) -> tuple[Population, list[str]]:
+    """``n`` random subnets that fit the budget: rejection sampling in batches, at most
+    ``max_draws`` draws; the rest (if any) are random subnets shrunk until they fit."""
+    choices = costs.choices
+    kept: list[Population] = []
+    have = drawn = 0
+    batch = max(4 * n, 256)
+    while have < n and drawn < max_draws:
+        cand = random_population(choices, min(batch, max_draws - drawn), rng)
+        drawn += len(cand)
+        ok = costs(cand) <= budget
+        if ok.any():
+            kept.append(cand.take(ok))
+            have += int(ok.sum())
+    notes = []
+    pop = Population.concat(kept).take(np.arange(min(n, have))) if kept else Population.empty(choices)
+    if have < n:
+        missing = n - have
+        shrunk, cheapest = _shrink_until_fits(random_population(choices, missing, rng), costs, budget, rng)
+        pop = Population.concat([pop, shrunk])
+        notes.append(
+            f"random sampling found {have} of {n} subnets within {budget:g} in {drawn} draws (cap "
+            f"{max_draws}); {missing} more were random subnets shrunk until they fit"
+            + (f" ({cheapest} became the cheapest subnet)" if cheapest else "")
+        )
+    return pop, notes
+
+
+def _children(make: Callable[[np.ndarray], Population], fallback: Population, costs: CostArrays,
+              budget: float, max_tries: int, fan: int = 4) -> tuple[Population, int]:
+    """Children from ``make(rows)`` (rows: which children to draw, repeats allowed).
+
+    Rejection sampling as in OFA, batched: each round draws ``fan`` candidates for every
+    child still missing the budget and keeps the first that fits (the same distribution as
+    drawing one at a time).  After ``max_tries`` rounds the rest become ``fallback`` (the
+    parent, which fits).  Returns the children and how many fell back.
+    """
+    n = len(fallback)
+    out = fallback.copy()
+    pending = np.arange(n)
+    for _ in range(max_tries):
+        if not len(pending):
+            break
+        cand = make(np.repeat(pending, fan))
+        ok = (costs(cand) <= budget).reshape(len(pending), fan)
+        hit = ok.any(axis=1)
+        src = np.nonzero(hit)[0] * fan + ok.argmax(axis=1)[hit]
+        out.put(pending[hit], cand.take(src))
+        pending = pending[~hit]
+    return out, len(pending)
+
+
+def _select(pop: Population, acc: np.ndarray, n: int, distinct: bool) -> np.ndarray:
+    """Indices of the ``n`` most accurate rows (distinct architectures when ``distinct``)."""
+    order = np.argsort(-acc, kind="stable")
+    if not distinct:
+        return order[:n]
+    _, first = np.unique(pop.hashes()[order], return_index=True)
+    uniq = order[np.sort(first)]
+    if len(uniq) >= n:
+        return uniq[:n]
+    rest = np.setdiff1d(order, uniq, assume_unique=True)
+    return np.concatenate([uniq, rest[: n - len(uniq)]])
+
+
+class MemoScore:
+    """``score`` with a cache keyed by architecture hash: each distinct subnet is scored once
+    (the predictor is deterministic, so ranking is unchanged).  ``evaluated`` counts the
+    subnets actually scored."""
+
+    def __init__(self, score: Callable[[Population], np.ndarray]):
+        self.score = score
+        self.cache: dict[int, float] = {}
+        self.evaluated = 0
+
+    def __call__(self, pop: Population) -> np.ndarray:
+        uniq, first, inv = np.unique(pop.hashes(), return_index=True, return_inverse=True)
+        keys = uniq.tolist()
+        vals = np.array([self.cache.get(k, np.nan) for k in keys])
+        miss = np.nonzero(np.isnan(vals))[0]
+        if len(miss):
+            fresh = np.asarray(self.score(pop.take(first[miss])), dtype=np.float64)
+            vals[miss] = fresh
+            self.cache.update(zip((keys[i] for i in miss), fresh.tolist()))
+            self.evaluated += len(miss)
+        return vals[inv.reshape(-1)]
+
+
+def evolve(
+    budget: float,
+    costs: CostArrays,
+    score: Callable[[Population], np.ndarray],
+    params: EvolutionParams,
+    rng: np.random.Generator,
+    progress: bool | None = None,
+    desc: str = "",
+) -> SearchResult:
+    """Regularized evolution under ``costs(pop) <= budget``.
+
+    Args:
+        budget: the cost budget (in the cost model's unit, calibrated if it is).
+        costs: the stacked cost tables of the search's choices.
+        score: predicted accuracy of a population (one batched call per generation).
+        params: evolution settings and caps.
+        rng: the only randomness.
+        progress: tqdm bar (None: only on a terminal).
+    Returns:
+        The best subnet found, its accuracy and cost, the per-generation history and the
+        final parents.  Raises InfeasibleBudget when nothing fits.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    choices = costs.choices
+    canon = lambda p: _canonical(p, choices)  # noqa: E731
+    floor, _ = costs.cheapest()
+    if budget < floor:
+        raise InfeasibleBudget(
+            f"budget {budget:g} is below the smallest subnet's cost {floor:.3f} "
+            f"({getattr(costs.model, 'where', 'cost model')}); nothing fits"
+        )
+    n = params.population
+    n_par = max(1, int(round(params.parent_ratio * n)))
+    n_mut = int(round(params.mutation_ratio * n))
+    pop, notes = initial_population(n, costs, budget, params.max_draws, rng)
+    canon(pop)
+    memo = MemoScore(score)
+    acc = memo(pop)
+    ranked = len(pop)
+    history: list[float] = []
+    fallbacks = 0
+    best_acc, best = -math.inf, None
+    bar = tqdm(range(params.generations), desc=desc or f"search <= {budget:g}", leave=False,
+               disable=(None if progress is None else not progress))
+    for _ in bar:
+        sel = _select(pop, acc, n_par, params.distinct_parents)
+        parents, parents_acc = pop.take(sel), acc[sel]
+        if parents_acc[0] > best_acc:
+            best_acc, best = float(parents_acc[0]), parents.take(np.array([0]))
+        history.append(best_acc)
+        bar.set_postfix(acc=f"{best_acc:.4f}")
+        # mutation
+        pick = rng.integers(0, n_par, n_mut)
+        mut, fb1 = _children(lambda rows: _mutate(parents.take(pick[rows]), params.mutation_prob, choices, rng),
+                             parents.take(pick), costs, budget, params.max_tries)
+        # crossover
+        a, b = rng.integers(0, n_par, n - n_mut), rng.integers(0, n_par, n - n_mut)
+        cross, fb2 = _children(lambda rows: _crossover(parents.take(a[rows]), parents.take(b[rows]), rng),
+                               parents.take(a), costs, budget, params.max_tries)
+        fallbacks += fb1 + fb2
+        kids = canon(Population.concat([mut, cross]))
+        kids_acc = memo(kids)
+        ranked += len(kids)
+        pop = Population.concat([parents, kids])
+        acc = np.concatenate([parents_acc, kids_acc])
+    sel = _select(pop, acc, n_par, params.distinct_parents)
+    parents, parents_acc = pop.take(sel), acc[sel]
+    if parents_acc[0] > best_acc or best is None:
+        best_acc, best = float(parents_acc[0]), parents.take(np.array([0]))
+    history.append(best_acc)
+    if fallbacks:
+        notes.append(
+            f"{fallbacks} children missed the budget after {params.max_tries} redraws and were "
+            f"replaced by their parents"
+        )
+    cost = float(costs(best)[0])
+    if not cost <= budget:  # cannot happen: every member fits by construction
+        raise AssertionError(f"search returned a subnet of cost {cost} over budget {budget}")
+    par_cost = costs(parents)
+    return SearchResult(
+        budget=float(budget), subnet=best.to_subnets(choices)[0], accuracy=best_acc, cost=cost,
+        raw_cost=float(costs.raw(best)[0]), history=history, population=parents.to_subnets(choices),
+        population_acc=parents_acc, population_cost=par_cost, evaluations=memo.evaluated,
+        ranked=ranked, seconds=time.perf_counter() - t0, notes=notes,
+    )
+
+
+def _canonical(pop: Population, choices: Choices) -> Population:
+    act = active_mask(pop, choices)
+    pop.k[~act] = 0
+    pop.e[~act] = 0
+    return pop
+
+
+# --------------------------------------------------------------------------- CLI helpers
+
+
+def parse_budgets(text: str, what: str) -> list[float]:
+    """``"15,20,25"`` -> [15.0, 20.0, 25.0]; raises ValueError naming the flag."""
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            v = float(part)
+        except ValueError:
+            raise ValueError(f"{what}: {part!r} is not a number") from None
+        if not math.isfinite(v) or v <= 0:
+            raise ValueError(f"{what}: budgets must be positive, got {part}")
+        out.append(v)
+    if not out:
+        raise ValueError(f"{what}: no budget given")
+    return sorted(set(out))
+
+
+def default_predictor() -> str:
+    """The newest ``runs/*/predictor.pt``; raises ValueError when there is none."""
+    found = sorted(Path("runs").glob("*/predictor.pt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ValueError("no --predictor given and no runs/*/predictor.pt found "
+                         "(train one with python -m search.predictor, or use ofa:PATH)")
+    return str(found[-1])
+
+
+def _calibration_arg(text: str):
+    return {"auto": "auto", "none": None}.get(text, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import report
+    from .latency import LatencyModel, MacsModel, MissingKeysError, ParamsModel
+    from .predictor import load_predictor
+
+    ap = argparse.ArgumentParser(prog="python -m search.evolve", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--lut", help="latency LUT CSV (the device to search for)")
+    ap.add_argument("--predictor", help="RUN folder, predictor file, or ofa:PATH (OFA's published one)")
+    ap.add_argument("--latency-ms", help="latency budget(s) in ms, comma separated (needs --lut)")
+    ap.add_argument("--macs-m", help="MACs budget(s) in millions instead of latency")
+    ap.add_argument("--params-m", help="parameter budget(s) in millions instead of latency")
+    ap.add_argument("--space", help="search space (default: the predictor's)")
+    ap.add_argument("--runtime", help="LUT runtime, when the LUT holds several")
+    ap.add_argument("--calibration", default="auto",
+                    help="auto (use <lut>.calibration.json when present), none, or a calibration JSON")
+    ap.add_argument("--resolutions", help="resolutions to search, comma separated (default: all the LUT covers)")
+    ap.add_argument("--widths", help="width multipliers to search (default: all the LUT and predictor cover)")
+    ap.add_argument("--population", type=int, default=100)
+    ap.add_argument("--parent-ratio", type=float, default=0.25)
+    ap.add_argument("--mutation-prob", type=float, default=0.1)
+    ap.add_argument("--mutation-ratio", type=float, default=0.5)
+    ap.add_argument("--generations", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the predictor (default 1)")
+    ap.add_argument("--samples", type=int, default=2000, help="random subnets drawn for the plot's context")
+    ap.add_argument("--out", help="folder for the per-budget JSON, Pareto CSV/JSON and PNG (default out/search/<lut>)")
+    ap.add_argument("--run", help="supernet run folder (for --export)")
+    ap.add_argument("--export", action="store_true", help="write the chosen subnets as ONNX and TFLite")
+    ap.add_argument("--verify", action="store_true", help="measure the chosen subnets on the LUT's device")
+    ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    args = ap.parse_args(argv)
+
+    try:
+        # what to constrain
+        given = [(f, getattr(args, f.replace("-", "_"))) for f in ("latency-ms", "macs-m", "params-m")]
+        given = [(f, v) for f, v in given if v]
+        if len(given) != 1:
+            raise ValueError("give exactly one of --latency-ms, --macs-m, --params-m")
+        flag, text = given[0]
+        budgets = parse_budgets(text, f"--{flag}")
+        if flag == "latency-ms" and not args.lut:
+            raise ValueError("--latency-ms needs --lut")
+        pred = load_predictor(args.predictor or default_predictor())
+        space = get_space(args.space or pred.space_name or "ofa_mbv3")
+        pred.check_space(space)
+        latency = None
+        if args.lut:
+            latency = LatencyModel.from_lut(args.lut, space, args.runtime, calibration=_calibration_arg(args.calibration))
+        model = {"latency-ms": latency, "macs-m": MacsModel(space), "params-m": ParamsModel(space)}[flag]
+        res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else None
+        wid = [float(x) for x in args.widths.split(",")] if args.widths else None
+        choices = covered_choices(latency or model, space, pred.supports, res, wid)
+        costs = CostArrays(model, choices)
+        floor, _ = costs.cheapest()
+        low = [b for b in budgets if b < floor]
+        if low:
+            raise InfeasibleBudget(
+                f"budget {', '.join(f'{b:g}' for b in low)} {report.UNITS[flag]} is below the smallest "
+                f"subnet's {report.NAMES[flag]} {floor:.2f} {report.UNITS[flag]} "
+                f"({getattr(model, 'where', flag)}, resolutions {', '.join(map(str, choices.resolutions))})"
+            )
+        params = EvolutionParams(args.population, args.parent_ratio, args.mutation_prob,
+                                 args.mutation_ratio, args.generations)
+    except MissingKeysError as exc:
+        ap.error(str(exc).replace("\n", " "))
+    except (ValueError, OSError) as exc:
+        ap.error(str(exc))
+
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))  # batches of ~100: one thread is fastest
+    score = lambda p: pred.predict_population(p, choices)  # noqa: E731
+    results = []
+    for i, b in enumerate(budgets):
+        rng = np.random.default_rng([args.seed, i])
+        results.append(evolve(b, costs, score, params, rng, progress=None if not args.json else False,
+                              desc=f"search <= {b:g} {report.UNITS[flag]}"))
+    context = report.random_context(choices, costs, score, args.samples, np.random.default_rng([args.seed, 999]))
+    out_dir = Path(args.out) if args.out else Path("out/search") / (Path(args.lut).stem if args.lut else flag)
+    latency_costs = CostArrays(latency, choices) if latency is not None else None
+    summary = report.write_search(out_dir, results, flag, costs, latency_costs, pred, choices, context,
+                                  params, args.seed, lut=args.lut)
+    if args.export or args.verify:
+        from .deploy import export_and_verify
+        summary["deploy"] = export_and_verify(results, space, args, out_dir)
+        (out_dir / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        report.print_search(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""Accuracy predictor: an MLP over ``search.encoding.Encoder`` features.
+
+Two sources:
+
+- our own, trained on collected (subnet, accuracy) rows (``search.collect``): a train split
+  and a held-out split (seeded), RMSE and Kendall tau on the held-out rows printed and saved
+  in the model file and in a JSON twin next to it;
+- OFA's published ImageNet predictor (``acc_predictor.pth``, a state dict of
+  ``Linear(128, 400), ReLU, Linear(400, 400), ReLU, Linear(400, 400), ReLU, Linear(400, 1)``
+  over OFA's 128-wide encoding, output a fraction), loaded with ``ofa:PATH``.  It was trained
+  for the OFA MobileNetV3 supernet at width multiplier 1.2.
+
+Searches call ``predict_population`` (a numpy forward pass over a whole population); the
+gradient search uses ``module`` (torch).
+
+CLI (train)::
+
+    python -m search.predictor --data RUN/accuracy.csv --space fmnist --out RUN/predictor.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from supernet.space import SearchSpace, SubnetConfig, get_space
+
+from .encoding import Choices, Encoder, Population
+
+FORMAT = "hwnas-accuracy-predictor"
+FORMAT_VERSION = 1
+OFA_WIDTH = 1.2  # OFA's published predictor belongs to the w1.2 supernet
+
+
+def build_mlp(n_in: int, hidden: Sequence[int]):
+    """``nn.Sequential(Linear, ReLU, ..., Linear(.., 1))``: the layout of OFA's predictor, so
+    its state dict (keys ``0.*``, ``2.*``, ``4.*``, ``6.*``) loads directly."""
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    prev = n_in
+    for h in hidden:
+        layers += [nn.Linear(prev, h), nn.ReLU()]
+        prev = h
+    layers.append(nn.Linear(prev, 1))
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class AccuracyPredictor:
+    """An MLP accuracy predictor with its encoder.
+
+    Attributes:
+        encoder: the feature layout.
+        hidden: hidden layer sizes.
+        state: the MLP's weights (name -> numpy array, float32).
+        offset: added to the MLP output (the training mean of our own predictors; 0 for OFA's).
+        widths: width multipliers the predictor is valid for (empty: any).
+        source: "ofa" or "hwnas"; ``path`` where it was loaded from.
+        metrics: held-out RMSE, Kendall tau and split sizes (our own predictors).
+    """
+
+    encoder: Encoder
+    hidden: tuple[int, ...]
+    state: dict[str, np.ndarray]
+    offset: float = 0.0
+    widths: tuple[float, ...] = ()
+    space_name: str = ""
+    source: str = "hwnas"
+    path: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._module = None
+
+    # support --------------------------------------------------------------------------
+    def supports(self, r: int, w: float) -> bool:
+        ok_w = not self.widths or any(math.isclose(w, x) for x in self.widths)
+        return ok_w and self.encoder.supports_resolution(r) and self.encoder.supports_width(w)
+
+    def check_space(self, space: SearchSpace) -> None:
+        self.encoder.check_space(space)
+
+    def describe(self) -> str:
+        if self.source == "ofa":
+            return f"OFA's published ImageNet predictor ({self.path})"
+        m = self.metrics
+        extra = f", held-out RMSE {m['rmse']:.4f}, Kendall tau {m['kendall_tau']:.3f}" if m else ""
+        return f"hwnas predictor {self.path or '(in memory)'}{extra}"
+
+    # prediction ---------------------------------------------------------------------------
+    def predict_features(self, x: np.ndarray) -> np.ndarray:
+        """Predicted accuracy (fraction) for an (N, n_dim) feature array: one batched forward
+        pass (torch; with ``torch.set_num_threads(1)`` these small matmuls are fastest)."""
+        import torch
+
+        if self._module is None:
+            self._module = self.module()
+        with torch.inference_mode():
+            y = self._module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        return y[:, 0].double().numpy() + self.offset
+
+    def predict_population(self, pop: Population, choices: Choices) -> np.ndarray:
+        """Predicted accuracy of every subnet of a population (one batched pass)."""
+        return self.predict_features(self.encoder.encode(pop, choices))
+
+    def predict(self, subnets: Sequence[SubnetConfig], space: SearchSpace) -> np.ndarray:
+        """Predicted accuracy of a list of subnets."""
+        return self.predict_features(self.encoder.encode_subnets(subnets, space))
+
+    def module(self):
+        """The MLP as a torch ``nn.Sequential`` (float32, eval mode) with these weights;
+        add ``offset`` to its output."""
+        import torch
+
+        net = build_mlp(self.encoder.n_dim, self.hidden)
+        net.load_state_dict({k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in self.state.items()})
+        return net.eval()
+
+    # files --------------------------------------------------------------------------------
+    def save(self, path: Path | str) -> Path:
+        """Write the model (torch file of tensors and plain data, loadable with
+        ``weights_only=True``) and its metrics as ``<path>.json`` beside it."""
+        import torch
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {
+            "format": FORMAT, "version": FORMAT_VERSION, "space": self.space_name,
+            "encoder": self.encoder.to_dict(), "hidden": list(self.hidden), "offset": float(self.offset),
+            "widths": list(self.widths), "metrics": self.metrics,
+            "state_dict": {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in self.state.items()},
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(blob, tmp)
+        tmp.replace(path)
+        meta = {k: v for k, v in blob.items() if k != "state_dict"}
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        self.path = str(path)
+        return path
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _torch_load(path: Path):
+    import torch
+
+    if not path.is_file():
+        raise ValueError(f"{path}: no such predictor file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a readable predictor file ({first[:200]})") from None
+
+
+def _is_ofa_state(obj: Any) -> bool:
+    return (isinstance(obj, dict) and "0.weight" in obj and "6.weight" in obj
+            and tuple(obj["0.weight"].shape) == (400, 128))
+
+
+def load_ofa_predictor(path: Path | str) -> AccuracyPredictor:
+    """OFA's published predictor (``acc_predictor.pth``).  Raises ValueError naming the file."""
+    path = Path(path)
+    sd = _torch_load(path)
+    if isinstance(sd, dict) and "state_dict" in sd and not _is_ofa_state(sd):
+        sd = sd["state_dict"]
+    expected = {"0.weight": (400, 128), "0.bias": (400,), "2.weight": (400, 400), "2.bias": (400,),
+                "4.weight": (400, 400), "4.bias": (400,), "6.weight": (1, 400), "6.bias": (1,)}
+    if not isinstance(sd, dict) or set(sd) != set(expected) or any(
+            tuple(sd[k].shape) != s for k, s in expected.items()):
+        got = {k: tuple(v.shape) for k, v in sd.items()} if isinstance(sd, dict) else type(sd).__name__
+        raise ValueError(f"{path}: not OFA's predictor (expected the 128-400-400-400-1 MLP, got {got})")
+    state = {k: v.float().numpy() for k, v in sd.items()}
+    return AccuracyPredictor(Encoder.ofa(), (400, 400, 400), state, 0.0, (OFA_WIDTH,),
+                             space_name="ofa_mbv3", source="ofa", path=str(path))
+
+
+def load_predictor(spec: str | Path, space: SearchSpace | None = None) -> AccuracyPredictor:
+    """A predictor from ``ofa:PATH``, a run folder (``RUN/predictor.pt``) or a file.
+
+    A file holding OFA's bare state dict is recognised without the ``ofa:`` prefix.  With
+    ``space``, checks that the predictor encodes that space's choices.  Raises ValueError
+    with one line naming what and where.
+    """
+    text = str(spec)
+    if text.startswith("ofa:"):
+        pred = load_ofa_predictor(text[4:])
+    else:
+        path = Path(text)
+        if path.is_dir():
+            path = path / "predictor.pt"
+            if not path.is_file():
+                raise ValueError(f"{spec}: run folder has no predictor.pt (train one with python -m search.predictor)")
+        blob = _torch_load(path)
+        if _is_ofa_state(blob):
+            pred = load_ofa_predictor(path)
+        elif not isinstance(blob, dict) or blob.get("format") != FORMAT:
+            raise ValueError(f"{path}: not an hwnas predictor file (no format {FORMAT!r}); for OFA's use ofa:PATH")
+        else:
+            try:
+                enc = Encoder.from_dict(blob["encoder"])
+                state = {k: v.float().numpy() for k, v in blob["state_dict"].items()}
+                pred = AccuracyPredictor(enc, tuple(blob["hidden"]), state, float(blob["offset"]),
+                                         tuple(float(x) for x in blob.get("widths", ())),
+                                         space_name=blob.get("space", ""), source="hwnas",
+                                         path=str(path), metrics=dict(blob.get("metrics", {})))
+            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+                raise ValueError(f"{path}: corrupt hwnas predictor file ({type(exc).__name__}: {exc})") from None
+    if space is not None:
+        try:
+            pred.check_space(space)
+        except ValueError as exc:
+            raise ValueError(f"{spec}: {exc}") from None
+    return pred
+
+
+# --------------------------------------------------------------------------- training
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's tau-b between two sequences (O(n^2) in numpy chunks; fine for n <= 20k)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    conc = ties_x = ties_y = 0.0
+    total = 0.0
+    for start in range(0, n, 1024):
+        xs, ys = x[start:start + 1024, None], y[start:start + 1024, None]
+        dx, dy = np.sign(xs - x[None, :]), np.sign(ys - y[None, :])
+        conc += float((dx * dy).sum())
+        ties_x += float((dx == 0).sum())
+        ties_y += float((dy == 0).sum())
+        total += dx.size
+    # every pair counted twice and the diagonal n times
+    n0 = (total - n) / 2
+    n1 = (ties_x - n) / 2
+    n2 = (ties_y - n) / 2
+    denom = math.sqrt((n0 - n1) * (n0 - n2))
+    return float(conc / 2 / denom) if denom > 0 else float("nan")
+
+
+def read_accuracy_csv(path: Path | str, space: SearchSpace) -> tuple[list[SubnetConfig], np.ndarray]:
+    """Rows (subnet JSON, accuracy) of a ``search.collect`` CSV (columns ``subnet``, ``acc``).
+    Raises ValueError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such accuracy CSV")
+    subnets, accs = [], []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"subnet", "acc"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: needs columns subnet and acc (has {reader.fieldnames})")
+        for line, row in enumerate(reader, start=2):
+            if row.get("status", "ok") not in ("ok", ""):
+                continue
+            try:
+                cfg = SubnetConfig.from_json(row["subnet"])
+                cfg.validate(space)
+                acc = float(row["acc"])
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{path}:{line}: {exc}") from None
+            subnets.append(cfg)
+            accs.append(acc)
+    if not subnets:
+        raise ValueError(f"{path}: no accuracy rows")
+    return subnets, np.asarray(accs)
+
+
+def split_indices(n: int, test_frac: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded (train, held-out) split of ``range(n)``; at least one row in each part."""
+    perm = rng.permutation(n)
+    n_test = min(n - 1, max(1, int(round(n * test_frac))))
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def train_predictor(
+    subnets: Sequence[SubnetConfig],
+    accs: Sequence[float],
+    space: SearchSpace,
+    rng: np.random.Generator,
+    hidden: Sequence[int] = (400, 400, 400),
+    epochs: int = 300,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    test_frac: float = 0.2,
+    progress: bool = True,
+) -> AccuracyPredictor:
+    """Train an MLP on a train split; held-out RMSE and Kendall tau go into ``metrics``.
+
+    Args:
+        subnets, accs: the collected rows (accuracy as a fraction).
+        space: the space the subnets belong to.
+        rng: the only randomness (split, init, batches).
+        hidden, epochs, lr, weight_decay, batch_size: MLP and Adam settings.
+        test_frac: fraction of rows held out.
+    Returns:
+        The trained predictor (call ``save`` to write it).
+    """
+    import torch
+    from tqdm import tqdm
+
+    if len(subnets) < 4:
+        raise ValueError(f"need at least 4 accuracy rows to train a predictor, got {len(subnets)}")
+    accs = np.asarray(accs, dtype=np.float64)
+    enc = Encoder.for_space(space, sorted({c.r for c in subnets}), sorted({float(c.w) for c in subnets}))
+    x = enc.encode_subnets(list(subnets), space)
+    train_idx, test_idx = split_indices(len(x), test_frac, rng)
+    offset = float(accs[train_idx].mean())
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    torch.manual_seed(int(rng.integers(2**31)))  # nn.Linear init has no generator argument
+    net = build_mlp(enc.n_dim, hidden)
+    xt = torch.from_numpy(x[train_idx])
+    yt = torch.from_numpy((accs[train_idx] - offset).astype(np.float32))
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
+    t0 = time.time()
+    bar = tqdm(range(epochs), desc="train predictor", disable=not progress, leave=False)
+    for _ in bar:
+        perm = torch.randperm(len(xt), generator=gen)
+        total = 0.0
+        for s in range(0, len(xt), batch_size):
+            b = perm[s:s + batch_size]
+            loss = torch.nn.functional.mse_loss(net(xt[b])[:, 0], yt[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(b)
+        sched.step()
+        bar.set_postfix(rmse=f"{math.sqrt(total / len(xt)):.4f}")
+    state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+    widths = tuple(sorted({float(c.w) for c in subnets}))
+    pred = AccuracyPredictor(enc, tuple(hidden), state, offset, widths, space_name=space.name)
+    p_test = pred.predict_features(x[test_idx])
+    p_train = pred.predict_features(x[train_idx])
+    pred.metrics = {
+        "rmse": float(np.sqrt(np.mean((p_test - accs[test_idx]) ** 2))),
+        "kendall_tau": kendall_tau(p_test, accs[test_idx]),
+        "train_rmse": float(np.sqrt(np.mean((p_train - accs[train_idx]) ** 2))),
+        "baseline_rmse": float(np.sqrt(np.mean((offset - accs[test_idx]) ** 2))),
+        "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
+        "epochs": int(epochs), "train_seconds": round(time.time() - t0, 2),
+    }
+    return pred
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m search.predictor", description="Train an accuracy predictor on collected (subnet, accuracy) rows.")
+    ap.add_argument("--data", required=True, help="accuracy CSV from search.collect (columns subnet, acc), or a run folder holding accuracy.csv")
+    ap.add_argument("--space", default=None, help="search space name (default: the run's, else fmnist)")
+    ap.add_argument("--out", default=None, help="model file (default: predictor.pt beside the data)")
+    ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--hidden", default="400,400,400", help="hidden sizes, comma separated")
+    ap.add_argument("--test-frac", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    args = ap.parse_args(argv)
+    data = Path(args.data)
+    if data.is_dir():
+        data = data / "accuracy.csv"
+    try:
+        space = get_space(args.space or _space_of_run(data.parent) or "fmnist")
+        hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())
+        subnets, accs = read_accuracy_csv(data, space)
+        pred = train_predictor(subnets, accs, space, np.random.default_rng(args.seed), hidden=hidden,
+                               epochs=args.epochs, test_frac=args.test_frac, progress=not args.json)
+    except ValueError as exc:
+        ap.error(str(exc))
+    out = pred.save(Path(args.out) if args.out else data.parent / "predictor.pt")
+    m = pred.metrics
+    if args.json:
+        print(json.dumps({"predictor": str(out), **m}))
+    else:
+        print(f"held-out RMSE {m['rmse'] * 100:.2f} pp (predicting the mean: {m['baseline_rmse'] * 100:.2f} pp), "
+              f"Kendall tau {m['kendall_tau']:.3f}  [{m['n_train']} train / {m['n_test']} held-out rows]")
+        print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+def _space_of_run(run: Path) -> str | None:
+    """The space name recorded in a run folder's config, if any."""
+    for name in ("config.json", "config.yaml", "config.yml"):
+        p = run / name
+        if p.is_file():
+            try:
+                if p.suffix == ".json":
+                    cfg = json.loads(p.read_text())
+                else:
+                    import yaml
+
+                    cfg = yaml.safe_load(p.read_text())
+            except Exception:
+                return None
+            if isinstance(cfg, dict):
+                sp = cfg.get("space")
+                return sp if isinstance(sp, str) else None
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Search results for people and for scripts: the Pareto table in the terminal, a JSON per
+budget, the front as CSV and JSON, and a PNG of predicted accuracy against cost with the
+front, the final populations and random subnets for context.
+
+Files written by ``write_search`` (in the output folder)::
+
+    search.json            everything printed (the ``--json`` object)
+    budget_<B><unit>.json  one per budget: subnet, predicted accuracy, predicted latency,
+                           calibration used, evidence (predictor metrics, history, notes)
+    pareto.csv             one row per budget
+    pareto.png             accuracy against cost
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .encoding import Choices, Population, random_population
+
+UNITS = {"latency-ms": "ms", "macs-m": "M MACs", "params-m": "M params"}
+NAMES = {"latency-ms": "latency", "macs-m": "MACs", "params-m": "parameters"}
+FILE_UNITS = {"latency-ms": "ms", "macs-m": "Mmacs", "params-m": "Mparams"}
+
+
+def random_context(choices: Choices, costs, score: Callable[[Population], np.ndarray], n: int,
+                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Cost and predicted accuracy of ``n`` uniformly random subnets (for the plot)."""
+    if n <= 0:
+        return {"cost": np.zeros(0), "acc": np.zeros(0)}
+    pop = random_population(choices, n, rng)
+    return {"cost": costs(pop), "acc": score(pop)}
+
+
+def _round(x: float | None, nd: int = 4):
+    return None if x is None else round(float(x), nd)
+
+
+def result_row(res, flag: str, choices: Choices, latency_costs, pred) -> dict[str, Any]:
+    """The machine-readable record of one budget's result (the contract's ``results`` entry)."""
+    from .latency import MacsModel, ParamsModel
+
+    sp = choices.space
+    cfg = res.subnet
+    pop = Population.from_subnets([cfg], choices)
+    lat = raw = None
+    if latency_costs is not None:
+        lat = float(latency_costs(pop)[0])
+        raw = float(latency_costs.raw(pop)[0])
+    cal = None
+    if latency_costs is not None and (latency_costs.a, latency_costs.b) != (1.0, 0.0):
+        cal = {"a": latency_costs.a, "b": latency_costs.b}
+    return {
+        "budget": res.budget,
+        "unit": UNITS[flag],
+        "subnet": cfg.to_dict(),
+        "predicted_accuracy": _round(res.accuracy, 5),
+        "predicted_latency_ms": _round(lat),
+        "lut_sum_ms": _round(raw),
+        "calibration": cal,
+        "cost": _round(res.cost),
+        "macs_m": _round(float(MacsModel(sp).cost([cfg])[0]), 2),
+        "params_m": _round(float(ParamsModel(sp).cost([cfg])[0]), 3),
+        "evaluations": res.evaluations,
+        "seconds": round(res.seconds, 3),
+        "notes": res.notes,
+    }
+
+
+def write_search(out_dir: Path, results: Sequence, flag: str, costs, latency_costs, pred,
+                 choices: Choices, context: dict[str, np.ndarray], params, seed: int,
+                 lut: str | None = None, method: str = "evolution") -> dict[str, Any]:
+    """Write the JSON per budget, the Pareto CSV and PNG and ``search.json``; return the
+    summary object (the ``--json`` output).
+
+    Args:
+        out_dir: output folder (created).
+        results: ``SearchResult`` per budget, ascending budgets.
+        flag: the constraint ("latency-ms", "macs-m" or "params-m").
+        costs: the constraint's ``CostArrays``; ``latency_costs`` the LUT's (or None).
+        pred: the accuracy predictor; ``choices`` the searched choices.
+        context: random subnets' cost and accuracy (``random_context``).
+        params: the search settings (a dataclass); ``seed`` the seed.
+    Returns:
+        The summary dict.
+    """
+    from dataclasses import asdict
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = latency_costs.model if latency_costs is not None else None
+    rows = [result_row(r, flag, choices, latency_costs, pred) for r in results]
+    summary: dict[str, Any] = {
+        "method": method,
+        "constraint": NAMES[flag],
+        "unit": UNITS[flag],
+        "lut": lut,
+        "device": getattr(model, "device", None),
+        "runtime": getattr(model, "runtime", None),
+        "calibration": rows[0]["calibration"] if rows else None,
+        "space": choices.space.name,
+        "resolutions": list(choices.resolutions),
+        "widths": list(choices.widths),
+        "predictor": {"source": pred.source, "path": pred.path, "description": pred.describe(),
+                      "metrics": pred.metrics},
+        "params": asdict(params),
+        "seed": seed,
+        "results": rows,
+    }
+    files = {}
+    for res, row in zip(results, rows):
+        name = f"budget_{res.budget:g}{FILE_UNITS[flag]}.json"
+        detail = {**row, "lut": lut, "device": summary["device"], "runtime": summary["runtime"],
+                  "predictor": summary["predictor"], "params": summary["params"], "seed": seed,
+                  "history": [round(h, 5) for h in res.history[:: max(1, len(res.history) // 100)]],
+                  "final_population": [
+                      {"subnet": c.to_dict(), "predicted_accuracy": _round(a, 5), "cost": _round(k)}
+                      for c, a, k in zip(res.population, res.population_acc, res.population_cost)
+                  ]}
+        (out_dir / name).write_text(json.dumps(detail, indent=2) + "\n")
+        files[f"{res.budget:g}"] = str(out_dir / name)
+    csv_path = out_dir / "pareto.csv"
+    cols = ["budget", "unit", "predicted_accuracy", "cost", "predicted_latency_ms", "lut_sum_ms",
+            "macs_m", "params_m", "r", "w", "d", "subnet"]
+    with csv_path.open("w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(cols)
+        for row in rows:
+            s = row["subnet"]
+            wr.writerow([row["budget"], row["unit"], row["predicted_accuracy"], row["cost"],
+                         row["predicted_latency_ms"], row["lut_sum_ms"], row["macs_m"], row["params_m"],
+                         s["r"], s["w"], "-".join(map(str, s["d"])), json.dumps(s, separators=(",", ":"))])
+    png = plot_search(out_dir / "pareto.png", results, flag, context,
+                      title=f"{summary['device'] or lut or flag} ({summary['runtime'] or NAMES[flag]}), "
+                            f"{pred.source} predictor")
+    summary["files"] = {"per_budget": files, "pareto_csv": str(csv_path), "plot": str(png),
+                        "summary": str(out_dir / "search.json")}
+    (out_dir / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def plot_search(path: Path, results: Sequence, flag: str, context: dict[str, np.ndarray],
+                title: str = "") -> Path:
+    """PNG of predicted accuracy (%) against cost: random subnets (grey), each budget's final
+    parents (light), the chosen subnets joined as the front, the budgets as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if len(context["cost"]):
+        ax.scatter(context["cost"], 100 * context["acc"], s=4, c="0.75", label=f"{len(context['cost'])} random subnets")
+    for i, r in enumerate(results):
+        ax.scatter(r.population_cost, 100 * np.asarray(r.population_acc), s=8, alpha=0.35, color="tab:blue",
+                   label="final parents" if i == 0 else None)
+        ax.axvline(r.budget, ls="--", lw=0.8, color="0.5")
+    xs = [r.cost for r in results]
+    ys = [100 * r.accuracy for r in results]
+    ax.plot(xs, ys, "-o", color="tab:red", label="chosen subnet per budget")
+    for r in results:
+        ax.annotate(f"{r.budget:g}", (r.cost, 100 * r.accuracy), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel(f"predicted {NAMES[flag]} ({UNITS[flag]})")
+    ax.set_ylabel("predicted accuracy (%)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def print_search(summary: dict[str, Any]) -> None:
+    """The Pareto table and where the files are."""
+    unit = summary["unit"]
+    print(f"{summary['predictor']['description']}")
+    where = summary.get("lut") or summary["constraint"]
+    cal = summary.get("calibration")
+    cal_txt = f", calibrated {cal['a']:.3f}*sum{cal['b']:+.3f} ms" if cal else ""
+    print(f"space {summary['space']}, {summary['constraint']} from {where}"
+          f"{' [' + str(summary['runtime']) + ']' if summary.get('runtime') else ''}{cal_txt}, "
+          f"resolutions {','.join(map(str, summary['resolutions']))}, widths {','.join(f'{w:g}' for w in summary['widths'])}")
+    head = f"{'budget':>10} {'pred.acc%':>9} {'latency ms':>10} {'MACs M':>8} {'params M':>8} {'r':>4} {'w':>4}  {'depths':<10} {'kernels / expands (active)':<30} {'s':>5}"
+    print(head)
+    print("-" * len(head))
+    for row in summary["results"]:
+        s = row["subnet"]
+        lat = f"{row['predicted_latency_ms']:.2f}" if row["predicted_latency_ms"] is not None else "-"
+        nb = len(s["ks"]) // len(s["d"])
+        act = [i * nb + j for i, d in enumerate(s["d"]) for j in range(d)]
+        ke = " ".join(f"{s['ks'][i]}{_e(s['e'][i])}" for i in act)
+        print(f"{row['budget']:>7g} {unit:<2} {100 * row['predicted_accuracy']:>9.2f} {lat:>10} {row['macs_m']:>8.1f} "
+              f"{row['params_m']:>8.2f} {s['r']:>4} {s['w']:>4g}  {'-'.join(map(str, s['d'])):<10} {ke:<30} {row['seconds']:>5.2f}")
+        for note in row["notes"]:
+            print(f"{'':>10} note: {note}")
+    f = summary["files"]
+    print(f"wrote {f['summary']}, {f['pareto_csv']}, {f['plot']} and {len(f['per_budget'])} per-budget JSON files")
+
+
+def _e(x: float) -> str:
+    return f"e{int(x)}" if float(x).is_integer() else f"e{x:g}"
