@@ -141,6 +141,27 @@ def parse_device(file: Path, name: str, entry: Any) -> Device:
     for key in _REQUIRED_BY_TRANSPORT[values["transport"]]:
         if not values.get(key):
             raise DeviceConfigError(f"{file}: device {name!r}: field {key!r} is required for transport {values['transport']}")
+    where = f"{file}: device {name!r}"
+    if values["transport"] == "adb":
+        if not values.get("benchmark_model") and not values.get("python"):
+            raise DeviceConfigError(f"{where}: field 'benchmark_model' (TFLite's benchmark tool on the phone) or "
+                                    f"'python' (a Python on the device) is required for transport adb")
+        if values.get("benchmark_model") and values["runtime"] != "tflite":
+            raise DeviceConfigError(f"{where}: field 'runtime': benchmark_model measures tflite models, "
+                                    f"not {values['runtime']}")
+        if any(c.isspace() for c in values["serial"]):
+            raise DeviceConfigError(f"{where}: field 'serial': must not contain spaces, got {values['serial']!r}")
+    if values.get("cpu_mask") and not all(c in "0123456789abcdefABCDEF" for c in values["cpu_mask"].removeprefix("0x")):
+        raise DeviceConfigError(f"{where}: field 'cpu_mask': must be a hexadecimal CPU mask like f0, "
+                                f"got {values['cpu_mask']!r}")
+    if "port" in values and values["port"] > 65535:
+        raise DeviceConfigError(f"{where}: field 'port': must be at most 65535, got {values['port']}")
+    if values.get("password_env") and not values["password_env"].replace("_", "a").isalnum():
+        raise DeviceConfigError(f"{where}: field 'password_env': must name an environment variable, "
+                                f"got {values['password_env']!r}")
+    for key in ("workdir",):
+        if values.get(key) and values["transport"] != "local" and values[key].strip("/") == "":
+            raise DeviceConfigError(f"{where}: field {key!r}: must not be the root folder")
     if values.get("min_time_s", 0.2) > values.get("max_time_s", 10.0):
         raise DeviceConfigError(f"{file}: device {name!r}: field 'min_time_s' is larger than max_time_s")
     return Device(**values)

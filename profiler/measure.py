@@ -294,13 +294,14 @@ def profile_device(
             res.errors.append(f"{spec}: {message}"[:300])
 
         # build -----------------------------------------------------------------------------
-        # Local: everything converted before the first timing.  Remote: submitted now,
-        # converted in the background while earlier blocks are measured.
+        # Local: everything converted before the first timing.  Remote: submitted once the
+        # device answered, converted in the background while earlier blocks are measured.
         t0 = time.perf_counter()
         exported_before = broker.exported
-        futures = [(s, broker.submit(str(s), fmt)) for s in todo]
+        futures: list[tuple[BlockSpec, Future]] = []
         if device.transport == "local":
             broker.ensure([(str(s), fmt) for s in todo], progress=progress, desc=f"{device.name} export {fmt}")
+            futures = [(s, broker.submit(str(s), fmt)) for s in todo]
             res.export_s = time.perf_counter() - t0
 
         # run -------------------------------------------------------------------------------
@@ -325,6 +326,8 @@ def profile_device(
             }
             if device.providers:
                 req_base["providers"] = list(device.providers)
+            if not futures:
+                futures = [(s, broker.submit(str(s), fmt)) for s in todo]
             for spec, fut in futures:
                 t_wait = time.perf_counter()
                 built = fut.result()
