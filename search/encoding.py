@@ -186,8 +186,9 @@ def depth_values(pop: Population, space: SearchSpace) -> np.ndarray:
 
 def active_mask(pop: Population, choices: Choices) -> np.ndarray:
     """(N, num_blocks) bool: slot ``i*max_depth + j`` is active iff ``j < d[i]``."""
-    depth = depth_values(pop, choices.space)
-    return choices.pos_in_stage[None, :] < depth[:, choices.stage_of_slot]
+    sp = choices.space
+    table = np.arange(sp.max_depth)[None, :] < np.asarray(sp.depths)[:, None]  # (n_depths, max_depth)
+    return table[pop.d].reshape(len(pop), sp.num_blocks)
 
 
 def canonicalize(pop: Population, choices: Choices) -> Population:

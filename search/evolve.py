@@ -116,11 +116,17 @@ class CostArrays:
                 self.slot[ri, wi] = s
         cal = getattr(model, "calibration", None)
         self.a, self.b = (float(cal[0]), float(cal[1])) if cal else (1.0, 0.0)
-        self._slots = np.arange(sp.num_blocks)[None, :]
+        # flat indexing: slot[ri, wi, s, k, e] = flat[(ri*nw + wi)*per_rw + s*nk*ne + k*ne + e]
+        nk, ne = len(sp.kernels), len(sp.expands)
+        self._flat = self.slot.reshape(-1)
+        self._rw_off = (np.arange(nr)[:, None] * nw + np.arange(nw)[None, :]) * (sp.num_blocks * nk * ne)
+        self._slot_off = np.arange(sp.num_blocks) * nk * ne
+        self._ne = ne
 
     def raw(self, pop: Population) -> np.ndarray:
         """Uncalibrated table sums, (N,)."""
-        per = self.slot[pop.r[:, None], pop.w[:, None], self._slots, pop.k, pop.e]
+        idx = (self._rw_off[pop.r, pop.w][:, None] + self._slot_off) + pop.k * self._ne + pop.e
+        per = self._flat[idx]
         return self.base[pop.r, pop.w] + (per * active_mask(pop, self.choices)).sum(axis=1)
 
     def __call__(self, pop: Population) -> np.ndarray:
@@ -476,7 +482,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mutation-ratio", type=float, default=0.5)
     ap.add_argument("--generations", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads for the predictor (default 1)")
     ap.add_argument("--samples", type=int, default=2000, help="random subnets drawn for the plot's context")
     ap.add_argument("--out", help="folder for the per-budget JSON, Pareto CSV/JSON and PNG (default out/search/<lut>)")
     ap.add_argument("--run", help="supernet run folder (for --export)")
@@ -521,9 +526,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         ap.error(str(exc))
 
-    import torch
-
-    torch.set_num_threads(max(1, args.threads))  # batches of ~100: one thread is fastest
     score = lambda p: pred.predict_population(p, choices)  # noqa: E731
     results = []
     for i, b in enumerate(budgets):

@@ -21,6 +21,7 @@ CLI (train)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -39,6 +40,21 @@ from .encoding import Choices, Encoder, Population
 FORMAT = "hwnas-accuracy-predictor"
 FORMAT_VERSION = 1
 OFA_WIDTH = 1.2  # OFA's published predictor belongs to the w1.2 supernet
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run torch on one thread inside the block, then restore the setting.  The predictor's
+    matmuls are small (batches of ~100 x 400): a second thread only adds synchronisation,
+    and on a busy 2-core machine it makes them an order of magnitude slower."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def build_mlp(n_in: int, hidden: Sequence[int]):
@@ -100,12 +116,12 @@ class AccuracyPredictor:
     # prediction ---------------------------------------------------------------------------
     def predict_features(self, x: np.ndarray) -> np.ndarray:
         """Predicted accuracy (fraction) for an (N, n_dim) feature array: one batched forward
-        pass (torch; with ``torch.set_num_threads(1)`` these small matmuls are fastest)."""
+        pass (torch, one thread)."""
         import torch
 
         if self._module is None:
             self._module = self.module()
-        with torch.inference_mode():
+        with torch.inference_mode(), one_torch_thread():
             y = self._module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
         return y[:, 0].double().numpy() + self.offset
 
@@ -320,26 +336,32 @@ def train_predictor(
     train_idx, test_idx = split_indices(len(x), test_frac, rng)
     offset = float(accs[train_idx].mean())
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    torch.manual_seed(int(rng.integers(2**31)))  # nn.Linear init has no generator argument
     net = build_mlp(enc.n_dim, hidden)
+    with torch.no_grad():  # PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from our generator
+        for layer in net:
+            if isinstance(layer, torch.nn.Linear):
+                bound = 1.0 / math.sqrt(layer.in_features)
+                for prm in (layer.weight, layer.bias):
+                    prm.copy_((torch.rand(prm.shape, generator=gen) * 2 - 1) * bound)
     xt = torch.from_numpy(x[train_idx])
     yt = torch.from_numpy((accs[train_idx] - offset).astype(np.float32))
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
     t0 = time.time()
     bar = tqdm(range(epochs), desc="train predictor", disable=not progress, leave=False)
-    for _ in bar:
-        perm = torch.randperm(len(xt), generator=gen)
-        total = 0.0
-        for s in range(0, len(xt), batch_size):
-            b = perm[s:s + batch_size]
-            loss = torch.nn.functional.mse_loss(net(xt[b])[:, 0], yt[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss) * len(b)
-        sched.step()
-        bar.set_postfix(rmse=f"{math.sqrt(total / len(xt)):.4f}")
+    with one_torch_thread():
+        for _ in bar:
+            perm = torch.randperm(len(xt), generator=gen)
+            total = 0.0
+            for s in range(0, len(xt), batch_size):
+                b = perm[s:s + batch_size]
+                loss = torch.nn.functional.mse_loss(net(xt[b])[:, 0], yt[b])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(b)
+            sched.step()
+            bar.set_postfix(rmse=f"{math.sqrt(total / len(xt)):.4f}")
     state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
     widths = tuple(sorted({float(c.w) for c in subnets}))
     pred = AccuracyPredictor(enc, tuple(hidden), state, offset, widths, space_name=space.name)

@@ -1,0 +1,97 @@
+"""Our own accuracy predictor: training on a split, held-out metrics, save/load, bad files."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from search.predictor import kendall_tau, load_predictor, main, read_accuracy_csv, split_indices, train_predictor
+from supernet.space import TINY
+
+
+def synthetic_rows(n=400, seed=0):
+    """Subnets of TINY with an accuracy that depends smoothly on the architecture."""
+    rng = random.Random(seed)
+    subnets = [TINY.sample(rng, widths=TINY.width_mults) for _ in range(n)]
+    accs = []
+    for c in subnets:
+        act = [(i, j) for i, d in enumerate(c.d) for j in range(d)]
+        s = sum(0.01 * c.ks[i * 2 + j] + 0.02 * c.e[i * 2 + j] for i, j in act)
+        accs.append(0.5 + s + 0.001 * (c.r - 32) + 0.03 * (c.w - 1.0) + rng.gauss(0, 0.002))
+    return subnets, np.array(accs)
+
+
+def test_kendall_tau_known_values():
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # 5 concordant, 1 discordant pair -> (5 - 1) / 6
+    assert kendall_tau([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(4 / 6)
+    # tau-b with ties: scipy.stats.kendalltau([1,1,2,3],[1,2,2,3]) = 0.8
+    assert kendall_tau([1, 1, 2, 3], [1, 2, 2, 3]) == pytest.approx(0.8)
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    a = split_indices(50, 0.2, np.random.default_rng(0))
+    b = split_indices(50, 0.2, np.random.default_rng(0))
+    assert all((x == y).all() for x, y in zip(a, b))
+    assert len(a[1]) == 10 and not set(a[0]) & set(a[1]) and set(a[0]) | set(a[1]) == set(range(50))
+
+
+def test_train_reports_held_out_metrics_and_round_trips(tmp_path):
+    subnets, accs = synthetic_rows()
+    pred = train_predictor(subnets, accs, TINY, np.random.default_rng(0), hidden=(64, 64), epochs=60,
+                           progress=False)
+    m = pred.metrics
+    assert m["n_train"] == 320 and m["n_test"] == 80
+    assert m["rmse"] < 0.5 * m["baseline_rmse"], m     # much better than predicting the mean
+    assert m["kendall_tau"] > 0.7, m
+    path = pred.save(tmp_path / "predictor.pt")
+    again = load_predictor(tmp_path, TINY)              # a run folder works too
+    np.testing.assert_allclose(again.predict(subnets, TINY), pred.predict(subnets, TINY), rtol=1e-6)
+    assert again.metrics == m
+    assert json.loads(path.with_suffix(".json").read_text())["metrics"]["rmse"] == m["rmse"]
+
+
+def test_predictor_cli_trains_from_csv(tmp_path, capsys):
+    import csv
+
+    subnets, accs = synthetic_rows(120)
+    data = tmp_path / "accuracy.csv"
+    with data.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["subnet", "acc"])
+        for c, a in zip(subnets, accs):
+            w.writerow([c.to_json(), a])
+    assert main(["--data", str(tmp_path), "--space", "tiny", "--epochs", "20", "--hidden", "32", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"rmse", "kendall_tau", "predictor"} <= set(out)
+    assert (tmp_path / "predictor.pt").is_file() and (tmp_path / "predictor.json").is_file()
+
+
+def test_bad_files_fail_with_one_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a torch file")
+    for spec, msg in ((bad, "not a readable predictor file"), (f"ofa:{bad}", "not a readable predictor file"),
+                      (tmp_path / "missing.pt", "no such predictor file"),
+                      (tmp_path, "run folder has no predictor.pt")):
+        with pytest.raises(ValueError, match=msg) as exc:
+            load_predictor(spec)
+        assert "\n" not in str(exc.value)
+    csv_bad = tmp_path / "acc.csv"
+    csv_bad.write_text('subnet,acc\n{"ks":[3]},0.5\n')
+    with pytest.raises(ValueError, match=r"acc.csv:2: subnet JSON lacks"):
+        read_accuracy_csv(csv_bad, TINY)
+
+
+def test_torch_file_of_the_wrong_kind_is_refused(tmp_path):
+    import torch
+
+    p = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, p)
+    with pytest.raises(ValueError, match="not an hwnas predictor file"):
+        load_predictor(p)
+    with pytest.raises(ValueError, match="not OFA's predictor"):
+        load_predictor(f"ofa:{p}")
