@@ -1,0 +1,264 @@
+"""Fidelity report: how well does the LUT sum predict whole networks on the device?
+
+    python -m profiler.validate --device local --runtime onnxruntime --lut luts/local.csv \
+        --subnets 20 [--seed 0] [--space ofa_mbv3] [--json]
+
+Samples N random subnets at resolutions the LUT covers completely, exports each whole
+network with the same exporter as the blocks, measures it end to end on the same device and
+runtime, and compares with the LUT sum.  Writes next to the LUT:
+
+- ``<lut>.validate.csv``: per subnet, the prediction, the measurement and the error;
+- ``<lut>.validate.json``: the summary (median absolute error, share within 5% and 10%,
+  the fitted calibration ``measured ~ a * sum + b`` and the error after it);
+- ``<lut>.calibration.json``: ``{a, b, runtime}``, what the latency model applies with
+  calibration on;
+- ``<lut>.validate.png``: measured against predicted.
+
+The numbers are what they are; nothing is tuned to look good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from supernet.space import SearchSpace, SubnetConfig, get_space, space_names
+
+from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
+from .export import ArtifactCache, export_network, format_for_runtime
+from .lut import LutError, calibration_path
+
+
+def _stem(lut: Path) -> Path:
+    return lut.with_name(lut.name[:-4] if lut.name.endswith(".csv") else lut.name)
+
+
+def covered_resolutions(model, space: SearchSpace, w: float) -> list[int]:
+    """Resolutions whose every block the LUT has."""
+    from search.latency import MissingKeysError
+
+    out = []
+    for r in space.resolutions:
+        try:
+            model.tables(r, w)
+            out.append(r)
+        except MissingKeysError:
+            pass
+    return out
+
+
+def summarise(pred: np.ndarray, meas: np.ndarray) -> dict[str, Any]:
+    """Error statistics of ``pred`` against ``meas`` and the least-squares calibration."""
+    err = (pred - meas) / meas
+    out: dict[str, Any] = {
+        "n": int(len(meas)),
+        "median_abs_error_pct": float(np.median(np.abs(err)) * 100),
+        "mean_error_pct": float(np.mean(err) * 100),
+        "within_5pct": float(np.mean(np.abs(err) <= 0.05)),
+        "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
+        "sum_over_measured": float(np.median(pred / meas)),
+    }
+    if len(meas) >= 2 and np.ptp(pred) > 0:
+        a, b = np.polyfit(pred, meas, 1)
+    else:
+        a, b = float(np.median(meas / pred)), 0.0
+    cal = a * pred + b
+    cerr = (cal - meas) / meas
+    out.update({
+        "a": float(a), "b": float(b),
+        "calibrated_median_abs_error_pct": float(np.median(np.abs(cerr)) * 100),
+        "calibrated_within_5pct": float(np.mean(np.abs(cerr) <= 0.05)),
+        "calibrated_within_10pct": float(np.mean(np.abs(cerr) <= 0.10)),
+    })
+    if len(meas) >= 3:
+        out["pearson_r"] = float(np.corrcoef(pred, meas)[0, 1])
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _plot(path: Path, pred: np.ndarray, meas: np.ndarray, summary: dict[str, Any], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.scatter(pred, meas, s=18, label="subnets")
+    lo, hi = float(min(pred.min(), meas.min())), float(max(pred.max(), meas.max()))
+    xs = np.linspace(lo, hi, 50)
+    ax.plot(xs, xs, "k--", lw=1, label="measured = LUT sum")
+    ax.plot(xs, summary["a"] * xs + summary["b"], "r-", lw=1,
+            label=f"fit: {summary['a']:.3f} x + {summary['b']:.3f}")
+    ax.set_xlabel("LUT sum (ms)")
+    ax.set_ylabel("measured whole network (ms)")
+    ax.set_title(f"{title}\nmedian |error| {summary['median_abs_error_pct']:.1f}%, "
+                 f"within 10%: {summary['within_10pct'] * 100:.0f}%", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m profiler.validate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="local")
+    ap.add_argument("--devices", type=Path, default=DEFAULT_DEVICES_FILE)
+    ap.add_argument("--runtime", default=None, help="onnxruntime or tflite (default: the device's)")
+    ap.add_argument("--lut", type=Path, required=True)
+    ap.add_argument("--subnets", type=int, default=20, help="number of random subnets (default 20)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--space", default="ofa_mbv3", help=f"search space ({', '.join(space_names())})")
+    ap.add_argument("--width", type=float, default=None, help="width multiplier (default: the space's first)")
+    ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    args = ap.parse_args(argv)
+
+    from search.latency import LatencyModel
+
+    try:
+        space = get_space(args.space)
+        device = select_devices(load_devices(args.devices), args.device, args.devices)[0]
+        runtime = args.runtime or device.runtime
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
+        if args.subnets < 1:
+            raise ValueError("--subnets must be at least 1")
+        w = args.width if args.width is not None else space.default_width
+        model = LatencyModel.from_lut(args.lut, space, runtime)
+        resolutions = covered_resolutions(model, space, w)
+        if not resolutions:
+            raise ValueError(f"{args.lut}: no resolution of space {space.name!r} at width {w:g} is fully "
+                             f"covered by the {runtime} rows; run profiler.run first")
+    except (DeviceConfigError, ValueError, LutError) as exc:
+        ap.exit(2, f"error: {exc}\n")
+
+    rng = random.Random(args.seed)
+    subnets = [space.sample(rng, resolutions=resolutions, widths=[w]) for _ in range(args.subnets)]
+    pred = model.latency(subnets)
+    fmt = format_for_runtime(runtime)
+    cache = ArtifactCache(args.cache)
+    net_dir = cache.root / "networks" / fmt / cache.version(fmt)
+    out = _run(device, runtime, space, subnets, fmt, net_dir, progress=not args.no_progress)
+    if isinstance(out, str):
+        print(f"error: {out}", file=sys.stderr)
+        return 1
+    meas, rows = out
+    ok = ~np.isnan(meas)
+    if ok.sum() == 0:
+        print("error: no subnet could be measured: " + "; ".join(r["error"] for r in rows if r["error"])[:500],
+              file=sys.stderr)
+        return 1
+    summary = summarise(pred[ok], meas[ok])
+    summary.update({"device": device.name, "runtime": runtime, "lut": str(args.lut), "space": space.name,
+                    "seed": args.seed, "resolutions": resolutions, "failed": int((~ok).sum()),
+                    "validated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    stem = _stem(args.lut)
+    with open(stem.with_name(stem.name + ".validate.csv.tmp"), "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=["subnet", "r", "lut_sum_ms", "measured_ms", "error_pct", "error"],
+                            lineterminator="\n")
+        wr.writeheader()
+        for cfg, p, row in zip(subnets, pred, rows):
+            m = row["measured_ms"]
+            wr.writerow({"subnet": cfg.to_json(), "r": cfg.r, "lut_sum_ms": f"{p:.4f}",
+                         "measured_ms": "" if np.isnan(m) else f"{m:.4f}",
+                         "error_pct": "" if np.isnan(m) else f"{(p - m) / m * 100:.2f}", "error": row["error"]})
+    os.replace(stem.with_name(stem.name + ".validate.csv.tmp"), stem.with_name(stem.name + ".validate.csv"))
+    _atomic_write(stem.with_name(stem.name + ".validate.json"), json.dumps(summary, indent=2) + "\n")
+    _atomic_write(calibration_path(args.lut), json.dumps(
+        {"a": summary["a"], "b": summary["b"], "runtime": runtime, "device": device.name,
+         "n": summary["n"], "fitted_at": summary["validated_at"]}, indent=2) + "\n")
+    _plot(stem.with_name(stem.name + ".validate.png"), pred[ok], meas[ok], summary,
+          f"{device.name} / {runtime} / {space.name}")
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{'subnet':>6} {'r':>4} {'LUT sum ms':>10} {'measured ms':>11} {'error':>7}")
+        for i, (cfg, p, row) in enumerate(zip(subnets, pred, rows)):
+            m = row["measured_ms"]
+            tail = f"{(p - m) / m * 100:>6.1f}%" if not np.isnan(m) else f"  failed: {row['error'][:80]}"
+            print(f"{i:>6} {cfg.r:>4} {p:>10.3f} {m:>11.3f} {tail}")
+        s = summary
+        print(f"\n{device.name} / {runtime}: median |error| {s['median_abs_error_pct']:.1f}%, "
+              f"within 5%: {s['within_5pct'] * 100:.0f}%, within 10%: {s['within_10pct'] * 100:.0f}%, "
+              f"LUT sum / measured (median) {s['sum_over_measured']:.3f}")
+        print(f"calibration: measured ~ {s['a']:.4f} * sum + {s['b']:.4f} ms -> median |error| "
+              f"{s['calibrated_median_abs_error_pct']:.1f}%, within 5%: {s['calibrated_within_5pct'] * 100:.0f}%")
+        print(f"wrote {stem}.validate.csv, .validate.json, .validate.png and {calibration_path(args.lut)}")
+    return 0
+
+
+def _run(device, runtime: str, space: SearchSpace, subnets: list[SubnetConfig], fmt: str, net_dir: Path,
+         progress: bool):
+    """Export every network (all before the first measurement), then measure each.
+    Returns (measured ms array with NaN for failures, per-subnet rows) or an error string."""
+    import hashlib
+
+    from tqdm import tqdm
+
+    from .transport import RunnerError, RunnerTimeout, TransportError, make_transport, validate_reply
+
+    paths: list[Path | None] = []
+    errors: list[str] = []
+    for cfg in tqdm(subnets, desc=f"export {fmt} networks", unit="net", disable=not progress):
+        h = hashlib.sha1(f"{space.name}:{cfg.to_json()}".encode()).hexdigest()[:16]
+        path = net_dir / f"{space.name}-r{cfg.r}-{h}.{fmt}"
+        try:
+            if not path.is_file():
+                export_network(space, cfg, fmt, path)
+            paths.append(path)
+            errors.append("")
+        except Exception as exc:  # noqa: BLE001 - a failed export is a failed row
+            paths.append(None)
+            errors.append(f"export: {exc}"[:500])
+    meas = np.full(len(subnets), np.nan)
+    req = {"runtime": runtime, "threads": device.threads, "warmup": device.warmup, "repeats": device.repeats,
+           "min_time_s": device.min_time_s, "max_time_s": device.max_time_s}
+    if device.providers:
+        req["providers"] = list(device.providers)
+    try:
+        with make_transport(device) as transport:
+            ch = transport.start_runner()
+            try:
+                for i, path in enumerate(tqdm(paths, desc=f"{device.name} {runtime} networks", unit="net",
+                                              disable=not progress)):
+                    if path is None:
+                        continue
+                    if not ch.alive:
+                        ch = transport.start_runner()
+                    remote = transport.stage(path)
+                    try:
+                        reply = validate_reply(ch.request(dict(req, model=remote), device.timeout_s * 4))
+                        meas[i] = reply["median_ms"]
+                    except (RunnerError, RunnerTimeout) as exc:
+                        errors[i] = f"measure: {exc}"[:500]
+                    finally:
+                        transport.unstage(remote)
+            finally:
+                ch.close()
+    except TransportError as exc:
+        return f"{device.name}: {exc}"
+    rows = [{"measured_ms": m, "error": e} for m, e in zip(meas, errors)]
+    return meas, rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Shared test fixtures: paths, the published reference data, a session artifact cache, and
+a helper that runs the command-line entry points as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "ofa" / "note10").is_dir():
+        pytest.skip(f"published reference data not found at {SHARED_DATA} (../shared/data beside the checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def artifact_cache(tmp_path_factory) -> Path:
+    """One artifact cache for the whole session, so each block is exported once."""
+    return tmp_path_factory.mktemp("artifacts")
+
+
+def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` as a user would; returns the completed process."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def last_error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    return lines[-1] if lines else ""
