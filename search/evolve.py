@@ -455,6 +455,83 @@ def default_predictor() -> str:
     return str(found[-1])
 
 
+def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, latency, args,
+                      out_dir: Path) -> list[dict[str, Any]]:
+    """``--export``: each chosen subnet extracted from the supernet run (``--run``), its BN
+    recalibrated, its held-out top-1 measured, written as ONNX and TFLite.  ``--verify``: each
+    chosen subnet exported and measured end to end on the LUT's device and runtime (the
+    profiler's fidelity path), printed against the predicted latency.
+
+    Returns one record per budget (paths, measured top-1, measured latency)."""
+    from tqdm import tqdm
+
+    from profiler.export import export_network
+
+    records: list[dict[str, Any]] = [{"budget": r.budget, "subnet": r.subnet.to_dict()} for r in results]
+    if args.export:
+        if not args.run:
+            raise SystemExit("error: --export needs --run RUN (the supernet run folder to extract the subnets from)")
+        from supernet.evaluation import CheckpointError, load_run
+
+        try:
+            net, evaluator, _ = load_run(Path(args.run))
+        except (CheckpointError, ValueError) as exc:
+            raise SystemExit(f"error: --run {args.run}: {exc}") from None
+        for res, rec in zip(tqdm(results, desc="export", disable=args.json), records):
+            cfg = res.subnet
+            sub = evaluator.subnet(cfg)  # extracted with the supernet's weights, BN recalibrated
+            rec["held_out_top1"] = round(evaluator.evaluate(cfg), 3)
+            rec["predicted_accuracy"] = res.accuracy
+            for fmt in ("onnx", "tflite"):
+                path = out_dir / f"subnet_{res.budget:g}.{fmt}"
+                try:
+                    export_network(net.space, cfg, fmt, path, module=sub)
+                    rec[fmt] = str(path)
+                except Exception as exc:  # noqa: BLE001 - one failed format is reported, not fatal
+                    rec[fmt] = None
+                    rec[f"{fmt}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    if args.verify:
+        if latency is None:
+            raise SystemExit("error: --verify needs --lut (the device to measure on is the LUT's)")
+        from profiler.devices import DEFAULT_DEVICES_FILE, load_devices, select_devices
+        from profiler.export import ArtifactCache, format_for_runtime
+        from profiler.validate import _run as measure_networks
+
+        device_name = (latency.device or "").split(",")[0]
+        try:
+            device = select_devices(load_devices(DEFAULT_DEVICES_FILE), device_name, DEFAULT_DEVICES_FILE)[0]
+        except ValueError as exc:
+            raise SystemExit(f"error: --verify: the LUT's device {device_name!r}: {exc}") from None
+        fmt = format_for_runtime(latency.runtime)
+        cache = ArtifactCache(None)
+        out = measure_networks(device, latency.runtime, space, [r.subnet for r in results], fmt,
+                               cache.root / "networks" / fmt / cache.version(fmt), progress=not args.json)
+        if isinstance(out, str):
+            raise SystemExit(f"error: --verify: {out}")
+        meas, rows = out
+        for res, rec, m, row in zip(results, records, meas, rows):
+            pred_ms = float(latency.latency([res.subnet])[0])
+            rec.update({"device": device.name, "runtime": latency.runtime, "predicted_latency_ms": round(pred_ms, 4),
+                        "measured_latency_ms": None if np.isnan(m) else round(float(m), 4),
+                        "error_pct": None if np.isnan(m) else round((pred_ms - m) / m * 100, 2),
+                        "measure_error": row["error"] or None})
+    (out_dir / "deploy.json").write_text(json.dumps(records, indent=2) + "\n")
+    if not args.json:
+        for rec in records:
+            parts = [f"budget {rec['budget']:g}:"]
+            if "held_out_top1" in rec:
+                parts.append(f"held-out top-1 {rec['held_out_top1']:.2f}% (predicted {100 * rec['predicted_accuracy']:.2f}%),"
+                             f" onnx {rec.get('onnx') or 'failed'}, tflite {rec.get('tflite') or 'failed'}")
+            if "predicted_latency_ms" in rec:
+                m = rec["measured_latency_ms"]
+                parts.append(f"{rec['device']}/{rec['runtime']}: predicted {rec['predicted_latency_ms']:.2f} ms, "
+                             + (f"measured {m:.2f} ms ({rec['error_pct']:+.1f}%)" if m is not None
+                                else f"measurement failed: {rec['measure_error']}"))
+            print(" ".join(parts))
+        print(f"wrote {out_dir / 'deploy.json'}")
+    return records
+
+
 def _calibration_arg(text: str):
     return {"auto": "auto", "none": None}.get(text, text)
 
@@ -476,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto (use <lut>.calibration.json when present), none, or a calibration JSON")
     ap.add_argument("--resolutions", help="resolutions to search, comma separated (default: all the LUT covers)")
     ap.add_argument("--widths", help="width multipliers to search (default: all the LUT and predictor cover)")
+    ap.add_argument("--method", choices=["evolution", "gradient"], default="evolution",
+                    help="evolution (OFA's) or gradient (ProxylessNAS-style relaxation, search.gradient)")
+    ap.add_argument("--steps", type=int, default=300, help="gradient method: Adam steps per resolution/width")
     ap.add_argument("--population", type=int, default=100)
     ap.add_argument("--parent-ratio", type=float, default=0.25)
     ap.add_argument("--mutation-prob", type=float, default=0.1)
@@ -530,16 +610,19 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for i, b in enumerate(budgets):
         rng = np.random.default_rng([args.seed, i])
-        results.append(evolve(b, costs, score, params, rng, progress=None if not args.json else False,
-                              desc=f"search <= {b:g} {report.UNITS[flag]}"))
+        desc = f"{args.method} <= {b:g} {report.UNITS[flag]}"
+        if args.method == "gradient":
+            from .gradient import gradient_search
+            results.append(gradient_search(b, costs, pred, rng, steps=args.steps, progress=None if not args.json else False, desc=desc))
+        else:
+            results.append(evolve(b, costs, score, params, rng, progress=None if not args.json else False, desc=desc))
     context = report.random_context(choices, costs, score, args.samples, np.random.default_rng([args.seed, 999]))
     out_dir = Path(args.out) if args.out else Path("out/search") / (Path(args.lut).stem if args.lut else flag)
     latency_costs = CostArrays(latency, choices) if latency is not None else None
     summary = report.write_search(out_dir, results, flag, costs, latency_costs, pred, choices, context,
-                                  params, args.seed, lut=args.lut)
+                                  params, args.seed, lut=args.lut, method=args.method)
     if args.export or args.verify:
-        from .deploy import export_and_verify
-        summary["deploy"] = export_and_verify(results, space, args, out_dir)
+        summary["deploy"] = export_and_verify(results, space, latency, args, out_dir)
         (out_dir / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.json:
         print(json.dumps(summary))
