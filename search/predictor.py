@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _space_of_run(run: Path) -> str | None:
     """The space name recorded in a run folder's config, if any."""
-    for name in ("config.json", "config.yaml", "config.yml"):
+    for name in ("accuracy.config.json", "config.json", "config.yaml", "config.yml"):
         p = run / name
         if p.is_file():
             try:
