@@ -109,7 +109,7 @@ class ExportBroker:
     def __init__(self, cache: ArtifactCache, workers: int = 1):
         self.cache = cache
         self.workers = workers
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._futures: dict[tuple[str, str], Future] = {}
         self._pool: ProcessPoolExecutor | None = None
         self.exported = 0

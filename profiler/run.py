@@ -4,7 +4,8 @@
         [--resolutions 160,224] [--widths 1.0] [--threads N] [--limit N] [--lut PATH]
         [--space ofa_mbv3] [--devices devices.yaml] [--cache DIR] [--export-workers N] [--json]
 
-Writes ``luts/<device>.csv`` (``luts/<device>-<runtime>.csv`` for a runtime other than the
+Several devices (``--device a,b`` or ``--device all``) are measured concurrently, one worker
+and one progress bar per device (``profiler.farm``).  Writes ``luts/<device>.csv`` (``luts/<device>-<runtime>.csv`` for a runtime other than the
 device's own), its raw-sample journal, and a run summary ``<lut>.run.json``.  A rerun skips
 what is measured; a killed run resumes where it stopped.
 """
@@ -22,8 +23,8 @@ from supernet.space import get_space, space_names
 
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
 from .export import ArtifactCache, default_cache_dir
-from .lut import LutError
-from .measure import ProfileResult, default_lut_path, profile_device
+from .farm import run_farm
+from .measure import ProfileResult
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -88,27 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     except (DeviceConfigError, ValueError) as exc:
         ap.exit(2, f"error: {exc}\n")
     cache = ArtifactCache(args.cache)
-    results: list[ProfileResult] = []
-    code = 0
-    for device in devices:
-        overrides = {k: v for k, v in (("threads", args.threads), ("repeats", args.repeats),
-                                        ("min_time_s", args.min_time)) if v is not None}
-        device = replace(device, **overrides)
-        for runtime in runtimes or [device.runtime]:
-            lut_path = args.lut or default_lut_path(device, runtime)
-            try:
-                res = profile_device(device, specs, runtime, lut_path, cache,
-                                     export_workers=args.export_workers, progress=not args.no_progress)
-            except (LutError, ValueError, OSError) as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-            results.append(res)
-            _write_summary(res)
-            if res.device_lost:
-                print(f"error: {res.device_lost} (measured rows kept in {lut_path}; rerun to resume)", file=sys.stderr)
-                code = 1
-    _print(results, args.json)
-    return code
+    overrides = {k: v for k, v in (("threads", args.threads), ("repeats", args.repeats),
+                                    ("min_time_s", args.min_time)) if v is not None}
+    devices = [replace(d, **overrides) for d in devices]
+    farm = run_farm(devices, specs, cache, runtimes=runtimes, lut=args.lut, export_workers=args.export_workers,
+                    progress=not args.no_progress, on_result=_write_summary)
+    for err in farm.errors:
+        print(f"error: {err}", file=sys.stderr)
+    for res in farm.results:
+        if res.device_lost:
+            print(f"error: {res.device_lost} (measured rows kept in {res.lut}; rerun to resume)", file=sys.stderr)
+    _print(farm.results, args.json)
+    return farm.exit_code
 
 
 def _write_summary(res: ProfileResult) -> None:
