@@ -665,7 +665,7 @@ __all__ = [
 
 # --------------------------------------------------------------------------- demo space
 # The Fashion-MNIST demo space (issue 4): an OFA MobileNetV3-style space sized for 28x28
-# grey images upsampled to 32..64 px and for training on a couple of CPU cores.  Same
+# grey images upsampled to 32..48 px and for training on a couple of CPU cores.  Same
 # elastic choices as OFA (kernels 3/5/7, expands 3/4/6, depths 2/3/4) so the search has
 # real choices; one input channel, ten classes; width 1.0 (default) and 1.5.
 FMNIST = register_space(SearchSpace(
@@ -676,7 +676,7 @@ FMNIST = register_space(SearchSpace(
         StageSpec(48, 2, "hswish", False),
         StageSpec(64, 1, "hswish", True),
     ),
-    resolutions=(32, 40, 48, 56, 64),
+    resolutions=(32, 36, 40, 44, 48),
     width_mults=(1.0, 1.5),
     first_conv_width=16,
     first_block_width=16,

@@ -1,0 +1,221 @@
+"""Training schedules as data: phases of progressive shrinking and the run configuration.
+
+A ``Phase`` says which part of the space is sampled (``Choices``), for how many epochs, at
+which learning rate, how many subnets per step and by which rule (``max``: the largest of
+the phase; ``random``; ``sandwich``: largest, smallest and random ones with in-place
+distillation from the largest), and whether the trained full network distils into it.
+
+``TrainConfig`` is everything a run needs; layering is dataclass defaults (a preset), then
+an optional YAML file, then command-line flags, and the resolved config is written into the
+run folder.  Presets:
+
+- ``ofa_imagenet``: OFA's published ImageNet schedule (Cai et al., ICLR 2020, Sec. 4 and the
+  released ``train_ofa_net.py``): full network 180 epochs, elastic kernel 120 epochs
+  (lr 3e-2, 1 subnet/step), depth {3,4} 25 epochs (2.5e-3) then {2,3,4} 120 (7.5e-3,
+  2 subnets/step), expand {4,6} 25 epochs then {3,4,6} 120 (4 subnets/step); SGD nesterov
+  0.9, weight decay 3e-5 (not on BN/bias), label smoothing 0.1, KD ratio 1.0, batch 64 per
+  process with the learning rate scaled by the number of processes.
+- ``small``: the same phases on Fashion-MNIST, sized for ~20 minutes on 2 CPU cores.
+- ``tiny``: the same phases in a few hundred steps (contract: < 5 minutes on 2 cores).
+- ``test``: the ``tiny`` space on a few hundred images (unit tests).
+- ``naive`` / ``sandwich`` variants: any preset via ``--method naive|sandwich`` keeps the
+  budget (total subnet passes) and replaces the phases by one phase (see ``with_method``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .ofa import Choices
+
+RULES = ("max", "random", "sandwich")
+METHODS = ("ps", "naive", "sandwich")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a schedule."""
+
+    name: str
+    epochs: float
+    lr: float
+    kernels: tuple[int, ...] | None = None  # None: every choice of the space
+    expands: tuple[float, ...] | None = None
+    depths: tuple[int, ...] | None = None
+    widths: tuple[float, ...] | None = None  # None: the default width only
+    subnets_per_step: int = 1
+    rule: str = "random"
+    distill: bool = True  # from the trained full network (when kd_weight > 0)
+    warmup_epochs: float = 0.0
+    sort_channels: bool = False  # before the phase (expand phases)
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"phase {self.name}: rule {self.rule!r} is not one of {', '.join(RULES)}")
+        if self.epochs <= 0 or self.lr <= 0 or self.subnets_per_step < 1:
+            raise ValueError(f"phase {self.name}: epochs, lr and subnets_per_step must be positive")
+        if self.rule == "sandwich" and self.subnets_per_step < 2:
+            raise ValueError(f"phase {self.name}: the sandwich rule needs at least 2 subnets per step")
+
+    @property
+    def choices(self) -> Choices:
+        return Choices(self.kernels, self.expands, self.depths, None, self.widths)
+
+
+def ps_phases(full: tuple[float, float], kernel: tuple[float, float], depth1: tuple[float, float],
+              depth2: tuple[float, float], expand1: tuple[float, float], expand2: tuple[float, float],
+              warmup: float = 0.0, widths: tuple[float, ...] | None = None,
+              big: tuple[int, int, int] = (7, 6, 4)) -> tuple[Phase, ...]:
+    """Progressive shrinking as OFA does it; each argument is (epochs, lr)."""
+    k, e, d = big
+    return (
+        Phase("full", *full, kernels=(k,), expands=(e,), depths=(d,), rule="max", distill=False,
+              warmup_epochs=warmup),
+        Phase("kernel", *kernel, expands=(e,), depths=(d,), subnets_per_step=1, warmup_epochs=warmup),
+        Phase("depth1", *depth1, expands=(e,), depths=(3, 4), subnets_per_step=2),
+        Phase("depth2", *depth2, expands=(e,), subnets_per_step=2, warmup_epochs=warmup),
+        Phase("expand1", *expand1, expands=(4, 6), subnets_per_step=4, sort_channels=True),
+        Phase("expand2", *expand2, widths=widths, subnets_per_step=4, sort_channels=True,
+              warmup_epochs=warmup),
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs (written to ``config.yaml`` in the run folder)."""
+
+    preset: str = "tiny"
+    space: str = "fmnist"
+    data: str = "fmnist"
+    method: str = "ps"  # ps | naive | sandwich
+    bn: str = "shared"  # shared | switchable
+    phases: tuple[Phase, ...] = ()
+    batch_size: int = 64
+    train_limit: int | None = None  # use only this many training images
+    valid_size: int = 10000
+    recal_images: int = 2000
+    eval_images: int | None = 2000  # held-out images per evaluation during training
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    label_smoothing: float = 0.1
+    kd_weight: float = 1.0
+    dropout: float | None = None
+    base_resolution: int = 224  # ImageFolder decode size
+    seed: int = 0
+    deterministic: bool = False
+    threads: int | None = None
+    ckpt_every: int = 50  # steps
+    log_every: int = 10  # steps
+    scale_lr_by_world: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be positive")
+
+    # ------------------------------------------------------------------ (de)serialising
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["phases"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()} for p in d["phases"]]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Build from a plain dict (YAML); unknown keys are an error naming them."""
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        if "phases" in data:
+            phase_keys = {f.name for f in fields(Phase)}
+            phases = []
+            for i, p in enumerate(data["phases"]):
+                if not isinstance(p, dict) or set(p) - phase_keys:
+                    raise ValueError(f"phase {i}: expected a mapping with keys from {', '.join(sorted(phase_keys))}")
+                phases.append(Phase(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in p.items()}))
+            data["phases"] = tuple(phases)
+        return cls(**data)
+
+    def budget(self) -> float:
+        """Training budget in subnet-epochs (sum of epochs x subnets per step)."""
+        return sum(p.epochs * p.subnets_per_step for p in self.phases)
+
+
+def with_method(cfg: TrainConfig, method: str) -> TrainConfig:
+    """The same budget (subnet-epochs, total epochs) spent by another method:
+
+    - ``ps``: the preset's phases unchanged;
+    - ``naive``: one phase sampling random subnets of the whole space from scratch, no
+      distillation, subnets per step chosen so the budget matches;
+    - ``sandwich``: one phase with the largest, the smallest and random subnets each step,
+      in-place distillation from the largest (Yu et al., BigNAS / "Universally Slimmable").
+    """
+    if method == "ps" or not cfg.phases:
+        return replace(cfg, method=method)
+    epochs = sum(p.epochs for p in cfg.phases)
+    per_step = max(1, round(cfg.budget() / epochs))
+    lr = cfg.phases[0].lr
+    widths = next((p.widths for p in reversed(cfg.phases) if p.widths), None)
+    warm = cfg.phases[0].warmup_epochs
+    if method == "naive":
+        phase = Phase("naive", epochs, lr, widths=widths, subnets_per_step=per_step, rule="random",
+                      distill=False, warmup_epochs=warm)
+    elif method == "sandwich":
+        phase = Phase("sandwich", epochs, lr, widths=widths, subnets_per_step=max(2, per_step),
+                      rule="sandwich", distill=False, warmup_epochs=warm)
+    else:
+        raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    return replace(cfg, method=method, phases=(phase,))
+
+
+# --------------------------------------------------------------------------- presets
+
+PRESETS: dict[str, TrainConfig] = {
+    "ofa_imagenet": TrainConfig(
+        preset="ofa_imagenet", space="ofa_mbv3", data="imagefolder:/data/imagenet",
+        phases=ps_phases(full=(180, 0.08125), kernel=(120, 3e-2), depth1=(25, 2.5e-3), depth2=(120, 7.5e-3),
+                         expand1=(25, 2.5e-3), expand2=(120, 7.5e-3), warmup=5),
+        batch_size=64, valid_size=10000, recal_images=2000, eval_images=10000, ckpt_every=500,
+        log_every=50,
+    ),
+    "small": TrainConfig(
+        preset="small",
+        phases=ps_phases(full=(3, 0.1), kernel=(1.5, 0.03), depth1=(0.5, 0.01), depth2=(1.5, 0.03),
+                         expand1=(0.5, 0.01), expand2=(1.5, 0.03), warmup=0.1),
+        batch_size=128, train_limit=20000, valid_size=5000, eval_images=2000, ckpt_every=100, log_every=10,
+    ),
+    "tiny": TrainConfig(
+        preset="tiny",
+        phases=ps_phases(full=(1.0, 0.1), kernel=(0.5, 0.03), depth1=(0.25, 0.01), depth2=(0.5, 0.03),
+                         expand1=(0.25, 0.01), expand2=(0.5, 0.03)),
+        batch_size=64, train_limit=3072, valid_size=2000, recal_images=256, eval_images=500,
+        ckpt_every=25, log_every=5,
+    ),
+    "test": TrainConfig(
+        preset="test", space="tiny",
+        phases=(
+            Phase("full", 1, 0.05, kernels=(5,), expands=(3,), depths=(2,), rule="max", distill=False),
+            Phase("kernel", 1, 0.02, expands=(3,), depths=(2,)),
+            Phase("depth", 1, 0.02, expands=(3,), subnets_per_step=2),
+            Phase("expand", 1, 0.02, subnets_per_step=2, sort_channels=True),
+        ),
+        batch_size=16, train_limit=64, valid_size=64, recal_images=32, eval_images=32, ckpt_every=3,
+        log_every=2,
+    ),
+}
+
+
+def get_preset(name: str) -> TrainConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})") from None
+
+
+__all__ = ["Phase", "TrainConfig", "PRESETS", "RULES", "METHODS", "get_preset", "ps_phases", "with_method"]

@@ -1,0 +1,333 @@
+"""The machinery behind ``python -m supernet.train``: run folder, checkpoints, distributed
+set-up and the training loop over the phases of a ``TrainConfig``.
+
+Run folder (``--out DIR``): ``config.yaml`` (resolved config, written first), ``metrics.csv``
+(one row per logged step and per evaluation), ``checkpoints/last.pt`` (every
+``ckpt_every`` steps and at phase ends; holds phase, step, model, optimizer, scheduler,
+teacher and RNG state) and ``supernet.pt`` (the final supernet).  Every file is written to a
+temporary name and ``os.replace``d, so a kill -9 never leaves a broken checkpoint.
+
+Per step, every rank derives the same ``random.Random`` from (seed, phase, step) and so
+samples the same resolution and subnets; data are sharded by rank; gradients are averaged by
+DistributedDataParallel (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from .data import Data, load_data, resize, steps_per_epoch, train_batches
+from .evaluation import (CheckpointError, Evaluator, adapt_space, load_checkpoint, space_from_record,
+                         space_record)
+from .ofa import OFASupernet
+from .presets import Phase, TrainConfig
+from .space import get_space
+
+METRIC_FIELDS = ("kind", "phase", "phase_step", "global_step", "epoch", "lr", "loss", "acc", "r",
+                 "images_per_s", "subnet", "top1", "elapsed_s")
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    cuda = torch.cuda.is_available()
+    tdist.init_process_group("nccl" if cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return Dist(tdist.get_rank(), tdist.get_world_size(), device)
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def step_rng(seed: int, phase: int, step: int) -> random.Random:
+    """The same generator on every rank and after a resume."""
+    return random.Random(f"{seed}/{phase}/{step}")
+
+
+def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a soft target distribution (OFA's ``cross_entropy_loss_with_soft_target``)."""
+    return torch.mean(torch.sum(-soft * F.log_softmax(logits, dim=1), dim=1))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """SGD; no weight decay on BN parameters and biases (OFA ``no_decay_keys='bn#bias'``)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if (p.dim() == 1 or ".bns." in name) else decay).append(p)
+    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to zero, per step."""
+    def f(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+def phase_subnets(model: OFASupernet, phase: Phase, rng: random.Random):
+    """The resolution and the subnets of one step, per the phase's rule."""
+    space = model.space
+    choices = phase.choices.resolve(space)
+    r = rng.choice(space.resolutions)
+    if phase.rule == "max":
+        return r, [choices.largest(space, r=r)]
+    if phase.rule == "sandwich":
+        rest = [replace(choices.sample(space, rng), r=r) for _ in range(phase.subnets_per_step - 2)]
+        return r, [choices.largest(space, r=r), choices.smallest(space, r=r)] + rest
+    return r, [replace(choices.sample(space, rng), r=r) for _ in range(phase.subnets_per_step)]
+
+
+class Metrics:
+    """``metrics.csv``, appended line by line; on resume rows past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, active: bool, keep_until: int | None):
+        self.path, self.active = path, active
+        if not active:
+            return
+        rows = []
+        if keep_until is not None and path.is_file():
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["global_step"]) <= keep_until]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, METRIC_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, path)
+
+    def write(self, **row: Any) -> None:
+        if not self.active:
+            return
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, METRIC_FIELDS).writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+
+
+# --------------------------------------------------------------------------- training
+
+
+def prepare(cfg: TrainConfig, dist: Dist) -> tuple[Data, OFASupernet]:
+    data = load_data(cfg.data, cfg.valid_size, cfg.recal_images, cfg.train_limit, cfg.seed, cfg.base_resolution)
+    space = adapt_space(get_space(cfg.space), data.channels, data.num_classes)
+    torch.manual_seed(cfg.seed)  # weight init and dropout; the state is checkpointed
+    model = OFASupernet(space, bn=cfg.bn, dropout=cfg.dropout)
+    return data, model.to(dist.device)
+
+
+def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist(),
+          progress: bool = True, crash_after_step: int | None = None) -> Path:
+    """Train ``cfg`` into run folder ``out``; returns the path of the final supernet."""
+    out = Path(out)
+    ckpt_path, final_path = out / "checkpoints" / "last.pt", out / "supernet.pt"
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), out / "config.yaml")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+
+    data, model = prepare(cfg, dist)
+    space = model.space
+    record = space_record(cfg.space, space)
+    state = {"phase": 0, "pstep": 0, "global_step": 0, "elapsed": 0.0}
+    teacher, teacher_cfg, ckpt = None, None, None
+    if resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt["config"] != cfg.to_dict():
+            raise CheckpointError(f"{ckpt_path} was written by a different config; resume with the same flags")
+        model.load_state_dict(ckpt["model"])
+        state = dict(ckpt["state"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        if ckpt.get("teacher") is not None:
+            teacher_cfg = ckpt["teacher_cfg"]
+            teacher = _teacher_from_state(space, teacher_cfg, ckpt["teacher"])
+    metrics = Metrics(out / "metrics.csv", dist.main, state["global_step"] if ckpt else None)
+
+    ddp = model
+    if dist.world > 1:
+        ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+
+    spe = steps_per_epoch(len(data.train), cfg.batch_size, dist.world)
+    if spe < 1:
+        raise ValueError(f"{len(data.train)} training images give no full batch of {cfg.batch_size} per rank")
+    totals = [max(1, round(p.epochs * spe)) for p in cfg.phases]
+    evaluator = Evaluator(model, data, cfg.recal_images, cfg.eval_images) if dist.main else None
+
+    from tqdm import tqdm
+    bar = tqdm(total=sum(totals), initial=state["global_step"], disable=not (progress and dist.main),
+               dynamic_ncols=True, unit="step")
+    start_time = time.time() - state["elapsed"]
+
+    def checkpoint(opt, sched):
+        if not dist.main:
+            return
+        state["elapsed"] = time.time() - start_time
+        atomic_save({
+            "version": 1, "config": cfg.to_dict(), "space": record, "state": dict(state),
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict() if opt else None, "scheduler": sched.state_dict() if sched else None,
+            "teacher": teacher.state_dict() if teacher is not None else None, "teacher_cfg": teacher_cfg,
+            "torch_rng": torch.get_rng_state(),
+        }, ckpt_path)
+
+    trained_expands: set[float] = set()
+    for p in cfg.phases[:state["phase"]]:
+        trained_expands.update(p.choices.resolve(space).expands)
+
+    for pi in range(state["phase"], len(cfg.phases)):
+        phase = cfg.phases[pi]
+        total = totals[pi]
+        fresh = state["pstep"] == 0
+        if fresh and phase.sort_channels:
+            model.sort_channels(keep_expands=sorted(trained_expands))
+        lr = phase.lr * (dist.world if cfg.scale_lr_by_world else 1)
+        opt = make_optimizer(model, cfg, lr)
+        sched = make_scheduler(opt, total, round(phase.warmup_epochs * spe))
+        if not fresh and ckpt is not None and ckpt["optimizer"] is not None:
+            opt.load_state_dict(ckpt["optimizer"])
+            sched.load_state_dict(ckpt["scheduler"])
+        use_teacher = phase.distill and teacher is not None and cfg.kd_weight > 0
+        model.train()
+        t_log, n_log, loss_sum, acc_sum = time.time(), 0, 0.0, 0.0
+        while state["pstep"] < total:
+            epoch, in_epoch = divmod(state["pstep"], spe)
+            batches = train_batches(data.train, cfg.batch_size, cfg.seed, pi * 100_000 + epoch, in_epoch,
+                                    dist.rank, dist.world)
+            for _step, x, y in batches:
+                x, y = x.to(dist.device), y.to(dist.device)
+                r, subnets = phase_subnets(model, phase, step_rng(cfg.seed, pi, state["pstep"]))
+                x = resize(x, r)
+                soft = None
+                if use_teacher:
+                    with torch.no_grad():
+                        soft = F.softmax(teacher(x), dim=1)
+                opt.zero_grad(set_to_none=True)
+                for i, sub in enumerate(subnets):
+                    model.set_active(sub)
+                    sync = contextlib.nullcontext() if (dist.world == 1 or i == len(subnets) - 1) else ddp.no_sync()
+                    with sync:
+                        logits = ddp(x)
+                        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                        if soft is not None:
+                            loss = loss + cfg.kd_weight * soft_cross_entropy(logits, soft)
+                        loss.backward()
+                    if phase.rule == "sandwich" and i == 0:
+                        soft = F.softmax(logits.detach(), dim=1)  # in-place distillation
+                    loss_sum += loss.item() / len(subnets)
+                    acc_sum += (logits.argmax(1) == y).float().mean().item() * 100 / len(subnets)
+                opt.step()
+                sched.step()
+                state["pstep"] += 1
+                state["global_step"] += 1
+                n_log += 1
+                bar.update(1)
+                if state["pstep"] % cfg.log_every == 0 or state["pstep"] == total:
+                    now = time.time()
+                    cur_lr = opt.param_groups[0]["lr"]
+                    row = dict(kind="train", phase=phase.name, phase_step=state["pstep"],
+                               global_step=state["global_step"], epoch=f"{state['pstep'] / spe:.3f}",
+                               lr=f"{cur_lr:.6g}", loss=f"{loss_sum / n_log:.4f}", acc=f"{acc_sum / n_log:.2f}",
+                               r=r, images_per_s=f"{n_log * len(y) * dist.world / (now - t_log):.1f}",
+                               elapsed_s=f"{now - start_time:.1f}")
+                    metrics.write(**row)
+                    bar.set_postfix(phase=phase.name, loss=row["loss"], acc=row["acc"], lr=row["lr"])
+                    t_log, n_log, loss_sum, acc_sum = now, 0, 0.0, 0.0
+                if state["pstep"] == total:
+                    break
+                if state["pstep"] % cfg.ckpt_every == 0:
+                    checkpoint(opt, sched)
+                if crash_after_step is not None and state["global_step"] == crash_after_step:
+                    os.kill(os.getpid(), 9)  # simulate kill -9 (tests)
+        # end of phase: teacher, evaluation, checkpoint at the start of the next phase
+        trained_expands.update(phase.choices.resolve(space).expands)
+        if phase.rule == "max" and teacher is None and cfg.kd_weight > 0:
+            teacher_cfg = phase.choices.largest(space).to_dict()
+            teacher = _teacher_from_state(space, teacher_cfg, None, model)
+        if dist.main:
+            model.eval()
+            choices = phase.choices.resolve(space)
+            r = max(space.resolutions)
+            for tag, sub in (("max", choices.largest(space, r=r)), ("min", choices.smallest(space, r=r))):
+                metrics.write(kind="eval", phase=phase.name, phase_step=state["pstep"],
+                              global_step=state["global_step"], subnet=tag, r=r,
+                              top1=f"{evaluator.evaluate(sub):.2f}", elapsed_s=f"{time.time() - start_time:.1f}")
+            model.train()
+        state["phase"], state["pstep"] = pi + 1, 0
+        ckpt = None
+        checkpoint(None, None)
+        if dist.world > 1:
+            tdist.barrier()
+    bar.close()
+    if dist.main:
+        atomic_save({"version": 1, "config": cfg.to_dict(), "space": record, "model": model.state_dict(),
+                     "state": dict(state)}, final_path)
+    return final_path
+
+
+def _teacher_from_state(space, teacher_cfg: dict, state: dict | None, model: OFASupernet | None = None):
+    """The frozen full network used for knowledge distillation."""
+    from .ops import build_network
+    from .space import SubnetConfig
+
+    cfg = SubnetConfig.from_dict(teacher_cfg)
+    if model is not None:
+        net = model.extract(cfg)
+    else:
+        net = build_network(space, cfg)
+        net.load_state_dict(state)
+    net = copy.deepcopy(net).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+__all__ = ["Dist", "init_distributed", "train", "atomic_save", "Metrics", "phase_subnets", "step_rng"]
