@@ -1,0 +1,194 @@
+"""profiler.run on this machine, end to end as a user runs it: real exports, real
+onnxruntime and LiteRT runners, kill -9 and resume, failure rows, bad input (issue 2, 4-5)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, last_error_line, run_cli
+from profiler.lut import LutTable, journal_path, read_rows
+from supernet.space import TINY
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--repeats", "5", "--min-time", "0", "--no-progress"]
+
+
+def _keys(limit: int, resolutions=(32,)) -> list[str]:
+    return [str(b) for b in TINY.all_blocks(list(resolutions))][:limit]
+
+
+def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
+    lut = tmp_path / "local.csv"
+    p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "4",
+                "--runtime", "onnxruntime,tflite", "--lut", lut, "--cache", artifact_cache, *FAST, "--json")
+    assert p.returncode == 0, p.stderr
+    runs = json.loads(p.stdout)["runs"]
+    assert [(r["runtime"], r["measured"], r["failed"]) for r in runs] == [("onnxruntime", 4, 0), ("tflite", 4, 0)]
+    rows = read_rows(lut)
+    assert {(r["key"], r["runtime"]) for r in rows} == {(k, rt) for k in _keys(4) for rt in ("onnxruntime", "tflite")}
+    for r in rows:
+        assert r["status"] == "ok" and r["count"] >= 5 and r["threads"] == 1
+        assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["max_ms"]
+        assert r["runtime_version"] and r["device"] == "local" and r["host_cpu"] and r["exporter"]
+    # a rerun measures nothing and exports nothing
+    p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "4",
+                "--runtime", "onnxruntime,tflite", "--lut", lut, "--cache", artifact_cache, *FAST, "--json")
+    runs = json.loads(p.stdout)["runs"]
+    assert all(r["measured"] == 0 and r["skipped"] == 4 and r["exported"] == 0 for r in runs)
+
+
+def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, artifact_cache):
+    lut = tmp_path / "local.csv"
+    args = [sys.executable, "-m", "profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32",
+            "--limit", "10", "--lut", str(lut), "--cache", str(artifact_cache), "--repeats", "5",
+            "--min-time", "0.3", "--no-progress"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    jp = journal_path(lut)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            if jp.exists() and len(jp.read_text().splitlines()) >= 3:
+                break
+            if proc.poll() is not None:
+                pytest.fail("the run finished before it could be killed")
+            time.sleep(0.05)
+        else:
+            pytest.fail("no measurement within 240 s")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    before = LutTable.load(lut)
+    measured_before = {k: r["measured_at"] for (k, _, _), r in before.rows.items()}
+    assert 3 <= len(measured_before) < 10
+    p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "10",
+                "--lut", lut, "--cache", artifact_cache, "--repeats", "5", "--no-progress", "--json")
+    assert p.returncode == 0, p.stderr
+    run = json.loads(p.stdout)["runs"][0]
+    assert run["skipped"] == len(measured_before)
+    assert run["measured"] == 10 - len(measured_before)
+    rows = read_rows(lut)
+    keys = [r["key"] for r in rows]
+    assert len(keys) == len(set(keys)) == 10  # nothing lost, nothing duplicated
+    assert set(keys) == set(_keys(10))
+    for r in rows:  # what was measured before the kill was kept as it was
+        if r["key"] in measured_before:
+            assert r["measured_at"] == measured_before[r["key"]]
+
+
+def test_a_failing_block_is_a_row_and_is_not_retried_forever(tmp_path, artifact_cache):
+    import shutil
+
+    from profiler.export import ArtifactCache
+
+    # a private copy of the session cache: this test corrupts an artifact
+    cache = tmp_path / "cache"
+    ArtifactCache(artifact_cache).ensure([(k, "onnx") for k in _keys(2)], progress=False)
+    shutil.copytree(artifact_cache, cache)
+    lut = tmp_path / "local.csv"
+    base = ["--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "2", "--lut", lut,
+            "--cache", cache, *FAST, "--json"]
+    p = run_cli("profiler.run", *base)
+    assert p.returncode == 0, p.stderr
+    # corrupt one artifact and forget its row: the runtime cannot load it
+    bad_key = _keys(2)[1]
+    ArtifactCache(cache).path(bad_key, "onnx").write_bytes(b"this is not an onnx model")
+    lut.unlink()
+    journal_path(lut).unlink()
+    for attempt in (1, 2, 3):
+        p = run_cli("profiler.run", *base)
+        assert p.returncode == 0, p.stderr
+        run = json.loads(p.stdout)["runs"][0]
+        assert run["failed"] == 1
+        row = LutTable.load(lut).get(bad_key, "onnxruntime")
+        assert row["status"] == "error" and row["attempts"] == attempt and "runtime" in row["error"]
+    p = run_cli("profiler.run", *base)
+    run = json.loads(p.stdout)["runs"][0]
+    assert run["failed"] == 0 and run["measured"] == 0 and run["skipped"] == 2  # given up after 3 attempts
+    assert LutTable.load(lut).get(_keys(2)[0], "onnxruntime")["status"] == "ok"
+
+
+def _bad(*args: str, devices: Path | None = None) -> subprocess.CompletedProcess:
+    extra = ["--devices", str(devices)] if devices else []
+    return run_cli("profiler.run", *args, *extra, "--no-progress")
+
+
+def test_unknown_device_lists_known_ones():
+    p = _bad("--device", "pixel99")
+    assert p.returncode == 2
+    assert "unknown device 'pixel99'" in last_error_line(p) and "local" in last_error_line(p)
+
+
+def test_unknown_runtime():
+    p = _bad("--runtime", "tensorrt")
+    assert p.returncode == 2 and "unknown runtime 'tensorrt'" in last_error_line(p)
+
+
+def test_resolution_not_in_space():
+    p = _bad("--resolutions", "160,225")
+    assert p.returncode == 2 and "resolution 225 is not in space 'ofa_mbv3'" in last_error_line(p)
+
+
+def test_malformed_devices_yaml_names_file_and_line(tmp_path):
+    f = tmp_path / "devices.yaml"
+    f.write_text("devices:\n  local:\n    transport: local\n    runtime: [onnxruntime\n")
+    p = _bad(devices=f)
+    assert p.returncode == 2 and str(f) in last_error_line(p) and "malformed YAML" in last_error_line(p)
+    f.write_text("devices:\n  local:\n    transport: local\n    runtime: onnxruntime\n    thread: 2\n")
+    p = _bad(devices=f)
+    assert p.returncode == 2
+    assert f"{f}: device 'local': unknown field 'thread'" in last_error_line(p)
+
+
+def test_corrupt_existing_lut_is_not_touched(tmp_path):
+    lut = tmp_path / "local.csv"
+    lut.write_text("key,runtime,status\ngarbage,onnxruntime,ok\n")
+    p = _bad("--space", "tiny", "--limit", "1", "--lut", str(lut))
+    assert p.returncode == 2
+    assert f"{lut}:2: malformed block key" in last_error_line(p)
+    assert lut.read_text() == "key,runtime,status\ngarbage,onnxruntime,ok\n"
+
+
+def test_unwritable_lut_location(tmp_path):
+    blocker = tmp_path / "luts"
+    blocker.write_text("a file where the folder should be")
+    p = _bad("--space", "tiny", "--limit", "1", "--lut", str(blocker / "local.csv"))
+    assert p.returncode == 2 and "cannot create the LUT folder" in last_error_line(p)
+
+
+def test_fidelity_report(tmp_path, artifact_cache):
+    """profiler.validate on a small LUT: per-subnet CSV, summary JSON, calibration, PNG."""
+    lut = tmp_path / "local.csv"
+    p = run_cli("profiler.run", "--space", "tiny", "--resolutions", "32", "--lut", lut, "--cache", artifact_cache,
+                *FAST)
+    assert p.returncode == 0, p.stderr
+    p = run_cli("profiler.validate", "--space", "tiny", "--lut", lut, "--subnets", "3", "--cache", artifact_cache,
+                "--no-progress", "--json")
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    assert s["n"] == 3 and s["resolutions"] == [32] and s["failed"] == 0
+    for k in ("median_abs_error_pct", "within_5pct", "within_10pct", "a", "b"):
+        assert isinstance(s[k], float)
+    stem = tmp_path / "local"
+    with open(f"{stem}.validate.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 and all(float(r["measured_ms"]) > 0 for r in rows)
+    assert Path(f"{stem}.validate.png").stat().st_size > 1000
+    cal = json.loads(Path(f"{stem}.calibration.json").read_text())
+    assert cal["runtime"] == "onnxruntime" and cal["a"] == s["a"]
+    # the latency model applies it
+    from search.latency import LatencyModel
+
+    m = LatencyModel.from_lut(lut, TINY, calibration="auto")
+    cfg = TINY.max_subnet(r=32)
+    assert m.calibration == (cal["a"], cal["b"])
+    assert m.latency([cfg])[0] == pytest.approx(cal["a"] * m.raw_sum(cfg) + cal["b"])
