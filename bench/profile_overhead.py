@@ -1,0 +1,81 @@
+"""Benchmark: how much of building a LUT is spent inside timed inference?
+
+Builds the onnxruntime LUT of the local device at 5 resolutions (160 to 224, step 16) twice:
+cold (a fresh artifact cache: every block exported) and warm (artifacts cached, a fresh LUT:
+what a second device sharing the format, or a re-measurement, costs).  Prints one JSON object:
+wall time, export time, measurement time, time inside timed inference, and wall / timed.
+Target: wall / timed <= 2.
+
+    .venv/bin/python bench/profile_overhead.py [--resolutions 160,176,192,208,224] [--limit N]
+        [--runtime onnxruntime] [--export-workers 2] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from profiler.devices import load_devices  # noqa: E402
+from profiler.export import ArtifactCache  # noqa: E402
+from profiler.measure import profile_device  # noqa: E402
+from supernet.space import get_space  # noqa: E402
+
+
+def one_pass(device, specs, runtime, cache_dir: Path, lut: Path, workers: int) -> dict:
+    t0 = time.perf_counter()
+    res = profile_device(device, specs, runtime, lut, ArtifactCache(cache_dir), export_workers=workers,
+                         progress=sys.stderr.isatty())
+    wall = time.perf_counter() - t0
+    return {
+        "blocks": res.todo, "measured": res.measured, "failed": res.failed, "exported": res.exported,
+        "wall_s": round(wall, 2), "export_s": round(res.export_s, 2), "measure_s": round(res.measure_s, 2),
+        "timed_inference_s": round(res.timed_s, 2),
+        "wall_over_timed": round(wall / res.timed_s, 3) if res.timed_s else None,
+        "measure_over_timed": round(res.measure_s / res.timed_s, 3) if res.timed_s else None,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--resolutions", default="160,176,192,208,224")
+    ap.add_argument("--space", default="ofa_mbv3")
+    ap.add_argument("--runtime", default="onnxruntime")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--export-workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--devices", type=Path, default=Path(__file__).resolve().parents[1] / "devices.yaml")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = ap.parse_args()
+    space = get_space(args.space)
+    specs = space.all_blocks([int(r) for r in args.resolutions.split(",")])
+    if args.limit:
+        specs = specs[: args.limit]
+    device = load_devices(args.devices)["local"]
+    with tempfile.TemporaryDirectory(prefix="hwnas-bench-") as tmp:
+        tmp = Path(tmp)
+        cold = one_pass(device, specs, args.runtime, tmp / "cache", tmp / "cold.csv", args.export_workers)
+        warm = one_pass(device, specs, args.runtime, tmp / "cache", tmp / "warm.csv", args.export_workers)
+    out = {
+        "bench": "profile_overhead", "space": space.name, "runtime": args.runtime,
+        "resolutions": args.resolutions, "blocks": len(specs), "threads": device.threads,
+        "min_time_s": device.min_time_s, "repeats": device.repeats, "export_workers": args.export_workers,
+        "machine": platform.machine(), "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "cold": cold, "warm": warm, "target_wall_over_timed": 2.0,
+    }
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
