@@ -53,6 +53,8 @@ def main() -> int:
     ap.add_argument("--export-workers", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--devices", type=Path, default=Path(__file__).resolve().parents[1] / "devices.yaml")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="keep the cache and both LUTs here (default: a temporary folder, removed)")
     args = ap.parse_args()
     space = get_space(args.space)
     specs = space.all_blocks([int(r) for r in args.resolutions.split(",")])
@@ -60,7 +62,10 @@ def main() -> int:
         specs = specs[: args.limit]
     device = load_devices(args.devices)["local"]
     with tempfile.TemporaryDirectory(prefix="hwnas-bench-") as tmp:
-        tmp = Path(tmp)
+        tmp = args.workdir or Path(tmp)
+        if args.workdir and (args.workdir / "cache").exists():
+            sys.exit(f"error: {args.workdir}/cache exists; the cold pass needs an empty cache")
+        tmp.mkdir(parents=True, exist_ok=True)
         cold = one_pass(device, specs, args.runtime, tmp / "cache", tmp / "cold.csv", args.export_workers)
         warm = one_pass(device, specs, args.runtime, tmp / "cache", tmp / "warm.csv", args.export_workers)
     out = {
