@@ -11,7 +11,11 @@ probability 0.1, mutation ratio 0.5, 500 generations), with three changes:
   after ``max_tries`` rounds is replaced by its parent, and an initial population that random
   sampling cannot fill is completed by shrinking random subnets until they fit.  Both are
   counted and reported;
-- parents are distinct architectures (duplicates do not take several parent places).
+- parents are distinct architectures (duplicates do not take several parent places), and
+  each distinct architecture is scored once (a cache keyed by architecture);
+- after the last generation a short greedy local search (one-gene and random two-slot
+  moves that fit the budget) polishes the best subnet; its extra predictions are counted
+  and reported in the notes (``polish_steps=0`` turns it off).
 
 Every returned subnet satisfies the budget under the same cost model (asserted).
 
@@ -24,8 +28,10 @@ CLI (contract)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -170,6 +176,9 @@ class EvolutionParams:
     max_tries: int = 50          # rounds of re-drawing children that miss the budget (4 draws each)
     max_draws: int = 200_000     # random subnets drawn for the initial population, at most
     distinct_parents: bool = True
+    hidden_genes: bool = True    # keep the genes of skipped slots (as OFA does) for later depth changes
+    polish_steps: int = 10       # local search on the best subnet after evolution (0: off)
+    polish_pairs: int = 1000     # random two-gene moves tried per local-search step
 
     def __post_init__(self) -> None:
         if self.population < 2:
@@ -292,12 +301,12 @@ def _children(make: Callable[[np.ndarray], Population], fallback: Population, co
     return out, len(pending)
 
 
-def _select(pop: Population, acc: np.ndarray, n: int, distinct: bool) -> np.ndarray:
+def _select(pop: Population, acc: np.ndarray, n: int, distinct: bool, choices: Choices) -> np.ndarray:
     """Indices of the ``n`` most accurate rows (distinct architectures when ``distinct``)."""
     order = np.argsort(-acc, kind="stable")
     if not distinct:
         return order[:n]
-    _, first = np.unique(pop.hashes()[order], return_index=True)
+    _, first = np.unique(_canonical(pop.copy(), choices).hashes()[order], return_index=True)
     uniq = order[np.sort(first)]
     if len(uniq) >= n:
         return uniq[:n]
@@ -310,13 +319,15 @@ class MemoScore:
     (the predictor is deterministic, so ranking is unchanged).  ``evaluated`` counts the
     subnets actually scored."""
 
-    def __init__(self, score: Callable[[Population], np.ndarray]):
+    def __init__(self, score: Callable[[Population], np.ndarray], choices: Choices | None = None):
         self.score = score
+        self.choices = choices  # given: populations may hold genes of skipped slots
         self.cache: dict[int, float] = {}
         self.evaluated = 0
 
     def __call__(self, pop: Population) -> np.ndarray:
-        uniq, first, inv = np.unique(pop.hashes(), return_index=True, return_inverse=True)
+        h = pop.hashes() if self.choices is None else _canonical(pop.copy(), self.choices).hashes()
+        uniq, first, inv = np.unique(h, return_index=True, return_inverse=True)
         keys = uniq.tolist()
         vals = np.array([self.cache.get(k, np.nan) for k in keys])
         miss = np.nonzero(np.isnan(vals))[0]
@@ -326,6 +337,49 @@ class MemoScore:
             self.cache.update(zip((keys[i] for i in miss), fresh.tolist()))
             self.evaluated += len(miss)
         return vals[inv.reshape(-1)]
+
+
+def polish(best: Population, best_acc: float, costs: CostArrays, score: Callable[[Population], np.ndarray],
+           budget: float, steps: int, pairs: int, rng: np.random.Generator) -> tuple[Population, float, int]:
+    """Greedy local search from ``best``: every one-gene change (a slot's kernel-and-expand
+    pair, a stage's depth, the resolution, the width) plus ``pairs`` random two-slot
+    changes; move to the most accurate neighbour that fits the budget while it improves, at
+    most ``steps`` moves.  Returns (subnet, accuracy, moves made)."""
+    choices = costs.choices
+    sp = choices.space
+    nb, ns, ne = sp.num_blocks, len(sp.stages), len(sp.expands)
+    n_ke = len(sp.kernels) * ne
+    moves = 0
+    for _ in range(steps):
+        g = best.g[0]
+        rows = []
+        for slot in range(nb):  # one slot's (kernel, expand)
+            for ke in range(n_ke):
+                row = g.copy()
+                row[slot], row[nb + slot] = divmod(ke, ne)
+                rows.append(row)
+        for col, size in [(2 * nb + i, len(sp.depths)) for i in range(ns)] + \
+                         [(2 * nb + ns, len(choices.resolutions)), (2 * nb + ns + 1, len(choices.widths))]:
+            for v in range(size):
+                row = g.copy()
+                row[col] = v
+                rows.append(row)
+        pair = np.repeat(g[None, :], pairs, axis=0)  # two slots' (kernel, expand) at once
+        for _ in range(2):
+            slot = rng.integers(0, nb, pairs)
+            ke = rng.integers(0, n_ke, pairs)
+            pair[np.arange(pairs), slot], pair[np.arange(pairs), nb + slot] = ke // ne, ke % ne
+        cand = _canonical(Population(np.concatenate([np.array(rows), pair]), nb, ns), choices)
+        cand = cand.take(costs(cand) <= budget)
+        if not len(cand):
+            break
+        acc = score(cand)
+        i = int(np.argmax(acc))
+        if acc[i] <= best_acc + 1e-12:
+            break
+        best, best_acc = cand.take(np.array([i])), float(acc[i])
+        moves += 1
+    return best, best_acc, moves
 
 
 def evolve(
@@ -365,8 +419,9 @@ def evolve(
     n_par = max(1, int(round(params.parent_ratio * n)))
     n_mut = int(round(params.mutation_ratio * n))
     pop, notes = initial_population(n, costs, budget, params.max_draws, rng)
-    canon(pop)
-    memo = MemoScore(score)
+    if not params.hidden_genes:
+        canon(pop)
+    memo = MemoScore(score, choices)
     acc = memo(pop)
     ranked = len(pop)
     history: list[float] = []
@@ -375,7 +430,7 @@ def evolve(
     bar = tqdm(range(params.generations), desc=desc or f"search <= {budget:g}", leave=False,
                disable=(None if progress is None else not progress))
     for _ in bar:
-        sel = _select(pop, acc, n_par, params.distinct_parents)
+        sel = _select(pop, acc, n_par, params.distinct_parents, choices)
         parents, parents_acc = pop.take(sel), acc[sel]
         if parents_acc[0] > best_acc:
             best_acc, best = float(parents_acc[0]), parents.take(np.array([0]))
@@ -390,16 +445,25 @@ def evolve(
         cross, fb2 = _children(lambda rows: _crossover(parents.take(a[rows]), parents.take(b[rows]), rng),
                                parents.take(a), costs, budget, params.max_tries)
         fallbacks += fb1 + fb2
-        kids = canon(Population.concat([mut, cross]))
+        kids = Population.concat([mut, cross])
+        if not params.hidden_genes:
+            canon(kids)
         kids_acc = memo(kids)
         ranked += len(kids)
         pop = Population.concat([parents, kids])
         acc = np.concatenate([parents_acc, kids_acc])
-    sel = _select(pop, acc, n_par, params.distinct_parents)
+    sel = _select(pop, acc, n_par, params.distinct_parents, choices)
     parents, parents_acc = pop.take(sel), acc[sel]
     if parents_acc[0] > best_acc or best is None:
         best_acc, best = float(parents_acc[0]), parents.take(np.array([0]))
     history.append(best_acc)
+    if params.polish_steps:
+        before = memo.evaluated
+        best, best_acc, moves = polish(best, best_acc, costs, memo, budget, params.polish_steps, params.polish_pairs, rng)
+        if moves:
+            notes.append(f"local search after evolution improved the best subnet in {moves} move(s), "
+                         f"+{100 * (best_acc - history[-1]):.3f} pp ({memo.evaluated - before} extra predictions)")
+        history.append(best_acc)
     if fallbacks:
         notes.append(
             f"{fallbacks} children missed the budget after {params.max_tries} redraws and were "
@@ -532,6 +596,42 @@ def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, laten
     return records
 
 
+def auto_calibration(lut: Path, runtime: str) -> tuple[float, float] | None:
+    """The profiler's fitted (a, b) from ``<lut>.calibration.json`` when it exists and was
+    fitted for ``runtime``; otherwise None (the plain LUT sum), said on stderr."""
+    from profiler.lut import calibration_path
+
+    from .latency import read_calibration
+
+    path = calibration_path(lut)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a calibration file ({exc})") from None
+    if data.get("runtime") not in (None, runtime):
+        print(f"note: {path} is for runtime {data.get('runtime')!r}, not {runtime!r}: using the plain LUT sum",
+              file=sys.stderr)
+        return None
+    return read_calibration(path, runtime)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send stdout (Python's and file descriptor 1) to stderr inside the block."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _calibration_arg(text: str):
     return {"auto": "auto", "none": None}.get(text, text)
 
@@ -585,7 +685,10 @@ def main(argv: list[str] | None = None) -> int:
         pred.check_space(space)
         latency = None
         if args.lut:
-            latency = LatencyModel.from_lut(args.lut, space, args.runtime, calibration=_calibration_arg(args.calibration))
+            cal = _calibration_arg(args.calibration)
+            latency = LatencyModel.from_lut(args.lut, space, args.runtime, calibration=None if cal == "auto" else cal)
+            if cal == "auto":
+                latency.calibration = auto_calibration(Path(args.lut), latency.runtime)
         model = {"latency-ms": latency, "macs-m": MacsModel(space), "params-m": ParamsModel(space)}[flag]
         res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else None
         wid = [float(x) for x in args.widths.split(",")] if args.widths else None
@@ -621,13 +724,15 @@ def main(argv: list[str] | None = None) -> int:
     latency_costs = CostArrays(latency, choices) if latency is not None else None
     summary = report.write_search(out_dir, results, flag, costs, latency_costs, pred, choices, context,
                                   params, args.seed, lut=args.lut, method=args.method)
+    if not args.json:
+        report.print_search(summary)
     if args.export or args.verify:
-        summary["deploy"] = export_and_verify(results, space, latency, args, out_dir)
+        # exporters print progress on stdout; with --json stdout holds only the JSON object
+        with (_stdout_to_stderr() if args.json else contextlib.nullcontext()):
+            summary["deploy"] = export_and_verify(results, space, latency, args, out_dir)
         (out_dir / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
     if args.json:
         print(json.dumps(summary))
-    else:
-        report.print_search(summary)
     return 0
 
 

@@ -189,7 +189,7 @@ def files(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("evolve")
     lut = d / "toy.csv"
-    write_rows_atomic(lut, [{"key": k, "runtime": "onnxruntime", "status": "ok", "median_ms": v, "device": "toy"}
+    write_rows_atomic(lut, [{"key": k, "runtime": "onnxruntime", "status": "ok", "median_ms": v, "device": "local"}
                             for k, v in synthetic_table().items()])
     pred = random_predictor().save(d / "predictor.pt")
     return d, lut, pred
@@ -258,3 +258,44 @@ def test_cli_bad_input_is_one_clear_line(files, capsys, tmp_path, case, message)
     assert exc.value.code != 0
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in err, err
+
+
+def test_auto_calibration_only_for_its_runtime(files, capsys, tmp_path, model):
+    import shutil
+
+    d, lut, pred = files
+    lut2 = tmp_path / "toy.csv"
+    shutil.copy(lut, lut2)
+    floor, _ = CostArrays(model, CH).cheapest()
+    budget = round(4 * floor + 0.5, 3)     # fits with and without the calibration below
+    args = ["--lut", lut2, "--predictor", pred, "--latency-ms", f"{budget}", "--generations", 3,
+            "--population", 8, "--samples", 0, "--out", tmp_path / "o", "--json"]
+    (tmp_path / "toy.calibration.json").write_text(json.dumps({"a": 2.0, "b": 0.5, "runtime": "tflite"}))
+    code, out = run_cli(capsys, *args)
+    assert code == 0 and json.loads(out.out)["results"][0]["calibration"] is None
+    assert "is for runtime 'tflite'" in out.err
+    (tmp_path / "toy.calibration.json").write_text(json.dumps({"a": 2.0, "b": 0.5, "runtime": "onnxruntime"}))
+    code, out = run_cli(capsys, *args)
+    r = json.loads(out.out)["results"][0]
+    assert r["calibration"] == {"a": 2.0, "b": 0.5}
+    assert r["predicted_latency_ms"] == pytest.approx(2.0 * r["lut_sum_ms"] + 0.5, abs=1e-3)
+    assert r["predicted_latency_ms"] <= budget + 1e-9
+
+
+@pytest.mark.slow
+def test_verify_measures_the_chosen_subnet_on_the_luts_device(files, capsys, tmp_path, model, monkeypatch):
+    """--verify exports the chosen subnet and measures it end to end on the LUT's device
+    (``local`` from the repository's devices.yaml), printing predicted against measured."""
+    from pathlib import Path
+
+    d, lut, pred = files
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
+    floor, _ = CostArrays(model, CH).cheapest()
+    code, out = run_cli(capsys, "--lut", lut, "--predictor", pred, "--latency-ms", f"{floor * 1.5:.3f}",
+                        "--resolutions", "32", "--widths", "1.0", "--generations", 3, "--population", 8,
+                        "--samples", 0, "--out", tmp_path / "o", "--verify", "--json")
+    assert code == 0
+    rec = json.loads(out.out)["deploy"][0]
+    assert rec["device"] == "local" and rec["runtime"] == "onnxruntime"
+    assert rec["measured_latency_ms"] and rec["measured_latency_ms"] > 0, rec
