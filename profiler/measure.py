@@ -319,6 +319,15 @@ def profile_device(
                 raise TransportError(f"{device.name}: runtime {runtime} is not installed on the device "
                                      f"(found: {', '.join(info.get('runtimes', {})) or 'none'})")
             res.runtime_version = str((rt_info or {}).get("version", ""))
+            if device.providers and runtime == "onnxruntime":
+                have = rt_info.get("providers") if isinstance(rt_info.get("providers"), list) else []
+                missing = [p for p in device.providers if p not in have]
+                if missing:
+                    # onnxruntime would silently fall back to the CPU: a LUT of the wrong device
+                    exc = TransportError(f"{device.name}: field 'providers': {', '.join(missing)} not available on "
+                                         f"the device (onnxruntime there has: {', '.join(map(str, have)) or 'none'})")
+                    exc.permanent = True  # type: ignore[attr-defined]
+                    raise exc
             context.update(host=res.host, host_cpu=res.host_cpu)
             req_base = {
                 "runtime": runtime, "threads": device.threads, "warmup": device.warmup,

@@ -175,3 +175,12 @@ def _cmdline(pid: str) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_unavailable_execution_provider_is_refused_not_silently_replaced(tmp_path, server, cache):
+    code, summary = run_cli(tmp_path, {"gpu": server.device_entry(providers=["TensorrtExecutionProvider",
+                                                                              "CPUExecutionProvider"])},
+                            "gpu", cache, "--lut", str(tmp_path / "g.csv"))
+    assert code == 1
+    lost = summary["runs"][0]["device_lost"]
+    assert "field 'providers'" in lost and "TensorrtExecutionProvider" in lost and "CPUExecutionProvider" in lost
