@@ -311,7 +311,14 @@ def profile_device(
                    disable=not progress, dynamic_ncols=True, leave=True)
         try:
             _connect(session, device)
-            info = session.transport.info(timeout=max(device.timeout_s, device.connect_timeout_s + 60))
+            # the session's own runner answers ``info``: no second runner start per run
+            try:
+                info = session.ensure().request({"op": "info"},
+                                                timeout=max(device.timeout_s, device.connect_timeout_s + 60))
+            except RunnerTimeout as exc:
+                raise TransportError(str(exc)) from None
+            if not isinstance(info, dict) or info.get("ok") is not True:
+                raise TransportError(f"{device.name}: runner info failed: {str(info)[:300]}")
             res.host = str(info.get("host", ""))[:100]
             res.host_cpu = str(info.get("cpu", ""))[:200]
             rt_info = info.get("runtimes", {}).get(runtime) if isinstance(info.get("runtimes"), dict) else None
