@@ -26,10 +26,32 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+_OWN_CACHE: str | None = None
+
+
+def pytest_configure(config):
+    """One artifact cache for the whole session (every module, through HWNAS_TEST_CACHE),
+    fresh each run so exports are really exercised; an explicit HWNAS_TEST_CACHE is kept."""
+    global _OWN_CACHE
+    if "HWNAS_TEST_CACHE" not in os.environ:
+        import tempfile
+
+        _OWN_CACHE = tempfile.mkdtemp(prefix="hwnas-test-artifacts-")
+        os.environ["HWNAS_TEST_CACHE"] = _OWN_CACHE
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        import shutil
+
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+        os.environ.pop("HWNAS_TEST_CACHE", None)
+
+
 @pytest.fixture(scope="session")
-def artifact_cache(tmp_path_factory) -> Path:
-    """One artifact cache for the whole session, so each block is exported once."""
-    return tmp_path_factory.mktemp("artifacts")
+def artifact_cache() -> Path:
+    """The session's artifact cache, so each block is exported once."""
+    return Path(os.environ["HWNAS_TEST_CACHE"])
 
 
 def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 600,
