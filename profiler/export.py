@@ -258,6 +258,22 @@ def _export_task(key: str, fmt: str, path: str) -> tuple[str, str, str]:
 
 
 def _worker_init() -> None:
+    """Export workers use one thread each and die with their parent: a profiler killed with
+    kill -9 must not leave converters running beside the next run's measurements.  (A
+    watchdog thread, not PR_SET_PDEATHSIG, which fires when the creating *thread* ends.)"""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        import time
+
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(1.0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
     import torch
 
     torch.set_num_threads(1)

@@ -192,3 +192,27 @@ def test_fidelity_report(tmp_path, artifact_cache):
     cfg = TINY.max_subnet(r=32)
     assert m.calibration == (cal["a"], cal["b"])
     assert m.latency([cfg])[0] == pytest.approx(cal["a"] * m.raw_sum(cfg) + cal["b"])
+
+
+def test_kill_9_during_export_leaves_no_converter_running(tmp_path):
+    """Export workers die with the profiler, so no conversion runs beside the next run's timing."""
+    args = [sys.executable, "-m", "profiler.run", "--space", "tiny", "--limit", "6", "--lut", str(tmp_path / "l.csv"),
+            "--cache", str(tmp_path / "cache"), "--no-progress"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids: list[str] = []
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and len(kids) < 2:
+            out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+            kids = out.split()
+            time.sleep(0.2)
+        assert len(kids) >= 2, "no export workers started"
+        while time.monotonic() < deadline and not list((tmp_path / "cache").rglob("*.tmp")):
+            time.sleep(0.1)  # a conversion in progress: the workers are past their set-up
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{k}").exists() for k in kids):
+        time.sleep(0.2)
+    assert not [k for k in kids if Path(f"/proc/{k}").exists()]
