@@ -320,23 +320,22 @@ class SearchSpace:
         return per_stage ** len(self.stages) * len(self.resolutions) * len(self.width_mults)
 
     # subnets ---------------------------------------------------------------------------
-    def max_subnet(self, r: int | None = None, w: float | None = None) -> "SubnetConfig":
+    def uniform_subnet(self, kernel: int, expand: float, depth: int,
+                       r: int | None = None, w: float | None = None) -> "SubnetConfig":
+        """The same kernel, expand and depth everywhere (validated against the space)."""
         return SubnetConfig(
-            ks=(max(self.kernels),) * self.num_blocks,
-            e=(max(self.expands),) * self.num_blocks,
-            d=(max(self.depths),) * len(self.stages),
+            ks=(kernel,) * self.num_blocks,
+            e=(expand,) * self.num_blocks,
+            d=(depth,) * len(self.stages),
             r=self.default_resolution if r is None else r,
             w=self.default_width if w is None else w,
         ).validated(self)
 
+    def max_subnet(self, r: int | None = None, w: float | None = None) -> "SubnetConfig":
+        return self.uniform_subnet(max(self.kernels), max(self.expands), max(self.depths), r, w)
+
     def min_subnet(self, r: int | None = None, w: float | None = None) -> "SubnetConfig":
-        return SubnetConfig(
-            ks=(min(self.kernels),) * self.num_blocks,
-            e=(min(self.expands),) * self.num_blocks,
-            d=(min(self.depths),) * len(self.stages),
-            r=self.default_resolution if r is None else r,
-            w=self.default_width if w is None else w,
-        ).validated(self)
+        return self.uniform_subnet(min(self.kernels), min(self.expands), min(self.depths), r, w)
 
     def sample(
         self,
