@@ -198,7 +198,8 @@ class OFASupernet(nn.Module):
         """``ops.build_network(space, cfg)`` with this supernet's weights copied in (the
         active subnet when ``cfg`` is None); same train/eval mode as the supernet."""
         cfg = self.active if cfg is None else cfg
-        net = ops.build_network(self.space, cfg, self.dropout)
+        with torch.random.fork_rng(devices=[]):  # the builder's init must not move the global RNG
+            net = ops.build_network(self.space, cfg, self.dropout)
         bn_idx = self.bn_index(cfg.w)
         for static, (mod, spec) in zip(net, self._plan(cfg)):
             if spec.kind == "mbconv":

@@ -40,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--crash-after-step", type=int, help=argparse.SUPPRESS)  # tests: kill -9 itself
+    p.add_argument("--dump-rank-weights", action="store_true", help=argparse.SUPPRESS)  # tests: OUT/rankN.pt
     return p.parse_args(argv)
 
 
@@ -62,7 +63,7 @@ def main(argv=None) -> None:
     dist = init_distributed()
     try:
         final = train(cfg, args.out, resume=args.resume, dist=dist, progress=not args.no_progress,
-                      crash_after_step=args.crash_after_step)
+                      crash_after_step=args.crash_after_step, dump_rank_weights=args.dump_rank_weights)
     except (DataError, CheckpointError, ValueError) as exc:
         sys.exit(f"supernet.train: error: {exc}")
     if dist.main:

@@ -163,7 +163,7 @@ def prepare(cfg: TrainConfig, dist: Dist) -> tuple[Data, OFASupernet]:
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist(),
-          progress: bool = True, crash_after_step: int | None = None) -> Path:
+          progress: bool = True, crash_after_step: int | None = None, dump_rank_weights: bool = False) -> Path:
     """Train ``cfg`` into run folder ``out``; returns the path of the final supernet."""
     out = Path(out)
     ckpt_path, final_path = out / "checkpoints" / "last.pt", out / "supernet.pt"
@@ -186,10 +186,10 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
             raise CheckpointError(f"{ckpt_path} was written by a different config; resume with the same flags")
         model.load_state_dict(ckpt["model"])
         state = dict(ckpt["state"])
-        torch.set_rng_state(ckpt["torch_rng"])
         if ckpt.get("teacher") is not None:
             teacher_cfg = ckpt["teacher_cfg"]
-            teacher = _teacher_from_state(space, teacher_cfg, ckpt["teacher"])
+            teacher = _teacher_from_state(space, teacher_cfg, ckpt["teacher"]).to(dist.device)
+        torch.set_rng_state(ckpt["torch_rng"])  # last: dropout continues exactly
     metrics = Metrics(out / "metrics.csv", dist.main, state["global_step"] if ckpt else None)
 
     ddp = model
@@ -291,7 +291,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
         trained_expands.update(phase.choices.resolve(space).expands)
         if phase.rule == "max" and teacher is None and cfg.kd_weight > 0:
             teacher_cfg = phase.choices.largest(space).to_dict()
-            teacher = _teacher_from_state(space, teacher_cfg, None, model)
+            teacher = _teacher_from_state(space, teacher_cfg, None, model).to(dist.device)
         if dist.main:
             model.eval()
             choices = phase.choices.resolve(space)
@@ -307,6 +307,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
         if dist.world > 1:
             tdist.barrier()
     bar.close()
+    if dump_rank_weights:  # tests compare the ranks' weights
+        atomic_save({k: v for k, v in model.named_parameters()}, out / f"rank{dist.rank}.pt")
     if dist.main:
         atomic_save({"version": 1, "config": cfg.to_dict(), "space": record, "model": model.state_dict(),
                      "state": dict(state)}, final_path)
@@ -322,7 +324,8 @@ def _teacher_from_state(space, teacher_cfg: dict, state: dict | None, model: OFA
     if model is not None:
         net = model.extract(cfg)
     else:
-        net = build_network(space, cfg)
+        with torch.random.fork_rng(devices=[]):
+            net = build_network(space, cfg)
         net.load_state_dict(state)
     net = copy.deepcopy(net).eval()
     for p in net.parameters():
