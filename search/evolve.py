@@ -43,6 +43,7 @@ import numpy as np
 from supernet.space import SearchSpace, SubnetConfig, get_space
 
 from .encoding import Choices, Population, active_mask, gene_sizes, random_population
+from .encoding import canonicalize as _canonical
 
 
 class InfeasibleBudget(ValueError):
@@ -479,13 +480,6 @@ def evolve(
         population_acc=parents_acc, population_cost=par_cost, evaluations=memo.evaluated,
         ranked=ranked, seconds=time.perf_counter() - t0, notes=notes,
     )
-
-
-def _canonical(pop: Population, choices: Choices) -> Population:
-    act = active_mask(pop, choices)
-    pop.k[~act] = 0
-    pop.e[~act] = 0
-    return pop
 
 
 # --------------------------------------------------------------------------- CLI helpers

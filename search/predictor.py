@@ -119,11 +119,17 @@ class AccuracyPredictor:
         pass (torch, one thread)."""
         import torch
 
-        if self._module is None:
-            self._module = self.module()
+        if self._module is None:  # (W^T, b) per layer: addmm without nn.Module call overhead
+            self._module = [(torch.from_numpy(np.ascontiguousarray(self.state[f"{2 * i}.weight"].T, dtype=np.float32)),
+                             torch.from_numpy(np.asarray(self.state[f"{2 * i}.bias"], dtype=np.float32)))
+                            for i in range(len(self.hidden) + 1)]
         with torch.inference_mode(), one_torch_thread():
-            y = self._module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        return y[:, 0].double().numpy() + self.offset
+            h = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            for i, (wt, b) in enumerate(self._module):
+                h = torch.addmm(b, h, wt)
+                if i < len(self._module) - 1:
+                    h.relu_()
+        return h[:, 0].double().numpy() + self.offset
 
     def predict_population(self, pop: Population, choices: Choices) -> np.ndarray:
         """Predicted accuracy of every subnet of a population (one batched pass)."""
