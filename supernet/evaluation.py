@@ -9,7 +9,6 @@ held-out split, never the test set.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,8 +83,10 @@ class Evaluator:
         net = self.supernet.extract(cfg)
         return recalibrate_bn(net, (resize(x, cfg.r) for x, _ in self._base("recal")))
 
-    def evaluate(self, cfg: SubnetConfig) -> float:
-        net = self.subnet(cfg)
+    def evaluate(self, cfg: SubnetConfig, recalibrate: bool = True) -> float:
+        """Top-1 (percent) of ``cfg`` on the held-out split; ``recalibrate=False`` keeps the
+        supernet's own (shared or switchable) BN statistics."""
+        net = self.subnet(cfg) if recalibrate else self.supernet.extract(cfg).eval()
         return top1(net, ((resize(x, cfg.r), y) for x, y in self._base("valid")))
 
 

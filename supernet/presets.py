@@ -18,8 +18,8 @@ run folder.  Presets:
 - ``small``: the same phases on Fashion-MNIST, sized for ~20 minutes on 2 CPU cores.
 - ``tiny``: the same phases in a few hundred steps (contract: < 5 minutes on 2 cores).
 - ``test``: the ``tiny`` space on a few hundred images (unit tests).
-- ``naive`` / ``sandwich`` variants: any preset via ``--method naive|sandwich`` keeps the
-  budget (total subnet passes) and replaces the phases by one phase (see ``with_method``).
+- ``--method naive|sandwich|full`` turns any preset into one phase with the same budget
+  (total subnet passes; see ``with_method``) so that methods compare on equal compute.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 from .ofa import Choices
 
 RULES = ("max", "random", "sandwich")
-METHODS = ("ps", "naive", "sandwich")
+METHODS = ("ps", "naive", "sandwich", "full")
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class TrainConfig:
     preset: str = "tiny"
     space: str = "fmnist"
     data: str = "fmnist"
-    method: str = "ps"  # ps | naive | sandwich
+    method: str = "ps"  # ps | naive | sandwich | full
     bn: str = "shared"  # shared | switchable
     phases: tuple[Phase, ...] = ()
     batch_size: int = 64
@@ -147,28 +147,32 @@ class TrainConfig:
         return sum(p.epochs * p.subnets_per_step for p in self.phases)
 
 
-def with_method(cfg: TrainConfig, method: str) -> TrainConfig:
-    """The same budget (subnet-epochs, total epochs) spent by another method:
+def with_method(cfg: TrainConfig, method: str, widths: tuple[float, ...] | None = None) -> TrainConfig:
+    """The same compute budget (subnet passes = subnet-epochs x images) spent by another method:
 
     - ``ps``: the preset's phases unchanged;
-    - ``naive``: one phase sampling random subnets of the whole space from scratch, no
-      distillation, subnets per step chosen so the budget matches;
-    - ``sandwich``: one phase with the largest, the smallest and random subnets each step,
-      in-place distillation from the largest (Yu et al., BigNAS / "Universally Slimmable").
+    - ``naive``: one phase of random subnets of the whole space from scratch, one per step, no
+      distillation, for ``budget`` epochs;
+    - ``sandwich``: one phase with the largest, the smallest and one random subnet per step
+      and in-place distillation from the largest (Yu et al., "Universally Slimmable
+      Networks" / BigNAS), for ``budget / 3`` epochs;
+    - ``full``: the largest subnet alone for ``budget`` epochs (the upper reference).
+
+    ``widths`` (when given) makes the width multiplier elastic in the single phase.
     """
     if method == "ps" or not cfg.phases:
         return replace(cfg, method=method)
-    epochs = sum(p.epochs for p in cfg.phases)
-    per_step = max(1, round(cfg.budget() / epochs))
+    budget = cfg.budget()
     lr = cfg.phases[0].lr
-    widths = next((p.widths for p in reversed(cfg.phases) if p.widths), None)
     warm = cfg.phases[0].warmup_epochs
     if method == "naive":
-        phase = Phase("naive", epochs, lr, widths=widths, subnets_per_step=per_step, rule="random",
-                      distill=False, warmup_epochs=warm)
+        phase = Phase("naive", budget, lr, widths=widths, rule="random", distill=False, warmup_epochs=warm)
     elif method == "sandwich":
-        phase = Phase("sandwich", epochs, lr, widths=widths, subnets_per_step=max(2, per_step),
-                      rule="sandwich", distill=False, warmup_epochs=warm)
+        phase = Phase("sandwich", budget / 3, lr, widths=widths, subnets_per_step=3, rule="sandwich",
+                      distill=False, warmup_epochs=warm)
+    elif method == "full":
+        first = cfg.phases[0]
+        phase = replace(first, name="full", epochs=budget, rule="max", distill=False)
     else:
         raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
     return replace(cfg, method=method, phases=(phase,))

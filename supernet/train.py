@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--data", help="fmnist | fmnist:PATH | cifar10:PATH | imagefolder:PATH")
     p.add_argument("--space", help="search space name (default: the preset's)")
-    p.add_argument("--method", choices=METHODS, help="ps (progressive shrinking), naive or sandwich")
+    p.add_argument("--method", choices=METHODS, help="ps (progressive shrinking), naive, sandwich or full (largest subnet alone)")
     p.add_argument("--bn", choices=("shared", "switchable"))
     p.add_argument("--kd-weight", type=float)
     p.add_argument("--batch-size", type=int)
