@@ -59,7 +59,7 @@ def test_results_fit_and_are_real_predictions(setup):
         assert res.accuracy == pytest.approx(pred.predict([res.subnet], TINY)[0], abs=1e-6)
         feasible = all_acc[all_cost <= budget]
         # honest, modest claim: better than 90% of the subnets that fit
-        assert (feasible <= res.accuracy + 1e-9).mean() >= 0.9
+        assert (feasible <= res.accuracy + 1e-6).mean() >= 0.9   # 1e-6: float32 batch-size rounding
 
 
 def test_infeasible_budget_is_refused(setup):
