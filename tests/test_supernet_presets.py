@@ -1,0 +1,56 @@
+"""Phases as data: presets round-trip through YAML-able dicts and methods share a budget."""
+
+from __future__ import annotations
+
+
+import pytest
+import yaml
+
+from supernet.ofa import OFASupernet
+from supernet.presets import PRESETS, Phase, TrainConfig, get_preset, with_method
+from supernet.space import get_space
+from supernet.trainer import phase_subnets, step_rng
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_round_trip_and_fit_their_space(name):
+    cfg = get_preset(name)
+    again = TrainConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert again == cfg
+    space = get_space(cfg.space)
+    for phase in cfg.phases:
+        phase.choices.resolve(space)
+
+
+def test_ofa_imagenet_preset_is_the_published_schedule():
+    ph = get_preset("ofa_imagenet").phases
+    assert [p.name for p in ph] == ["full", "kernel", "depth1", "depth2", "expand1", "expand2"]
+    assert [p.epochs for p in ph] == [180, 120, 25, 120, 25, 120]
+    assert [p.subnets_per_step for p in ph] == [1, 1, 2, 2, 4, 4]
+    assert ph[2].depths == (3, 4) and ph[3].depths is None and ph[4].expands == (4, 6)
+
+
+def test_methods_share_the_budget():
+    base = get_preset("tiny")
+    budgets = {m: with_method(base, m).budget() for m in ("ps", "naive", "sandwich", "full")}
+    assert len(set(budgets.values())) == 1, budgets
+    assert with_method(base, "sandwich").phases[0].rule == "sandwich"
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_dict({"batchsize": 3})
+    with pytest.raises(ValueError, match="rule"):
+        Phase("x", 1, 0.1, rule="greedy")
+
+
+def test_step_sampling_is_identical_across_ranks_and_rules():
+    net = OFASupernet(get_space("tiny"))
+    sandwich = Phase("s", 1, 0.1, subnets_per_step=3, rule="sandwich")
+    a = phase_subnets(net, sandwich, step_rng(0, 1, 7))
+    b = phase_subnets(net, sandwich, step_rng(0, 1, 7))
+    assert a == b
+    r, subs = a
+    space = net.space
+    assert subs[0] == space.max_subnet(r=r) and subs[1] == space.min_subnet(r=r)
+    assert all(s.r == r for s in subs)
