@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     fmt = format_for_runtime(runtime)
     cache = ArtifactCache(args.cache)
     net_dir = cache.root / "networks" / fmt / cache.version(fmt)
-    out = _run(device, runtime, space, subnets, fmt, net_dir, progress=not args.no_progress)
+    out = measure_networks(device, runtime, space, subnets, fmt, net_dir, progress=not args.no_progress)
     if isinstance(out, str):
         print(f"error: {out}", file=sys.stderr)
         return 1
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(device, runtime: str, space: SearchSpace, subnets: list[SubnetConfig], fmt: str, net_dir: Path,
+def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[SubnetConfig], fmt: str, net_dir: Path,
          progress: bool):
     """Export every network (all before the first measurement), then measure each.
     Returns (measured ms array with NaN for failures, per-subnet rows) or an error string."""

@@ -553,7 +553,7 @@ def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, laten
             raise SystemExit("error: --verify needs --lut (the device to measure on is the LUT's)")
         from profiler.devices import DEFAULT_DEVICES_FILE, load_devices, select_devices
         from profiler.export import ArtifactCache, format_for_runtime
-        from profiler.validate import _run as measure_networks
+        from profiler.validate import measure_networks
 
         device_name = (latency.device or "").split(",")[0]
         try:

@@ -165,14 +165,21 @@ class LatencyModel(CostModel):
                  calibration: tuple[float, float] | str | Path | None = None,
                  stat: str = "median") -> "LatencyModel":
         """Load a LUT CSV.  ``calibration``: (a, b), a calibration JSON path, ``"auto"`` (use
-        ``<lut>.calibration.json`` when present), or None."""
+        ``<lut>.calibration.json`` when present and fitted for this runtime), or None."""
         from profiler.lut import LutTable, calibration_path
 
         lut = LutTable.load(path)
         rt = lut.pick_runtime(runtime)
         if calibration == "auto":
             cp = calibration_path(Path(path))
-            calibration = read_calibration(cp, rt) if cp.exists() else None
+            calibration = None
+            if cp.exists():
+                try:
+                    calibration = read_calibration(cp, rt)
+                except ValueError as exc:
+                    if "is for runtime" not in str(exc):
+                        raise  # a corrupt file is an error; another runtime's is not ours
+
         elif isinstance(calibration, (str, Path)):
             calibration = read_calibration(Path(calibration), rt)
         return cls(space or OFA_MBV3, lambda r: lut.table(rt, stat, resolution=r), calibration, where=str(path),
