@@ -45,9 +45,11 @@ def main() -> None:
     p.add_argument("--subnets", type=int, default=20)
     p.add_argument("--eval-images", type=int, default=2000)
     p.add_argument("--out", type=Path, default=Path("runs/ps_vs_naive"))
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared 2-core box)")
     p.add_argument("--only", help="comma-separated subset of: ps,naive,sandwich,full,bn_shared,bn_switchable")
     args = p.parse_args()
 
+    torch.set_num_threads(args.threads)
     base = get_preset(args.preset)
     widths = (1.0, 1.5)
     runs = {

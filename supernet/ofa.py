@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -169,15 +169,21 @@ class OFASupernet(nn.Module):
             return 0
         return next(i for i, x in enumerate(self.space.width_mults) if math.isclose(x, w))
 
-    def _plan(self, cfg: SubnetConfig) -> Iterator[tuple[nn.Module | None, BlockSpec]]:
-        """The dynamic module of each of ``space.blocks(cfg)``, in network order."""
+    def _plan(self, cfg: SubnetConfig) -> list[tuple[nn.Module | None, BlockSpec]]:
+        """The dynamic module of each of ``space.blocks(cfg)``, in network order (the last
+        config's plan is kept: a training step runs one config forward and backward)."""
+        cached = self.__dict__.get("_plan_cache")
+        if cached is not None and cached[0] == cfg:
+            return cached[1]
         specs = self.space.blocks(cfg)
         mods: list[nn.Module | None] = [self.first_conv, self.first_block]
         mods += [self.blocks[slot] for _, _, slot in self.space.active_blocks(cfg)]
         mods += [self.final_expand, None, self.feature_mix, self.classifier]
         if len(mods) != len(specs):  # the block list of space.py changed shape
             raise RuntimeError(f"supernet expects {len(mods)} blocks, space gives {len(specs)}")
-        return zip(mods, specs)
+        plan = list(zip(mods, specs))
+        self.__dict__["_plan_cache"] = (cfg, plan)
+        return plan
 
     # ------------------------------------------------------------------ running
     def forward(self, x: torch.Tensor) -> torch.Tensor:
