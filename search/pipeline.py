@@ -21,104 +21,253 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 RUNTIMES = ("onnxruntime", "tflite")
+STAGES = ("profile", "train", "collect", "predictor", "search", "summary")
 
 
-def step(name: str, cmd: list[str], done: Path | None, force: bool, timeout_s: float) -> None:
-    """Run one step's command (streaming its output) unless ``done`` exists; exit on failure."""
-    if done is not None and done.exists() and not force:
-        print(f"[pipeline] {name}: {done} exists, skipped", flush=True)
-        return
-    print(f"[pipeline] {name}: {' '.join(cmd)}", flush=True)
-    t0 = time.time()
-    try:
-        proc = subprocess.run(cmd, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise SystemExit(f"error: pipeline step {name} exceeded {timeout_s:.0f} s") from None
-    if proc.returncode != 0:
-        raise SystemExit(f"error: pipeline step {name} failed with exit code {proc.returncode}")
-    print(f"[pipeline] {name}: done in {time.time() - t0:.0f} s", flush=True)
+def fail(msg: str) -> "SystemExit":
+    """The one error line the pipeline prints on bad input or a failed step."""
+    return SystemExit(f"error: {msg}")
 
 
-def budgets_for(lut: Path, runtime: str, space, fractions: list[float]) -> tuple[list[float], float, float]:
-    """Budgets at ``fractions`` of the way from the cheapest to the largest subnet's latency."""
+class Stages:
+    """Which stages are finished: ``OUT/stages.json`` records each finished stage's command
+    and wall time.  A stage is skipped on a rerun when it is recorded with the same command
+    and its outputs still exist."""
+
+    def __init__(self, out: Path, force: bool):
+        self.path = out / "stages.json"
+        self.force = force
+        self.done: dict[str, dict] = {}
+        if self.path.is_file() and not force:
+            try:
+                self.done = json.loads(self.path.read_text()).get("stages", {})
+            except (OSError, ValueError):
+                self.done = {}
+        self.number = 0
+
+    def finished(self, name: str, cmd: list[str] | None, outputs: list[Path]) -> bool:
+        rec = self.done.get(name)
+        return (not self.force and rec is not None and rec.get("cmd") == _portable(cmd)
+                and all(p.exists() for p in outputs))
+
+    def record(self, name: str, cmd: list[str] | None, seconds: float) -> None:
+        self.done[name] = {"cmd": _portable(cmd), "seconds": round(seconds, 1), "skipped": False}
+        self.path.write_text(json.dumps({"stages": self.done}, indent=2) + "\n")
+
+    def run(self, name: str, cmd: list[str], outputs: list[Path], timeout_s: float) -> float:
+        """Run one stage's command (its own progress bars stream through) unless finished;
+        exit with one error line on failure.  Returns the wall time (0 when skipped)."""
+        self.number += 1
+        head = f"[pipeline {self.number}] {name}"
+        if self.finished(name, cmd, outputs):
+            print(f"{head}: finished before ({self.done[name]['seconds']:.0f} s), skipped", flush=True)
+            return 0.0
+        print(f"{head}: {' '.join(cmd)}", flush=True)
+        t0 = time.time()
+        try:
+            proc = subprocess.run(cmd, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise fail(f"pipeline stage {name} exceeded {timeout_s:.0f} s") from None
+        if proc.returncode != 0:
+            raise fail(f"pipeline stage {name} failed (exit code {proc.returncode}; its message is above)")
+        missing = [str(p) for p in outputs if not p.exists()]
+        if missing:
+            raise fail(f"pipeline stage {name} did not write {', '.join(missing)}")
+        dt = time.time() - t0
+        self.record(name, cmd, dt)
+        print(f"{head}: done in {dt:.0f} s", flush=True)
+        return dt
+
+
+def _portable(cmd: list[str] | None) -> list[str] | None:
+    """A command without the interpreter path (a venv moved elsewhere is the same stage) and
+    without ``--resume`` (a resumed stage is the same stage)."""
+    return None if cmd is None else [c for c in cmd[1:] if c != "--resume"]
+
+
+def check_data(spec: str) -> None:
+    """One clear error when the dataset is missing (before any stage spends time)."""
+    from supernet.data import FMNIST_DIR, FMNIST_FILES
+
+    kind, _, path = spec.partition(":")
+    if kind == "fmnist":
+        root = Path(path) if path else FMNIST_DIR
+        missing = [f for f in FMNIST_FILES if not (root / f).is_file()]
+        if missing:
+            raise fail(f"Fashion-MNIST not found: {root / missing[0]} does not exist "
+                       "(install Debian's dataset-fashion-mnist or pass --data fmnist:PATH)")
+    elif kind in ("cifar10", "imagefolder"):
+        if not path or not Path(path).exists():
+            raise fail(f"dataset {spec!r}: {path or '(no path)'} does not exist")
+    else:
+        raise fail(f"unknown dataset {spec!r} (use fmnist, fmnist:PATH, cifar10:PATH or imagefolder:PATH)")
+
+
+def budgets_for(lut: Path, runtime: str, space, fractions: list[float], resolutions: list[int],
+                widths: list[float]) -> tuple[list[float], float, float]:
+    """Budgets at ``fractions`` of the way from the cheapest to the largest subnet's latency
+    (the LUT's calibration, if any, applied as the search applies it)."""
     from search.evolve import CostArrays, covered_choices
     from search.latency import LatencyModel
 
-    model = LatencyModel.from_lut(lut, space, runtime)
-    ch = covered_choices(model, space)
+    model = LatencyModel.from_lut(lut, space, runtime, calibration="auto")
+    ch = covered_choices(model, space, resolutions=resolutions, widths=widths)
     costs = CostArrays(model, ch)
     lo, _ = costs.cheapest()
     hi = max(float(model.latency([space.max_subnet(r, w)])[0]) for r in ch.resolutions for w in ch.widths)
-    return [round(lo + f * (hi - lo), 3) for f in fractions], lo, hi
+    # round up, so the cheapest subnet always fits the lowest budget
+    return [math.ceil((lo + f * (hi - lo)) * 1000) / 1000 for f in fractions], lo, hi
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise fail(f"{what} must be a comma list of integers, got {text!r}") from None
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise fail(f"{what} must be a comma list of numbers, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m search.pipeline", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("out/pipeline"), help="run folder (default: out/pipeline)")
+    ap.add_argument("--space", default="fmnist")
+    ap.add_argument("--data", default="fmnist", help="fmnist | fmnist:PATH | cifar10:PATH | imagefolder:PATH")
+    ap.add_argument("--resolutions", default="32,48", help="demo resolutions (profiled, sampled, searched)")
+    ap.add_argument("--width", default="1.0", help="width multiplier (profiled, sampled, searched)")
+    ap.add_argument("--runtimes", default=",".join(RUNTIMES), help="runtimes to profile and search for")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="artifact cache shared by every stage and run (default: the profiler's, cache/artifacts)")
+    ap.add_argument("--export-workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=None, help="profiler: minimum timed runs per block")
+    ap.add_argument("--min-time", type=float, default=None, help="profiler: minimum timed seconds per block")
+    ap.add_argument("--preset", default="tiny", help="supernet.train preset")
+    ap.add_argument("--train-limit", type=int, default=None, help="training images (default: the preset's)")
+    ap.add_argument("--subnets", type=int, default=100, help="subnets evaluated for the predictor")
+    ap.add_argument("--eval-images", type=int, default=1000, help="held-out images per evaluated subnet")
+    ap.add_argument("--predictor-epochs", type=int, default=300)
+    ap.add_argument("--fractions", default="0.2,0.5,0.8", help="budgets between the cheapest and largest subnet")
+    ap.add_argument("--generations", type=int, default=100)
+    ap.add_argument("--population", type=int, default=100)
+    ap.add_argument("--samples", type=int, default=1000, help="random subnets in each search plot")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--force", action="store_true", help="redo every stage")
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m search.pipeline", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("out/pipeline"))
-    ap.add_argument("--space", default="fmnist")
-    ap.add_argument("--resolutions", default="32,48,64", help="demo resolutions (profiled, trained, searched)")
-    ap.add_argument("--width", default="1.0")
-    ap.add_argument("--preset", default="tiny", help="supernet.train preset")
-    ap.add_argument("--subnets", type=int, default=150, help="subnets evaluated for the predictor")
-    ap.add_argument("--eval-images", type=int, default=2000, help="held-out images per evaluated subnet")
-    ap.add_argument("--fractions", default="0.25,0.5,0.75", help="budgets between the cheapest and largest subnet")
-    ap.add_argument("--generations", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--force", action="store_true", help="redo every step")
-    args = ap.parse_args(argv)
-
+    args = build_parser().parse_args(argv)
+    t_start = time.time()
     from supernet.space import get_space
 
     try:
         space = get_space(args.space)
     except ValueError as exc:
-        ap.error(str(exc))
+        raise fail(str(exc)) from None
+    resolutions = _ints(args.resolutions, "--resolutions")
+    widths = _floats(args.width, "--width")
+    fractions = _floats(args.fractions, "--fractions")
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
+    bad = [r for r in resolutions if r not in space.resolutions]
+    if not resolutions or bad:
+        raise fail(f"--resolutions: {bad[0] if bad else '(none)'} is not a resolution of space {space.name!r} "
+                   f"({', '.join(map(str, space.resolutions))})")
+    bad_w = [w for w in widths if w not in space.width_mults]
+    if len(widths) != 1 or bad_w:
+        raise fail(f"--width: give one width multiplier of space {space.name!r} "
+                   f"({', '.join(map(str, space.width_mults))})")
+    if not runtimes or any(r not in RUNTIMES for r in runtimes):
+        raise fail(f"--runtimes: known runtimes are {', '.join(RUNTIMES)}, got {args.runtimes!r}")
+    if not fractions or any(not 0 <= f <= 1 for f in fractions):
+        raise fail(f"--fractions must lie in 0..1, got {args.fractions!r}")
+    for name in ("subnets", "generations", "population", "predictor_epochs"):
+        if getattr(args, name) < 1:
+            raise fail(f"--{name.replace('_', '-')} must be at least 1")
+    if args.subnets < 5:
+        raise fail("--subnets must be at least 5 (the predictor holds some rows out)")
+    check_data(args.data)
+
     py = sys.executable
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fail(f"--out {out}: {exc}") from None
+    cache = args.cache if args.cache is not None else None
+    # the resolved configuration, written first
+    resolved = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "resolutions": resolutions, "width": widths[0], "fractions": fractions, "runtimes": runtimes,
+                "python": py, "cwd": str(Path.cwd()), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    stages = Stages(out, args.force)
     lut = out / "luts" / "local.csv"
     run = out / "supernet"
     lut.parent.mkdir(parents=True, exist_ok=True)
-    t_start = time.time()
+    res_arg, w_arg, seed = ",".join(map(str, resolutions)), f"{widths[0]:g}", str(args.seed)
+    quiet = ["--no-progress"] if args.no_progress else []
+    times: dict[str, float] = {}
 
-    # 1. profile (the profiler resumes by itself, so it always runs: a finished LUT returns fast)
-    step("profile", [py, "-m", "profiler.run", "--device", "local", "--runtime", ",".join(RUNTIMES),
-                     "--space", args.space, "--resolutions", args.resolutions, "--widths", args.width,
-                     "--lut", str(lut)], None, args.force, 3600)
+    # 1. profile (the profiler itself also resumes: a killed run keeps the blocks measured)
+    cmd = [py, "-m", "profiler.run", "--device", "local", "--runtime", ",".join(runtimes), "--space", args.space,
+           "--resolutions", res_arg, "--widths", w_arg, "--lut", str(lut),
+           "--export-workers", str(args.export_workers), *quiet]
+    if cache is not None:
+        cmd += ["--cache", str(cache)]
+    for flag, v in (("--repeats", args.repeats), ("--min-time", args.min_time)):
+        if v is not None:
+            cmd += [flag, str(v)]
+    times["profile"] = stages.run("profile", cmd, [lut], 3600)
     # 2. train
-    step("train", [py, "-m", "supernet.train", "--preset", args.preset, "--space", args.space, "--out", str(run),
-                   "--seed", str(args.seed)], run / "supernet.pt", args.force, 3600)
-    # 3. collect (resumable by itself)
-    step("collect", [py, "-m", "search.collect", "--run", str(run), "--subnets", str(args.subnets),
-                     "--resolutions", args.resolutions, "--widths", args.width, "--eval-images", str(args.eval_images),
-                     "--seed", str(args.seed)], None, args.force, 3600)
+    cmd = [py, "-m", "supernet.train", "--preset", args.preset, "--space", args.space, "--data", args.data,
+           "--out", str(run), "--seed", seed, *quiet]
+    if args.train_limit is not None:
+        cmd += ["--train-limit", str(args.train_limit)]
+    if (run / "checkpoints" / "last.pt").is_file() and not (run / "supernet.pt").exists() and not args.force:
+        cmd.append("--resume")  # a killed training continues from its last checkpoint
+    times["train"] = stages.run("train", cmd, [run / "supernet.pt"], 3600)
+    # 3. collect (resumes by itself: rows already evaluated are kept)
+    cmd = [py, "-m", "search.collect", "--run", str(run), "--subnets", str(args.subnets), "--resolutions", res_arg,
+           "--widths", w_arg, "--eval-images", str(args.eval_images), "--seed", seed]
+    times["collect"] = stages.run("collect", cmd, [run / "accuracy.csv"], 3600)
     # 4. predictor
-    step("predictor", [py, "-m", "search.predictor", "--data", str(run / "accuracy.csv"), "--space", args.space,
-                       "--out", str(run / "predictor.pt"), "--seed", str(args.seed)],
-         None, args.force, 1800)
-    # 5. search per runtime
-    fractions = [float(f) for f in args.fractions.split(",")]
+    cmd = [py, "-m", "search.predictor", "--data", str(run / "accuracy.csv"), "--space", args.space,
+           "--out", str(run / "predictor.pt"), "--epochs", str(args.predictor_epochs), "--seed", seed]
+    times["predictor"] = stages.run("predictor", cmd, [run / "predictor.pt"], 1800)
+    # 5. search per runtime, budgets spread over each runtime's own latency range
     searches = {}
-    for rt in RUNTIMES:
-        budgets, lo, hi = budgets_for(lut, rt, space, fractions)
+    for rt in runtimes:
+        try:
+            budgets, lo, hi = budgets_for(lut, rt, space, fractions, resolutions, widths)
+        except ValueError as exc:
+            raise fail(f"{lut} ({rt}): {str(exc).splitlines()[0]}") from None
         dest = out / f"search-{rt}"
-        step(f"search {rt}", [py, "-m", "search.evolve", "--lut", str(lut), "--runtime", rt,
-                              "--predictor", str(run), "--space", args.space, "--calibration", "auto",
-                              "--resolutions", args.resolutions, "--widths", args.width,
-                              "--latency-ms", ",".join(map(str, budgets)), "--generations", str(args.generations),
-                              "--seed", str(args.seed), "--out", str(dest)], None, args.force, 1800)
+        cmd = [py, "-m", "search.evolve", "--lut", str(lut), "--runtime", rt, "--predictor", str(run),
+               "--space", args.space, "--calibration", "auto", "--resolutions", res_arg, "--widths", w_arg,
+               "--latency-ms", ",".join(map(str, budgets)), "--generations", str(args.generations),
+               "--population", str(args.population), "--samples", str(args.samples), "--seed", seed,
+               "--out", str(dest)]
+        times[f"search {rt}"] = stages.run(f"search {rt}", cmd, [dest / "search.json"], 1800)
         searches[rt] = {"budgets": budgets, "cheapest_ms": lo, "largest_ms": hi,
                         "summary": json.loads((dest / "search.json").read_text())}
 
     # 6. cross-runtime table and plot
+    t0 = time.time()
     rows = cross_table(searches, lut, space)
-    write_summary(out, rows, searches, time.time() - t_start)
+    write_summary(out, rows, searches, runtimes, stages, time.time() - t_start)
+    stages.record("summary", None, time.time() - t0)
     return 0
 
 
@@ -128,20 +277,33 @@ def cross_table(searches: dict, lut: Path, space) -> list[dict]:
     from search.latency import LatencyModel
     from supernet.space import SubnetConfig
 
-    models = {rt: LatencyModel.from_lut(lut, space, rt, calibration="auto") for rt in RUNTIMES}
+    models = {rt: LatencyModel.from_lut(lut, space, rt, calibration="auto") for rt in searches}
     rows = []
     for rt, s in searches.items():
-        for res in s["summary"]["results"]:
+        for level, res in enumerate(s["summary"]["results"]):
             cfg = SubnetConfig.from_dict(res["subnet"])
-            row = {"searched_for": rt, "budget_ms": res["budget"], "predicted_accuracy": res["predicted_accuracy"],
-                   "subnet": res["subnet"]}
+            row = {"searched_for": rt, "level": level, "budget_ms": res["budget"],
+                   "predicted_accuracy": res["predicted_accuracy"], "subnet": res["subnet"]}
             for other, m in models.items():
                 row[f"{other}_ms"] = round(float(m.latency([cfg])[0]), 4)
+            row["fits"] = row[f"{rt}_ms"] <= res["budget"] + 1e-9
             rows.append(row)
     return rows
 
 
-def write_summary(out: Path, rows: list[dict], searches: dict, seconds: float) -> None:
+def _short(s: dict) -> str:
+    """A subnet in one short string: r, depths, kernels and expands of the active blocks."""
+    ks, es, i = [], [], 0
+    n = len(s["ks"]) // max(1, len(s["d"]))
+    for stage, d in enumerate(s["d"]):
+        for j in range(d):
+            ks.append(str(s["ks"][stage * n + j]))
+            es.append(f"{s['e'][stage * n + j]:g}")
+    return f"r{s['r']} d{''.join(map(str, s['d']))} k{''.join(ks)} e{''.join(es)}"
+
+
+def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[str], stages: Stages,
+                  seconds: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,30 +311,33 @@ def write_summary(out: Path, rows: list[dict], searches: dict, seconds: float) -
 
     with (out / "summary.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["searched_for", "budget_ms", "predicted_accuracy", *[f"{rt}_ms" for rt in RUNTIMES], "subnet"])
+        w.writerow(["searched_for", "level", "budget_ms", "predicted_accuracy", *[f"{rt}_ms" for rt in runtimes],
+                    "fits", "arch", "subnet"])
         for r in rows:
-            w.writerow([r["searched_for"], r["budget_ms"], r["predicted_accuracy"], *[r[f"{rt}_ms"] for rt in RUNTIMES],
+            w.writerow([r["searched_for"], r["level"], r["budget_ms"], r["predicted_accuracy"],
+                        *[r[f"{rt}_ms"] for rt in runtimes], r["fits"], _short(r["subnet"]),
                         json.dumps(r["subnet"], separators=(",", ":"))])
-    same = {}
-    for i, rt in enumerate(RUNTIMES):
-        for j, b in enumerate(searches[rt]["budgets"]):
-            same.setdefault(j, []).append(json.dumps([r for r in rows if r["searched_for"] == rt][j]["subnet"]))
-    differs = [len(set(v)) > 1 for v in same.values()]
-    summary = {"seconds": round(seconds, 1), "rows": rows, "runtimes": list(RUNTIMES),
+    levels = sorted({r["level"] for r in rows})
+    by = {(r["searched_for"], r["level"]): r for r in rows}
+    differs = [len({json.dumps(by[(rt, lv)]["subnet"], sort_keys=True) for rt in runtimes if (rt, lv) in by}) > 1
+               for lv in levels]
+    stage_s = {k: v["seconds"] for k, v in stages.done.items()}
+    summary = {"seconds": round(seconds, 1), "stage_seconds": stage_s, "runtimes": runtimes, "rows": rows,
                "architectures_differ_per_budget_level": differs,
-               "budgets": {rt: searches[rt]["budgets"] for rt in RUNTIMES}}
+               "budgets": {rt: searches[rt]["budgets"] for rt in runtimes},
+               "latency_range_ms": {rt: [searches[rt]["cheapest_ms"], searches[rt]["largest_ms"]] for rt in runtimes}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
-    fig, axes = plt.subplots(1, len(RUNTIMES), figsize=(11, 4.2), dpi=120)
-    for ax, lut_rt in zip(axes, RUNTIMES):
-        for rt, marker in zip(RUNTIMES, ("o", "s")):
+    fig, axes = plt.subplots(1, len(runtimes), figsize=(5.5 * len(runtimes), 4.2), dpi=120, squeeze=False)
+    for ax, lut_rt in zip(axes[0], runtimes):
+        for rt, marker in zip(runtimes, ("o", "s")):
             rs = [r for r in rows if r["searched_for"] == rt]
             ax.plot([r[f"{lut_rt}_ms"] for r in rs], [100 * r["predicted_accuracy"] for r in rs], marker=marker,
                     label=f"chosen for {rt}")
         for b in searches[lut_rt]["budgets"]:
             ax.axvline(b, ls="--", lw=0.8, color="0.6")
         ax.set_title(f"latency on the local {lut_rt} LUT (dashed: its budgets)", fontsize=9)
-        ax.set_xlabel("predicted latency (ms)")
+        ax.set_xlabel(f"{lut_rt} latency, LUT sum (ms)")
         ax.set_ylabel("predicted accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -180,14 +345,20 @@ def write_summary(out: Path, rows: list[dict], searches: dict, seconds: float) -
     fig.savefig(out / "summary.png")
     plt.close(fig)
 
-    print(f"{'searched for':>12} {'budget ms':>9} {'pred.acc%':>9} " + " ".join(f"{rt + ' ms':>14}" for rt in RUNTIMES)
-          + "  r   depths")
+    print(f"{'searched for':>12} {'budget ms':>9} {'pred.acc%':>9} "
+          + " ".join(f"{rt + ' ms':>14}" for rt in runtimes) + "  architecture")
     for r in rows:
-        s = r["subnet"]
         print(f"{r['searched_for']:>12} {r['budget_ms']:>9.3f} {100 * r['predicted_accuracy']:>9.2f} "
-              + " ".join(f"{r[f'{rt}_ms']:>14.3f}" for rt in RUNTIMES) + f"  {s['r']:<3} {'-'.join(map(str, s['d']))}")
-    print(f"architectures differ between runtimes at budget levels: {differs}; total {seconds / 60:.1f} min")
+              + " ".join(f"{r[f'{rt}_ms']:>14.3f}" for rt in runtimes) + f"  {_short(r['subnet'])}")
+    if len(runtimes) > 1:
+        print(f"architectures differ between runtimes at budget levels {fractions_str(differs)}")
+    print("stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_s.items())
+          + f"; this invocation {seconds / 60:.1f} min")
     print(f"wrote {out / 'summary.json'}, {out / 'summary.csv'}, {out / 'summary.png'}")
+
+
+def fractions_str(differs: list[bool]) -> str:
+    return ", ".join(f"{i + 1}: {'yes' if d else 'no'}" for i, d in enumerate(differs))
 
 
 if __name__ == "__main__":
