@@ -20,12 +20,11 @@ A missing or malformed dataset raises ``DataError`` with one line naming what an
 from __future__ import annotations
 
 import gzip
-import io
 import pickle
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -288,15 +287,33 @@ def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
     return (n // world) // batch_size
 
 
+class _StepBatches(torch.utils.data.Dataset):
+    """Whole batches as dataset items, so a DataLoader can decode them in worker processes."""
+
+    def __init__(self, split, batches: list[torch.Tensor], seeds: list[int]):
+        self.split, self.batches, self.seeds = split, batches, seeds
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        return self.split.batch(self.batches[i], True, torch.Generator().manual_seed(self.seeds[i]))
+
+
 def train_batches(split, batch_size: int, seed: int, epoch: int, start_step: int = 0,
-                  rank: int = 0, world: int = 1) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+                  rank: int = 0, world: int = 1, workers: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """(step, images, labels) of one epoch from ``start_step`` on, augmentation seeded per
-    (seed, epoch, step, rank) so that a resumed run sees identical batches."""
+    (seed, epoch, step, rank) so that a resumed run sees identical batches (ImageFolder
+    decoding uses torchvision's transforms and is not bit-reproducible).  ``workers`` > 0
+    decodes in DataLoader worker processes."""
     order = epoch_order(len(split), seed, epoch, rank, world)
-    for step in range(start_step, len(order) // batch_size):
-        idx = order[step * batch_size:(step + 1) * batch_size]
-        gen = torch.Generator().manual_seed(((seed * 7919 + epoch) * 1_000_003 + step) * 131 + rank)
-        x, y = split.batch(idx, True, gen)
+    steps = list(range(start_step, len(order) // batch_size))
+    batches = [order[s * batch_size:(s + 1) * batch_size] for s in steps]
+    seeds = [((seed * 7919 + epoch) * 1_000_003 + s) * 131 + rank for s in steps]
+    items = _StepBatches(split, batches, seeds)
+    if workers > 0:
+        items = torch.utils.data.DataLoader(items, batch_size=None, num_workers=workers)
+    for step, (x, y) in zip(steps, items):
         yield step, x, y
 
 

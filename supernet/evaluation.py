@@ -146,7 +146,7 @@ def load_run(run: Path, data: str | None = None) -> tuple[OFASupernet, Evaluator
     net, ckpt = load_supernet(run / "supernet.pt")
     cfg = ckpt["config"]
     d = load_data(data or cfg["data"], cfg["valid_size"], cfg["recal_images"], cfg["train_limit"], cfg["seed"],
-                  cfg["base_resolution"])
+                  cfg.get("base_resolution") or max(net.space.resolutions))
     return net, Evaluator(net, d, cfg["recal_images"], None), ckpt
 
 

@@ -104,7 +104,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     kd_weight: float = 1.0
     dropout: float | None = None
-    base_resolution: int = 224  # ImageFolder decode size
+    base_resolution: int | None = None  # ImageFolder decode size (None: the space's largest)
+    workers: int = 0  # DataLoader worker processes decoding batches (ImageFolder)
     seed: int = 0
     deterministic: bool = False
     threads: int | None = None
@@ -185,7 +186,7 @@ PRESETS: dict[str, TrainConfig] = {
         preset="ofa_imagenet", space="ofa_mbv3", data="imagefolder:/data/imagenet",
         phases=ps_phases(full=(180, 0.08125), kernel=(120, 3e-2), depth1=(25, 2.5e-3), depth2=(120, 7.5e-3),
                          expand1=(25, 2.5e-3), expand2=(120, 7.5e-3), warmup=5),
-        batch_size=64, valid_size=10000, recal_images=2000, eval_images=10000, ckpt_every=500,
+        batch_size=64, valid_size=10000, recal_images=2000, eval_images=10000, workers=8, ckpt_every=500,
         log_every=50,
     ),
     "small": TrainConfig(

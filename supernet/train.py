@@ -36,6 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-limit", type=int, help="use only this many training images")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)
+    p.add_argument("--workers", type=int, help="DataLoader workers decoding images (ImageFolder)")
     p.add_argument("--deterministic", action="store_true", default=None)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--no-progress", action="store_true")
@@ -55,7 +56,7 @@ def main(argv=None) -> None:
             sys.exit(f"supernet.train: error: config {args.config}: {exc}")
     flags = {"data": args.data, "space": args.space, "bn": args.bn, "kd_weight": args.kd_weight,
              "batch_size": args.batch_size, "train_limit": args.train_limit, "seed": args.seed,
-             "threads": args.threads, "deterministic": args.deterministic}
+             "threads": args.threads, "workers": args.workers, "deterministic": args.deterministic}
     cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
     if args.method:
         cfg = with_method(cfg, args.method)

@@ -155,7 +155,8 @@ class Metrics:
 
 
 def prepare(cfg: TrainConfig, dist: Dist) -> tuple[Data, OFASupernet]:
-    data = load_data(cfg.data, cfg.valid_size, cfg.recal_images, cfg.train_limit, cfg.seed, cfg.base_resolution)
+    base = cfg.base_resolution or max(get_space(cfg.space).resolutions)
+    data = load_data(cfg.data, cfg.valid_size, cfg.recal_images, cfg.train_limit, cfg.seed, base)
     space = adapt_space(get_space(cfg.space), data.channels, data.num_classes)
     torch.manual_seed(cfg.seed)  # weight init and dropout; the state is checkpointed
     model = OFASupernet(space, bn=cfg.bn, dropout=cfg.dropout)
@@ -241,7 +242,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
         while state["pstep"] < total:
             epoch, in_epoch = divmod(state["pstep"], spe)
             batches = train_batches(data.train, cfg.batch_size, cfg.seed, pi * 100_000 + epoch, in_epoch,
-                                    dist.rank, dist.world)
+                                    dist.rank, dist.world, cfg.workers)
             for _step, x, y in batches:
                 x, y = x.to(dist.device), y.to(dist.device)
                 r, subnets = phase_subnets(model, phase, step_rng(cfg.seed, pi, state["pstep"]))
