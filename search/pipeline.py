@@ -38,8 +38,8 @@ def fail(msg: str) -> "SystemExit":
 
 class Stages:
     """Which stages are finished: ``OUT/stages.json`` records each finished stage's command
-    and wall time.  A stage is skipped on a rerun when it is recorded with the same command
-    and its outputs still exist."""
+    and wall time.  A stage is skipped on a rerun when it is recorded with the same command,
+    its outputs still exist and no earlier stage ran again (its inputs are then unchanged)."""
 
     def __init__(self, out: Path, force: bool):
         self.path = out / "stages.json"
@@ -51,10 +51,11 @@ class Stages:
             except (OSError, ValueError):
                 self.done = {}
         self.number = 0
+        self.dirty = force  # an earlier stage ran: every later one runs too
 
     def finished(self, name: str, cmd: list[str] | None, outputs: list[Path]) -> bool:
         rec = self.done.get(name)
-        return (not self.force and rec is not None and rec.get("cmd") == _portable(cmd)
+        return (not self.dirty and rec is not None and rec.get("cmd") == _portable(cmd)
                 and all(p.exists() for p in outputs))
 
     def record(self, name: str, cmd: list[str] | None, seconds: float) -> None:
@@ -70,6 +71,7 @@ class Stages:
             print(f"{head}: finished before ({self.done[name]['seconds']:.0f} s), skipped", flush=True)
             return 0.0
         print(f"{head}: {' '.join(cmd)}", flush=True)
+        self.dirty = True
         t0 = time.time()
         try:
             proc = subprocess.run(cmd, timeout=timeout_s)
