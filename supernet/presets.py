@@ -200,7 +200,7 @@ PRESETS: dict[str, TrainConfig] = {
         preset="tiny",
         phases=ps_phases(full=(0.75, 0.1), kernel=(0.25, 0.03), depth1=(0.125, 0.01), depth2=(0.25, 0.03),
                          expand1=(0.125, 0.01), expand2=(0.25, 0.03)),
-        batch_size=32, train_limit=2048, valid_size=2000, recal_images=256, eval_images=500,
+        batch_size=32, train_limit=2048, valid_size=2000, recal_images=256, eval_images=250,
         threads=1, ckpt_every=16, log_every=4,
     ),
     "test": TrainConfig(
