@@ -1,19 +1,31 @@
 """The main job: the whole hardware-aware NAS pipeline on this machine, offline.
 
-    python -m search.pipeline [--out out/pipeline] [--preset tiny] [--subnets 150]
+    python -m search.pipeline [--out out/pipeline] [--cache cache/artifacts] [--resolutions 32,48]
 
 1. profile the local device at the demo resolutions, onnxruntime and TFLite (profiler.run);
 2. train a small supernet on Fashion-MNIST with progressive shrinking (supernet.train);
 3. collect (subnet, held-out accuracy) rows from it (search.collect);
 4. train the accuracy predictor on them (search.predictor);
-5. search two or three latency budgets per runtime (search.evolve);
+5. search two or three latency budgets per runtime (search.evolve), the budgets spread over
+   each runtime's own range (``--fractions`` of the way from its cheapest to its largest subnet);
 6. a table and a plot: the architecture chosen for each runtime and budget, with its latency
    under *both* runtimes' LUTs, so where the runtimes' costs differ the choices differ.
 
-Every step is the project's own command line, run as a subprocess with a timeout, and is
-skipped when its output already exists (rerun to resume; ``--force`` redoes everything).
-Outputs: ``OUT/luts/local.csv``, ``OUT/supernet/`` (run, accuracy.csv, predictor.pt),
-``OUT/search-<runtime>/``, ``OUT/summary.json``, ``OUT/summary.csv``, ``OUT/summary.png``.
+Every stage is the project's own command line, run as a subprocess with a timeout (its own
+progress bar streams through).  ``OUT/config.json`` (the resolved settings) is written first;
+``OUT/stages.json`` records each finished stage's command and wall time, and a rerun skips a
+stage recorded with the same command whose outputs exist, unless an earlier stage ran again
+(rerun to resume: the profiler and the collector also resume inside a stage, and a killed
+training continues from its checkpoint; ``--force`` redoes everything).  Bad input (a missing
+dataset, a resolution the space lacks) is one ``error:`` line before any work.
+
+Defaults (two resolutions, the ``tiny`` preset, 100 subnets, 100 generations) are sized for
+about 20 minutes on 2 idle cores with a cold artifact cache; the 154 block exports of the
+profile stage dominate, so keep ``--cache`` across runs.
+
+Outputs: ``OUT/config.json``, ``OUT/stages.json``, ``OUT/luts/local.csv`` (both runtimes),
+``OUT/supernet/`` (the training run, accuracy.csv, predictor.pt), ``OUT/search-<runtime>/``,
+``OUT/summary.json``, ``OUT/summary.csv``, ``OUT/summary.png``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,86 @@
+"""The main job end to end (search.pipeline) at its smallest: the ``tiny`` space at one
+resolution, the ``test`` training preset on a small generated 3-channel ImageFolder, a few
+subnets, two generations.  Checks the run folder and that every chosen subnet fits its
+budget on its own runtime's LUT, then that a rerun skips every finished stage."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow  # ~2-3 min on a loaded 2-core box: 44 block exports dominate
+
+
+def _image_folder(root, classes: int = 10, per_class: int = 12) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            img = (rng.random((32, 32, 3)) * 60 + 20 * c).astype(np.uint8)
+            Image.fromarray(img).save(d / f"{i}.png")
+
+
+def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
+    from search.latency import LatencyModel
+    from supernet.space import SubnetConfig, get_space
+
+    data = tmp_path / "images"
+    _image_folder(data)
+    out = tmp_path / "run"
+    args = ["--out", out, "--space", "tiny", "--data", f"imagefolder:{data}", "--preset", "test",
+            "--resolutions", "32", "--repeats", "3", "--min-time", "0.005", "--cache", artifact_cache,
+            "--subnets", "6", "--eval-images", "32", "--predictor-epochs", "10", "--generations", "2",
+            "--population", "8", "--samples", "10", "--fractions", "0.3,0.8", "--no-progress"]
+    # bad input: one error line, nothing written
+    bad = run_cli("search.pipeline", "--out", tmp_path / "bad", "--data", f"fmnist:{tmp_path / 'nope'}", timeout=120)
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert bad.returncode != 0 and len(lines) == 1, bad.stderr
+    assert lines[0].startswith("error: Fashion-MNIST not found") and not (tmp_path / "bad").exists()
+
+    t0 = time.time()
+    p = run_cli("search.pipeline", *args, timeout=400)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    first = time.time() - t0
+
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["resolutions"] == [32] and cfg["runtimes"] == ["onnxruntime", "tflite"]
+    for f in ("luts/local.csv", "supernet/supernet.pt", "supernet/accuracy.csv", "supernet/predictor.pt",
+              "search-onnxruntime/search.json", "search-tflite/search.json", "summary.csv", "summary.png",
+              "stages.json"):
+        assert (out / f).exists(), f
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["rows"]
+    assert len(rows) == 4 and {r["searched_for"] for r in rows} == {"onnxruntime", "tflite"}
+    with (out / "summary.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 4
+    space = get_space("tiny")
+    lut = out / "luts" / "local.csv"
+    for rt in ("onnxruntime", "tflite"):
+        model = LatencyModel.from_lut(lut, space, rt, calibration="auto")
+        budgets = summary["budgets"][rt]
+        assert budgets == sorted(budgets) and len(budgets) == 2
+        for r in (r for r in rows if r["searched_for"] == rt):
+            cfg_ = SubnetConfig.from_dict(r["subnet"])
+            lat = float(model.latency([cfg_])[0])
+            assert lat <= r["budget_ms"] + 1e-6, (rt, lat, r["budget_ms"])
+            assert abs(lat - r[f"{rt}_ms"]) < 1e-3 and r["fits"]
+            assert cfg_.r == 32 and 0.0 <= r["predicted_accuracy"] <= 1.0
+    assert len(summary["architectures_differ_per_budget_level"]) == 2
+    assert "summary.png" in p.stdout and "architecture" in p.stdout
+
+    # a rerun skips every finished stage and writes the same table
+    t1 = time.time()
+    again = run_cli("search.pipeline", *args, timeout=200)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("skipped") >= 6, again.stdout
+    assert json.loads((out / "summary.json").read_text())["rows"] == rows
+    assert time.time() - t1 < first
+
