@@ -28,10 +28,11 @@ from supernet.space import BlockSpec
 
 COLUMNS = [
     "key", "kind", "runtime", "resolution", "status", "median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms",
-    "max_ms", "iqr_ms", "count", "noisy", "threads", "runtime_version", "provider", "device",
+    "max_ms", "iqr_ms", "count", "noisy", "load_avg", "threads", "runtime_version", "provider", "device",
     "host", "host_cpu", "measured_at", "exporter", "attempts", "source", "error",
 ]
 FLOAT_COLUMNS = ("median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms", "max_ms", "iqr_ms")
+OTHER_FLOAT_COLUMNS = ("load_avg",)
 INT_COLUMNS = ("count", "threads", "attempts", "resolution")
 REQUIRED = ("key", "runtime", "status")
 NOISY_IQR_RATIO = 0.10  # torch.utils.benchmark flags IQR/median above 10%
@@ -65,7 +66,7 @@ def _normalise(row: dict[str, Any], where: str) -> dict[str, Any]:
     out: dict[str, Any] = {c: row.get(c, "") for c in COLUMNS}
     out["key"] = str(spec)
     out["kind"] = spec.kind
-    for c in FLOAT_COLUMNS:
+    for c in FLOAT_COLUMNS + OTHER_FLOAT_COLUMNS:
         out[c] = _num(row.get(c, ""), float, where, c) if not isinstance(row.get(c), (int, float)) else float(row[c])
     for c in INT_COLUMNS:
         v = row.get(c, "")
@@ -356,6 +357,8 @@ def stats_row(key: str, runtime: str, reply: dict[str, Any], context: dict[str, 
     for c in FLOAT_COLUMNS + ("count",):
         row[c] = reply[c]
     row["noisy"] = reply["median_ms"] > 0 and reply["iqr_ms"] / reply["median_ms"] > NOISY_IQR_RATIO
+    if reply.get("load_avg") is not None:
+        row["load_avg"] = reply["load_avg"]
     return row
 
 

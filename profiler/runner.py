@@ -144,6 +144,15 @@ class _Model:
             raise ValueError(f"unknown runtime {runtime!r} (known: tflite, onnxruntime)")
 
 
+def _load_avg():
+    """The device's 1-minute load average after timing (None where the OS has none): a busy
+    device measures slow, and the LUT records how busy it was."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def _stats(samples):
     s = sorted(samples)
     n = len(s)
@@ -194,6 +203,7 @@ def measure(model, runtime="tflite", threads=1, warmup=10, repeats=50, min_time_
             break
     out = {
         "ok": True,
+        "load_avg": _load_avg(),
         "runtime": runtime,
         "module": m.module,
         "runtime_version": m.version,

@@ -65,6 +65,11 @@ def validate_reply(reply: Any) -> dict[str, Any]:
     out = {k: reply[k] for k in ("runtime", "runtime_version", "threads") if k in reply}
     for k in ("provider", "module"):
         out[k] = str(reply.get(k, ""))[:200]
+    load = reply.get("load_avg")
+    if load is not None and (not isinstance(load, (int, float)) or isinstance(load, bool)
+                             or not math.isfinite(load) or load < 0):
+        raise RunnerError(f"runner reply field load_avg is invalid: {load!r}")
+    out["load_avg"] = float(load) if load is not None else None
     out["samples_ms"] = clean
     out.update(_stats(clean))
     return out

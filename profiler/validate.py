@@ -86,6 +86,21 @@ def summarise(pred: np.ndarray, meas: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def _median_load(rows: list[dict[str, Any]]) -> float | None:
+    loads = [r["load_avg"] for r in rows if r.get("load_avg") is not None]
+    return float(np.median(loads)) if loads else None
+
+
+def _lut_load(lut: Path, runtime: str) -> float | None:
+    """Median device load while the LUT's rows were measured: compare it with the load during
+    validation before trusting a calibration (a busy machine measures slow)."""
+    from .lut import LutTable
+
+    loads = [r["load_avg"] for (_, rt, _), r in LutTable.load(lut).rows.items()
+             if rt == runtime and r["status"] == "ok" and r.get("load_avg") not in ("", None)]
+    return float(np.median(loads)) if loads else None
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -170,17 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarise(pred[ok], meas[ok])
     summary.update({"device": device.name, "runtime": runtime, "lut": str(args.lut), "space": space.name,
                     "seed": args.seed, "resolutions": resolutions, "failed": int((~ok).sum()),
+                    "load_avg_median": _median_load(rows), "lut_load_avg_median": _lut_load(args.lut, runtime),
                     "validated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     stem = _stem(args.lut)
     with open(stem.with_name(stem.name + ".validate.csv.tmp"), "w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=["subnet", "r", "lut_sum_ms", "measured_ms", "error_pct", "error"],
+        wr = csv.DictWriter(fh, fieldnames=["subnet", "r", "lut_sum_ms", "measured_ms", "error_pct", "load_avg", "error"],
                             lineterminator="\n")
         wr.writeheader()
         for cfg, p, row in zip(subnets, pred, rows):
             m = row["measured_ms"]
             wr.writerow({"subnet": cfg.to_json(), "r": cfg.r, "lut_sum_ms": f"{p:.4f}",
                          "measured_ms": "" if np.isnan(m) else f"{m:.4f}",
-                         "error_pct": "" if np.isnan(m) else f"{(p - m) / m * 100:.2f}", "error": row["error"]})
+                         "error_pct": "" if np.isnan(m) else f"{(p - m) / m * 100:.2f}",
+                         "load_avg": "" if row["load_avg"] is None else row["load_avg"], "error": row["error"]})
     os.replace(stem.with_name(stem.name + ".validate.csv.tmp"), stem.with_name(stem.name + ".validate.csv"))
     _atomic_write(stem.with_name(stem.name + ".validate.json"), json.dumps(summary, indent=2) + "\n")
     _atomic_write(calibration_path(args.lut), json.dumps(
@@ -200,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{device.name} / {runtime}: median |error| {s['median_abs_error_pct']:.1f}%, "
               f"within 5%: {s['within_5pct'] * 100:.0f}%, within 10%: {s['within_10pct'] * 100:.0f}%, "
               f"LUT sum / measured (median) {s['sum_over_measured']:.3f}")
+        if s["load_avg_median"] is not None and s["lut_load_avg_median"] is not None:
+            print(f"device load (1-min average, median): {s['lut_load_avg_median']:.2f} while the LUT was measured, "
+                  f"{s['load_avg_median']:.2f} during validation")
         print(f"calibration: measured ~ {s['a']:.4f} * sum + {s['b']:.4f} ms -> median |error| "
               f"{s['calibrated_median_abs_error_pct']:.1f}%, within 5%: {s['calibrated_within_5pct'] * 100:.0f}%")
         print(f"wrote {stem}.validate.csv, .validate.json, .validate.png and {calibration_path(args.lut)}")
@@ -230,6 +250,7 @@ def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[Sub
             paths.append(None)
             errors.append(f"export: {exc}"[:500])
     meas = np.full(len(subnets), np.nan)
+    loads: list[float | None] = [None] * len(subnets)
     req = {"runtime": runtime, "threads": device.threads, "warmup": device.warmup, "repeats": device.repeats,
            "min_time_s": device.min_time_s, "max_time_s": device.max_time_s}
     if device.providers:
@@ -248,6 +269,7 @@ def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[Sub
                     try:
                         reply = validate_reply(ch.request(dict(req, model=remote), device.timeout_s * 4))
                         meas[i] = reply["median_ms"]
+                        loads[i] = reply.get("load_avg")
                     except (RunnerError, RunnerTimeout) as exc:
                         errors[i] = f"measure: {exc}"[:500]
                     finally:
@@ -256,7 +278,7 @@ def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[Sub
                 ch.close()
     except TransportError as exc:
         return f"{device.name}: {exc}"
-    rows = [{"measured_ms": m, "error": e} for m, e in zip(meas, errors)]
+    rows = [{"measured_ms": m, "error": e, "load_avg": ld} for m, e, ld in zip(meas, errors, loads)]
     return meas, rows
 
 

@@ -40,6 +40,7 @@ def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
         assert r["status"] == "ok" and r["count"] >= 5 and r["threads"] == 1
         assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["max_ms"]
         assert r["runtime_version"] and r["device"] == "local" and r["host_cpu"] and r["exporter"]
+        assert isinstance(r["load_avg"], float) and r["load_avg"] >= 0
     # a rerun measures nothing and exports nothing
     p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "4",
                 "--runtime", "onnxruntime,tflite", "--lut", lut, "--cache", artifact_cache, *FAST, "--json")
@@ -176,6 +177,7 @@ def test_fidelity_report(tmp_path, artifact_cache):
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)
     assert s["n"] == 3 and s["resolutions"] == [32] and s["failed"] == 0
+    assert s["load_avg_median"] >= 0 and s["lut_load_avg_median"] >= 0
     for k in ("median_abs_error_pct", "within_5pct", "within_10pct", "a", "b"):
         assert isinstance(s[k], float)
     stem = tmp_path / "local"

@@ -1,0 +1,65 @@
+"""The on-device runner's protocol and the host's validation of what comes back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from profiler.transport import RUNNER_PATH, RunnerError, validate_reply
+
+
+def _reply(**over):
+    r = {"ok": True, "runtime": "onnxruntime", "runtime_version": "1.0", "threads": 1,
+         "samples_ms": [1.0, 2.0, 3.0], "median_ms": 99.0, "load_avg": 0.5}
+    r.update(over)
+    return r
+
+
+def test_host_recomputes_statistics_from_samples():
+    out = validate_reply(_reply())
+    assert out["median_ms"] == 2.0 and out["count"] == 3 and out["min_ms"] == 1.0 and out["max_ms"] == 3.0
+    assert out["load_avg"] == 0.5
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("not a dict", "not a JSON object"),
+    (_reply(ok=False, error="model missing"), "model missing"),
+    (_reply(samples_ms=[]), "no samples_ms"),
+    (_reply(samples_ms=[1.0, float("nan")]), "invalid sample"),
+    (_reply(samples_ms=[1.0, -2.0]), "invalid sample"),
+    (_reply(samples_ms=[1.0, "2"]), "invalid sample"),
+    (_reply(threads=0), "threads is invalid"),
+    (_reply(runtime=None), "runtime is missing"),
+    (_reply(load_avg="high"), "load_avg is invalid"),
+])
+def test_malformed_replies_are_rejected(bad, message):
+    with pytest.raises(RunnerError, match=message):
+        validate_reply(bad)
+
+
+def test_runner_info_and_serve_errors_are_replies():
+    info = json.loads(subprocess.run([sys.executable, str(RUNNER_PATH), "info"], capture_output=True,
+                                     text=True, check=True, timeout=120).stdout)
+    assert info["ok"] and {"onnxruntime", "tflite"} <= set(info["runtimes"]) and info["cpus"] >= 1
+    reqs = "\n".join([json.dumps({"id": 1, "model": "/nonexistent.onnx", "runtime": "onnxruntime"}),
+                      "this is not json", json.dumps({"id": 3, "op": "info"})]) + "\n"
+    out = subprocess.run([sys.executable, str(RUNNER_PATH), "serve"], input=reqs, capture_output=True,
+                         text=True, timeout=120).stdout.splitlines()
+    replies = [json.loads(x) for x in out]
+    assert replies[0]["ready"] is True
+    assert replies[1]["id"] == 1 and replies[1]["ok"] is False and "nonexistent" in replies[1]["error"]
+    assert replies[2]["ok"] is False  # malformed request: an error reply, the runner keeps serving
+    assert replies[3]["id"] == 3 and replies[3]["ok"] is True
+
+
+def test_runner_is_standard_library_only():
+    """It is pushed to devices that have only Python and a runtime."""
+    import ast
+
+    tree = ast.parse(RUNNER_PATH.read_text())
+    top = {(n.names[0].name if isinstance(n, ast.Import) else n.module).split(".")[0]
+           for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+    assert top <= {"json", "math", "os", "platform", "statistics", "sys", "time"}
