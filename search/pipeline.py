@@ -86,7 +86,7 @@ class Stages:
         self.dirty = True
         t0 = time.time()
         try:
-            proc = subprocess.run(cmd, timeout=timeout_s)
+            proc = subprocess.run(cmd, timeout=timeout_s, preexec_fn=_die_with_parent)
         except subprocess.TimeoutExpired:
             raise fail(f"pipeline stage {name} exceeded {timeout_s:.0f} s") from None
         if proc.returncode != 0:
@@ -98,6 +98,18 @@ class Stages:
         self.record(name, cmd, dt)
         print(f"{head}: done in {dt:.0f} s", flush=True)
         return dt
+
+
+def _die_with_parent() -> None:
+    """In a stage's process (Linux): get SIGTERM when the pipeline dies, even by SIGKILL
+    (a killed pipeline or a timed-out test leaves no stage running)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _portable(cmd: list[str] | None) -> list[str] | None:
