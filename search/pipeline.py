@@ -19,9 +19,9 @@ stage recorded with the same command whose outputs exist, unless an earlier stag
 training continues from its checkpoint; ``--force`` redoes everything).  Bad input (a missing
 dataset, a resolution the space lacks) is one ``error:`` line before any work.
 
-Defaults (two resolutions, the ``tiny`` preset, 100 subnets, 100 generations) are sized for
-about 20 minutes on 2 idle cores with a cold artifact cache; the 154 block exports of the
-profile stage dominate, so keep ``--cache`` across runs.
+Defaults (two resolutions, the ``tiny`` preset, 60 subnets on 500 held-out images, 100
+generations) are sized for about 20 minutes on 2 idle cores with a cold artifact cache; the
+308 block exports of the profile stage dominate, so keep ``--cache`` across runs.
 
 Outputs: ``OUT/config.json``, ``OUT/stages.json``, ``OUT/luts/local.csv`` (both runtimes),
 ``OUT/supernet/`` (the training run, accuracy.csv, predictor.pt), ``OUT/search-<runtime>/``,
@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--min-time", type=float, default=None, help="profiler: minimum timed seconds per block")
     ap.add_argument("--preset", default="tiny", help="supernet.train preset")
     ap.add_argument("--train-limit", type=int, default=None, help="training images (default: the preset's)")
-    ap.add_argument("--subnets", type=int, default=100, help="subnets evaluated for the predictor")
-    ap.add_argument("--eval-images", type=int, default=1000, help="held-out images per evaluated subnet")
+    ap.add_argument("--subnets", type=int, default=60, help="subnets evaluated for the predictor")
+    ap.add_argument("--eval-images", type=int, default=500, help="held-out images per evaluated subnet")
     ap.add_argument("--predictor-epochs", type=int, default=300)
     ap.add_argument("--fractions", default="0.2,0.5,0.8", help="budgets between the cheapest and largest subnet")
     ap.add_argument("--generations", type=int, default=100)

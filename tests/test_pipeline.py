@@ -38,7 +38,8 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
     _image_folder(data)
     out = tmp_path / "run"
     args = ["--out", out, "--space", "tiny", "--data", f"imagefolder:{data}", "--preset", "test",
-            "--train-limit", "16", "--resolutions", "32", "--repeats", "3", "--min-time", "0.005", "--cache", artifact_cache,
+            "--train-limit", "16", "--resolutions", "32", "--repeats", "3", "--min-time", "0.005",
+            "--cache", artifact_cache,
             "--subnets", "6", "--eval-images", "32", "--predictor-epochs", "10", "--generations", "2",
             "--population", "8", "--samples", "10", "--fractions", "0.3,0.8", "--no-progress"]
     # bad input: one error line, nothing written
