@@ -310,7 +310,7 @@ def profile_device(
         bar = tqdm(total=len(todo), desc=f"{device.name} {runtime}", unit="block", position=position,
                    disable=not progress, dynamic_ncols=True, leave=True)
         try:
-            _connect(session, device)
+            connect(session, device)
             # the session's own runner answers ``info``: no second runner start per run
             try:
                 info = session.ensure().request({"op": "info"},
@@ -336,12 +336,7 @@ def profile_device(
                     exc.permanent = True  # type: ignore[attr-defined]
                     raise exc
             context.update(host=res.host, host_cpu=res.host_cpu)
-            req_base = {
-                "runtime": runtime, "threads": device.threads, "warmup": device.warmup,
-                "repeats": device.repeats, "min_time_s": device.min_time_s, "max_time_s": device.max_time_s,
-            }
-            if device.providers:
-                req_base["providers"] = list(device.providers)
+            req_base = request_base(device, runtime)
             if not futures:
                 futures = [(s, broker.submit(str(s), fmt)) for s in todo]
             for spec, fut in futures:
@@ -353,7 +348,7 @@ def profile_device(
                     fail(spec, f"export: {built.error}")
                     bar.update(1)
                     continue
-                outcome = _measure_one(session, device, spec, built.path, req_base)
+                outcome = measure_artifact(session, device, built.path, req_base)
                 if isinstance(outcome, str):
                     fail(spec, outcome)
                 else:
@@ -383,7 +378,7 @@ def profile_device(
         res.wall_s = time.perf_counter() - t_start
 
 
-def _connect(session: Session, device: Device, reconnect: bool = False) -> None:
+def connect(session: Session, device: Device, reconnect: bool = False) -> None:
     """(Re)connect with back-off; raises TransportError when every attempt fails, at once
     when the error is permanent (host key, authentication, missing adb client...)."""
     last: Exception | None = None
@@ -402,8 +397,19 @@ def _connect(session: Session, device: Device, reconnect: bool = False) -> None:
     raise TransportError(f"{device.name}: unreachable after {device.retries + 1} attempts: {last}")
 
 
-def _measure_one(session: Session, device: Device, spec: BlockSpec, path: Path,
-                 req_base: dict[str, Any]) -> dict[str, Any] | str:
+def request_base(device: Device, runtime: str) -> dict[str, Any]:
+    """The runner request for ``device`` and ``runtime``, less the model path."""
+    req = {
+        "runtime": runtime, "threads": device.threads, "warmup": device.warmup,
+        "repeats": device.repeats, "min_time_s": device.min_time_s, "max_time_s": device.max_time_s,
+    }
+    if device.providers:
+        req["providers"] = list(device.providers)
+    return req
+
+
+def measure_artifact(session: Session, device: Device, path: Path, req_base: dict[str, Any],
+                     timeout_s: float | None = None) -> dict[str, Any] | str:
     """A validated reply, or an error message for a failure row.
 
     A broken connection or a dead runner is retried after reconnecting.  When the device
@@ -420,7 +426,7 @@ def _measure_one(session: Session, device: Device, spec: BlockSpec, path: Path,
             ch = session.ensure()
             remote = session.transport.stage(path)
             try:
-                reply = ch.request(dict(req_base, model=remote), timeout=device.timeout_s)
+                reply = ch.request(dict(req_base, model=remote), timeout=timeout_s or device.timeout_s)
             finally:
                 if ch.alive:
                     session.transport.unstage(remote)
@@ -439,7 +445,7 @@ def _measure_one(session: Session, device: Device, spec: BlockSpec, path: Path,
             return f"runtime: {exc}"
         except TransportError as exc:
             last = str(exc)
-            _connect(session, device, reconnect=True)
+            connect(session, device, reconnect=True)
     return f"runner died {device.retries + 1} times on this block: {last}"
 
 

@@ -226,15 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[SubnetConfig], fmt: str, net_dir: Path,
-         progress: bool):
+def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[SubnetConfig], fmt: str,
+                     net_dir: Path, progress: bool):
     """Export every network (all before the first measurement), then measure each.
     Returns (measured ms array with NaN for failures, per-subnet rows) or an error string."""
     import hashlib
 
     from tqdm import tqdm
 
-    from .transport import RunnerError, RunnerTimeout, TransportError, make_transport, validate_reply
+    from .measure import Session, connect, measure_artifact, request_base
+    from .transport import TransportError, make_transport
 
     paths: list[Path | None] = []
     errors: list[str] = []
@@ -251,33 +252,25 @@ def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[Sub
             errors.append(f"export: {exc}"[:500])
     meas = np.full(len(subnets), np.nan)
     loads: list[float | None] = [None] * len(subnets)
-    req = {"runtime": runtime, "threads": device.threads, "warmup": device.warmup, "repeats": device.repeats,
-           "min_time_s": device.min_time_s, "max_time_s": device.max_time_s}
-    if device.providers:
-        req["providers"] = list(device.providers)
+    req = request_base(device, runtime)
+    session = Session(make_transport(device))
     try:
-        with make_transport(device) as transport:
-            ch = transport.start_runner()
-            try:
-                for i, path in enumerate(tqdm(paths, desc=f"{device.name} {runtime} networks", unit="net",
-                                              disable=not progress)):
-                    if path is None:
-                        continue
-                    if not ch.alive:
-                        ch = transport.start_runner()
-                    remote = transport.stage(path)
-                    try:
-                        reply = validate_reply(ch.request(dict(req, model=remote), device.timeout_s * 4))
-                        meas[i] = reply["median_ms"]
-                        loads[i] = reply.get("load_avg")
-                    except (RunnerError, RunnerTimeout) as exc:
-                        errors[i] = f"measure: {exc}"[:500]
-                    finally:
-                        transport.unstage(remote)
-            finally:
-                ch.close()
+        connect(session, device)
+        for i, path in enumerate(tqdm(paths, desc=f"{device.name} {runtime} networks", unit="net",
+                                      disable=not progress)):
+            if path is None:
+                continue
+            # the same loop as the blocks: reconnects, retries, benchmark_model summaries
+            out = measure_artifact(session, device, path, req, timeout_s=device.timeout_s * 4)
+            if isinstance(out, str):
+                errors[i] = f"measure: {out}"[:500]
+            else:
+                meas[i] = out["median_ms"] if out.get("median_ms") not in (None, "") else out["mean_ms"]
+                loads[i] = out.get("load_avg")
     except TransportError as exc:
         return f"{device.name}: {exc}"
+    finally:
+        session.close()
     rows = [{"measured_ms": m, "error": e, "load_avg": ld} for m, e, ld in zip(meas, errors, loads)]
     return meas, rows
 
