@@ -134,15 +134,27 @@ def write_rows_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         raise
 
 
-def journal_path(lut_path: Path) -> Path:
+def lut_sibling(lut_path: Path, suffix: str) -> Path:
+    """A file beside a LUT: ``luts/local.csv`` + ``.raw.jsonl`` -> ``luts/local.raw.jsonl``."""
     p = Path(lut_path)
-    return p.with_name(p.name[: -len(".csv")] + ".raw.jsonl" if p.name.endswith(".csv") else p.name + ".raw.jsonl")
+    stem = p.name[: -len(".csv")] if p.name.endswith(".csv") else p.name
+    return p.with_name(stem + suffix)
+
+
+def journal_path(lut_path: Path) -> Path:
+    return lut_sibling(lut_path, ".raw.jsonl")
 
 
 def calibration_path(lut_path: Path) -> Path:
-    p = Path(lut_path)
-    stem = p.name[: -len(".csv")] if p.name.endswith(".csv") else p.name
-    return p.with_name(stem + ".calibration.json")
+    return lut_sibling(lut_path, ".calibration.json")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def read_journal(path: Path) -> tuple[list[dict[str, Any]], list[str]]:

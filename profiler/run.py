@@ -25,6 +25,7 @@ from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_dev
 from .export import ArtifactCache, default_cache_dir
 from .farm import run_farm
 from .measure import ProfileResult
+from .lut import atomic_write_text, lut_sibling
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -104,11 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_summary(res: ProfileResult) -> None:
-    path = Path(res.lut)
-    out = path.with_name(path.name[:-4] + ".run.json" if path.name.endswith(".csv") else path.name + ".run.json")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(res.as_dict(), indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write_text(lut_sibling(Path(res.lut), ".run.json"), json.dumps(res.as_dict(), indent=2) + "\n")
 
 
 def _print(results: list[ProfileResult], as_json: bool) -> None:

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import random
 import sys
-import time
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,7 @@ from supernet.space import SearchSpace, SubnetConfig, get_space, space_names
 
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
 from .export import ArtifactCache, export_network, format_for_runtime
-from .lut import LutError, calibration_path
-
-
-def _stem(lut: Path) -> Path:
-    return lut.with_name(lut.name[:-4] if lut.name.endswith(".csv") else lut.name)
+from .lut import LutError, atomic_write_text, calibration_path, lut_sibling
 
 
 def covered_resolutions(model, space: SearchSpace, w: float) -> list[int]:
@@ -99,12 +94,6 @@ def _lut_load(lut: Path, runtime: str) -> float | None:
     loads = [r["load_avg"] for (_, rt, _), r in LutTable.load(lut).rows.items()
              if rt == runtime and r["status"] == "ok" and r.get("load_avg") not in ("", None)]
     return float(np.median(loads)) if loads else None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _plot(path: Path, pred: np.ndarray, meas: np.ndarray, summary: dict[str, Any], title: str) -> None:
@@ -187,23 +176,22 @@ def main(argv: list[str] | None = None) -> int:
                     "seed": args.seed, "resolutions": resolutions, "failed": int((~ok).sum()),
                     "load_avg_median": _median_load(rows), "lut_load_avg_median": _lut_load(args.lut, runtime),
                     "validated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    stem = _stem(args.lut)
-    with open(stem.with_name(stem.name + ".validate.csv.tmp"), "w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=["subnet", "r", "lut_sum_ms", "measured_ms", "error_pct", "load_avg", "error"],
-                            lineterminator="\n")
-        wr.writeheader()
-        for cfg, p, row in zip(subnets, pred, rows):
-            m = row["measured_ms"]
-            wr.writerow({"subnet": cfg.to_json(), "r": cfg.r, "lut_sum_ms": f"{p:.4f}",
-                         "measured_ms": "" if np.isnan(m) else f"{m:.4f}",
-                         "error_pct": "" if np.isnan(m) else f"{(p - m) / m * 100:.2f}",
-                         "load_avg": "" if row["load_avg"] is None else row["load_avg"], "error": row["error"]})
-    os.replace(stem.with_name(stem.name + ".validate.csv.tmp"), stem.with_name(stem.name + ".validate.csv"))
-    _atomic_write(stem.with_name(stem.name + ".validate.json"), json.dumps(summary, indent=2) + "\n")
-    _atomic_write(calibration_path(args.lut), json.dumps(
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=["subnet", "r", "lut_sum_ms", "measured_ms", "error_pct", "load_avg", "error"],
+                        lineterminator="\n")
+    wr.writeheader()
+    for cfg, p, row in zip(subnets, pred, rows):
+        m = row["measured_ms"]
+        wr.writerow({"subnet": cfg.to_json(), "r": cfg.r, "lut_sum_ms": f"{p:.4f}",
+                     "measured_ms": "" if np.isnan(m) else f"{m:.4f}",
+                     "error_pct": "" if np.isnan(m) else f"{(p - m) / m * 100:.2f}",
+                     "load_avg": "" if row["load_avg"] is None else row["load_avg"], "error": row["error"]})
+    atomic_write_text(lut_sibling(args.lut, ".validate.csv"), buf.getvalue())
+    atomic_write_text(lut_sibling(args.lut, ".validate.json"), json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(calibration_path(args.lut), json.dumps(
         {"a": summary["a"], "b": summary["b"], "runtime": runtime, "device": device.name,
          "n": summary["n"], "fitted_at": summary["validated_at"]}, indent=2) + "\n")
-    _plot(stem.with_name(stem.name + ".validate.png"), pred[ok], meas[ok], summary,
+    _plot(lut_sibling(args.lut, ".validate.png"), pred[ok], meas[ok], summary,
           f"{device.name} / {runtime} / {space.name}")
     if args.json:
         print(json.dumps(summary))
@@ -222,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['load_avg_median']:.2f} during validation")
         print(f"calibration: measured ~ {s['a']:.4f} * sum + {s['b']:.4f} ms -> median |error| "
               f"{s['calibrated_median_abs_error_pct']:.1f}%, within 5%: {s['calibrated_within_5pct'] * 100:.0f}%")
-        print(f"wrote {stem}.validate.csv, .validate.json, .validate.png and {calibration_path(args.lut)}")
+        print(f"wrote {lut_sibling(args.lut, '.validate.csv')}, .validate.json, .validate.png and "
+              f"{calibration_path(args.lut)}")
     return 0
 
 
