@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--widths", help="width multipliers to sample (default: the space's)")
     ap.add_argument("--eval-images", type=int, help="held-out images per subnet (default: all)")
     ap.add_argument("--data", help="override the run's dataset location")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
+    ap.add_argument("--amp", default="auto", help="auto | bf16 | fp16 | off (auto: bf16 on CUDA, off on the CPU)")
     ap.add_argument("--json", action="store_true", help="print a JSON summary")
     args = ap.parse_args(argv)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -158,7 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.subnets < 1:
             raise ValueError("--subnets must be at least 1")
-        net, evaluator, ckpt = load_run(args.run, args.data)
+        device = args.device
+        if world > 1 and device in ("auto", "cuda"):
+            import torch
+
+            if torch.cuda.is_available():  # one GPU per rank
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+        net, evaluator, ckpt = load_run(args.run, args.data, device, args.amp)
         space = net.space
         res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else list(space.resolutions)
         wid = [float(x) for x in args.widths.split(",")] if args.widths else list(space.width_mults)
@@ -174,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         evaluator.eval_images = args.eval_images
     config = {"run": str(args.run), "subnets": args.subnets, "seed": args.seed, "resolutions": res, "widths": wid,
               "space": ckpt["space"].get("base", space.name), "space_name": space.name,
-              "eval_images": evaluator.eval_images, "recal_images": evaluator.recal_images, "world": world}
+              "eval_images": evaluator.eval_images, "recal_images": evaluator.recal_images, "world": world,
+              "device": str(evaluator.device), "amp": evaluator.amp}
     if rank == 0:
         (args.run / "accuracy.config.json").write_text(json.dumps(config, indent=2) + "\n")
     t0 = time.time()
