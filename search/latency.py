@@ -166,9 +166,10 @@ class LatencyModel(CostModel):
                  stat: str = "median") -> "LatencyModel":
         """Load a LUT CSV.  ``calibration``: (a, b), a calibration JSON path, ``"auto"`` (use
         ``<lut>.calibration.json`` when present and fitted for this runtime), or None."""
-        from profiler.lut import LutTable, calibration_path
+        from profiler.lut import LutTable, calibration_path, check_space
 
         lut = LutTable.load(path)
+        check_space(path, (space or OFA_MBV3).name)
         rt = lut.pick_runtime(runtime)
         if calibration == "auto":
             cp = calibration_path(Path(path))
