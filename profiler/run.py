@@ -25,7 +25,7 @@ from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_dev
 from .export import ArtifactCache, default_cache_dir
 from .farm import run_farm
 from .measure import ProfileResult
-from .lut import atomic_write_text, lut_sibling
+from .lut import atomic_write_text, lut_sibling, record_space
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"{name} must be at least 1")
         if args.lut is not None and len(devices) > 1:
             raise ValueError("--lut names one file; with several devices each gets luts/<device>.csv")
+        if len(devices) == 1 and devices[0].transport == "adb":
+            _check_phone(devices[0], args.devices)
     except (DeviceConfigError, ValueError) as exc:
         ap.exit(2, f"error: {exc}\n")
     cache = ArtifactCache(args.cache)
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                                     ("min_time_s", args.min_time)) if v is not None}
     devices = [replace(d, **overrides) for d in devices]
     farm = run_farm(devices, specs, cache, runtimes=runtimes, lut=args.lut, export_workers=args.export_workers,
-                    progress=not args.no_progress, on_result=_write_summary)
+                    progress=not args.no_progress, on_result=lambda res: _write_summary(res, space.name))
     for err in farm.errors:
         print(f"error: {err}", file=sys.stderr)
     for res in farm.results:
@@ -104,8 +106,30 @@ def main(argv: list[str] | None = None) -> int:
     return farm.exit_code
 
 
-def _write_summary(res: ProfileResult) -> None:
+def _write_summary(res: ProfileResult, space: str) -> None:
     atomic_write_text(lut_sibling(Path(res.lut), ".run.json"), json.dumps(res.as_dict(), indent=2) + "\n")
+    record_space(Path(res.lut), space)
+
+
+def _check_phone(device, devices_file: Path) -> None:
+    """Before any work, one line (ValueError) when an adb device's phone is not listed by
+    ``adb devices`` or adb is missing.  Network serials (host:port) are left to the transport."""
+    from .transport import TransportError
+    from .transport_adb import adb_devices
+
+    if ":" in device.serial:
+        return
+    where = f"field 'serial' of {device.name!r} in {devices_file}"
+    try:
+        listed = adb_devices(device.expand(device.adb or "adb"))
+    except TransportError as exc:
+        raise ValueError(f"{device.name}: {exc}, or set field 'adb' of {device.name!r} in {devices_file}") from None
+    state = listed.get(device.serial)
+    if state != "device":
+        seen = ", ".join(f"{k} ({v})" for k, v in listed.items()) or "none"
+        what = "is not connected" if state is None else f"is {state}"
+        raise ValueError(f"{device.name}: the phone with serial {device.serial!r} {what} (adb devices lists: {seen}); "
+                         f"plug it in with USB debugging on and set its serial ({where})")
 
 
 def _print(results: list[ProfileResult], as_json: bool) -> None:
