@@ -69,6 +69,34 @@ def test_a_lut_of_another_space_is_one_line(tmp_path):
         assert "a LUT of space tiny" in last_error_line(p) and "not of ofa_mbv3" in last_error_line(p), p.stderr
 
 
+def test_space_record_unions_and_refuses_a_corrupt_file(tmp_path):
+    from profiler.lut import LutError, check_space, lut_spaces, record_space, space_path
+
+    lut = tmp_path / "l.csv"
+    assert lut_spaces(lut) == [] and check_space(lut, "tiny") is None  # nothing recorded: no check
+    record_space(lut, "tiny")
+    record_space(lut, "fmnist")
+    record_space(lut, "tiny")
+    assert lut_spaces(lut) == ["tiny", "fmnist"]
+    check_space(lut, "fmnist")
+    with pytest.raises(LutError, match="a LUT of space tiny, fmnist"):
+        check_space(lut, "ofa_mbv3")
+    space_path(lut).write_text("{not json")
+    with pytest.raises(LutError, match="l.space.json: not a space record"):
+        lut_spaces(lut)
+
+
+@pytest.mark.slow
+def test_profiler_run_records_the_space_it_measured(tmp_path, artifact_cache):
+    lut = tmp_path / "local.csv"
+    p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "1",
+                "--lut", lut, "--cache", artifact_cache, "--no-progress", "--export-workers", "1")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "local.space.json").read_text()) == {"spaces": ["tiny"]}
+    p = run_cli("search.latency", "--lut", lut, "--subnet", "max")  # default space: ofa_mbv3
+    assert p.returncode == 2 and "a LUT of space tiny" in last_error_line(p), p.stderr
+
+
 def _bin(folder, name, script):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / name).write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
