@@ -698,6 +698,8 @@ def main(argv: list[str] | None = None) -> int:
         # what to constrain
         given = [(f, getattr(args, f.replace("-", "_"))) for f in ("latency-ms", "macs-m", "params-m")]
         given = [(f, v) for f, v in given if v] or ([("latency-ms", "")] if args.lut else [])
+        if not given:
+            raise ValueError("give --lut LUT (latency budgets default to its range), or --macs-m or --params-m")
         if len(given) != 1:
             raise ValueError("give exactly one of --latency-ms, --macs-m, --params-m")
         flag, text = given[0]
