@@ -87,10 +87,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"{name} must be at least 1")
         if args.lut is not None and len(devices) > 1:
             raise ValueError("--lut names one file; with several devices each gets luts/<device>.csv")
-        if len(devices) == 1 and devices[0].transport == "adb":
-            _check_phone(devices[0], args.devices)
     except (DeviceConfigError, ValueError) as exc:
         ap.exit(2, f"error: {exc}\n")
+    missing = _missing_phone(devices[0], args.devices) if len(devices) == 1 and devices[0].transport == "adb" else ""
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 1
     cache = ArtifactCache(args.cache)
     overrides = {k: v for k, v in (("threads", args.threads), ("repeats", args.repeats),
                                     ("min_time_s", args.min_time)) if v is not None}
@@ -111,25 +113,26 @@ def _write_summary(res: ProfileResult, space: str) -> None:
     record_space(Path(res.lut), space)
 
 
-def _check_phone(device, devices_file: Path) -> None:
-    """Before any work, one line (ValueError) when an adb device's phone is not listed by
-    ``adb devices`` or adb is missing.  Network serials (host:port) are left to the transport."""
+def _missing_phone(device, devices_file: Path) -> str:
+    """Checked before any work: what is missing (one line) when adb is not installed or
+    ``adb devices`` does not list the device's phone as ready; "" when it does.  Network
+    serials (host:port) are left to the transport, which connects first."""
     from .transport import TransportError
     from .transport_adb import adb_devices
 
     if ":" in device.serial:
-        return
-    where = f"field 'serial' of {device.name!r} in {devices_file}"
+        return ""
     try:
         listed = adb_devices(device.expand(device.adb or "adb"))
     except TransportError as exc:
-        raise ValueError(f"{device.name}: {exc}, or set field 'adb' of {device.name!r} in {devices_file}") from None
+        return f"{device.name}: {exc}, or set field 'adb' of {device.name!r} in {devices_file}"
     state = listed.get(device.serial)
-    if state != "device":
-        seen = ", ".join(f"{k} ({v})" for k, v in listed.items()) or "none"
-        what = "is not connected" if state is None else f"is {state}"
-        raise ValueError(f"{device.name}: the phone with serial {device.serial!r} {what} (adb devices lists: {seen}); "
-                         f"plug it in with USB debugging on and set its serial ({where})")
+    if state == "device":
+        return ""
+    seen = ", ".join(f"{k} ({v})" for k, v in listed.items()) or "none"
+    return (f"{device.name}: adb device {device.serial!r} {'not found' if state is None else 'is ' + state} "
+            f"(adb devices lists: {seen}): plug the phone in with USB debugging on (accept its prompt) and set "
+            f"its serial (field 'serial' of {device.name!r} in {devices_file})")
 
 
 def _print(results: list[ProfileResult], as_json: bool) -> None:

@@ -115,8 +115,8 @@ def test_profile_pixel1_without_a_phone_says_what_to_do(tmp_path, case):
         env["FAKE_ADB_STATE"] = str(tmp_path / "state.json")
     before = sorted((REPO / "luts").iterdir())
     p = run_cli("profiler.run", "--device", "pixel1", "--no-progress", env=env, timeout=120)
-    assert p.returncode == 2 and p.stdout == "" and p.stderr.count("\n") == 1, p.stderr
-    expected = {"no_phone": "the phone with serial 'FA6AB0301234' is not connected (adb devices lists: none)",
+    assert p.returncode == 1 and p.stdout == "" and p.stderr.count("\n") == 1, p.stderr
+    expected = {"no_phone": "adb device 'FA6AB0301234' not found (adb devices lists: none)",
                 "no_adb": "adb client 'adb' not found"}[case]
     assert expected in p.stderr and "field" in p.stderr and "devices.yaml" in p.stderr, p.stderr
     assert sorted((REPO / "luts").iterdir()) == before  # nothing written
