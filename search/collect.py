@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subnets", required=True, type=int, help="number of subnets (the first N of the seeded list)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resolutions", help="resolutions to sample, comma separated (default: the space's)")
-    ap.add_argument("--widths", help="width multipliers to sample (default: the space's)")
+    ap.add_argument("--widths", help="width multipliers to sample (default: the ones the run trained)")
     ap.add_argument("--eval-images", type=int, help="held-out images per subnet (default: all)")
     ap.add_argument("--data", help="override the run's dataset location")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
@@ -169,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         net, evaluator, ckpt = load_run(args.run, args.data, device, args.amp)
         space = net.space
         res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else list(space.resolutions)
-        wid = [float(x) for x in args.widths.split(",")] if args.widths else list(space.width_mults)
+        from supernet.presets import trained_widths
+
+        wid = ([float(x) for x in args.widths.split(",")] if args.widths
+               else trained_widths(ckpt["config"], space.default_width))  # the widths the run trained
         for r in res:
             if r not in space.resolutions:
                 raise ValueError(f"--resolutions: {r} is not in space {space.name!r}")

@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     # 6. cross-runtime table and plot
     t0 = time.time()
     rows = cross_table(searches, lut, space)
-    write_summary(out, rows, searches, runtimes, stages, time.time() - t_start)
+    quality = accuracy_quality(run)
+    write_summary(out, rows, searches, runtimes, stages, time.time() - t_start, quality)
     stages.record("summary", None, time.time() - t0)
     return 0
 
@@ -330,8 +331,63 @@ def _short(s: dict) -> str:
     return f"r{s['r']} d{''.join(map(str, s['d']))} k{''.join(ks)} e{''.join(es)}"
 
 
+def accuracy_quality(run: Path) -> dict:
+    """How far the accuracy side can be trusted: the supernet's largest and smallest subnet
+    (``result.json``), the spread of the collected accuracies against the standard error of
+    one of them, and the predictor's held-out Kendall tau and RMSE against predicting the
+    mean.  ``ranks`` is False when the predictor does not beat the mean (RMSE not below
+    0.9x the baseline's, or tau under 0.3): the table then says its accuracy column is noise."""
+    from supernet.evaluation import standard_error
+
+    q: dict = {}
+    try:
+        res = json.loads((run / "result.json").read_text())
+        q.update(largest_top1=res.get("max_top1"), smallest_top1=res.get("min_top1"),
+                 result_held_out_images=res.get("held_out_images"))
+    except (OSError, ValueError):
+        pass
+    try:
+        with (run / "accuracy.csv").open(newline="") as f:
+            accs = [float(r["top1"]) for r in csv.DictReader(f) if r.get("status") == "ok"]
+        conf = json.loads((run / "accuracy.config.json").read_text())
+        n = int(conf.get("eval_images") or 0)
+    except (OSError, ValueError, KeyError):
+        accs, n = [], 0
+    if accs:
+        mean = sum(accs) / len(accs)
+        std = math.sqrt(sum((a - mean) ** 2 for a in accs) / max(1, len(accs) - 1))
+        q.update(subnets=len(accs), top1_mean=round(mean, 3), top1_std=round(std, 3), top1_min=min(accs),
+                 top1_max=max(accs), eval_images=n, standard_error_pp=round(standard_error(mean, n), 3) if n else None)
+    try:
+        m = json.loads((run / "predictor.json").read_text())["metrics"]
+        q.update(kendall_tau=round(m["kendall_tau"], 3), rmse_pp=round(100 * m["rmse"], 3),
+                 baseline_rmse_pp=round(100 * m["baseline_rmse"], 3), predictor_test_rows=m.get("n_test"))
+        q["ranks"] = bool(m["rmse"] < 0.9 * m["baseline_rmse"] and m["kendall_tau"] >= 0.3)
+    except (OSError, ValueError, KeyError, TypeError):
+        q["ranks"] = False
+    return q
+
+
+def quality_lines(q: dict) -> list[str]:
+    lines = []
+    if q.get("largest_top1") is not None:
+        lines.append(f"supernet: largest subnet {q['largest_top1']:.2f}%, smallest {q['smallest_top1']:.2f}% top-1 "
+                     f"on {q.get('result_held_out_images')} held-out images")
+    if q.get("subnets"):
+        se = f", standard error of one accuracy {q['standard_error_pp']:.2f} pp" if q.get("standard_error_pp") else ""
+        lines.append(f"collected: {q['subnets']} subnets on {q['eval_images']} held-out images each, "
+                     f"top-1 {q['top1_min']:.2f}..{q['top1_max']:.2f}% (std {q['top1_std']:.2f} pp{se})")
+    if "kendall_tau" in q:
+        verdict = ("it ranks subnets" if q["ranks"] else
+                   "it does NOT beat predicting the mean: pred.acc% above is noise, the choices are by latency only")
+        lines.append(f"predictor: held-out Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse_pp']:.2f} pp "
+                     f"(predicting the mean: {q['baseline_rmse_pp']:.2f} pp) on {q.get('predictor_test_rows')} rows; "
+                     f"{verdict}")
+    return lines
+
+
 def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[str], stages: Stages,
-                  seconds: float) -> None:
+                  seconds: float, quality: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -353,7 +409,8 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
     summary = {"seconds": round(seconds, 1), "stage_seconds": stage_s, "runtimes": runtimes, "rows": rows,
                "architectures_differ_per_budget_level": differs,
                "budgets": {rt: searches[rt]["budgets"] for rt in runtimes},
-               "latency_range_ms": {rt: [searches[rt]["cheapest_ms"], searches[rt]["largest_ms"]] for rt in runtimes}}
+               "latency_range_ms": {rt: [searches[rt]["cheapest_ms"], searches[rt]["largest_ms"]] for rt in runtimes},
+               "accuracy": quality or {}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
     fig, axes = plt.subplots(1, len(runtimes), figsize=(5.5 * len(runtimes), 4.2), dpi=120, squeeze=False)
@@ -380,6 +437,8 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
               + " ".join(f"{r[f'{rt}_ms']:>14.3f}" for rt in runtimes) + f"  {_short(r['subnet'])}")
     if len(runtimes) > 1:
         print(f"architectures differ between runtimes at budget levels {fractions_str(differs)}")
+    for line in quality_lines(quality or {}):
+        print(line)
     print("stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_s.items())
           + f"; this invocation {seconds / 60:.1f} min")
     print(f"wrote {out / 'summary.json'}, {out / 'summary.csv'}, {out / 'summary.png'}")

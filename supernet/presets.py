@@ -93,6 +93,7 @@ class TrainConfig:
     data: str = "fmnist"
     method: str = "ps"  # ps | naive | sandwich | full
     bn: str = "shared"  # shared | switchable
+    widths: tuple[float, ...] | None = None  # elastic width multipliers (with_widths); None: the default only
     phases: tuple[Phase, ...] = ()
     batch_size: int = 64
     train_limit: int | None = None  # use only this many training images
@@ -128,6 +129,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["phases"] = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()} for p in d["phases"]]
+        if d["widths"] is not None:
+            d["widths"] = list(d["widths"])
         return d
 
     @classmethod
@@ -146,11 +149,42 @@ class TrainConfig:
                     raise ValueError(f"phase {i}: expected a mapping with keys from {', '.join(sorted(phase_keys))}")
                 phases.append(Phase(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in p.items()}))
             data["phases"] = tuple(phases)
+        if isinstance(data.get("widths"), list):
+            data["widths"] = tuple(float(w) for w in data["widths"])
         return cls(**data)
 
     def budget(self) -> float:
         """Training budget in subnet-epochs (sum of epochs x subnets per step)."""
         return sum(p.epochs * p.subnets_per_step for p in self.phases)
+
+
+def with_widths(cfg: TrainConfig, widths: tuple[float, ...], bn: str | None = None) -> TrainConfig:
+    """Make the width multiplier elastic as slimmable networks do: a last ``width`` phase
+    (after expand, OFA's order) samples every kernel, expand, depth and the given widths by
+    the sandwich rule (widest and narrowest every step), distilled from the full network,
+    with switchable BN (each width its own statistics and affine parameters) unless ``bn``
+    says otherwise.  For a single-phase method the widths go into that phase."""
+    widths = tuple(sorted({float(w) for w in widths}))
+    if len(widths) < 2:
+        raise ValueError(f"--widths needs at least two width multipliers, got {list(widths)}")
+    cfg = replace(cfg, widths=widths, bn=bn or "switchable")
+    if not cfg.phases:
+        return cfg
+    last = cfg.phases[-1]
+    if cfg.method != "ps":
+        return replace(cfg, phases=cfg.phases[:-1] + (replace(last, widths=widths),))
+    phase = Phase("width", last.epochs, last.lr, widths=widths, subnets_per_step=max(3, last.subnets_per_step),
+                  rule="sandwich", distill=last.distill, final_lr_ratio=last.final_lr_ratio)
+    return replace(cfg, phases=cfg.phases + (phase,))
+
+
+def trained_widths(cfg: dict[str, Any], default: float) -> list[float]:
+    """The width multipliers a run (its ``config`` dict) trained: every phase's widths (the
+    space's default width for a phase without them)."""
+    out = set()
+    for p in cfg.get("phases") or ():
+        out.update(float(w) for w in (p.get("widths") or (default,)))
+    return sorted(out) or [default]
 
 
 def with_method(cfg: TrainConfig, method: str, widths: tuple[float, ...] | None = None) -> TrainConfig:
@@ -229,4 +263,5 @@ def get_preset(name: str) -> TrainConfig:
         raise ValueError(f"unknown preset {name!r} (known: {', '.join(sorted(PRESETS))})") from None
 
 
-__all__ = ["Phase", "TrainConfig", "PRESETS", "RULES", "METHODS", "get_preset", "ps_phases", "with_method"]
+__all__ = ["Phase", "TrainConfig", "PRESETS", "RULES", "METHODS", "get_preset", "ps_phases", "with_method",
+           "with_widths", "trained_widths"]

@@ -23,7 +23,7 @@ import yaml
 from .data import DataError
 from .evaluation import CheckpointError
 from .device import AMP_MODES, DEVICES_HELP
-from .presets import METHODS, PRESETS, TrainConfig, get_preset, with_method
+from .presets import METHODS, PRESETS, TrainConfig, get_preset, with_method, with_widths
 from .trainer import init_distributed, train
 
 
@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--space", help="search space name (default: the preset's)")
     p.add_argument("--method", choices=METHODS, help="ps (progressive shrinking), naive, sandwich or full (largest subnet alone)")
     p.add_argument("--bn", choices=("shared", "switchable"))
+    p.add_argument("--widths", help="elastic width multipliers, e.g. 1.0,1.5: a last width phase with "
+                                    "switchable BN (slimmable networks)")
     p.add_argument("--kd-weight", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--train-limit", type=int, help="use only this many training images")
@@ -71,6 +73,12 @@ def main(argv=None) -> None:
         cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
         if args.method:
             cfg = with_method(cfg, args.method)
+        if args.widths:
+            try:
+                widths = tuple(float(w) for w in args.widths.split(",") if w.strip())
+            except ValueError:
+                raise ValueError(f"--widths must be a comma list of numbers, got {args.widths!r}") from None
+            cfg = with_widths(cfg, widths, args.bn)
     except ValueError as exc:
         sys.exit(f"supernet.train: error: {exc}")
     out = args.out or Path("runs") / cfg.preset

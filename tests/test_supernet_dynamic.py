@@ -190,3 +190,32 @@ def test_relu6_space_supernet_equals_extracted_subnets():
         assert (y - y_static).abs().max().item() <= 1e-4 * max(1.0, y.abs().max().item()), cfg
         clip_effect = max(clip_effect, (y - y_relu).abs().max().item())
     assert clip_effect > 1e-2  # the clip is really active on these inputs
+
+
+def test_switchable_bn_each_width_uses_its_own_bn():
+    """Switchable BN: a subnet at width w runs (and extracts) the private BN of w only, so
+    changing another width's BN leaves it unchanged and changing its own does not."""
+    space = get_space("tiny")  # width multipliers 1.0 and 1.5
+    net = _perturb(OFASupernet(space, bn="switchable")).eval()
+    assert net.bn_index(1.0) != net.bn_index(1.5)
+    x = torch.randn(2, space.in_channels, 40, 40, generator=torch.Generator().manual_seed(3))
+    narrow, wide = space.max_subnet(r=40, w=1.0), space.max_subnet(r=40, w=1.5)
+
+    def outputs():
+        res = []
+        for cfg in (narrow, wide):
+            net.set_active(cfg)
+            with torch.no_grad():
+                y = net(x)
+                assert (y - net.extract(cfg).eval()(x)).abs().max().item() <= 1e-5
+            res.append(y)
+        return res
+
+    y_narrow, y_wide = outputs()
+    with torch.no_grad():  # move only the wide width's private BNs
+        for m in net.modules():
+            if hasattr(m, "bns") and len(m.bns) == 2:
+                m.bns[net.bn_index(1.5)].bias.add_(0.5)
+    y_narrow2, y_wide2 = outputs()
+    assert torch.equal(y_narrow, y_narrow2)
+    assert (y_wide - y_wide2).abs().max().item() > 1e-3

@@ -54,3 +54,17 @@ def test_step_sampling_is_identical_across_ranks_and_rules():
     space = net.space
     assert subs[0] == space.max_subnet(r=r) and subs[1] == space.min_subnet(r=r)
     assert all(s.r == r for s in subs)
+
+
+def test_with_widths_adds_a_last_width_phase_with_switchable_bn():
+    from supernet.presets import trained_widths, with_widths
+
+    cfg = with_widths(get_preset("tiny"), (1.5, 1.0))
+    assert cfg.bn == "switchable" and cfg.widths == (1.0, 1.5)
+    assert cfg.phases[-1].name == "width" and cfg.phases[-1].widths == (1.0, 1.5)
+    assert [p.name for p in cfg.phases[:-1]] == [p.name for p in get_preset("tiny").phases]  # OFA's order kept
+    assert trained_widths(cfg.to_dict(), 1.0) == [1.0, 1.5]
+    assert trained_widths(get_preset("tiny").to_dict(), 1.0) == [1.0]
+    assert TrainConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="at least two"):
+        with_widths(get_preset("tiny"), (1.0,))

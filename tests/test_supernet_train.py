@@ -107,3 +107,99 @@ def test_two_process_ddp_keeps_ranks_identical(fake_fmnist, tmp_path):
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
         assert torch.equal(r0[k], final[k]), k  # rank 0 wrote what every rank holds
+
+
+class _Payload:
+    """Unpickling this runs a shell command (what a malicious checkpoint would carry)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_carries_code_is_refused_without_running_it(full_run, tmp_path):
+    marker = tmp_path / "code-ran"
+    run = tmp_path / "evil"
+    run.mkdir()
+    ckpt = torch.load(full_run / "supernet.pt", weights_only=True)
+    ckpt["extra"] = _Payload(marker)
+    torch.save(ckpt, run / "supernet.pt")
+    for args in (["-m", "supernet.eval", "--run", str(run), "--subnet", "max"],
+                 ["-m", "search.collect", "--run", str(run), "--subnets", "2"]):
+        proc = _run(args, check=False)
+        assert proc.returncode != 0
+        assert not marker.exists(), "unpickling ran the payload"
+        lines = proc.stderr.strip().splitlines()
+        assert "supernet.pt" in lines[-1] and "refusing" in lines[-1], proc.stderr
+    # a checkpoint without its config is one line too, not a KeyError
+    torch.save({"model": ckpt["model"], "space": ckpt["space"]}, run / "supernet.pt")
+    proc = _run(["-m", "supernet.eval", "--run", str(run), "--subnet", "max"], check=False)
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1 and "config" in proc.stderr
+
+
+@pytest.mark.slow
+def test_an_existing_run_folder_is_not_overwritten_unasked(full_run, fake_fmnist):
+    before = {p.name: p.read_bytes() for p in full_run.iterdir() if p.is_file()}
+    proc = _train(fake_fmnist, full_run, check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--resume" in lines[0] and "--force" in lines[0]
+    assert {p.name: p.read_bytes() for p in full_run.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_device_auto_trains_on_the_cpu_here_and_says_so(fake_fmnist, tmp_path):
+    import yaml
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device auto picks it (see the CUDA test)")
+    out = tmp_path / "auto"
+    proc = _run(["-m", "supernet.train", "--preset", "test", "--data", f"fmnist:{fake_fmnist}", "--out", str(out),
+                 "--threads", "1", "--device", "auto"])
+    assert "cpu" in proc.stderr.splitlines()[0] or "cpu" in proc.stderr
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["device"] == "cpu" and cfg["amp"] == "off" and cfg["channels_last"] is True
+    res = json.loads((out / "result.json").read_text())
+    assert res["device"] == "cpu" and res["held_out_images"] > 0 and 0 <= res["max_top1"] <= 100
+    bad = _run(["-m", "supernet.train", "--preset", "test", "--data", f"fmnist:{fake_fmnist}",
+                "--out", str(tmp_path / "gpu"), "--device", "cuda"], check=False)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "CUDA" in bad.stderr
+    assert not (tmp_path / "gpu").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_cuda_training_with_bf16(fake_fmnist, tmp_path):
+    import yaml
+
+    out = tmp_path / "cuda"
+    _run(["-m", "supernet.train", "--preset", "test", "--data", f"fmnist:{fake_fmnist}", "--out", str(out),
+          "--device", "cuda"])
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["device"].startswith("cuda") and cfg["amp"] == "bf16"
+    res = json.loads(_run(["-m", "supernet.eval", "--run", str(out), "--subnet", "max", "--json",
+                           "--device", "cuda"]).stdout)
+    assert res["device"].startswith("cuda")
+
+
+@pytest.mark.slow
+def test_elastic_widths_train_and_collect_defaults_to_them(fake_fmnist, tmp_path):
+    import yaml
+
+    out = tmp_path / "widths"
+    _train(fake_fmnist, out, "--widths", "1.0,1.5")
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["bn"] == "switchable" and cfg["phases"][-1]["name"] == "width"
+    assert "eval,width" in (out / "metrics.csv").read_text()
+    _run(["-m", "search.collect", "--run", str(out), "--subnets", "6", "--eval-images", "16"])
+    conf = json.loads((out / "accuracy.config.json").read_text())
+    assert conf["widths"] == [1.0, 1.5]
+
+
+@pytest.mark.slow
+def test_collect_samples_only_the_width_the_run_trained(full_run):
+    _run(["-m", "search.collect", "--run", str(full_run), "--subnets", "3", "--eval-images", "16"])
+    assert json.loads((full_run / "accuracy.config.json").read_text())["widths"] == [1.0]
