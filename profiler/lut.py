@@ -18,12 +18,12 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from supernet.atomic import atomic_open
 from supernet.space import BlockSpec
 
 COLUMNS = [
@@ -114,24 +114,12 @@ def _format(value: Any) -> str:
 
 
 def write_rows_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write rows as CSV to a temporary file beside ``path``, fsync, rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(COLUMNS)
-            for r in rows:
-                w.writerow([_format(r.get(c, "")) for c in COLUMNS])
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write rows as CSV, atomically (``supernet.atomic``)."""
+    with atomic_open(path, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for r in rows:
+            w.writerow([_format(r.get(c, "")) for c in COLUMNS])
 
 
 def lut_sibling(lut_path: Path, suffix: str) -> Path:
@@ -147,14 +135,6 @@ def journal_path(lut_path: Path) -> Path:
 
 def calibration_path(lut_path: Path) -> Path:
     return lut_sibling(lut_path, ".calibration.json")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def read_journal(path: Path) -> tuple[list[dict[str, Any]], list[str]]:

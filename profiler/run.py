@@ -25,7 +25,9 @@ from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_dev
 from .export import ArtifactCache, default_cache_dir
 from .farm import run_farm
 from .measure import ProfileResult
-from .lut import atomic_write_text, lut_sibling
+from supernet.atomic import atomic_write_text
+
+from .lut import lut_sibling
 
 
 def _int_list(text: str, what: str) -> list[int]:

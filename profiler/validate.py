@@ -23,7 +23,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import random
 import sys
 from datetime import datetime, timezone
@@ -36,7 +35,9 @@ from supernet.space import SearchSpace, SubnetConfig, get_space, space_names
 
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
 from .export import ArtifactCache, export_network, format_for_runtime
-from .lut import LutError, atomic_write_text, calibration_path, lut_sibling
+from supernet.atomic import atomic_open, atomic_write_text
+
+from .lut import LutError, calibration_path, lut_sibling
 
 
 def covered_resolutions(model, space: SearchSpace, w: float) -> list[int]:
@@ -115,10 +116,9 @@ def _plot(path: Path, pred: np.ndarray, meas: np.ndarray, summary: dict[str, Any
                  f"within 10%: {summary['within_10pct'] * 100:.0f}%", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from supernet.atomic import atomic_open, atomic_write_text
 from supernet.space import SearchSpace, SubnetConfig
 
 COLUMNS = ["index", "subnet", "acc", "top1", "r", "w", "macs_m", "params_m", "seconds", "rank", "status", "error"]
@@ -67,15 +68,11 @@ def merge(run: Path) -> Path:
     parts = sorted((run / "accuracy.parts").glob("rank*.csv"))
     rows = read_rows([run / "accuracy.csv", *parts])
     path = run / "accuracy.csv"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         for idx in sorted(rows):
             w.writerow(rows[idx])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 
@@ -176,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
               "space": ckpt["space"].get("base", space.name), "space_name": space.name,
               "eval_images": evaluator.eval_images, "recal_images": evaluator.recal_images, "world": world}
     if rank == 0:
-        (args.run / "accuracy.config.json").write_text(json.dumps(config, indent=2) + "\n")
+        atomic_write_text(args.run / "accuracy.config.json", json.dumps(config, indent=2) + "\n")
     t0 = time.time()
     new, old = collect(args.run, space, evaluator.evaluate, args.subnets, args.seed, res, wid, rank, world,
                        progress=not args.json)

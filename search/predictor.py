@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import json
 import math
 import sys
@@ -33,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from supernet.atomic import atomic_write_bytes, atomic_write_text
 from supernet.space import SearchSpace, SubnetConfig, get_space
 
 from .encoding import Choices, Encoder, Population
@@ -162,11 +164,11 @@ class AccuracyPredictor:
             "widths": list(self.widths), "metrics": self.metrics,
             "state_dict": {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in self.state.items()},
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        buf = io.BytesIO()
+        torch.save(blob, buf)
+        atomic_write_bytes(path, buf.getvalue())
         meta = {k: v for k, v in blob.items() if k != "state_dict"}
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
         self.path = str(path)
         return path
 
