@@ -25,7 +25,9 @@ from __future__ import annotations
 import os
 import queue
 import shlex
+import select
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from .transport import RUNNER_PATH, RunnerChannel, Transport, TransportError, pu
 
 DEFAULT_WORKDIR = "/tmp/hwnas"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+MAX_OUTPUT_BYTES = 1 << 20  # of one remote command's stdout or stderr
 
 
 def fatal(message: str) -> TransportError:
@@ -183,19 +186,21 @@ class SSHTransport(Transport):
         """Run one remote command (an argument list, quoted here); returns (rc, stdout, stderr).
         A non-zero exit raises TransportError when ``check``."""
         cmd = shlex.join(argv)
+        deadline = time.monotonic() + timeout
         try:
             chan = self._transport().open_session(timeout=timeout)
-            chan.settimeout(timeout)
-            chan.exec_command(cmd)
-            out = chan.makefile("rb").read()
-            err = chan.makefile_stderr("rb").read()
-            if not chan.status_event.wait(timeout):
+            try:
+                chan.exec_command(cmd)
+                out, err = _drain(chan, deadline)
+                if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+                    raise socket.timeout()
+                rc = chan.recv_exit_status()
+            finally:
                 chan.close()
-                raise TransportError(f"{self.where}: {cmd[:200]}: no exit status within {timeout:g} s")
-            rc = chan.recv_exit_status()
-            chan.close()
         except socket.timeout:
             raise TransportError(f"{self.where}: {cmd[:200]}: timed out after {timeout:g} s") from None
+        except OverflowError:
+            raise TransportError(f"{self.where}: {cmd[:200]}: printed more than {MAX_OUTPUT_BYTES} bytes") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"{self.where}: {cmd[:200]}: {exc}") from None
         out_s, err_s = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
@@ -266,7 +271,7 @@ class SSHTransport(Transport):
             chan.settimeout(d.connect_timeout_s + 60)
             chan.exec_command(cmd)
             stdout = chan.makefile("rb")
-            first = stdout.readline().decode("utf-8", "replace").strip()
+            first = stdout.readline(64).decode("utf-8", "replace").strip()
             chan.settimeout(None)
         except socket.timeout:
             raise TransportError(f"{self.where}: runner did not start within {d.connect_timeout_s + 60:g} s") from None
@@ -274,7 +279,11 @@ class SSHTransport(Transport):
             raise TransportError(f"{self.where}: cannot start the runner: {exc}") from None
         pid = int(first[len("HWNAS_PID="):]) if first.startswith("HWNAS_PID=") and first[10:].isdigit() else -1
         if pid < 0:
-            err = chan.makefile_stderr("rb").read(2000).decode("utf-8", "replace")
+            chan.settimeout(5)
+            try:
+                err = chan.makefile_stderr("rb").read(2000).decode("utf-8", "replace")
+            except (socket.timeout, OSError, paramiko.SSHException):
+                err = ""
             chan.close()
             raise TransportError(f"{self.where}: runner did not start: {first[:200]!r} {err.strip()[:300]}")
         self._channels.append((chan, pid))
@@ -303,6 +312,26 @@ class SSHTransport(Transport):
         out = super().info(timeout)
         out.setdefault("transport", "ssh")
         return out
+
+
+def _drain(chan: paramiko.Channel, deadline: float) -> tuple[bytes, bytes]:
+    """Stdout and stderr of a remote command until EOF, by ``deadline`` (monotonic) however
+    slowly the bytes trickle in, and at most MAX_OUTPUT_BYTES of each.  Raises socket.timeout
+    or OverflowError."""
+    out, err = bytearray(), bytearray()
+    while True:
+        while chan.recv_ready():
+            out += chan.recv(1 << 16)
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(1 << 16)
+        if len(out) > MAX_OUTPUT_BYTES or len(err) > MAX_OUTPUT_BYTES:
+            raise OverflowError
+        if chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
+            return bytes(out), bytes(err)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout()
+        select.select([chan], [], [], min(left, 0.2))
 
 
 def tcp_nodelay(sock: socket.socket) -> bool:
