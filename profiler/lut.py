@@ -42,16 +42,25 @@ class LutError(ValueError):
     """A LUT file that cannot be read; the message names the file and line."""
 
 
-def _num(value: str, cast, where: str, column: str):
+MAX_MS = 1e7  # a block that takes longer than ~3 hours is not a latency
+
+
+def _num(value: Any, cast, where: str, column: str, hi: float):
+    """A non-negative finite number of ``column`` (a CSV string or a journal's JSON value), at
+    most ``hi``; None for an empty cell.  Raises LutError."""
     if value == "" or value is None:
         return None
+    if isinstance(value, bool):
+        raise LutError(f"{where}: column {column} is not a number: {value!r}")
     try:
-        x = cast(value)
+        x = cast(value) if isinstance(value, str) or cast is float else value
     except ValueError:
-        raise LutError(f"{where}: column {column} is not a number: {value!r}") from None
-    if cast is float and not math.isfinite(x):
-        raise LutError(f"{where}: column {column} is not finite: {value!r}")
-    return x
+        raise LutError(f"{where}: column {column} is not a number: {str(value)[:40]!r}") from None
+    if not isinstance(x, (int, float)) or (cast is int and x != int(x)):
+        raise LutError(f"{where}: column {column} is not an integer: {str(value)[:40]!r}")
+    if not math.isfinite(x) or not 0 <= x <= hi:
+        raise LutError(f"{where}: column {column} must be a finite number in [0, {hi:g}], got {str(value)[:40]!r}")
+    return cast(x)
 
 
 def _normalise(row: dict[str, Any], where: str) -> dict[str, Any]:
@@ -67,10 +76,9 @@ def _normalise(row: dict[str, Any], where: str) -> dict[str, Any]:
     out["key"] = str(spec)
     out["kind"] = spec.kind
     for c in FLOAT_COLUMNS + OTHER_FLOAT_COLUMNS:
-        out[c] = _num(row.get(c, ""), float, where, c) if not isinstance(row.get(c), (int, float)) else float(row[c])
+        out[c] = _num(row.get(c, ""), float, where, c, MAX_MS)
     for c in INT_COLUMNS:
-        v = row.get(c, "")
-        out[c] = v if isinstance(v, int) and not isinstance(v, bool) else _num(v, int, where, c)
+        out[c] = _num(row.get(c, ""), int, where, c, 1e9)
     if out["status"] not in ("ok", "error"):
         raise LutError(f"{where}: status must be ok or error, got {out['status']!r}")
     if out["status"] == "ok" and out["median_ms"] is None and out["mean_ms"] is None:
@@ -97,11 +105,21 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise LutError(f"{path}:1: not a LUT CSV (header lacks {', '.join(missing)})")
-    rows = []
-    for i, raw in enumerate(reader, start=2):
-        if None in raw or any(v is None for v in raw.values()):
-            raise LutError(f"{path}:{i}: wrong number of fields")
-        rows.append(_normalise(raw, f"{path}:{i}"))
+    rows, seen = [], {}
+    try:
+        for raw in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in raw or any(v is None for v in raw.values()):
+                raise LutError(f"{where}: wrong number of fields")
+            row = _normalise(raw, where)
+            first = seen.setdefault(row_id(row), reader.line_num)
+            if first != reader.line_num:
+                raise LutError(f"{where}: duplicate row for key {row['key']} ({row['runtime']}"
+                               f"{', r=' + str(row['resolution']) if row['resolution'] != '' else ''}), "
+                               f"first on line {first}")
+            rows.append(row)
+    except csv.Error as exc:
+        raise LutError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
     return rows
 
 
@@ -165,8 +183,8 @@ def read_journal(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, warnings
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """Truncate a journal after its last complete line."""
+def drop_torn_tail(path: Path) -> None:
+    """Truncate an append-only file (a journal) after its last complete line."""
     with open(path, "rb+") as fh:
         data = fh.read()
         if data and not data.endswith(b"\n"):
@@ -297,7 +315,7 @@ class LutWriter:
         else:
             self.table = LutTable(path=self.path)
         if self.journal.exists():
-            _drop_torn_tail(self.journal)
+            drop_torn_tail(self.journal)
         self._fh = open(self.journal, "a", encoding="utf-8")
 
     def add(self, row: dict[str, Any], samples: list[float] | None = None) -> dict[str, Any]:

@@ -83,3 +83,18 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically (see the module docstring)."""
     with atomic_open(path, "w") as fh:
         fh.write(text)
+
+
+def ensure_writable_folder(folder: Path | str, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and prove it writable by creating and removing a file
+    there (permission bits alone say nothing for root or a read-only mount), so a command
+    can refuse before any work.  Raises ValueError with one line naming the folder."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{folder}: cannot write the {what}: {exc.strerror or exc}") from None
+    return folder
