@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from supernet.atomic import ensure_writable_folder
 from supernet.space import SearchSpace, SubnetConfig, get_space
 
 from .encoding import Choices, Population, active_mask, gene_sizes, random_population
@@ -698,6 +699,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         params = EvolutionParams(args.population, args.parent_ratio, args.mutation_prob,
                                  args.mutation_ratio, args.generations)
+        out_dir = ensure_writable_folder(
+            Path(args.out) if args.out else Path("out/search") / (Path(args.lut).stem if args.lut else flag), "--out folder")
     except MissingKeysError as exc:
         ap.error(str(exc).replace("\n", " "))
     except (ValueError, OSError) as exc:
@@ -714,7 +717,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results.append(evolve(b, costs, score, params, rng, progress=None if not args.json else False, desc=desc))
     context = report.random_context(choices, costs, score, args.samples, np.random.default_rng([args.seed, 999]))
-    out_dir = Path(args.out) if args.out else Path("out/search") / (Path(args.lut).stem if args.lut else flag)
     latency_costs = CostArrays(latency, choices) if latency is not None else None
     summary = report.write_search(out_dir, results, flag, costs, latency_costs, pred, choices, context,
                                   params, args.seed, lut=args.lut, method=args.method)
