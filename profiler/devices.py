@@ -17,7 +17,6 @@ the field.  Example::
         known_hosts: ~/.ssh/known_hosts
         python: python3
         runtime: tflite
-        workdir: /tmp/hwnas
 """
 
 from __future__ import annotations
