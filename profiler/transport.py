@@ -113,8 +113,8 @@ def validate_info(info: Any, where: str) -> dict[str, Any]:
     try:
         if not isinstance(info, dict) or info.get("ok") is not True:
             raise RunnerError(f"runner info failed: {str(info)[:300]}")
-        out: dict[str, Any] = {k: reply_string(info, k, "runner info", optional=True)[:MAX_STRING]
-                               for k in ("host", "cpu")}
+        # descriptive only: cut to length, not refused
+        out: dict[str, Any] = {k: info[k][:MAX_STRING] if isinstance(info.get(k), str) else "" for k in ("host", "cpu")}
         runtimes = info.get("runtimes")
         if not isinstance(runtimes, dict) or len(runtimes) > 16:
             raise RunnerError("runner info field runtimes is not a mapping of runtime names")

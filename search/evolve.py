@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from supernet.atomic import ensure_writable_folder
+from supernet.atomic import atomic_write_text, ensure_writable_folder
 from supernet.space import SearchSpace, SubnetConfig, get_space
 
 from .encoding import Choices, Population, active_mask, gene_sizes, random_population
@@ -574,7 +574,7 @@ def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, laten
                         "measured_latency_ms": None if np.isnan(m) else round(float(m), 4),
                         "error_pct": None if np.isnan(m) else round((pred_ms - m) / m * 100, 2),
                         "measure_error": row["error"] or None})
-    (out_dir / "deploy.json").write_text(json.dumps(records, indent=2) + "\n")
+    atomic_write_text(out_dir / "deploy.json", json.dumps(records, indent=2) + "\n")
     if not args.json:
         for rec in records:
             parts = [f"budget {rec['budget']:g}:"]
@@ -726,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         # exporters print progress on stdout; with --json stdout holds only the JSON object
         with (_stdout_to_stderr() if args.json else contextlib.nullcontext()):
             summary["deploy"] = export_and_verify(results, space, latency, args, out_dir)
-        (out_dir / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out_dir / "search.json", json.dumps(summary, indent=2) + "\n")
     if args.json:
         print(json.dumps(summary))
     return 0
