@@ -35,6 +35,7 @@ FLOAT_COLUMNS = ("median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms", "max_ms",
 OTHER_FLOAT_COLUMNS = ("load_avg",)
 INT_COLUMNS = ("count", "threads", "attempts", "resolution")
 REQUIRED = ("key", "runtime", "status")
+TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in FLOAT_COLUMNS + OTHER_FLOAT_COLUMNS + INT_COLUMNS + ("noisy",))
 NOISY_IQR_RATIO = 0.10  # torch.utils.benchmark flags IQR/median above 10%
 
 
@@ -54,12 +55,12 @@ def _num(value: Any, cast, where: str, column: str, hi: float):
         raise LutError(f"{where}: column {column} is not a number: {value!r}")
     try:
         x = cast(value) if isinstance(value, str) or cast is float else value
-    except ValueError:
+    except (TypeError, ValueError, OverflowError):
         raise LutError(f"{where}: column {column} is not a number: {str(value)[:40]!r}") from None
-    if not isinstance(x, (int, float)) or (cast is int and x != int(x)):
-        raise LutError(f"{where}: column {column} is not an integer: {str(value)[:40]!r}")
-    if not math.isfinite(x) or not 0 <= x <= hi:
+    if not isinstance(x, (int, float)) or not math.isfinite(x) or not 0 <= x <= hi:
         raise LutError(f"{where}: column {column} must be a finite number in [0, {hi:g}], got {str(value)[:40]!r}")
+    if cast is int and x != int(x):
+        raise LutError(f"{where}: column {column} is not an integer: {str(value)[:40]!r}")
     return cast(x)
 
 
@@ -73,6 +74,9 @@ def _normalise(row: dict[str, Any], where: str) -> dict[str, Any]:
     except ValueError as exc:
         raise LutError(f"{where}: {exc}") from None
     out: dict[str, Any] = {c: row.get(c, "") for c in COLUMNS}
+    for c in TEXT_COLUMNS:
+        if not isinstance(out[c], str):
+            raise LutError(f"{where}: column {c} is not text: {str(out[c])[:40]!r}")
     out["key"] = str(spec)
     out["kind"] = spec.kind
     for c in FLOAT_COLUMNS + OTHER_FLOAT_COLUMNS:

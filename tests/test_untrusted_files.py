@@ -48,12 +48,18 @@ def test_bad_lut_rows_are_refused_naming_the_line(tmp_path, cells, message):
     assert path.read_bytes() == before
 
 
-def test_nan_in_the_journal_is_not_counted_as_measured(tmp_path):
+@pytest.mark.parametrize("change, message", [
+    ({"median_ms": float("nan")}, "median_ms must be a finite number"),  # json writes NaN
+    ({"median_ms": [1.0]}, "median_ms is not a number"),
+    ({"count": float("inf")}, "count must be a finite number"),
+    ({"runtime": ["onnxruntime"]}, "runtime is not text"),
+])
+def test_nan_in_the_journal_is_not_counted_as_measured(tmp_path, change, message):
     path = tmp_path / "l.csv"
-    record = {"key": KEY, "runtime": "onnxruntime", "status": "ok", "median_ms": float("nan")}
-    journal_path(path).write_text(json.dumps(record) + "\n")  # json writes NaN
+    record = {"key": KEY, "runtime": "onnxruntime", "status": "ok", "median_ms": 1.0, **change}
+    journal_path(path).write_text(json.dumps(record) + "\n")
     before = journal_path(path).read_bytes()
-    with pytest.raises(LutError, match=r"l.raw.jsonl:1: .*median_ms must be a finite number"):
+    with pytest.raises(LutError, match=rf"l.raw.jsonl:1: .*{message}"):
         LutTable.load(path)
     with pytest.raises(LutError):
         LutWriter(path)
