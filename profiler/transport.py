@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -247,6 +249,51 @@ def pump_lines(stream: IO[bytes], out: "queue.Queue[str | None]", keep: list[str
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t
+
+
+def run_capped(argv: list[str], timeout: float, cap: int = MAX_LINE_BYTES) -> subprocess.CompletedProcess:
+    """Run ``argv`` (stdin closed) to completion by one deadline, keeping at most ``cap``
+    bytes of stdout and of stderr: a command that prints more is killed (with everything it
+    started) and OverflowError raised.  Raises subprocess.TimeoutExpired and OSError too."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    bufs = (bytearray(), bytearray())
+    over = threading.Event()
+
+    def kill() -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def drain(stream: IO[bytes], buf: bytearray) -> None:
+        for chunk in iter(lambda: stream.read1(1 << 16), b""):
+            buf += chunk
+            if len(buf) > cap:
+                over.set()
+                kill()
+                return
+
+    readers = [threading.Thread(target=drain, args=pair, daemon=True) for pair in zip((proc.stdout, proc.stderr), bufs)]
+    for t in readers:
+        t.start()
+    deadline = time.monotonic() + timeout
+    try:
+        proc.wait(timeout)
+        for t in readers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in readers):  # something it started still holds the pipes
+            raise subprocess.TimeoutExpired(argv, timeout)
+    except subprocess.TimeoutExpired:
+        kill()
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+    if over.is_set():
+        raise OverflowError(f"printed more than {cap} bytes")
+    return subprocess.CompletedProcess(argv, proc.returncode, bytes(bufs[0]), bytes(bufs[1]))
 
 
 class Transport(ABC):

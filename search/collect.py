@@ -52,7 +52,7 @@ def parse_row(row: dict[str, str], where: str) -> tuple[SubnetConfig, float | No
     except RecursionError:
         raise ValueError(f"{where}: subnet JSON nested too deeply") from None
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: {exc}") from None
+        raise ValueError(f"{where}: {str(exc)[:300]}") from None
     if row.get("status", "ok") not in ("ok", ""):
         return cfg, None
     try:

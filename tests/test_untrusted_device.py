@@ -18,6 +18,7 @@ from conftest import run_cli
 from profiler.devices import parse_device
 from profiler.lut import LutTable, read_rows
 from sshd import shared_artifact_cache, write_devices
+from test_adb import phone  # noqa: F401 - the fake adb fixture
 from supernet.space import TINY
 
 SPECS = TINY.all_blocks()[:1]
@@ -147,3 +148,18 @@ def test_nan_timed_s_never_reaches_run_json_or_json_output(tmp_path, cache):
     run = strict(p.stdout)["runs"][0]
     assert run["failed"] == 1 and run["timed_s"] == 0
     strict((tmp_path / "fake.run.json").read_text())
+
+
+def test_adb_output_has_a_byte_cap_and_one_deadline(phone):
+    """The adb client double (tests/doubles/fake_adb) runs shell lines on this machine."""
+    from profiler.transport import TransportError, make_transport
+    from test_adb import pixel
+
+    t = make_transport(parse_device(Path("devices.yaml"), "pixel1", pixel()))
+    with pytest.raises(TransportError, match="printed more than 1048576 bytes"):
+        t.adb_run(["shell", "head -c 3000000 /dev/zero"], timeout=30)
+    t0 = time.monotonic()
+    with pytest.raises(TransportError, match="timed out after 2 s"):
+        t.adb_run(["shell", "while :; do echo x; sleep 0.2; done"], timeout=2)
+    assert time.monotonic() - t0 < 6
+    assert t.shell("echo fine", timeout=10) == (0, "fine\n")
