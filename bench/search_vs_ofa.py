@@ -6,8 +6,9 @@ population and generations.  Wall time and best predicted accuracy, several seed
         [--population 100] [--generations 500] [--out out/bench/search_vs_ofa]
 
 - OFA side: ``ofa.tutorial.EvolutionFinder`` (the one OFA's tutorial uses for Note10), its
-  ``AccuracyPredictor`` loaded with ``../shared/data/ofa/acc_predictor.pth`` and its
-  ``LatencyTable`` over ``../shared/data/ofa/note10/*.yaml``, run in ``bench/.venv-ref``.
+  ``AccuracyPredictor`` loaded with the shipped copy ``search/data/ofa_acc_predictor.pth``
+  (``search.predictor.OFA_PREDICTOR``) and its ``LatencyTable`` over
+  ``tests/data/ofa/note10/*.yaml``, run in ``bench/.venv-ref``.
   The only change: OFA's ``LatencyEstimator`` calls ``yaml.load(fp)`` without a Loader,
   which PyYAML 6 rejects (once-for-all#94), so the tables are read with ``yaml.safe_load``
   and handed to OFA's own estimator objects; the latency queries are OFA's code.
@@ -35,7 +36,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+NOTE10 = REPO / "tests" / "data" / "ofa" / "note10"  # OFA's published Note10 tables (tests/data/README.md)
 REF_PY = REPO / "bench" / ".venv-ref" / "bin" / "python"
 RESOLUTIONS = (160, 176, 192, 208, 224)
 
@@ -197,8 +198,8 @@ def main() -> int:
     ap.add_argument("--budgets", default="15,20,25,30")
     ap.add_argument("--population", type=int, default=100)
     ap.add_argument("--generations", type=int, default=500)
-    ap.add_argument("--predictor", default=str(DATA / "ofa" / "acc_predictor.pth"))
-    ap.add_argument("--note10", default=str(DATA / "ofa" / "note10"))
+    ap.add_argument("--predictor", default=None, help="OFA's predictor (default: search.predictor.OFA_PREDICTOR)")
+    ap.add_argument("--note10", default=str(NOTE10))
     ap.add_argument("--out", default="out/bench/search_vs_ofa")
     ap.add_argument("--ofa-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -208,11 +209,17 @@ def main() -> int:
         ofa_worker(args)
         return 0
 
-    if not Path(args.predictor).is_file() or not Path(args.note10).is_dir():
-        sys.exit(f"error: OFA's predictor or Note10 tables not found under {DATA} (see ../shared/data/README.md)")
+    sys.path.insert(0, str(REPO))
+    if args.predictor is None:
+        from search.predictor import OFA_PREDICTOR
+
+        args.predictor = str(OFA_PREDICTOR)
+    if not Path(args.predictor).is_file():
+        sys.exit(f"error: OFA's predictor not found: {args.predictor} (see search/data/README.md)")
+    if not Path(args.note10).is_dir():
+        sys.exit(f"error: OFA's Note10 tables not found: {args.note10} (see tests/data/README.md)")
     if not REF_PY.exists():
         sys.exit("error: bench/.venv-ref missing; run: bash bench/make_ref_env.sh")
-    sys.path.insert(0, str(REPO))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lut_csv = out / "note10.csv"

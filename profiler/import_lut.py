@@ -1,10 +1,13 @@
 """Import published latency LUTs (OFA, ProxylessNAS YAML) into hwnas LUT CSV.
 
-    python -m profiler.import_lut --format ofa ../shared/data/ofa/note10/*.yaml --out luts/note10.csv
-    python -m profiler.import_lut --format proxyless ../shared/data/proxylessnas/mobile_trim.yaml \
+    python -m profiler.import_lut --format ofa tests/data/ofa/note10/*.yaml --out luts/note10.csv
+    python -m profiler.import_lut --format proxyless tests/data/proxylessnas/mobile_trim.yaml \
         --out luts/proxyless_mobile.csv
 
-Key formats (``../shared/data/README.md``)::
+The space the tables belong to is recorded beside the output (``<out>.space.json``; ``--space``,
+by default ``ofa_mbv3`` for OFA's tables and ``proxyless_mobile`` for ProxylessNAS's).
+
+Key formats (``luts/README.md``)::
 
     Conv-input:224x224x3-output:112x112x24
     expanded_conv-input:112x112x24-output:56x56x32-expand:144-kernel:3-stride:2-idskip:0-se:0-hs:0
@@ -36,7 +39,7 @@ import yaml
 
 from supernet.space import BlockSpec
 
-from .lut import COLUMNS, MAX_MS, LutError, journal_path, write_rows_atomic
+from .lut import COLUMNS, MAX_MS, LutError, journal_path, record_space, write_rows_atomic
 from .safeyaml import load_unique, yaml_error_line
 
 _SHAPE = r"(\d+)x(\d+)x(\d+)"
@@ -49,6 +52,9 @@ _MB_OFA = re.compile(
 _MB_PROXYLESS = re.compile(
     rf"^expanded_conv-input:{_SHAPE}-output:{_SHAPE}-expand:(\d+(?:\.\d+)?)-kernel:(\d+)-stride:(\d+)-idskip:([01])$"
 )
+
+
+SPACE_OF_FORMAT = {"ofa": "ofa_mbv3", "proxyless": "proxyless_mobile"}
 
 
 def _spec(kind: str, i: tuple[str, ...], o: tuple[str, ...], **kw: Any) -> BlockSpec:
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runtime", default="tflite", help="runtime the tables were measured with (default: tflite)")
     ap.add_argument("--force", action="store_true",
                     help="replace an existing --out LUT (and drop its measurement journal)")
+    ap.add_argument("--space", default=None, help="search space the tables belong to (default: by --format)")
     args = ap.parse_args(argv)
     device = args.device or args.out.stem
     journal = journal_path(args.out)
@@ -195,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if journal.exists():
             journal.unlink()  # --force: the old measurements must not mix into the imported table
         write_rows_atomic(args.out, rows)
+        record_space(args.out, args.space or SPACE_OF_FORMAT[args.format], keep=False)
     except (LutError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

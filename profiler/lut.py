@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from supernet.atomic import atomic_open
+from supernet.atomic import atomic_open, atomic_write_text
 from supernet.space import BlockSpec
 
 COLUMNS = [
@@ -157,6 +157,40 @@ def journal_path(lut_path: Path) -> Path:
 
 def calibration_path(lut_path: Path) -> Path:
     return lut_sibling(lut_path, ".calibration.json")
+
+
+def space_path(lut_path: Path) -> Path:
+    """Where a LUT records the search space(s) its blocks belong to: ``<lut>.space.json``."""
+    return lut_sibling(lut_path, ".space.json")
+
+
+def lut_spaces(lut_path: Path) -> list[str]:
+    """The spaces recorded beside a LUT (empty when nothing is recorded).  Raises LutError."""
+    p = space_path(lut_path)
+    if not p.is_file():
+        return []
+    try:
+        spaces = json.loads(p.read_text())["spaces"]
+        if not isinstance(spaces, list) or not all(isinstance(s, str) for s in spaces):
+            raise TypeError("'spaces' is not a list of names")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LutError(f"{p}: not a space record ({exc.__class__.__name__}: {exc})") from None
+    return spaces
+
+
+def record_space(lut_path: Path, space: str, keep: bool = True) -> None:
+    """Add ``space`` to the spaces recorded beside a LUT (``keep=False``: replace them)."""
+    spaces = lut_spaces(lut_path) if keep else []
+    if space not in spaces:
+        atomic_write_text(space_path(lut_path), json.dumps({"spaces": spaces + [space]}) + "\n")
+
+
+def check_space(lut_path: Path, space: str) -> None:
+    """Raise LutError (one line) when the LUT records spaces and ``space`` is not one of them."""
+    spaces = lut_spaces(lut_path)
+    if spaces and space not in spaces:
+        raise LutError(f"{lut_path}: a LUT of space {', '.join(spaces)} (recorded in {space_path(lut_path)}), "
+                       f"not of {space}: use --space {spaces[0]}, or a LUT measured for {space}")
 
 
 def read_journal(path: Path) -> tuple[list[dict[str, Any]], list[str]]:

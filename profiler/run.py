@@ -19,15 +19,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from supernet.atomic import atomic_write_text
 from supernet.space import get_space, space_names
 
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
 from .export import ArtifactCache, default_cache_dir
 from .farm import run_farm
+from .lut import lut_sibling, record_space
 from .measure import ProfileResult
-from supernet.atomic import atomic_write_text
-
-from .lut import lut_sibling
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -91,12 +90,16 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--lut names one file; with several devices each gets luts/<device>.csv")
     except (DeviceConfigError, ValueError) as exc:
         ap.exit(2, f"error: {exc}\n")
+    missing = _missing_phone(devices[0], args.devices) if len(devices) == 1 and devices[0].transport == "adb" else ""
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 1
     cache = ArtifactCache(args.cache)
     overrides = {k: v for k, v in (("threads", args.threads), ("repeats", args.repeats),
                                     ("min_time_s", args.min_time)) if v is not None}
     devices = [replace(d, **overrides) for d in devices]
     farm = run_farm(devices, specs, cache, runtimes=runtimes, lut=args.lut, export_workers=args.export_workers,
-                    progress=not args.no_progress, on_result=_write_summary)
+                    progress=not args.no_progress, on_result=lambda res: _write_summary(res, space.name))
     for err in farm.errors:
         print(f"error: {err}", file=sys.stderr)
     for res in farm.results:
@@ -106,8 +109,31 @@ def main(argv: list[str] | None = None) -> int:
     return farm.exit_code
 
 
-def _write_summary(res: ProfileResult) -> None:
+def _write_summary(res: ProfileResult, space: str) -> None:
     atomic_write_text(lut_sibling(Path(res.lut), ".run.json"), json.dumps(res.as_dict(), indent=2) + "\n")
+    record_space(Path(res.lut), space)
+
+
+def _missing_phone(device, devices_file: Path) -> str:
+    """Checked before any work: what is missing (one line) when adb is not installed or
+    ``adb devices`` does not list the device's phone as ready; "" when it does.  Network
+    serials (host:port) are left to the transport, which connects first."""
+    from .transport import TransportError
+    from .transport_adb import adb_devices
+
+    if ":" in device.serial:
+        return ""
+    try:
+        listed = adb_devices(device.expand(device.adb or "adb"))
+    except TransportError as exc:
+        return f"{device.name}: {exc}, or set field 'adb' of {device.name!r} in {devices_file}"
+    state = listed.get(device.serial)
+    if state == "device":
+        return ""
+    seen = ", ".join(f"{k} ({v})" for k, v in listed.items()) or "none"
+    return (f"{device.name}: adb device {device.serial!r} {'not found' if state is None else 'is ' + state} "
+            f"(adb devices lists: {seen}): plug the phone in with USB debugging on (accept its prompt) and set "
+            f"its serial (field 'serial' of {device.name!r} in {devices_file})")
 
 
 def _print(results: list[ProfileResult], as_json: bool) -> None:

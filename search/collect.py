@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true",
                     help="other --seed/--resolutions/--widths than the run's accuracy data was collected with: "
                          "set the old data aside (renamed with a time stamp) and start a new list")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
+    ap.add_argument("--amp", default="auto", help="auto | bf16 | fp16 | off (auto: bf16 on CUDA, off on the CPU)")
     ap.add_argument("--json", action="store_true", help="print a JSON summary")
     args = ap.parse_args(argv)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -232,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.subnets < 1:
             raise ValueError("--subnets must be at least 1")
-        net, evaluator, ckpt = load_run(args.run, args.data)
+        device = args.device
+        if world > 1 and device in ("auto", "cuda"):
+            import torch
+
+            if torch.cuda.is_available():  # one GPU per rank
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+        net, evaluator, ckpt = load_run(args.run, args.data, device, args.amp)
         space = net.space
         res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else list(space.resolutions)
         wid = [float(x) for x in args.widths.split(",")] if args.widths else list(space.width_mults)
@@ -248,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         evaluator.eval_images = args.eval_images
     config = {"run": str(args.run), "subnets": args.subnets, "seed": args.seed, "resolutions": res, "widths": wid,
               "space": ckpt["space"].get("base", space.name), "space_name": space.name,
-              "eval_images": evaluator.eval_images, "recal_images": evaluator.recal_images, "world": world}
+              "eval_images": evaluator.eval_images, "recal_images": evaluator.recal_images, "world": world,
+              "device": str(evaluator.device), "amp": evaluator.amp}
     try:
         check_settings(args.run, config, args.force, rank, world)
         if rank == 0:

@@ -241,7 +241,7 @@ class Encoder:
 
     @classmethod
     def ofa(cls) -> "Encoder":
-        """OFA's published 128-wide layout (README of ../shared/data, OFA's ``spec2feats``)."""
+        """OFA's published 128-wide layout (search/data/README.md, OFA's ``spec2feats``)."""
         return cls((3, 5, 7), (3.0, 4.0, 6.0), (2, 3, 4), 20, 4, tuple(range(112, 225, 16)), 240)
 
     @property

@@ -21,8 +21,13 @@ Every returned subnet satisfies the budget under the same cost model (asserted).
 
 CLI (contract)::
 
-    python -m search.evolve --lut PATH --predictor RUN_OR_FILE|ofa:PATH --latency-ms 15,20 \
+    python -m search.evolve --lut PATH [--predictor ofa|RUN_OR_FILE|ofa:PATH] [--latency-ms 15,20] \
         [--seed S] [--json]
+
+Without ``--predictor``, a LUT of the ``ofa_mbv3`` space (as its ``.space.json`` records) is
+searched with OFA's published predictor (``ofa``, shipped in ``search/data``), any other
+with the newest ``runs/*/predictor.pt``.  Without a budget, four latency budgets are spread
+geometrically over the LUT's range, from the cheapest to the dearest subnet.
 """
 
 from __future__ import annotations
@@ -139,6 +144,13 @@ class CostArrays:
 
     def __call__(self, pop: Population) -> np.ndarray:
         return self.a * self.raw(pop) + self.b
+
+    def dearest(self) -> float:
+        """The exact maximum cost over the choices: every slot at its dearest (kernel, expand),
+        every stage at full depth (block costs are not negative)."""
+        nr, nw = self.base.shape
+        total = self.base + self.slot.reshape(nr, nw, self.slot.shape[2], -1).max(axis=-1).sum(axis=-1)
+        return float((self.a * total + self.b).max())
 
     def cheapest(self) -> tuple[float, Population]:
         """The exact minimum cost over the choices and one subnet attaining it.
@@ -505,12 +517,26 @@ def parse_budgets(text: str, what: str) -> list[float]:
     return sorted(set(out))
 
 
-def default_predictor() -> str:
-    """The newest ``runs/*/predictor.pt``; raises ValueError when there is none."""
+def spread_budgets(lo: float, hi: float, n: int = 4) -> list[float]:
+    """``n`` budgets spread geometrically strictly between the cheapest subnet's cost ``lo``
+    and the dearest's ``hi``, each rounded up to two significant digits (while below ``hi``)."""
+    out = []
+    for b in np.geomspace(lo, hi, n + 2)[1:-1]:
+        step = 10.0 ** (math.floor(math.log10(b)) - 1)
+        up = math.ceil(b / step) * step
+        out.append(round(up if up < hi else b, 9))
+    return sorted(set(out))
+
+
+def default_predictor(space: str | None = None) -> str:
+    """``ofa`` (OFA's published predictor) for the ``ofa_mbv3`` space, otherwise the newest
+    ``runs/*/predictor.pt``; raises ValueError when there is none."""
+    if space == "ofa_mbv3":
+        return "ofa"
     found = sorted(Path("runs").glob("*/predictor.pt"), key=lambda p: p.stat().st_mtime)
     if not found:
-        raise ValueError("no --predictor given and no runs/*/predictor.pt found "
-                         "(train one with python -m search.predictor, or use ofa:PATH)")
+        raise ValueError(f"no --predictor given and no runs/*/predictor.pt found for space {space or 'unknown'!r} "
+                         "(train one with python -m search.predictor; --predictor ofa for the ofa_mbv3 space)")
     return str(found[-1])
 
 
@@ -632,17 +658,21 @@ def _calibration_arg(text: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from profiler.lut import lut_spaces
+
     from . import report
     from .latency import LatencyModel, MacsModel, MissingKeysError, ParamsModel
     from .predictor import load_predictor
 
     ap = argparse.ArgumentParser(prog="python -m search.evolve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--lut", help="latency LUT CSV (the device to search for)")
-    ap.add_argument("--predictor", help="RUN folder, predictor file, or ofa:PATH (OFA's published one)")
-    ap.add_argument("--latency-ms", help="latency budget(s) in ms, comma separated (needs --lut)")
+    ap.add_argument("--predictor", help="ofa (OFA's published one, the default for a LUT of the ofa_mbv3 space), "
+                    "RUN folder, predictor file, or ofa:PATH (default otherwise: the newest runs/*/predictor.pt)")
+    ap.add_argument("--latency-ms", help="latency budget(s) in ms, comma separated (needs --lut; default: four "
+                    "spread over the LUT's range)")
     ap.add_argument("--macs-m", help="MACs budget(s) in millions instead of latency")
     ap.add_argument("--params-m", help="parameter budget(s) in millions instead of latency")
-    ap.add_argument("--space", help="search space (default: the predictor's)")
+    ap.add_argument("--space", help="search space (default: the LUT's, else the predictor's)")
     ap.add_argument("--runtime", help="LUT runtime, when the LUT holds several")
     ap.add_argument("--calibration", default="auto",
                     help="auto (use <lut>.calibration.json when present), none, or a calibration JSON")
@@ -668,15 +698,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # what to constrain
         given = [(f, getattr(args, f.replace("-", "_"))) for f in ("latency-ms", "macs-m", "params-m")]
-        given = [(f, v) for f, v in given if v]
+        given = [(f, v) for f, v in given if v] or ([("latency-ms", "")] if args.lut else [])
+        if not given:
+            raise ValueError("give --lut LUT (latency budgets default to its range), or --macs-m or --params-m")
         if len(given) != 1:
             raise ValueError("give exactly one of --latency-ms, --macs-m, --params-m")
         flag, text = given[0]
-        budgets = parse_budgets(text, f"--{flag}")
+        budgets = parse_budgets(text, f"--{flag}") if text else []  # none: spread over the LUT's range
         if flag == "latency-ms" and not args.lut:
             raise ValueError("--latency-ms needs --lut")
-        pred = load_predictor(args.predictor or default_predictor())
-        space = get_space(args.space or pred.space_name or "ofa_mbv3")
+        lut_space = lut_spaces(Path(args.lut)) if args.lut else []
+        space_name = args.space or (lut_space[0] if len(lut_space) == 1 else None)
+        pred = load_predictor(args.predictor or default_predictor(space_name))
+        space = get_space(space_name or pred.space_name or "ofa_mbv3")
         pred.check_space(space)
         latency = None
         if args.lut:
@@ -690,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         choices = covered_choices(latency or model, space, pred.supports, res, wid)
         costs = CostArrays(model, choices)
         floor, _ = costs.cheapest()
+        budgets = budgets or spread_budgets(floor, costs.dearest())
         low = [b for b in budgets if b < floor]
         if low:
             raise InfeasibleBudget(
@@ -702,9 +737,9 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = ensure_writable_folder(
             Path(args.out) if args.out else Path("out/search") / (Path(args.lut).stem if args.lut else flag), "--out folder")
     except MissingKeysError as exc:
-        ap.error(str(exc).replace("\n", " "))
+        ap.exit(2, "error: " + str(exc).replace("\n", " ") + "\n")
     except (ValueError, OSError) as exc:
-        ap.error(str(exc))
+        ap.exit(2, f"error: {exc}\n")
 
     score = lambda p: pred.predict_population(p, choices)  # noqa: E731
     results = []

@@ -7,7 +7,7 @@ whole population is ``base(r, w) + sum over active slots of slot[slot, kernel, e
 
 CLI::
 
-    python -m search.latency --lut luts/local.csv --subnet max|min|<json>|FILE [--runtime R]
+    python -m search.latency --lut luts/local.csv --subnet max|min|<json>|FILE|budget_*ms.json [--runtime R]
                              [--space NAME] [--calibrated] [--json]
 """
 
@@ -167,9 +167,10 @@ class LatencyModel(CostModel):
                  stat: str = "median") -> "LatencyModel":
         """Load a LUT CSV.  ``calibration``: (a, b), a calibration JSON path, ``"auto"`` (use
         ``<lut>.calibration.json`` when present and fitted for this runtime), or None."""
-        from profiler.lut import LutTable, calibration_path
+        from profiler.lut import LutTable, calibration_path, check_space
 
         lut = LutTable.load(path)
+        check_space(path, (space or OFA_MBV3).name)
         rt = lut.pick_runtime(runtime)
         if calibration == "auto":
             cp = calibration_path(Path(path))
@@ -227,12 +228,22 @@ class ParamsModel(CostModel):
         super().__init__(space, lambda b, _r: b.params() / 1e6, where="params")
 
 
+def _unwrap_result(text: str) -> str:
+    """A search result file (``search.evolve``'s ``budget_*ms.json``) stands for its subnet."""
+    try:
+        obj = json.loads(Path(text).read_text())
+    except (OSError, ValueError):
+        return text
+    return json.dumps(obj["subnet"]) if isinstance(obj, dict) and "subnet" in obj else text
+
+
 def main(argv: list[str] | None = None) -> int:
     from profiler.lut import LutError
 
     ap = argparse.ArgumentParser(prog="python -m search.latency", description=__doc__.split("\n\n")[0])
     ap.add_argument("--lut", required=True, help="LUT CSV")
-    ap.add_argument("--subnet", required=True, help="max, min, a JSON object or a JSON file")
+    ap.add_argument("--subnet", required=True, help="max, min, a JSON object, a JSON file, or a search result "
+                    "(budget_*ms.json)")
     ap.add_argument("--space", default=None, help="search space name (default: ofa_mbv3)")
     ap.add_argument("--runtime", default=None, help="runtime to use when the LUT holds several")
     ap.add_argument("--resolution", type=int, default=None, help="override the subnet's resolution")
@@ -244,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         space = get_space(args.space) if args.space else OFA_MBV3
-        cfg = parse_subnet(args.subnet, space, r=args.resolution, w=args.width)
+        cfg = parse_subnet(_unwrap_result(args.subnet), space, r=args.resolution, w=args.width)
         model = LatencyModel.from_lut(args.lut, space, args.runtime,
                                       calibration="auto" if args.calibrated else None, stat=args.stat)
         if args.calibrated and model.calibration is None:

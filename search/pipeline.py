@@ -115,7 +115,7 @@ def _die_with_parent() -> None:
 def _portable(cmd: list[str] | None) -> list[str] | None:
     """A command without the interpreter path (a venv moved elsewhere is the same stage) and
     without ``--resume`` (a resumed stage is the same stage)."""
-    return None if cmd is None else [c for c in cmd[1:] if c != "--resume"]
+    return None if cmd is None else [c for c in cmd[1:] if c not in ("--resume", "--force")]
 
 
 def check_data(spec: str) -> None:
@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--train-limit", str(args.train_limit)]
     if (run / "checkpoints" / "last.pt").is_file() and not (run / "supernet.pt").exists() and not args.force:
         cmd.append("--resume")  # a killed training continues from its last checkpoint
+    elif (run / "config.yaml").exists():
+        cmd.append("--force")  # the stage runs again (an earlier stage changed): start over
     times["train"] = stages.run("train", cmd, [run / "supernet.pt"], 3600)
     # 3. collect (resumes by itself: rows already evaluated are kept)
     cmd = [py, "-m", "search.collect", "--run", str(run), "--subnets", str(args.subnets), "--resolutions", res_arg,

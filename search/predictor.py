@@ -42,6 +42,7 @@ from .encoding import Choices, Encoder, Population
 FORMAT = "hwnas-accuracy-predictor"
 FORMAT_VERSION = 1
 OFA_WIDTH = 1.2  # OFA's published predictor belongs to the w1.2 supernet
+OFA_PREDICTOR = Path(__file__).resolve().parent / "data" / "ofa_acc_predictor.pth"  # shipped copy (README there)
 
 
 @contextlib.contextmanager
@@ -237,13 +238,14 @@ def load_ofa_predictor(path: Path | str) -> AccuracyPredictor:
 
 
 def load_predictor(spec: str | Path, space: SearchSpace | None = None) -> AccuracyPredictor:
-    """A predictor from ``ofa:PATH``, a run folder (``RUN/predictor.pt``) or a file.
+    """A predictor from ``ofa`` (the shipped copy of OFA's), ``ofa:PATH``, a run folder
+    (``RUN/predictor.pt``) or a file.
 
     A file holding OFA's bare state dict is recognised without the ``ofa:`` prefix.  With
     ``space``, checks that the predictor encodes that space's choices.  Raises ValueError
     with one line naming what and where.
     """
-    text = str(spec)
+    text = f"ofa:{OFA_PREDICTOR}" if str(spec) == "ofa" else str(spec)
     if text.startswith("ofa:"):
         pred = load_ofa_predictor(text[4:])
     else:

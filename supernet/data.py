@@ -43,7 +43,9 @@ class DataError(ValueError):
 
 
 class TensorSplit:
-    """Images held in memory as uint8 N x C x H x W (Fashion-MNIST, CIFAR-10)."""
+    """Images held as one uint8 N x C x H x W tensor (Fashion-MNIST, CIFAR-10), on the CPU or
+    on the training device (``to``).  A training batch is cropped (zero padding ``pad``) and
+    flipped with one gather over the whole batch: no per-image Python in the step."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, pad: int, flip: bool):
         self.images, self.labels = images, labels
@@ -54,25 +56,42 @@ class TensorSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
     def subset(self, idx: torch.Tensor) -> "TensorSplit":
         out = TensorSplit.__new__(TensorSplit)
         out.__dict__.update(self.__dict__)
         out.images, out.labels = self.images[idx], self.labels[idx]
         return out
 
+    def to(self, device: torch.device | str) -> "TensorSplit":
+        """The same split held on ``device`` (images stay uint8)."""
+        out = TensorSplit.__new__(TensorSplit)
+        out.__dict__.update(self.__dict__)
+        for name in ("images", "labels", "mean", "std"):
+            setattr(out, name, getattr(self, name).to(device))
+        return out
+
     def batch(self, idx: torch.Tensor, train: bool, gen: torch.Generator | None = None):
-        x = self.images[idx].float().div_(255.0)
-        if train:
-            n, _, h, w = x.shape
-            if self.pad:  # random crop with zero padding (image space, before normalising)
-                p = self.pad
-                xp = F.pad(x, (p, p, p, p))
-                off = torch.randint(0, 2 * p + 1, (n, 2), generator=gen)
-                x = torch.stack([xp[i, :, a:a + h, b:b + w] for i, (a, b) in enumerate(off.tolist())])
-            if self.flip:
-                f = torch.rand(n, generator=gen) < 0.5
-                x[f] = x[f].flip(3)
-        x = (x - self.mean) / self.std
+        """Normalised float images and labels of ``idx``; ``train`` adds the random crop and
+        flip, drawn from ``gen`` (on the CPU, so a batch is the same on every device)."""
+        dev = self.images.device
+        idx = idx.to(dev)
+        x = self.images[idx]
+        if train and (self.pad or self.flip):
+            n, c, h, w = x.shape
+            p = self.pad
+            a = torch.randint(0, 2 * p + 1, (n, 1), generator=gen) if p else torch.zeros(n, 1, dtype=torch.long)
+            b = torch.randint(0, 2 * p + 1, (n, 1), generator=gen) if p else torch.zeros(n, 1, dtype=torch.long)
+            flip = (torch.rand(n, 1, generator=gen) < 0.5) if self.flip else torch.zeros(n, 1, dtype=torch.bool)
+            rows = a + torch.arange(h)  # n x h, indices into the padded image
+            cols = torch.where(flip, b + torch.arange(w - 1, -1, -1), b + torch.arange(w))
+            xp = F.pad(x, (p, p, p, p)) if p else x
+            x = xp[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1),
+                   rows.to(dev).view(n, 1, h, 1), cols.to(dev).view(n, 1, 1, w)]
+        x = (x.float().div_(255.0) - self.mean) / self.std
         return x, self.labels[idx]
 
 

@@ -32,11 +32,17 @@ from .space import BlockSpec, se_channels
 
 
 def _act(x: torch.Tensor, name: str) -> torch.Tensor:
+    """The activation ``ops.make_act(name)`` builds, as a function (every name of
+    ``space.ACTIVATIONS``; an unknown one is an error, never an identity)."""
     if name == "relu":
         return F.relu(x)
+    if name == "relu6":
+        return F.relu6(x)
     if name == "hswish":
         return F.hardswish(x)
-    return x
+    if name == "none":
+        return x
+    raise ValueError(f"unknown activation {name!r}")
 
 
 def _copy_(dst: torch.Tensor, src: torch.Tensor) -> None:

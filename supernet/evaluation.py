@@ -9,6 +9,9 @@ held-out split, never the test set.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import pickle
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 from .data import Data, eval_batches, load_data, resize
+from .device import autocast, resolve_amp, resolve_device, to_device
 from .ofa import OFASupernet
 from .space import SearchSpace, SubnetConfig, get_space
 
@@ -25,7 +29,7 @@ class CheckpointError(ValueError):
 
 
 @torch.no_grad()
-def recalibrate_bn(net: nn.Module, batches) -> nn.Module:
+def recalibrate_bn(net: nn.Module, batches, amp_ctx=None) -> nn.Module:
     """Reset every BatchNorm's running statistics and recompute them as the exact average
     over ``batches`` (images already at the subnet's resolution).  Returns ``net`` in eval
     mode."""
@@ -37,21 +41,30 @@ def recalibrate_bn(net: nn.Module, batches) -> nn.Module:
         m.momentum = None  # cumulative average
         m.train()
     for x in batches:
-        net(x)
+        with amp_ctx() if amp_ctx else contextlib.nullcontext():
+            net(x)
     for m, mom in zip(bns, saved):
         m.momentum = mom
     return net.eval()
 
 
 @torch.no_grad()
-def top1(net: nn.Module, batches) -> float:
+def top1(net: nn.Module, batches, amp_ctx=None) -> float:
     """Top-1 accuracy in percent over ``(images, labels)`` batches."""
     net.eval()
-    correct = total = 0
+    correct, total = None, 0
     for x, y in batches:
-        correct += (net(x).argmax(1) == y).sum().item()
+        with amp_ctx() if amp_ctx else contextlib.nullcontext():
+            hits = (net(x).argmax(1) == y).sum()
+        correct = hits if correct is None else correct + hits  # one host sync at the end
         total += len(y)
-    return 100.0 * correct / max(1, total)
+    return 100.0 * (0 if correct is None else correct.item()) / max(1, total)
+
+
+def standard_error(top1_percent: float, n: int) -> float:
+    """The binomial standard error (percentage points) of a top-1 measured on ``n`` images."""
+    p = min(max(top1_percent / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(p * (1 - p) / max(1, n))
 
 
 class Evaluator:
@@ -63,31 +76,48 @@ class Evaluator:
         recal_images: training images for BN recalibration.
         eval_images: held-out images (None: all of the held-out split).
         batch_size: evaluation batch size.
+        device: where subnets are recalibrated and evaluated (the training device).
+        amp: ``bf16``, ``fp16`` or ``off`` (``supernet.device``).
+        channels_last: run subnets and batches NHWC.
     """
 
     def __init__(self, supernet: OFASupernet, data: Data, recal_images: int = 2000,
-                 eval_images: int | None = None, batch_size: int = 256):
+                 eval_images: int | None = None, batch_size: int = 500,
+                 device: torch.device | str = "cpu", amp: str = "off", channels_last: bool = True):
         self.supernet, self.data = supernet, data
         self.recal_images, self.eval_images, self.batch_size = recal_images, eval_images, batch_size
-        self._cache: dict[str, list] = {}
+        self.device, self.amp, self.channels_last = torch.device(device), amp, channels_last
+        self._cache: dict[tuple, list] = {}
 
     def _base(self, which: str):
-        if which not in self._cache:
-            split = self.data.recal if which == "recal" else self.data.valid
-            limit = self.recal_images if which == "recal" else self.eval_images
-            self._cache[which] = list(eval_batches(split, self.batch_size, limit))
-        return self._cache[which]
+        split = self.data.recal if which == "recal" else self.data.valid
+        limit = self.recal_images if which == "recal" else self.eval_images
+        key = (which, limit)
+        if key not in self._cache:
+            self._cache[key] = [(to_device(x, self.device), to_device(y, self.device))
+                                for x, y in eval_batches(split, self.batch_size, limit)]
+        return self._cache[key]
+
+    def _at(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        return to_device(resize(x, r), self.device, self.channels_last)
+
+    def _amp(self):
+        return autocast(self.device, self.amp)
+
+    def _place(self, net: nn.Module) -> nn.Module:
+        net = net.to(self.device)
+        return net.to(memory_format=torch.channels_last) if self.channels_last else net
 
     def subnet(self, cfg: SubnetConfig) -> nn.Module:
-        """The extracted, recalibrated static subnet."""
-        net = self.supernet.extract(cfg)
-        return recalibrate_bn(net, (resize(x, cfg.r) for x, _ in self._base("recal")))
+        """The extracted, recalibrated static subnet (on the evaluation device)."""
+        net = self._place(self.supernet.extract(cfg))
+        return recalibrate_bn(net, (self._at(x, cfg.r) for x, _ in self._base("recal")), self._amp)
 
     def evaluate(self, cfg: SubnetConfig, recalibrate: bool = True) -> float:
         """Top-1 (percent) of ``cfg`` on the held-out split; ``recalibrate=False`` keeps the
         supernet's own (shared or switchable) BN statistics."""
-        net = self.subnet(cfg) if recalibrate else self.supernet.extract(cfg).eval()
-        return top1(net, ((resize(x, cfg.r), y) for x, y in self._base("valid")))
+        net = self.subnet(cfg) if recalibrate else self._place(self.supernet.extract(cfg)).eval()
+        return top1(net, ((self._at(x, cfg.r), y) for x, y in self._base("valid")), self._amp)
 
 
 # --------------------------------------------------------------------------- runs
@@ -112,24 +142,46 @@ def space_record(base: str, space: SearchSpace) -> dict:
             "num_classes": space.num_classes}
 
 
+REQUIRED_KEYS = ("config", "space", "model")
+
+
 def load_checkpoint(path: Path) -> dict:
-    """``torch.load`` a checkpoint written by the trainer; CheckpointError when missing or corrupt."""
+    """Load a checkpoint written by the trainer without running code from it
+    (``torch.load(weights_only=True)``: tensors and plain containers only; a pickle that
+    asks for anything else is refused).  CheckpointError, naming the file, when it is
+    missing, corrupt, unsafe or lacks a required key."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, wrong format, unpickling error
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain data; "
+                              f"refusing to load it ({first[:200]})") from None
+    except Exception as exc:  # truncated zip, wrong format
         raise CheckpointError(f"checkpoint {path} is corrupt or not a hwnas checkpoint ({type(exc).__name__})") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "space" not in ckpt:
+    if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} is not a hwnas supernet checkpoint")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a hwnas supernet checkpoint (no {', '.join(missing)})")
+    if not isinstance(ckpt["config"], dict) or not isinstance(ckpt["space"], dict):
+        raise CheckpointError(f"checkpoint {path}: config and space must be mappings")
+    for key in ("base", "in_channels", "num_classes"):
+        if key not in ckpt["space"]:
+            raise CheckpointError(f"checkpoint {path}: its space record lacks {key!r}")
     return ckpt
 
 
 def load_supernet(path: Path) -> tuple[OFASupernet, dict]:
     """The supernet stored in a checkpoint and the checkpoint's dict."""
     ckpt = load_checkpoint(path)
-    space = space_from_record(ckpt["space"])
-    net = OFASupernet(space, bn=ckpt["config"]["bn"], dropout=ckpt["config"].get("dropout"))
+    try:
+        space = space_from_record(ckpt["space"])
+        net = OFASupernet(space, bn=ckpt["config"].get("bn", "shared"), dropout=ckpt["config"].get("dropout"))
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc}") from None
     try:
         net.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
@@ -137,18 +189,29 @@ def load_supernet(path: Path) -> tuple[OFASupernet, dict]:
     return net.eval(), ckpt
 
 
-def load_run(run: Path, data: str | None = None) -> tuple[OFASupernet, Evaluator, dict]:
+def load_run(run: Path, data: str | None = None, device: str = "auto",
+             amp: str = "auto") -> tuple[OFASupernet, Evaluator, dict]:
     """The final supernet of a run folder and an ``Evaluator`` on the run's held-out split
-    (``data`` overrides the dataset location)."""
+    (``data`` overrides the dataset location), on ``device`` with ``amp``
+    (``supernet.device``)."""
     run = Path(run)
     if not run.is_dir():
         raise CheckpointError(f"run folder {run} does not exist")
     net, ckpt = load_supernet(run / "supernet.pt")
     cfg = ckpt["config"]
-    d = load_data(data or cfg["data"], cfg["valid_size"], cfg["recal_images"], cfg["train_limit"], cfg["seed"],
-                  cfg.get("base_resolution") or max(net.space.resolutions))
-    return net, Evaluator(net, d, cfg["recal_images"], None), ckpt
+    try:
+        d = load_data(data or cfg["data"], cfg["valid_size"], cfg["recal_images"], cfg["train_limit"], cfg["seed"],
+                      cfg.get("base_resolution") or max(net.space.resolutions))
+    except KeyError as exc:
+        raise CheckpointError(f"checkpoint {run / 'supernet.pt'}: its config lacks {exc}") from None
+    dev = resolve_device(device)
+    net = net.to(dev)
+    if cfg.get("channels_last", True):
+        net = net.to(memory_format=torch.channels_last)
+    amp = resolve_amp(amp, dev)
+    return net, Evaluator(net, d, cfg["recal_images"], None, device=dev, amp=amp,
+                          channels_last=cfg.get("channels_last", True)), ckpt
 
 
-__all__ = ["Evaluator", "recalibrate_bn", "top1", "adapt_space", "load_checkpoint", "load_supernet",
+__all__ = ["Evaluator", "standard_error", "REQUIRED_KEYS", "recalibrate_bn", "top1", "adapt_space", "load_checkpoint", "load_supernet",
            "load_run", "CheckpointError", "space_record", "space_from_record"]

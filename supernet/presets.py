@@ -51,6 +51,7 @@ class Phase:
     distill: bool = True  # from the trained full network (when kd_weight > 0)
     warmup_epochs: float = 0.0
     sort_channels: bool = False  # before the phase (expand phases)
+    final_lr_ratio: float = 0.0  # the cosine schedule ends at lr x this
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -109,6 +110,10 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     threads: int | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (config.yaml records the one used)
+    amp: str = "auto"  # auto | bf16 | fp16 | off (auto: bf16 on CUDA, off on the CPU)
+    channels_last: bool = True
+    eval_phases: bool = True  # evaluate the largest and smallest subnet after each phase
     ckpt_every: int = 50  # steps
     log_every: int = 10  # steps
     scale_lr_by_world: bool = True

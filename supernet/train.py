@@ -1,15 +1,19 @@
-"""Train an OFA supernet: ``python -m supernet.train --preset tiny --out runs/tiny``.
+"""Train an OFA supernet: ``python -m supernet.train [--preset tiny] [--out runs/<preset>]``.
 
 Config layering: the preset (``supernet.presets``), then ``--config FILE.yaml``, then flags.
 Defaults train the ``fmnist`` space on Fashion-MNIST from ``/usr/share/datasets`` (nothing is
 downloaded); ``--data cifar10:PATH`` or ``--data imagefolder:PATH`` use your own data.  Under
 ``torchrun --nproc_per_node=N`` the same command trains with DistributedDataParallel.
-``--resume`` continues from ``OUT/checkpoints/last.pt``.
+``--resume`` continues from ``OUT/checkpoints/last.pt``; an existing run folder is never
+overwritten unless ``--force`` is given.  ``--device auto`` (default) trains on a GPU when
+one is available, with bf16 autocast (``--amp``); the run's ``config.yaml`` records what was
+used.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +22,7 @@ import yaml
 
 from .data import DataError
 from .evaluation import CheckpointError
+from .device import AMP_MODES, DEVICES_HELP
 from .presets import METHODS, PRESETS, TrainConfig, get_preset, with_method
 from .trainer import init_distributed, train
 
@@ -26,7 +31,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m supernet.train", description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     p.add_argument("--config", type=Path, help="YAML file overriding preset fields")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<preset>)")
+    p.add_argument("--device", help=f"{DEVICES_HELP} (default auto: CUDA when available)")
+    p.add_argument("--amp", choices=AMP_MODES, help="mixed precision (default auto: bf16 on CUDA, off on the CPU)")
+    p.add_argument("--no-channels-last", action="store_true", help="train NCHW instead of channels-last")
     p.add_argument("--data", help="fmnist | fmnist:PATH | cifar10:PATH | imagefolder:PATH")
     p.add_argument("--space", help="search space name (default: the preset's)")
     p.add_argument("--method", choices=METHODS, help="ps (progressive shrinking), naive, sandwich or full (largest subnet alone)")
@@ -39,6 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="DataLoader workers decoding images (ImageFolder)")
     p.add_argument("--deterministic", action="store_true", default=None)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--force", action="store_true", help="start over in an existing run folder (its outputs are replaced)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--crash-after-step", type=int, help=argparse.SUPPRESS)  # tests: kill -9 itself
     p.add_argument("--dump-rank-weights", action="store_true", help=argparse.SUPPRESS)  # tests: OUT/rankN.pt
@@ -56,19 +65,50 @@ def main(argv=None) -> None:
             sys.exit(f"supernet.train: error: config {args.config}: {exc}")
     flags = {"data": args.data, "space": args.space, "bn": args.bn, "kd_weight": args.kd_weight,
              "batch_size": args.batch_size, "train_limit": args.train_limit, "seed": args.seed,
-             "threads": args.threads, "workers": args.workers, "deterministic": args.deterministic}
-    cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-    if args.method:
-        cfg = with_method(cfg, args.method)
-
-    dist = init_distributed()
+             "threads": args.threads, "workers": args.workers, "deterministic": args.deterministic,
+             "device": args.device, "amp": args.amp, "channels_last": False if args.no_channels_last else None}
     try:
-        final = train(cfg, args.out, resume=args.resume, dist=dist, progress=not args.no_progress,
+        cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+        if args.method:
+            cfg = with_method(cfg, args.method)
+    except ValueError as exc:
+        sys.exit(f"supernet.train: error: {exc}")
+    out = args.out or Path("runs") / cfg.preset
+    try:
+        if int(os.environ.get("RANK", "0")) == 0:
+            check_out(out, args.resume, args.force)
+        dist = init_distributed(cfg.device)
+        final = train(cfg, out, resume=args.resume, dist=dist, progress=not args.no_progress,
                       crash_after_step=args.crash_after_step, dump_rank_weights=args.dump_rank_weights)
-    except (DataError, CheckpointError, ValueError) as exc:
+    except (DataError, CheckpointError, ValueError, OSError) as exc:
         sys.exit(f"supernet.train: error: {exc}")
     if dist.main:
         print(f"supernet: {final}")
+
+
+OUTPUTS = ("config.yaml", "metrics.csv", "supernet.pt", "result.json", "checkpoints")
+
+
+def check_out(out: Path, resume: bool, force: bool) -> None:
+    """Refuse to write into a run folder that holds a run unless ``--resume`` or ``--force``
+    (which removes the old outputs first); an unwritable folder is an error before any work."""
+    existing = [name for name in OUTPUTS if (out / name).exists()] if out.is_dir() else []
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if existing and not (resume or force):
+        raise ValueError(f"run folder {out} already holds a run ({', '.join(existing)}); "
+                         "pass --resume to continue it or --force to start over")
+    if force and not resume:
+        import shutil
+
+        for name in existing:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {probe} is not writable")
 
 
 if __name__ == "__main__":

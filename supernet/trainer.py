@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import json
 import math
 import os
 import random
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from .data import Data, load_data, resize, steps_per_epoch, train_batches
+from .data import Data, TensorSplit, load_data, resize, steps_per_epoch, train_batches
+from .device import autocast, describe, grad_scaler, resolve_amp, resolve_device, to_device
 from .evaluation import (CheckpointError, Evaluator, adapt_space, load_checkpoint, space_from_record,
                          space_record)
 from .ofa import OFASupernet
@@ -56,18 +58,21 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed() -> Dist:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1), else a single process."""
+def init_distributed(device: str = "auto") -> Dist:
+    """The device (``supernet.device.resolve_device``) and, under torchrun (``WORLD_SIZE`` >
+    1), the process group: NCCL with one GPU per rank (``cuda:LOCAL_RANK``) on CUDA, gloo on
+    the CPU.  Raises ValueError for a device that is not there."""
+    dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist()
-    cuda = torch.cuda.is_available()
-    tdist.init_process_group("nccl" if cuda else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return Dist(tdist.get_rank(), tdist.get_world_size(), device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        return Dist(device=dev)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(tdist.get_rank(), tdist.get_world_size(), dev)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -104,12 +109,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim
                            lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
-def make_scheduler(opt: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then cosine decay to zero, per step."""
+def make_scheduler(opt: torch.optim.Optimizer, total: int, warmup: int,
+                   final: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to ``final`` times the base rate, per step."""
     def f(s: int) -> float:
         if s < warmup:
             return (s + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
     return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
 
@@ -154,42 +160,70 @@ class Metrics:
 # --------------------------------------------------------------------------- training
 
 
+RESUME_FREE = ("device", "amp", "threads", "workers")  # may differ on a resume (where it runs, not what)
+
+
 def prepare(cfg: TrainConfig, dist: Dist) -> tuple[Data, OFASupernet]:
+    """The run's data and a fresh supernet on ``dist.device`` (channels-last when asked).
+    In-memory datasets move to a GPU when they take under a quarter of its free memory."""
     base = cfg.base_resolution or max(get_space(cfg.space).resolutions)
     data = load_data(cfg.data, cfg.valid_size, cfg.recal_images, cfg.train_limit, cfg.seed, base)
+    if dist.device.type == "cuda" and isinstance(data.train, TensorSplit):
+        free, _total = torch.cuda.mem_get_info(dist.device)
+        size = sum(s.images.numel() for s in (data.train, data.valid, data.recal))
+        if size < free / 4:
+            data.train, data.valid, data.recal = (s.to(dist.device) for s in (data.train, data.valid, data.recal))
     space = adapt_space(get_space(cfg.space), data.channels, data.num_classes)
     torch.manual_seed(cfg.seed)  # weight init and dropout; the state is checkpointed
     model = OFASupernet(space, bn=cfg.bn, dropout=cfg.dropout)
-    return data, model.to(dist.device)
+    model = model.to(dist.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return data, model
+
+
+def resolve_runtime(cfg: TrainConfig, dist: Dist) -> TrainConfig:
+    """``cfg`` with the device and precision actually used (written to ``config.yaml``)."""
+    return replace(cfg, device=str(dist.device), amp=resolve_amp(cfg.amp, dist.device))
+
+
+def _comparable(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in RESUME_FREE}
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist(),
           progress: bool = True, crash_after_step: int | None = None, dump_rank_weights: bool = False) -> Path:
-    """Train ``cfg`` into run folder ``out``; returns the path of the final supernet."""
+    """Train ``cfg`` into run folder ``out``; returns the path of the final supernet.
+
+    The run folder must be new or empty unless ``resume`` (the caller checks; see
+    ``supernet.train``).  Writes ``config.yaml`` (with the device and precision used),
+    ``metrics.csv``, ``checkpoints/last.pt``, ``supernet.pt`` and ``result.json`` (top-1 of
+    the largest and smallest subnet on the whole held-out split)."""
     out = Path(out)
     ckpt_path, final_path = out / "checkpoints" / "last.pt", out / "supernet.pt"
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), out / "config.yaml")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-
-    data, model = prepare(cfg, dist)
+    cfg = resolve_runtime(cfg, dist)
+    data, model = prepare(cfg, dist)  # a missing dataset fails here, before anything is written
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), out / "config.yaml")
     space = model.space
     record = space_record(cfg.space, space)
     state = {"phase": 0, "pstep": 0, "global_step": 0, "elapsed": 0.0}
     teacher, teacher_cfg, ckpt = None, None, None
     if resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
-        if ckpt["config"] != cfg.to_dict():
+        if _comparable(ckpt["config"]) != _comparable(cfg.to_dict()):
             raise CheckpointError(f"{ckpt_path} was written by a different config; resume with the same flags")
         model.load_state_dict(ckpt["model"])
         state = dict(ckpt["state"])
         if ckpt.get("teacher") is not None:
             teacher_cfg = ckpt["teacher_cfg"]
-            teacher = _teacher_from_state(space, teacher_cfg, ckpt["teacher"]).to(dist.device)
+            teacher = _teacher_from_state(space, teacher_cfg, ckpt["teacher"], device=dist.device,
+                                          channels_last=cfg.channels_last)
         torch.set_rng_state(ckpt["torch_rng"])  # last: dropout continues exactly
     metrics = Metrics(out / "metrics.csv", dist.main, state["global_step"] if ckpt else None)
 
@@ -201,11 +235,16 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
     if spe < 1:
         raise ValueError(f"{len(data.train)} training images give no full batch of {cfg.batch_size} per rank")
     totals = [max(1, round(p.epochs * spe)) for p in cfg.phases]
-    evaluator = Evaluator(model, data, cfg.recal_images, cfg.eval_images) if dist.main else None
+    evaluator = (Evaluator(model, data, cfg.recal_images, cfg.eval_images, device=dist.device, amp=cfg.amp,
+                           channels_last=cfg.channels_last) if dist.main else None)
+    scaler = grad_scaler(dist.device, cfg.amp)
 
     from tqdm import tqdm
     bar = tqdm(total=sum(totals), initial=state["global_step"], disable=not (progress and dist.main),
                dynamic_ncols=True, unit="step")
+    if dist.main and progress:
+        bar.write(f"supernet.train: {describe(dist.device)}, amp {cfg.amp}, "
+                  f"{'channels-last' if cfg.channels_last else 'NCHW'}, {len(data.train)} training images")
     start_time = time.time() - state["elapsed"]
 
     def checkpoint(opt, sched):
@@ -216,9 +255,26 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
             "version": 1, "config": cfg.to_dict(), "space": record, "state": dict(state),
             "model": model.state_dict(),
             "optimizer": opt.state_dict() if opt else None, "scheduler": sched.state_dict() if sched else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "teacher": teacher.state_dict() if teacher is not None else None, "teacher_cfg": teacher_cfg,
             "torch_rng": torch.get_rng_state(),
         }, ckpt_path)
+
+    def evaluate(kind: str, phase: Phase, images: int | None):
+        model.eval()
+        choices = phase.choices.resolve(space)
+        r = max(space.resolutions)
+        results = {}
+        saved = evaluator.eval_images
+        evaluator.eval_images = images
+        for tag, sub in (("max", choices.largest(space, r=r)), ("min", choices.smallest(space, r=r))):
+            results[tag] = {"subnet": sub.to_dict(), "top1": evaluator.evaluate(sub)}
+            metrics.write(kind=kind, phase=phase.name, phase_step=state["pstep"],
+                          global_step=state["global_step"], subnet=tag, r=r,
+                          top1=f"{results[tag]['top1']:.2f}", elapsed_s=f"{time.time() - start_time:.1f}")
+        evaluator.eval_images = saved
+        model.train()
+        return results
 
     trained_expands: set[float] = set()
     for p in cfg.phases[:state["phase"]]:
@@ -232,10 +288,12 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
             model.sort_channels(keep_expands=sorted(trained_expands))
         lr = phase.lr * (dist.world if cfg.scale_lr_by_world else 1)
         opt = make_optimizer(model, cfg, lr)
-        sched = make_scheduler(opt, total, round(phase.warmup_epochs * spe))
+        sched = make_scheduler(opt, total, round(phase.warmup_epochs * spe), phase.final_lr_ratio)
         if not fresh and ckpt is not None and ckpt["optimizer"] is not None:
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
         use_teacher = phase.distill and teacher is not None and cfg.kd_weight > 0
         model.train()
         t_log, n_log, loss_sum, acc_sum = time.time(), 0, 0.0, 0.0
@@ -244,39 +302,51 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
             batches = train_batches(data.train, cfg.batch_size, cfg.seed, pi * 100_000 + epoch, in_epoch,
                                     dist.rank, dist.world, cfg.workers)
             for _step, x, y in batches:
-                x, y = x.to(dist.device), y.to(dist.device)
                 r, subnets = phase_subnets(model, phase, step_rng(cfg.seed, pi, state["pstep"]))
-                x = resize(x, r)
+                x = to_device(resize(to_device(x, dist.device), r), dist.device, cfg.channels_last)
+                y = to_device(y, dist.device)
                 soft = None
                 if use_teacher:
-                    with torch.no_grad():
-                        soft = F.softmax(teacher(x), dim=1)
+                    with torch.no_grad(), autocast(dist.device, cfg.amp):
+                        soft = F.softmax(teacher(x).float(), dim=1)
                 opt.zero_grad(set_to_none=True)
+                loss_acc = torch.zeros((), device=dist.device)
+                correct = torch.zeros((), device=dist.device)
                 for i, sub in enumerate(subnets):
                     model.set_active(sub)
                     sync = contextlib.nullcontext() if (dist.world == 1 or i == len(subnets) - 1) else ddp.no_sync()
                     with sync:
-                        logits = ddp(x)
-                        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                        if soft is not None:
-                            loss = loss + cfg.kd_weight * soft_cross_entropy(logits, soft)
-                        loss.backward()
-                    if phase.rule == "sandwich" and i == 0:
+                        with autocast(dist.device, cfg.amp):
+                            logits = ddp(x).float()
+                            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                            if soft is not None:
+                                loss = loss + cfg.kd_weight * soft_cross_entropy(logits, soft)
+                        (scaler.scale(loss) if scaler is not None else loss).backward()
+                    if phase.rule == "sandwich" and i == 0 and soft is None:
                         soft = F.softmax(logits.detach(), dim=1)  # in-place distillation
-                    loss_sum += loss.item() / len(subnets)
-                    acc_sum += (logits.argmax(1) == y).float().mean().item() * 100 / len(subnets)
-                opt.step()
+                    loss_acc += loss.detach() / len(subnets)
+                    correct += (logits.detach().argmax(1) == y).float().mean() * 100 / len(subnets)
+                if scaler is not None:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
                 sched.step()
                 state["pstep"] += 1
                 state["global_step"] += 1
                 n_log += 1
                 bar.update(1)
-                if state["pstep"] % cfg.log_every == 0 or state["pstep"] == total:
+                log_now = state["pstep"] % cfg.log_every == 0 or state["pstep"] == total
+                if log_now or dist.device.type == "cpu":  # one host sync per log line on a GPU
+                    loss_sum += loss_acc.item()
+                    acc_sum += correct.item()
+                if log_now:
                     now = time.time()
                     cur_lr = opt.param_groups[0]["lr"]
+                    k = n_log if dist.device.type == "cpu" else 1
                     row = dict(kind="train", phase=phase.name, phase_step=state["pstep"],
                                global_step=state["global_step"], epoch=f"{state['pstep'] / spe:.3f}",
-                               lr=f"{cur_lr:.6g}", loss=f"{loss_sum / n_log:.4f}", acc=f"{acc_sum / n_log:.2f}",
+                               lr=f"{cur_lr:.6g}", loss=f"{loss_sum / k:.4f}", acc=f"{acc_sum / k:.2f}",
                                r=r, images_per_s=f"{n_log * len(y) * dist.world / (now - t_log):.1f}",
                                elapsed_s=f"{now - start_time:.1f}")
                     metrics.write(**row)
@@ -292,16 +362,10 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
         trained_expands.update(phase.choices.resolve(space).expands)
         if phase.rule == "max" and teacher is None and cfg.kd_weight > 0:
             teacher_cfg = phase.choices.largest(space).to_dict()
-            teacher = _teacher_from_state(space, teacher_cfg, None, model).to(dist.device)
-        if dist.main:
-            model.eval()
-            choices = phase.choices.resolve(space)
-            r = max(space.resolutions)
-            for tag, sub in (("max", choices.largest(space, r=r)), ("min", choices.smallest(space, r=r))):
-                metrics.write(kind="eval", phase=phase.name, phase_step=state["pstep"],
-                              global_step=state["global_step"], subnet=tag, r=r,
-                              top1=f"{evaluator.evaluate(sub):.2f}", elapsed_s=f"{time.time() - start_time:.1f}")
-            model.train()
+            teacher = _teacher_from_state(space, teacher_cfg, None, model, device=dist.device,
+                                          channels_last=cfg.channels_last)
+        if dist.main and cfg.eval_phases:
+            evaluate("eval", phase, cfg.eval_images)
         state["phase"], state["pstep"] = pi + 1, 0
         ckpt = None
         checkpoint(None, None)
@@ -313,10 +377,23 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
     if dist.main:
         atomic_save({"version": 1, "config": cfg.to_dict(), "space": record, "model": model.state_dict(),
                      "state": dict(state)}, final_path)
+        if cfg.phases and not (out / "result.json").is_file():
+            res = evaluate("final", cfg.phases[-1], None)
+            n = len(data.valid)
+            result = {"preset": cfg.preset, "method": cfg.method, "device": cfg.device, "amp": cfg.amp,
+                      "train_seconds": round(state["elapsed"] or (time.time() - start_time), 1),
+                      "held_out_images": n, "recal_images": cfg.recal_images,
+                      **{f"{k}_top1": round(v["top1"], 3) for k, v in res.items()},
+                      **{f"{k}_subnet": v["subnet"] for k, v in res.items()}}
+            atomic_write_text(json.dumps(result, indent=2) + "\n", out / "result.json")
+            if progress:
+                print(f"supernet.train: largest {result['max_top1']:.2f}%, smallest {result['min_top1']:.2f}% "
+                      f"top-1 on {n} held-out images after {result['train_seconds']:.0f} s of training")
     return final_path
 
 
-def _teacher_from_state(space, teacher_cfg: dict, state: dict | None, model: OFASupernet | None = None):
+def _teacher_from_state(space, teacher_cfg: dict, state: dict | None, model: OFASupernet | None = None,
+                        device: torch.device = torch.device("cpu"), channels_last: bool = False):
     """The frozen full network used for knowledge distillation."""
     from .ops import build_network
     from .space import SubnetConfig
@@ -328,7 +405,9 @@ def _teacher_from_state(space, teacher_cfg: dict, state: dict | None, model: OFA
         with torch.random.fork_rng(devices=[]):
             net = build_network(space, cfg)
         net.load_state_dict(state)
-    net = copy.deepcopy(net).eval()
+    net = copy.deepcopy(net).eval().to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     for p in net.parameters():
         p.requires_grad_(False)
     return net

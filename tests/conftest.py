@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths, the published reference data, a session artifact cache, and
+"""Shared test fixtures: paths, the published reference data (tests/data), a session artifact cache, and
 a helper that runs the command-line entry points as a user would."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -21,9 +21,8 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not (SHARED_DATA / "ofa" / "note10").is_dir():
-        pytest.skip(f"published reference data not found at {SHARED_DATA} (../shared/data beside the checkout)")
-    return SHARED_DATA
+    """The published reference data, copied into the repository (tests/data/README.md)."""
+    return DATA
 
 
 _OWN_CACHE: str | None = None

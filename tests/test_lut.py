@@ -127,7 +127,7 @@ def test_calibration_and_journal_paths():
 # ------------------------------------------------------------------ published tables
 
 def test_ofa_note10_sanity_figures_through_the_cli(shared_data, tmp_path):
-    """../shared/data/README.md: 92.40 / 17.77 ms at 224 px, 47.77 / 9.89 ms at 160 px (w1.2)."""
+    """luts/README.md: 92.40 / 17.77 ms at 224 px, 47.77 / 9.89 ms at 160 px (w1.2)."""
     from conftest import run_cli
 
     out = tmp_path / "note10.csv"

@@ -1,6 +1,6 @@
-"""OFA's published predictor and Note10 LUT (../shared/data), used through hwnas.
+"""OFA's published predictor (search/data) and Note10 LUT (luts/note10.csv), used through hwnas.
 
-What was verified about the bit order (the README of ../shared/data asks for it):
+What was verified about the bit order (search/data/README.md points here):
 
 1. Layout: our ``Encoder.ofa()`` equals, bit for bit on 300 random subnets, a loop-for-loop
    re-implementation of OFA's tutorial ``spec2feats`` including its ``list(set(keys))`` maps
@@ -23,10 +23,9 @@ import pytest
 
 from supernet.space import OFA_MBV3, SubnetConfig
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-PTH = DATA / "ofa" / "acc_predictor.pth"
-NOTE10 = DATA / "ofa" / "note10"
-pytestmark = pytest.mark.skipif(not PTH.is_file(), reason=f"OFA reference data not found at {DATA} (../shared/data beside the checkout)")
+from search.predictor import OFA_PREDICTOR as PTH
+
+NOTE10 = Path(__file__).resolve().parent / "data" / "ofa" / "note10"
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,6 @@ def test_only_w12_and_the_ofa_space(pred):
         load_predictor(f"ofa:{PTH}", TINY)
 
 
-@pytest.mark.skipif(not NOTE10.is_dir(), reason=f"OFA Note10 tables not found at {NOTE10}")
 def test_search_on_note10_fits_and_matches_the_lut(pred, tmp_path):
     import subprocess
     import sys

@@ -237,6 +237,7 @@ def test_cli_terminal_table(files, capsys, model):
     ("corrupt_predictor", "not a readable predictor file"),
     ("unknown_space", "unknown search space"),
     ("no_budget", "give exactly one of"),
+    ("nothing", "give --lut LUT"),
 ])
 def test_cli_bad_input_is_one_clear_line(files, capsys, tmp_path, case, message):
     d, lut, pred = files
@@ -251,8 +252,10 @@ def test_cli_bad_input_is_one_clear_line(files, capsys, tmp_path, case, message)
         argv[3] = bad
     elif case == "unknown_space":
         argv += ["--space", "nope"]
-    elif case == "no_budget":
-        argv = argv[:4]
+    elif case == "no_budget":  # two kinds of budget (none at all, with a LUT, spreads latency budgets)
+        argv += ["--macs-m", "5"]
+    elif case == "nothing":
+        argv = argv[2:4]
     with pytest.raises(SystemExit) as exc:
         main([str(a) for a in argv])
     assert exc.value.code != 0

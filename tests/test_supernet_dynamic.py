@@ -164,3 +164,29 @@ def test_sample_is_driven_by_rng_and_respects_choices():
         assert set(c.ks) == {7} and set(c.e) <= {4, 6} and set(c.d) <= {3, 4} and c.w == 1.0
     with pytest.raises(ValueError, match="kernels"):
         Choices(kernels=(9,)).resolve(space)
+
+
+def test_relu6_space_supernet_equals_extracted_subnets():
+    """A ReLU6 space (every activation relu6): the supernet clips at 6 exactly as the static
+    builder's ``nn.ReLU6`` does (it used to run relu6 as the identity)."""
+    from dataclasses import replace
+
+    base = get_space("tiny")
+    space = replace(base, name="tiny-relu6", stages=tuple(replace(s, act="relu6") for s in base.stages),
+                    first_conv_act="relu6", first_block_act="relu6", head_act="relu6")
+    relu = replace(space, name="tiny-relu", stages=tuple(replace(s, act="relu") for s in base.stages),
+                   first_conv_act="relu", first_block_act="relu", head_act="relu")
+    net = _perturb(OFASupernet(space)).eval()
+    as_relu = OFASupernet(relu).eval()
+    as_relu.load_state_dict(net.state_dict())
+    g = torch.Generator().manual_seed(2)
+    clip_effect = 0.0
+    for cfg in _configs(space, n_random=2):
+        x = 20 * torch.randn(2, space.in_channels, cfg.r, cfg.r, generator=g)  # activations well above 6
+        net.set_active(cfg)
+        as_relu.set_active(cfg)
+        with torch.no_grad():
+            y, y_static, y_relu = net(x), net.extract(cfg).eval()(x), as_relu(x)
+        assert (y - y_static).abs().max().item() <= 1e-4 * max(1.0, y.abs().max().item()), cfg
+        clip_effect = max(clip_effect, (y - y_relu).abs().max().item())
+    assert clip_effect > 1e-2  # the clip is really active on these inputs

@@ -64,11 +64,11 @@ def test_resume_after_kill_reaches_same_weights(full_run, fake_fmnist, tmp_path)
     proc = _train(fake_fmnist, out, "--crash-after-step", "11", check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (out / "supernet.pt").exists()
-    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["state"]
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["state"]
     assert (state["phase"], state["pstep"], state["global_step"]) == (2, 3, 11)
     _train(fake_fmnist, out, "--resume")
-    a = torch.load(full_run / "supernet.pt", weights_only=False)["model"]
-    b = torch.load(out / "supernet.pt", weights_only=False)["model"]
+    a = torch.load(full_run / "supernet.pt", weights_only=True)["model"]
+    b = torch.load(out / "supernet.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -100,9 +100,9 @@ def test_two_process_ddp_keeps_ranks_identical(fake_fmnist, tmp_path):
     _run(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "supernet.train",
           "--preset", "test", "--data", f"fmnist:{fake_fmnist}", "--out", str(out), "--no-progress",
           "--threads", "1", "--dump-rank-weights"], timeout=240)
-    r0 = torch.load(out / "rank0.pt", weights_only=False)
-    r1 = torch.load(out / "rank1.pt", weights_only=False)
-    final = torch.load(out / "supernet.pt", weights_only=False)["model"]
+    r0 = torch.load(out / "rank0.pt", weights_only=True)
+    r1 = torch.load(out / "rank1.pt", weights_only=True)
+    final = torch.load(out / "supernet.pt", weights_only=True)["model"]
     assert r0.keys() == r1.keys() and len(r0) > 0
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
