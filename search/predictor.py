@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from supernet.atomic import atomic_write_bytes, atomic_write_text
+from supernet.atomic import atomic_write_bytes, atomic_write_text, ensure_writable_folder
 from supernet.space import SearchSpace, SubnetConfig, get_space
 
 from .collect import parse_row, read_csv_rows
@@ -447,11 +447,13 @@ def main(argv: list[str] | None = None) -> int:
         space = get_space(args.space or _space_of_run(data.parent) or "fmnist")
         hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())
         subnets, accs = read_accuracy_csv(data, space)
+        out = Path(args.out) if args.out else data.parent / "predictor.pt"
+        ensure_writable_folder(out.parent, "--out folder")
         pred = train_predictor(subnets, accs, space, np.random.default_rng(args.seed), hidden=hidden,
                                epochs=args.epochs, test_frac=args.test_frac, progress=not args.json)
     except ValueError as exc:
         ap.error(str(exc))
-    out = pred.save(Path(args.out) if args.out else data.parent / "predictor.pt")
+    pred.save(out)
     m = pred.metrics
     if args.json:
         print(json.dumps({"predictor": str(out), **m}))

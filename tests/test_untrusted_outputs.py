@@ -118,3 +118,14 @@ def test_evolve_unwritable_out_is_one_line_before_searching(tmp_path):
                 "--generations", "1", "--population", "4", "--samples", "4")
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "cannot write the --out folder" in p.stderr.strip().splitlines()[-1]
+
+
+def test_predictor_unwritable_out_is_one_line_before_training(tmp_path):
+    from test_untrusted_files import _acc_csv
+
+    data = _acc_csv(tmp_path, "0.5")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    p = run_cli("search.predictor", "--data", data, "--space", "tiny", "--out", blocker / "p.pt", "--epochs", "1")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "cannot write the --out folder" in p.stderr.strip().splitlines()[-1]
