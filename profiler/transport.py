@@ -45,6 +45,7 @@ class RunnerError(RuntimeError):
 
 # Limits on what a device may send: a reply outside them is a failure row, never stored.
 MAX_LINE_BYTES = 1 << 20      # one reply line; a longer line is cut off and refused
+MAX_OUTPUT_BYTES = 1 << 20    # stdout or stderr of one command run on or for the device
 MAX_STRING = 200              # runtime, runtime_version, provider, host, cpu ...
 MAX_SAMPLE_MS = 3.6e6         # one hour per run of one block
 MAX_THREADS = 1024
@@ -251,7 +252,7 @@ def pump_lines(stream: IO[bytes], out: "queue.Queue[str | None]", keep: list[str
     return t
 
 
-def run_capped(argv: list[str], timeout: float, cap: int = MAX_LINE_BYTES) -> subprocess.CompletedProcess:
+def run_capped(argv: list[str], timeout: float, cap: int = MAX_OUTPUT_BYTES) -> subprocess.CompletedProcess:
     """Run ``argv`` (stdin closed) to completion by one deadline, keeping at most ``cap``
     bytes of stdout and of stderr: a command that prints more is killed (with everything it
     started) and OverflowError raised.  Raises subprocess.TimeoutExpired and OSError too."""

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .benchmark_model import BenchmarkModelError, parse, summary_reply
-from .transport import (MAX_LINE_BYTES, RUNNER_PATH, RunnerChannel, RunnerTimeout, Transport, TransportError,
+from .transport import (MAX_OUTPUT_BYTES, RUNNER_PATH, RunnerChannel, RunnerTimeout, Transport, TransportError,
                         pump_lines, register_transport, run_capped)
 
 DEFAULT_WORKDIR = "/data/local/tmp/hwnas"
@@ -253,8 +253,8 @@ class AdbTransport(Transport):
         with tempfile.TemporaryDirectory(prefix="hwnas-adb-") as tmp:
             local = Path(tmp) / "out.txt"
             self.pull(out_file, local)
-            if local.stat().st_size > MAX_LINE_BYTES:
-                return {"ok": False, "error": f"benchmark_model printed more than {MAX_LINE_BYTES} bytes"}
+            if local.stat().st_size > MAX_OUTPUT_BYTES:
+                return {"ok": False, "error": f"benchmark_model printed more than {MAX_OUTPUT_BYTES} bytes"}
             text = local.read_text(errors="replace")
         self.shell(f"rm -f {shlex.quote(out_file)} {shlex.quote(pid_file)}", 10, check=False)
         try:

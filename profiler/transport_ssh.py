@@ -38,10 +38,10 @@ from typing import Any
 
 import paramiko
 
-from .transport import RUNNER_PATH, RunnerChannel, Transport, TransportError, pump_lines, register_transport
+from .transport import (MAX_OUTPUT_BYTES, RUNNER_PATH, RunnerChannel, Transport, TransportError, pump_lines,
+                        register_transport)
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
-MAX_OUTPUT_BYTES = 1 << 20  # of one remote command's stdout or stderr
 
 
 def fatal(message: str) -> TransportError:
@@ -248,19 +248,26 @@ class SSHTransport(Transport):
         t = self.device.connect_timeout_s + 20
         if not self.device.workdir:
             self._base = ""
-            return self.run(["sh", "-c", 'exec mktemp -d "${TMPDIR:-/tmp}/hwnas-run-XXXXXXXXXX"'], t)[1].strip()
+            return self._made(self.run(["sh", "-c", 'exec mktemp -d "${TMPDIR:-/tmp}/hwnas-run-XXXXXXXXXX"'], t)[1])
         self._base = remote_path(self.device.workdir).rstrip("/") or "/"
         out = self.run(["sh", "-c", 'mkdir -p -- "$1" && stat -L -c "%u %a" -- "$1" && id -u', "sh", self._base], t)[1]
         try:
             (owner, mode), me = out.split("\n")[0].split(), out.split("\n")[1].strip()
             mode = int(mode, 8)
-        except ValueError:
+        except (ValueError, IndexError):
             raise TransportError(f"{self.where}: cannot check field 'workdir' {self._base}: {out[:200]!r}") from None
         if owner not in (me, "0") or (mode & 0o022 and not mode & 0o1000):
             raise fatal(f"{self.where}: field 'workdir': {self._base} is owned by uid {owner} with mode {mode:o}; "
                         f"it must be yours and writable by nobody else (or leave workdir out for a private "
                         f"folder under the device's /tmp)")
-        return self.run(["mktemp", "-d", "--", f"{self._base}/run-XXXXXXXXXX"], t)[1].strip()
+        return self._made(self.run(["mktemp", "-d", "--", f"{self._base}/run-XXXXXXXXXX"], t)[1])
+
+    def _made(self, out: str) -> str:
+        """The folder ``mktemp -d`` printed; anything else is refused (``close`` removes it)."""
+        path = out.strip()
+        if "\n" in path or not path.rsplit("/", 1)[-1].startswith(("hwnas-run-", "run-")):
+            raise TransportError(f"{self.where}: mktemp -d printed {out[:200]!r}, not a run folder")
+        return path
 
     @property
     def sock(self) -> socket.socket:
