@@ -628,7 +628,9 @@ def auto_calibration(lut: Path, runtime: str) -> tuple[float, float] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a calibration file ({exc})") from None
     if data.get("runtime") not in (None, runtime):

@@ -194,7 +194,7 @@ class LatencyModel(CostModel):
 def read_calibration(path: Path, runtime: str | None = None) -> tuple[float, float]:
     """(a, b) from a calibration JSON written by ``profiler.validate``."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
         a, b = float(data["a"]), float(data["b"])
     except FileNotFoundError:
         raise ValueError(f"{path}: no such calibration file") from None
