@@ -225,7 +225,7 @@ def main() -> int:
     lut_csv = out / "note10.csv"
     subprocess.run([sys.executable, "-m", "profiler.import_lut", "--format", "ofa",
                     *sorted(str(p) for p in Path(args.note10).glob("*_lookup_table.yaml")),
-                    "--out", str(lut_csv), "--device", "note10"], check=True, cwd=REPO, timeout=300)
+                    "--out", str(lut_csv), "--device", "note10", "--force"], check=True, cwd=REPO, timeout=300)
 
     # hwnas runs before and after OFA's (same seeds, same answers); its time is the mean of the
     # two passes, so a change in machine load during the long OFA runs does not favour either

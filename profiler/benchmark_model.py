@@ -23,12 +23,11 @@ outputs: ``tests/fixtures/benchmark_model/``.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from .transport import RunnerError
+from .transport import MAX_SAMPLE_MS, MAX_THREADS, MAX_TIMED_S, RunnerError, reply_number, reply_string
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _STATS = re.compile(
@@ -139,15 +138,6 @@ def summary_reply(s: BenchmarkSummary, threads: int, runtime_version: str) -> di
     }
 
 
-def _number(reply: dict[str, Any], name: str, optional: bool = False) -> float | None:
-    v = reply.get(name)
-    if v is None and optional:
-        return None
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
-        raise RunnerError(f"benchmark_model reply field {name} is invalid: {v!r}")
-    return float(v)
-
-
 def validate_summary(reply: Any) -> dict[str, Any]:
     """Check a summary reply field by field (the counterpart of ``validate_reply`` for tools
     that print statistics, not samples).  Raises RunnerError."""
@@ -156,25 +146,17 @@ def validate_summary(reply: Any) -> dict[str, Any]:
     if reply.get("ok") is not True:
         err = reply.get("error")
         raise RunnerError(str(err)[:2000] if isinstance(err, str) and err else "benchmark_model failed without a message")
-    count = reply.get("count")
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise RunnerError(f"benchmark_model reply field count is invalid: {count!r}")
-    out: dict[str, Any] = {"count": count}
-    for name in ("mean_ms", "std_ms", "min_ms", "max_ms"):
-        out[name] = _number(reply, name)
-    for name in ("median_ms", "p90_ms", "iqr_ms"):
-        out[name] = _number(reply, name, optional=True)
+    what = "benchmark_model"
+    out: dict[str, Any] = {"count": reply_number(reply, "count", what, 1e9, lo=1, integer=True)}
+    for name in ("mean_ms", "std_ms", "min_ms", "max_ms", "median_ms", "p90_ms", "iqr_ms"):
+        out[name] = reply_number(reply, name, what, MAX_SAMPLE_MS, optional=name in ("median_ms", "p90_ms", "iqr_ms"))
     lo, hi = out["min_ms"] * (1 - 1e-6) - 1e-6, out["max_ms"] * (1 + 1e-6) + 1e-6
     for name in ("mean_ms", "median_ms", "p90_ms"):
         if out[name] is not None and not lo <= out[name] <= hi:
             raise RunnerError(f"benchmark_model reply: {name}={out[name]:g} lies outside [min, max]")
-    for name in ("runtime", "runtime_version"):
-        if not isinstance(reply.get(name), str):
-            raise RunnerError(f"benchmark_model reply field {name} is missing or not a string")
-    threads = reply.get("threads")
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise RunnerError(f"benchmark_model reply field threads is invalid: {threads!r}")
-    out.update(runtime=reply["runtime"], runtime_version=reply["runtime_version"][:200], threads=threads,
-               provider=str(reply.get("provider", ""))[:200], module=str(reply.get("module", ""))[:200],
-               source="benchmark_model")
+    out.update({k: reply_string(reply, k, what) for k in ("runtime", "runtime_version")},
+               threads=reply_number(reply, "threads", what, MAX_THREADS, lo=1, integer=True),
+               provider=reply_string(reply, "provider", what, optional=True),
+               module=reply_string(reply, "module", what, optional=True), source="benchmark_model",
+               timed_s=reply_number(reply, "timed_s", what, MAX_TIMED_S, optional=True) or 0.0)
     return out

@@ -17,21 +17,25 @@ the field.  Example::
         known_hosts: ~/.ssh/known_hosts
         python: python3
         runtime: tflite
-        workdir: /tmp/hwnas
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .safeyaml import load_unique, yaml_error_line
+
 TRANSPORTS = ("local", "ssh", "adb")
 RUNTIMES = ("onnxruntime", "tflite")
 DEFAULT_DEVICES_FILE = Path("devices.yaml")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 
 class DeviceConfigError(ValueError):
@@ -97,8 +101,8 @@ def _coerce(file: Path, name: str, key: str, value: Any) -> Any:
             raise DeviceConfigError(f"{where}: must be positive, got {value!r}")
         return value
     if key in _FLOAT:
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise DeviceConfigError(f"{where}: must be a number, got {value!r}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise DeviceConfigError(f"{where}: must be a finite number, got {value!r}")
         if value < 0 or (key in _POSITIVE and value == 0):
             raise DeviceConfigError(f"{where}: must be positive, got {value!r}")
         return float(value)
@@ -115,7 +119,17 @@ def _coerce(file: Path, name: str, key: str, value: Any) -> Any:
     return str(value)
 
 
+def check_device_name(name: str, where: str = "") -> str:
+    """A device name becomes a file name (``luts/<name>.csv``): only letters, digits, ``.``,
+    ``_`` and ``-``, not starting with a dot, at most 64 characters.  Raises DeviceConfigError."""
+    if not SAFE_NAME.fullmatch(name):
+        raise DeviceConfigError(f"{where}device name {name[:80]!r} is not allowed: use letters, digits, '.', '_' "
+                                f"and '-' (at most 64, not starting with '.'); it names the LUT file")
+    return name
+
+
 def parse_device(file: Path, name: str, entry: Any) -> Device:
+    check_device_name(name, f"{file}: ")
     if not isinstance(entry, dict):
         raise DeviceConfigError(f"{file}: device {name!r}: expected a mapping of fields, got {type(entry).__name__}")
     values: dict[str, Any] = {"name": name}
@@ -171,17 +185,17 @@ def load_devices(path: Path | str = DEFAULT_DEVICES_FILE) -> dict[str, Device]:
     """All devices of an inventory file, by name."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DeviceConfigError(f"{path}: no such devices file (use --devices PATH)") from None
     except OSError as exc:
         raise DeviceConfigError(f"{path}: cannot read devices file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise DeviceConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_unique(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        line, problem = yaml_error_line(exc)
         raise DeviceConfigError(f"{path}{line}: malformed YAML: {problem}") from None
     if not isinstance(data, dict) or not isinstance(data.get("devices"), dict) or not data["devices"]:
         raise DeviceConfigError(f"{path}: expected a top-level 'devices:' mapping of device names to entries")

@@ -39,7 +39,8 @@ import yaml
 
 from supernet.space import BlockSpec
 
-from .lut import COLUMNS, LutError, record_space, write_rows_atomic
+from .lut import COLUMNS, MAX_MS, LutError, journal_path, record_space, write_rows_atomic
+from .safeyaml import load_unique, yaml_error_line
 
 _SHAPE = r"(\d+)x(\d+)x(\d+)"
 _CONV = re.compile(rf"^(Conv|Conv_1|Conv_2|AvgPool2D)-input:{_SHAPE}-output:{_SHAPE}$")
@@ -101,11 +102,14 @@ def map_key(key: str, fmt: str) -> list[tuple[BlockSpec, float]]:
 
 def read_published(path: Path, fmt: str) -> dict[str, dict[str, float]]:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = load_unique(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise LutError(f"{path}: no such file") from None
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise LutError(f"{path}: not a readable YAML LUT: {exc}") from None
+    except yaml.YAMLError as exc:
+        line, problem = yaml_error_line(exc)
+        raise LutError(f"{path}{line}: not a readable YAML LUT: {problem}") from None
     if not isinstance(data, dict) or not data:
         raise LutError(f"{path}: expected a mapping of block keys to statistics")
     return data
@@ -114,6 +118,7 @@ def read_published(path: Path, fmt: str) -> dict[str, dict[str, float]]:
 def import_files(files: list[Path], fmt: str, device: str, runtime: str) -> list[dict[str, Any]]:
     """Rows in our LUT format for every entry of ``files``."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
+    given: dict[tuple[str, str], str] = {}  # row id -> the published entry that gave its time
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     tagged = len(files) > 1
     for path in files:
@@ -123,17 +128,11 @@ def import_files(files: list[Path], fmt: str, device: str, runtime: str) -> list
             where = f"{path}: entry {key!r}"
             if not isinstance(stats, dict) or "mean" not in stats:
                 raise LutError(f"{where}: expected count and mean statistics")
-            try:
-                mean = float(stats["mean"])
-                count = int(stats.get("count", 0))
-                if "std" in stats:
-                    std = float(stats["std"])
-                elif "var" in stats:
-                    std = math.sqrt(float(stats["var"]))
-                else:
-                    std = float("nan")
-            except (TypeError, ValueError) as exc:
-                raise LutError(f"{where}: bad statistics: {exc}") from None
+            mean = _stat(stats, "mean", where)
+            count = int(_stat(stats, "count", where, integer=True) or 0)
+            std = _stat(stats, "std", where)
+            if std is None and "var" in stats:
+                std = math.sqrt(_stat(stats, "var", where))
             try:
                 mapped = map_key(str(key), fmt)
             except ValueError as exc:
@@ -143,15 +142,32 @@ def import_files(files: list[Path], fmt: str, device: str, runtime: str) -> list
                 row.update({
                     "key": str(spec), "kind": spec.kind, "runtime": runtime, "status": "ok",
                     "resolution": resolution,
-                    "mean_ms": mean * share, "std_ms": (std * share) if math.isfinite(std) else "",
+                    "mean_ms": mean * share, "std_ms": (std * share) if std is not None else "",
                     "count": count, "device": device, "measured_at": now, "noisy": False,
                     "source": f"{fmt}:{Path(path).name}:{key}" + ("" if share else " (time in classifier row)"),
                 })
                 rid = (row["key"], runtime, resolution)
                 if rid in rows and share == 0.0:
                     continue
+                if rid in given:
+                    raise LutError(f"{where}: a duplicate: maps onto block {row['key']}, which {given[rid]} "
+                                   f"already gives")
+                if share:
+                    given[rid] = f"entry {key!r} of {path}"
                 rows[rid] = row
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], str(k[2])))]
+
+
+def _stat(stats: dict[str, Any], name: str, where: str, integer: bool = False) -> float | None:
+    """A published statistic: a finite, non-negative number (None when absent)."""
+    if name not in stats or (stats[name] is None and name != "mean"):
+        return None
+    v = stats[name]
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if not ok or isinstance(v, bool) or not math.isfinite(v) or v < 0 or v > MAX_MS:
+        raise LutError(f"{where}: {name} must be a finite, non-negative {'integer' if integer else 'number'}, "
+                       f"got {str(v)[:40]!r}")
+    return float(v)
 
 
 def _table_resolution(path: Path, data: dict[str, Any]) -> int:
@@ -170,13 +186,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="LUT CSV to write (e.g. luts/note10.csv)")
     ap.add_argument("--device", default=None, help="device name recorded in the rows (default: the output's stem)")
     ap.add_argument("--runtime", default="tflite", help="runtime the tables were measured with (default: tflite)")
+    ap.add_argument("--force", action="store_true",
+                    help="replace an existing --out LUT (and drop its measurement journal)")
     ap.add_argument("--space", default=None, help="search space the tables belong to (default: by --format)")
     args = ap.parse_args(argv)
     device = args.device or args.out.stem
+    journal = journal_path(args.out)
     try:
+        existing = [p for p in (args.out, journal) if p.exists()]
+        if existing and not args.force:
+            raise LutError(f"{existing[0]}: already exists; importing would replace it (use --force, or another --out)")
         rows = import_files(args.files, args.format, device, args.runtime)
         if not args.out.parent.is_dir():
             raise LutError(f"{args.out.parent}: no such folder")
+        if journal.exists():
+            journal.unlink()  # --force: the old measurements must not mix into the imported table
         write_rows_atomic(args.out, rows)
         record_space(args.out, args.space or SPACE_OF_FORMAT[args.format], keep=False)
     except (LutError, OSError) as exc:

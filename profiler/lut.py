@@ -18,12 +18,12 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from supernet.atomic import atomic_open, atomic_write_text
 from supernet.space import BlockSpec
 
 COLUMNS = [
@@ -35,6 +35,7 @@ FLOAT_COLUMNS = ("median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms", "max_ms",
 OTHER_FLOAT_COLUMNS = ("load_avg",)
 INT_COLUMNS = ("count", "threads", "attempts", "resolution")
 REQUIRED = ("key", "runtime", "status")
+TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in FLOAT_COLUMNS + OTHER_FLOAT_COLUMNS + INT_COLUMNS + ("noisy",))
 NOISY_IQR_RATIO = 0.10  # torch.utils.benchmark flags IQR/median above 10%
 
 
@@ -42,16 +43,25 @@ class LutError(ValueError):
     """A LUT file that cannot be read; the message names the file and line."""
 
 
-def _num(value: str, cast, where: str, column: str):
+MAX_MS = 1e7  # a block that takes longer than ~3 hours is not a latency
+
+
+def _num(value: Any, cast, where: str, column: str, hi: float):
+    """A non-negative finite number of ``column`` (a CSV string or a journal's JSON value), at
+    most ``hi``; None for an empty cell.  Raises LutError."""
     if value == "" or value is None:
         return None
+    if isinstance(value, bool):
+        raise LutError(f"{where}: column {column} is not a number: {value!r}")
     try:
-        x = cast(value)
-    except ValueError:
-        raise LutError(f"{where}: column {column} is not a number: {value!r}") from None
-    if cast is float and not math.isfinite(x):
-        raise LutError(f"{where}: column {column} is not finite: {value!r}")
-    return x
+        x = cast(value) if isinstance(value, str) or cast is float else value
+    except (TypeError, ValueError, OverflowError):
+        raise LutError(f"{where}: column {column} is not a number: {str(value)[:40]!r}") from None
+    if not isinstance(x, (int, float)) or not math.isfinite(x) or not 0 <= x <= hi:
+        raise LutError(f"{where}: column {column} must be a finite number in [0, {hi:g}], got {str(value)[:40]!r}")
+    if cast is int and x != int(x):
+        raise LutError(f"{where}: column {column} is not an integer: {str(value)[:40]!r}")
+    return cast(x)
 
 
 def _normalise(row: dict[str, Any], where: str) -> dict[str, Any]:
@@ -64,13 +74,15 @@ def _normalise(row: dict[str, Any], where: str) -> dict[str, Any]:
     except ValueError as exc:
         raise LutError(f"{where}: {exc}") from None
     out: dict[str, Any] = {c: row.get(c, "") for c in COLUMNS}
+    for c in TEXT_COLUMNS:
+        if not isinstance(out[c], str):
+            raise LutError(f"{where}: column {c} is not text: {str(out[c])[:40]!r}")
     out["key"] = str(spec)
     out["kind"] = spec.kind
     for c in FLOAT_COLUMNS + OTHER_FLOAT_COLUMNS:
-        out[c] = _num(row.get(c, ""), float, where, c) if not isinstance(row.get(c), (int, float)) else float(row[c])
+        out[c] = _num(row.get(c, ""), float, where, c, MAX_MS)
     for c in INT_COLUMNS:
-        v = row.get(c, "")
-        out[c] = v if isinstance(v, int) and not isinstance(v, bool) else _num(v, int, where, c)
+        out[c] = _num(row.get(c, ""), int, where, c, 1e9)
     if out["status"] not in ("ok", "error"):
         raise LutError(f"{where}: status must be ok or error, got {out['status']!r}")
     if out["status"] == "ok" and out["median_ms"] is None and out["mean_ms"] is None:
@@ -97,11 +109,21 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise LutError(f"{path}:1: not a LUT CSV (header lacks {', '.join(missing)})")
-    rows = []
-    for i, raw in enumerate(reader, start=2):
-        if None in raw or any(v is None for v in raw.values()):
-            raise LutError(f"{path}:{i}: wrong number of fields")
-        rows.append(_normalise(raw, f"{path}:{i}"))
+    rows, seen = [], {}
+    try:
+        for raw in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in raw or any(v is None for v in raw.values()):
+                raise LutError(f"{where}: wrong number of fields")
+            row = _normalise(raw, where)
+            first = seen.setdefault(row_id(row), reader.line_num)
+            if first != reader.line_num:
+                raise LutError(f"{where}: duplicate row for key {row['key']} ({row['runtime']}"
+                               f"{', r=' + str(row['resolution']) if row['resolution'] != '' else ''}), "
+                               f"first on line {first}")
+            rows.append(row)
+    except csv.Error as exc:
+        raise LutError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
     return rows
 
 
@@ -114,24 +136,12 @@ def _format(value: Any) -> str:
 
 
 def write_rows_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write rows as CSV to a temporary file beside ``path``, fsync, rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(COLUMNS)
-            for r in rows:
-                w.writerow([_format(r.get(c, "")) for c in COLUMNS])
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write rows as CSV, atomically (``supernet.atomic``)."""
+    with atomic_open(path, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for r in rows:
+            w.writerow([_format(r.get(c, "")) for c in COLUMNS])
 
 
 def lut_sibling(lut_path: Path, suffix: str) -> Path:
@@ -183,14 +193,6 @@ def check_space(lut_path: Path, space: str) -> None:
                        f"not of {space}: use --space {spaces[0]}, or a LUT measured for {space}")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def read_journal(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows of a journal and warnings.  Every record ends with a newline, so trailing text
     without one is a torn write (a kill mid-line): it is dropped with a warning and that
@@ -219,8 +221,8 @@ def read_journal(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return rows, warnings
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """Truncate a journal after its last complete line."""
+def drop_torn_tail(path: Path) -> None:
+    """Truncate an append-only file (a journal) after its last complete line."""
     with open(path, "rb+") as fh:
         data = fh.read()
         if data and not data.endswith(b"\n"):
@@ -351,7 +353,7 @@ class LutWriter:
         else:
             self.table = LutTable(path=self.path)
         if self.journal.exists():
-            _drop_torn_tail(self.journal)
+            drop_torn_tail(self.journal)
         self._fh = open(self.journal, "a", encoding="utf-8")
 
     def add(self, row: dict[str, Any], samples: list[float] | None = None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from .devices import Device
 from .export import ArtifactCache, ExportResult, format_for_runtime
 from .lut import COLUMNS, FLOAT_COLUMNS, LutWriter, error_row, stats_row
 from .transport import (RunnerChannel, RunnerError, RunnerTimeout, Transport, TransportError,
-                        make_transport, validate_reply)
+                        make_transport, validate_info, validate_reply)
 
 
 @dataclass
@@ -315,19 +315,17 @@ def profile_device(
             try:
                 info = session.ensure().request({"op": "info"},
                                                 timeout=max(device.timeout_s, device.connect_timeout_s + 60))
-            except RunnerTimeout as exc:
+            except (RunnerTimeout, RunnerError) as exc:
                 raise TransportError(str(exc)) from None
-            if not isinstance(info, dict) or info.get("ok") is not True:
-                raise TransportError(f"{device.name}: runner info failed: {str(info)[:300]}")
-            res.host = str(info.get("host", ""))[:100]
-            res.host_cpu = str(info.get("cpu", ""))[:200]
-            rt_info = info.get("runtimes", {}).get(runtime) if isinstance(info.get("runtimes"), dict) else None
-            if not rt_info:
+            info = validate_info(info, device.name)
+            res.host, res.host_cpu = info["host"], info["cpu"]
+            rt_info = info["runtimes"].get(runtime)
+            if rt_info is None:
                 raise TransportError(f"{device.name}: runtime {runtime} is not installed on the device "
-                                     f"(found: {', '.join(info.get('runtimes', {})) or 'none'})")
-            res.runtime_version = str((rt_info or {}).get("version", ""))
+                                     f"(found: {', '.join(info['runtimes']) or 'none'})")
+            res.runtime_version = rt_info["version"]
             if device.providers and runtime == "onnxruntime":
-                have = rt_info.get("providers") if isinstance(rt_info.get("providers"), list) else []
+                have = rt_info["providers"]
                 missing = [p for p in device.providers if p not in have]
                 if missing:
                     # onnxruntime would silently fall back to the CPU: a LUT of the wrong device
@@ -359,7 +357,7 @@ def profile_device(
                     else:
                         writer.add(summary_row(str(spec), runtime, reply, ctx))
                     res.measured += 1
-                    res.timed_s += float(reply.get("timed_s", 0.0))
+                    res.timed_s += reply["timed_s"]
                     shown = reply.get("median_ms") or reply.get("mean_ms") or 0.0
                     bar.set_postfix(ms=f"{shown:.3f}", failed=res.failed, refresh=False)
                 bar.update(1)
@@ -436,8 +434,6 @@ def measure_artifact(session: Session, device: Device, path: Path, req_base: dic
                 out = validate_summary(reply)
             else:
                 out = validate_reply(reply)
-            t = reply.get("timed_s")
-            out["timed_s"] = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else 0.0
             return out
         except RunnerTimeout as exc:
             return f"timeout: {exc}"

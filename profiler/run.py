@@ -19,13 +19,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from supernet.atomic import atomic_write_text
 from supernet.space import get_space, space_names
 
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
 from .export import ArtifactCache, default_cache_dir
 from .farm import run_farm
+from .lut import lut_sibling, record_space
 from .measure import ProfileResult
-from .lut import atomic_write_text, lut_sibling, record_space
 
 
 def _int_list(text: str, what: str) -> list[int]:

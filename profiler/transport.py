@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable, IO
@@ -40,6 +43,45 @@ class RunnerError(RuntimeError):
     """The runner answered, but with an error or a malformed reply (a failure row)."""
 
 
+# Limits on what a device may send: a reply outside them is a failure row, never stored.
+MAX_LINE_BYTES = 1 << 20      # one reply line; a longer line is cut off and refused
+MAX_OUTPUT_BYTES = 1 << 20    # stdout or stderr of one command run on or for the device
+MAX_STRING = 200              # runtime, runtime_version, provider, host, cpu ...
+MAX_SAMPLE_MS = 3.6e6         # one hour per run of one block
+MAX_THREADS = 1024
+MAX_LOAD = 1e4
+MAX_TIMED_S = 1e6
+OVERSIZE = "\x00hwnas: line over MAX_LINE_BYTES"  # what pump_lines queues for such a line
+
+
+def reply_number(reply: dict[str, Any], name: str, what: str, hi: float, lo: float = 0.0,
+                 optional: bool = False, integer: bool = False) -> float | int | None:
+    """Field ``name`` of a reply: a finite number (an integer with ``integer``) in [lo, hi];
+    None when absent and ``optional``.  Raises RunnerError naming ``what`` and the field."""
+    v = reply.get(name)
+    if v is None and optional:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if not isinstance(v, kinds) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
+        raise RunnerError(f"{what} reply field {name} is invalid: {str(v)[:80]!r} "
+                          f"(expected {'an integer' if integer else 'a number'} in [{lo:g}, {hi:g}])")
+    return v if integer else float(v)
+
+
+def reply_string(reply: dict[str, Any], name: str, what: str, optional: bool = False) -> str:
+    """Field ``name`` of a reply: a string of at most MAX_STRING characters ('' when absent
+    and ``optional``).  Raises RunnerError."""
+    v = reply.get(name)
+    if v is None and optional:
+        return ""
+    if not isinstance(v, str):
+        raise RunnerError(f"{what} reply field {name} is missing or not a string")
+    if len(v) > MAX_STRING or any(c in v for c in "\r\n\x00"):
+        raise RunnerError(f"{what} reply field {name} is longer than {MAX_STRING} characters or holds "
+                          f"line breaks: {v[:60]!r}...")
+    return v
+
+
 def validate_reply(reply: Any) -> dict[str, Any]:
     """Check a runner reply field by field; return it with statistics recomputed from the
     samples.  Raises RunnerError."""
@@ -53,26 +95,55 @@ def validate_reply(reply: Any) -> dict[str, Any]:
         raise RunnerError("runner reply has no samples_ms list")
     clean = []
     for s in samples:
-        if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s) or s < 0:
-            raise RunnerError(f"runner reply has an invalid sample {s!r}")
+        if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s) or not 0 <= s <= MAX_SAMPLE_MS:
+            raise RunnerError(f"runner reply has an invalid sample {str(s)[:80]!r}")
         clean.append(float(s))
-    for name in ("runtime", "runtime_version"):
-        if not isinstance(reply.get(name), str):
-            raise RunnerError(f"runner reply field {name} is missing or not a string")
-    threads = reply.get("threads")
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise RunnerError(f"runner reply field threads is invalid: {threads!r}")
-    out = {k: reply[k] for k in ("runtime", "runtime_version", "threads") if k in reply}
+    out: dict[str, Any] = {k: reply_string(reply, k, "runner") for k in ("runtime", "runtime_version")}
+    out["threads"] = reply_number(reply, "threads", "runner", MAX_THREADS, lo=1, integer=True)
     for k in ("provider", "module"):
-        out[k] = str(reply.get(k, ""))[:200]
-    load = reply.get("load_avg")
-    if load is not None and (not isinstance(load, (int, float)) or isinstance(load, bool)
-                             or not math.isfinite(load) or load < 0):
-        raise RunnerError(f"runner reply field load_avg is invalid: {load!r}")
-    out["load_avg"] = float(load) if load is not None else None
+        out[k] = reply_string(reply, k, "runner", optional=True)
+    out["load_avg"] = reply_number(reply, "load_avg", "runner", MAX_LOAD, optional=True)
+    out["timed_s"] = reply_number(reply, "timed_s", "runner", MAX_TIMED_S, optional=True) or 0.0
     out["samples_ms"] = clean
     out.update(_stats(clean))
     return out
+
+
+def validate_info(info: Any, where: str) -> dict[str, Any]:
+    """Check the runner's ``info`` reply: ``host`` and ``cpu`` strings, ``runtimes`` a mapping
+    of runtime name to ``{version: str, providers: [str]}``.  Returns the checked fields;
+    raises TransportError (the device cannot be used) naming ``where``."""
+    try:
+        if not isinstance(info, dict) or info.get("ok") is not True:
+            raise RunnerError(f"runner info failed: {str(info)[:300]}")
+        # descriptive only: cut to length, not refused
+        out: dict[str, Any] = {k: info[k][:MAX_STRING] if isinstance(info.get(k), str) else "" for k in ("host", "cpu")}
+        runtimes = info.get("runtimes")
+        if not isinstance(runtimes, dict) or len(runtimes) > 16:
+            raise RunnerError("runner info field runtimes is not a mapping of runtime names")
+        out["runtimes"] = {}
+        for name, entry in runtimes.items():
+            if not isinstance(entry, dict) or len(name) > MAX_STRING:
+                raise RunnerError(f"runner info field runtimes: entry {name[:60]!r} is not a mapping")
+            providers = entry.get("providers", [])
+            if (not isinstance(providers, list) or len(providers) > 64
+                    or not all(isinstance(p, str) and len(p) <= MAX_STRING for p in providers)):
+                raise RunnerError(f"runner info field runtimes.{name[:60]}.providers is not a list of names")
+            out["runtimes"][name] = {"version": reply_string(entry, "version", f"runner info {name[:60]}",
+                                                             optional=True),
+                                     "providers": list(providers)}
+        return out
+    except RunnerError as exc:
+        raise TransportError(f"{where}: {exc}") from None
+
+
+def parse_line(line: str) -> Any:
+    """A JSON value from one line, or None when the line is not JSON (a runtime's log line)
+    or nests too deeply to parse."""
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError):
+        return None
 
 
 class RunnerChannel:
@@ -95,19 +166,21 @@ class RunnerChannel:
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         line = self._read(timeout, "starting")
-        try:
-            hello = json.loads(line)
-        except json.JSONDecodeError:
+        hello = parse_line(line)
+        if hello is None:
             self.close()
-            raise TransportError(f"{self.describe}: runner did not start: {line[:300]!r}") from None
+            raise TransportError(f"{self.describe}: runner did not start: {line[:300]!r}")
         if not isinstance(hello, dict) or hello.get("ready") is not True:
             self.close()
             raise TransportError(f"{self.describe}: unexpected runner greeting {line[:300]!r}")
         return hello
 
-    def _read(self, timeout: float, what: str) -> str:
+    def _read(self, timeout: float, what: str, deadline: float | None = None) -> str:
+        """The next line; ``deadline`` (monotonic) bounds the wait instead of ``timeout``
+        when given, so a device that keeps printing cannot stretch it."""
+        wait = timeout if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            line = self._lines.get(timeout=timeout)
+            line = self._lines.get(timeout=wait)
         except queue.Empty:
             self.close()
             raise RunnerTimeout(f"{self.describe}: no answer within {timeout:g} s while {what}") from None
@@ -128,12 +201,14 @@ class RunnerChannel:
         except (OSError, ValueError) as exc:
             self.close()
             raise TransportError(f"{self.describe}: cannot send to runner: {exc}") from None
+        deadline = time.monotonic() + timeout  # one deadline, whatever the device prints meanwhile
+        what = f"{req.get('op', 'measuring')} {Path(str(req.get('model', ''))).name}".strip()
         while True:
-            line = self._read(timeout, f"measuring {Path(str(req.get('model', ''))).name}")
-            try:
-                reply = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # stray output (a runtime's log line on stdout); keep waiting
+            line = self._read(timeout, what, deadline)
+            if line == OVERSIZE:
+                self.close()
+                raise RunnerError(f"{self.describe}: sent a line longer than {MAX_LINE_BYTES} bytes")
+            reply = parse_line(line)  # None: stray output (a runtime's log line on stdout)
             if isinstance(reply, dict) and reply.get("id") == req["id"]:
                 return reply
 
@@ -148,15 +223,21 @@ class RunnerChannel:
 
 def pump_lines(stream: IO[bytes], out: "queue.Queue[str | None]", keep: list[str] | None = None,
                limit: int = 50) -> threading.Thread:
-    """Feed decoded lines of ``stream`` into ``out`` (``None`` at EOF) from a daemon thread.
+    """Feed decoded lines of ``stream`` into ``out`` (``None`` at EOF) from a daemon thread;
+    a line longer than MAX_LINE_BYTES is read no further than that and queued as OVERSIZE.
     With ``keep``, lines are kept there instead (bounded; for stderr)."""
 
     def run() -> None:
         try:
-            for raw in iter(stream.readline, b""):
-                line = raw.decode("utf-8", "replace").rstrip("\n")
+            for raw in iter(lambda: stream.readline(MAX_LINE_BYTES + 1), b""):
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    while raw and not raw.endswith(b"\n"):  # drop the rest of the line unread
+                        raw = stream.readline(1 << 16)
+                    line = OVERSIZE
+                else:
+                    line = raw.decode("utf-8", "replace").rstrip("\n")
                 if keep is not None:
-                    keep.append(line)
+                    keep.append(line[:500])
                     del keep[:-limit]
                 else:
                     out.put(line)
@@ -169,6 +250,51 @@ def pump_lines(stream: IO[bytes], out: "queue.Queue[str | None]", keep: list[str
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t
+
+
+def run_capped(argv: list[str], timeout: float, cap: int = MAX_OUTPUT_BYTES) -> subprocess.CompletedProcess:
+    """Run ``argv`` (stdin closed) to completion by one deadline, keeping at most ``cap``
+    bytes of stdout and of stderr: a command that prints more is killed (with everything it
+    started) and OverflowError raised.  Raises subprocess.TimeoutExpired and OSError too."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    bufs = (bytearray(), bytearray())
+    over = threading.Event()
+
+    def kill() -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+    def drain(stream: IO[bytes], buf: bytearray) -> None:
+        for chunk in iter(lambda: stream.read1(1 << 16), b""):
+            buf += chunk
+            if len(buf) > cap:
+                over.set()
+                kill()
+                return
+
+    readers = [threading.Thread(target=drain, args=pair, daemon=True) for pair in zip((proc.stdout, proc.stderr), bufs)]
+    for t in readers:
+        t.start()
+    deadline = time.monotonic() + timeout
+    try:
+        proc.wait(timeout)
+        for t in readers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in readers):  # something it started still holds the pipes
+            raise subprocess.TimeoutExpired(argv, timeout)
+    except subprocess.TimeoutExpired:
+        kill()
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+    if over.is_set():
+        raise OverflowError(f"printed more than {cap} bytes")
+    return subprocess.CompletedProcess(argv, proc.returncode, bytes(bufs[0]), bytes(bufs[1]))
 
 
 class Transport(ABC):
@@ -203,8 +329,7 @@ class Transport(ABC):
             reply = ch.request({"op": "info"}, timeout)
         finally:
             ch.close()
-        if not isinstance(reply, dict) or reply.get("ok") is not True:
-            raise TransportError(f"{self.device.name}: runner info failed: {str(reply)[:300]}")
+        validate_info(reply, self.device.name)
         return reply
 
     def __enter__(self) -> "Transport":

@@ -1,8 +1,8 @@
 """adb transport: an Android device through the real ``adb`` client (Debian package ``adb``).
 
-Every call is ``subprocess.run([adb, "-s", serial, ...])`` (an argument list) with a timeout;
-shell command lines sent to the device are built with ``shlex.quote`` for every path and
-value.  Files are pushed into a fresh run folder under the device's ``workdir`` (default
+Every call is ``run_capped([adb, "-s", serial, ...])`` (an argument list) with a timeout
+and a byte cap on its output; shell command lines sent to the device are built with
+``shlex.quote`` for every path and value.  Files are pushed into a fresh run folder under the device's ``workdir`` (default
 ``/data/local/tmp/hwnas``), which ``close`` removes.
 
 Two ways to measure, chosen by the entry:
@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from .benchmark_model import BenchmarkModelError, parse, summary_reply
-from .transport import (RUNNER_PATH, RunnerChannel, RunnerTimeout, Transport, TransportError, pump_lines,
-                        register_transport)
+from .transport import (MAX_OUTPUT_BYTES, RUNNER_PATH, RunnerChannel, RunnerTimeout, Transport, TransportError,
+                        pump_lines, register_transport, run_capped)
 
 DEFAULT_WORKDIR = "/data/local/tmp/hwnas"
 _RC = re.compile(r"HWNAS_RC=(\d+)\s*$")
@@ -95,11 +95,13 @@ class AdbTransport(Transport):
         """Run ``adb [-s serial] args`` with a timeout.  Raises TransportError."""
         argv = [self.adb or self._resolve_client(), *(["-s", self.device.serial] if serial else []), *args]
         try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+            proc = run_capped(argv, timeout)
         except FileNotFoundError:
             raise fatal(f"{self.device.name}: adb client {argv[0]!r} not found") from None
         except subprocess.TimeoutExpired:
             raise TransportError(f"{self.device.name}: adb {' '.join(args[:2])} timed out after {timeout:g} s") from None
+        except OverflowError as exc:
+            raise TransportError(f"{self.device.name}: adb {' '.join(args[:2])} {exc}") from None
         if check and proc.returncode != 0:
             raise client_error(self.device.name, self.device.serial,
                                (proc.stderr + proc.stdout).decode("utf-8", "replace"))
@@ -251,6 +253,8 @@ class AdbTransport(Transport):
         with tempfile.TemporaryDirectory(prefix="hwnas-adb-") as tmp:
             local = Path(tmp) / "out.txt"
             self.pull(out_file, local)
+            if local.stat().st_size > MAX_OUTPUT_BYTES:
+                return {"ok": False, "error": f"benchmark_model printed more than {MAX_OUTPUT_BYTES} bytes"}
             text = local.read_text(errors="replace")
         self.shell(f"rm -f {shlex.quote(out_file)} {shlex.quote(pid_file)}", 10, check=False)
         try:
@@ -317,9 +321,11 @@ def adb_devices(adb: str = "adb", timeout: float = 20.0) -> dict[str, str]:
     if not path:
         raise fatal(f"adb client {adb!r} not found (install the Debian package adb)")
     try:
-        proc = subprocess.run([path, "devices"], stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+        proc = run_capped([path, "devices"], timeout)
     except subprocess.TimeoutExpired:
         raise TransportError(f"adb devices timed out after {timeout:g} s") from None
+    except OverflowError as exc:
+        raise TransportError(f"adb devices {exc}") from None
     if proc.returncode != 0:
         raise client_error("adb", "", (proc.stderr + proc.stdout).decode("utf-8", "replace"))
     out = {}

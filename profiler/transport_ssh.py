@@ -3,15 +3,20 @@
 - Authentication by key file or ssh-agent; never a password from a file.  An entry may name
   an environment variable holding a password (``password_env``).
 - Host keys are checked against ``known_hosts`` (the entry's file, default
-  ``~/.ssh/known_hosts``).  An unknown host is refused unless the entry says
-  ``insecure_accept_new_host_key: true`` (then the key is added to that file, like OpenSSH's
-  ``accept-new``); a changed key is always refused.
+  ``~/.ssh/known_hosts``), read here line by line: a key under ``@revoked`` is refused even
+  where another line lists it; ``@cert-authority`` lines are skipped (host certificates are
+  not verified, so they trust no plain key), as are lines of key types paramiko lacks and
+  malformed lines (they trust nothing).  An unknown host is refused unless the entry says
+  ``insecure_accept_new_host_key: true``: then exactly one line is appended to that file,
+  like OpenSSH's ``accept-new``, every other byte kept; a changed key is always refused.
 - ``TCP_NODELAY`` on the socket: without it every small request/reply waits for Nagle and
   delayed ACKs (a command round trip measured 44 ms; with it about 2 ms).
 - One connection and one sftp session serve the whole run; the runner
-  (``profiler/runner.py``) is pushed once into a fresh run folder under the device's
-  ``workdir`` and driven in ``serve`` mode over one exec channel; models are pushed per block
-  and removed after.  ``close`` removes the run folder.
+  (``profiler/runner.py``) is pushed once into a private run folder made by ``mktemp -d``
+  (mode 0700): under ``$TMPDIR`` (else ``/tmp``) on the device, or under the entry's
+  ``workdir``, which must be the user's (or root's) and writable by nobody else, so no other
+  user of the device can swap the runner.  It is driven in ``serve`` mode over one exec
+  channel; models are pushed per block and removed after.  ``close`` removes the run folder.
 - Every remote command is built with ``shlex.quote``/``shlex.join``; nothing unquoted ever
   reaches the remote shell.  Remote commands have timeouts.
 
@@ -25,16 +30,17 @@ from __future__ import annotations
 import os
 import queue
 import shlex
+import select
 import socket
-import uuid
+import time
 from pathlib import Path
 from typing import Any
 
 import paramiko
 
-from .transport import RUNNER_PATH, RunnerChannel, Transport, TransportError, pump_lines, register_transport
+from .transport import (MAX_OUTPUT_BYTES, RUNNER_PATH, RunnerChannel, Transport, TransportError, pump_lines,
+                        register_transport)
 
-DEFAULT_WORKDIR = "/tmp/hwnas"
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 
 
@@ -49,10 +55,74 @@ class _UnknownHostKey(paramiko.SSHException):
     pass
 
 
-class _RejectUnknown(paramiko.MissingHostKeyPolicy):
+class _RevokedHostKey(paramiko.SSHException):
+    pass
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """A host key not in known_hosts: refused when revoked; appended as one line with
+    ``accept_new``; refused otherwise."""
+
+    def __init__(self, known_hosts: str, revoked: set[str], accept_new: bool, ca_lines: int):
+        self.known_hosts, self.revoked, self.accept_new, self.ca_lines = known_hosts, revoked, accept_new, ca_lines
+
     def missing_host_key(self, client, hostname, key):  # noqa: D401 - paramiko's interface
-        raise _UnknownHostKey(f"{hostname} presents a {key.get_name()} host key "
-                              f"(SHA256:{_fingerprint(key)}) that is not in known_hosts")
+        what = f"{hostname} presents a {key.get_name()} host key (SHA256:{_fingerprint(key)})"
+        if key.get_base64() in self.revoked:
+            raise _RevokedHostKey(f"{what} that known_hosts marks @revoked")
+        if not self.accept_new:
+            ca = (f"; its {self.ca_lines} @cert-authority line(s) are not used (hwnas does not verify host "
+                  f"certificates)" if self.ca_lines else "")
+            raise _UnknownHostKey(f"{what} that is not in known_hosts{ca}")
+        if any(c.isspace() or not c.isprintable() for c in hostname):
+            raise _UnknownHostKey(f"{what}; the host name {hostname!r} cannot be written to known_hosts")
+        append_known_host(self.known_hosts, f"{hostname} {key.get_name()} {key.get_base64()}")
+
+
+def read_known_hosts(path: str, keys: paramiko.HostKeys) -> tuple[set[str], int]:
+    """Add the host keys of an OpenSSH known_hosts file to ``keys`` (see the module
+    docstring); return the base64 of its ``@revoked`` keys and its number of
+    ``@cert-authority`` lines.  Raises OSError or UnicodeDecodeError."""
+    entries, revoked, ca_lines = [], set(), 0
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        marker = ""
+        if line.startswith("@"):
+            marker, _, line = line.partition(" ")
+            line = line.strip()
+            if marker != "@revoked":
+                ca_lines += marker == "@cert-authority"
+                continue
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line, n)
+        except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, ValueError, TypeError, IndexError):
+            continue  # a malformed line trusts nothing, as in OpenSSH
+        if entry is None:
+            continue  # a key type paramiko does not know (sk-ssh-ed25519@openssh.com ...)
+        if marker:
+            revoked.add(entry.key.get_base64())
+        else:
+            entries.append(entry)
+    for entry in entries:
+        if entry.key.get_base64() not in revoked:
+            for name in entry.hostnames:
+                keys.add(name, entry.key.get_name(), entry.key)
+    return revoked, ca_lines
+
+
+def append_known_host(path: str, line: str) -> None:
+    """Append one line to known_hosts (created 0600 if missing), after a newline if the file
+    does not end with one; nothing else in the file changes."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, size - 1))
+        lead = b"\n" if size and fh.read(1) != b"\n" else b""
+        fh.write(lead + line.encode() + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _fingerprint(key: paramiko.PKey) -> str:
@@ -83,6 +153,7 @@ class SSHTransport(Transport):
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self.rundir = ""
+        self._base = ""
         self.runner_path = ""
         self._channels: list[tuple[paramiko.Channel, int]] = []
         d = device
@@ -101,21 +172,21 @@ class SSHTransport(Transport):
         if key_file and not os.path.isfile(key_file):
             raise fatal(f"{self.where}: field 'key_file': no such file {key_file}")
         known_hosts = d.expand(d.known_hosts or DEFAULT_KNOWN_HOSTS)
-        client = paramiko.SSHClient()
-        if os.path.isfile(known_hosts):
-            try:
-                client.load_host_keys(known_hosts)
-            except (OSError, paramiko.SSHException) as exc:
-                raise fatal(f"{self.where}: field 'known_hosts': cannot read {known_hosts}: {exc}") from None
-        elif d.insecure_accept_new_host_key:
-            Path(known_hosts).parent.mkdir(parents=True, exist_ok=True)
-            Path(known_hosts).touch(mode=0o600)
-            client.load_host_keys(known_hosts)
-        else:
+        if not os.path.isfile(known_hosts) and not d.insecure_accept_new_host_key:
             raise fatal(f"{self.where}: field 'known_hosts': no such file {known_hosts} (host keys are "
                         f"verified; add the host's key there, e.g. ssh-keyscan -p {d.port} {d.host})")
+        client = paramiko.SSHClient()
+        revoked: set[str] = set()
+        ca_lines = 0
+        try:
+            if os.path.isfile(known_hosts):
+                revoked, ca_lines = read_known_hosts(known_hosts, client.get_host_keys())
+            else:
+                Path(known_hosts).parent.mkdir(parents=True, exist_ok=True)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise fatal(f"{self.where}: field 'known_hosts': cannot read {known_hosts}: {exc}") from None
         client.set_missing_host_key_policy(
-            paramiko.AutoAddPolicy() if d.insecure_accept_new_host_key else _RejectUnknown())
+            _HostKeyPolicy(known_hosts, revoked, d.insecure_accept_new_host_key, ca_lines))
         try:
             sock = socket.create_connection((d.host, d.port), timeout=d.connect_timeout_s)
         except OSError as exc:
@@ -129,6 +200,9 @@ class SSHTransport(Transport):
                 timeout=d.connect_timeout_s, banner_timeout=d.connect_timeout_s,
                 auth_timeout=d.connect_timeout_s, channel_timeout=d.connect_timeout_s,
             )
+        except _RevokedHostKey as exc:
+            sock.close()
+            raise fatal(f"{self.where}: {exc} ({known_hosts}); refusing to connect") from None
         except _UnknownHostKey as exc:
             sock.close()
             raise fatal(f"{self.where}: {exc} ({known_hosts}); refusing to connect (set "
@@ -156,9 +230,8 @@ class SSHTransport(Transport):
         try:
             self._sftp = self._client.open_sftp()
             self._sftp.get_channel().settimeout(self.device.timeout_s)
-            base = remote_path(self.device.workdir or DEFAULT_WORKDIR)
-            self.rundir = f"{base.rstrip('/') or '/'}/run-{uuid.uuid4().hex[:12]}"
-            self.run(["mkdir", "-p", "--", f"{self.rundir}/models"], timeout=self.device.connect_timeout_s + 20)
+            self.rundir = self._private_rundir()
+            self.run(["mkdir", "--", f"{self.rundir}/models"], timeout=self.device.connect_timeout_s + 20)
             self.runner_path = f"{self.rundir}/runner.py"
             self._sftp.put(str(RUNNER_PATH), self.runner_path)
         except TransportError:
@@ -167,6 +240,34 @@ class SSHTransport(Transport):
         except (OSError, paramiko.SSHException, EOFError) as exc:
             self.close()
             raise TransportError(f"{self.where}: cannot prepare {self.rundir or 'the work folder'}: {exc}") from None
+
+    def _private_rundir(self) -> str:
+        """Make this run's folder with ``mktemp -d`` (0700, a fresh name): under the device's
+        temporary folder, or under ``workdir`` once that is shown to be ours and writable by
+        nobody else (another user who could rename entries there could swap the runner)."""
+        t = self.device.connect_timeout_s + 20
+        if not self.device.workdir:
+            self._base = ""
+            return self._made(self.run(["sh", "-c", 'exec mktemp -d "${TMPDIR:-/tmp}/hwnas-run-XXXXXXXXXX"'], t)[1])
+        self._base = remote_path(self.device.workdir).rstrip("/") or "/"
+        out = self.run(["sh", "-c", 'mkdir -p -- "$1" && stat -L -c "%u %a" -- "$1" && id -u', "sh", self._base], t)[1]
+        try:
+            (owner, mode), me = out.split("\n")[0].split(), out.split("\n")[1].strip()
+            mode = int(mode, 8)
+        except (ValueError, IndexError):
+            raise TransportError(f"{self.where}: cannot check field 'workdir' {self._base}: {out[:200]!r}") from None
+        if owner not in (me, "0") or (mode & 0o022 and not mode & 0o1000):
+            raise fatal(f"{self.where}: field 'workdir': {self._base} is owned by uid {owner} with mode {mode:o}; "
+                        f"it must be yours and writable by nobody else (or leave workdir out for a private "
+                        f"folder under the device's /tmp)")
+        return self._made(self.run(["mktemp", "-d", "--", f"{self._base}/run-XXXXXXXXXX"], t)[1])
+
+    def _made(self, out: str) -> str:
+        """The folder ``mktemp -d`` printed; anything else is refused (``close`` removes it)."""
+        path = out.strip()
+        if "\n" in path or not path.rsplit("/", 1)[-1].startswith(("hwnas-run-", "run-")):
+            raise TransportError(f"{self.where}: mktemp -d printed {out[:200]!r}, not a run folder")
+        return path
 
     @property
     def sock(self) -> socket.socket:
@@ -183,19 +284,21 @@ class SSHTransport(Transport):
         """Run one remote command (an argument list, quoted here); returns (rc, stdout, stderr).
         A non-zero exit raises TransportError when ``check``."""
         cmd = shlex.join(argv)
+        deadline = time.monotonic() + timeout
         try:
             chan = self._transport().open_session(timeout=timeout)
-            chan.settimeout(timeout)
-            chan.exec_command(cmd)
-            out = chan.makefile("rb").read()
-            err = chan.makefile_stderr("rb").read()
-            if not chan.status_event.wait(timeout):
+            try:
+                chan.exec_command(cmd)
+                out, err = _drain(chan, deadline)
+                if not chan.status_event.wait(max(0.0, deadline - time.monotonic())):
+                    raise socket.timeout()
+                rc = chan.recv_exit_status()
+            finally:
                 chan.close()
-                raise TransportError(f"{self.where}: {cmd[:200]}: no exit status within {timeout:g} s")
-            rc = chan.recv_exit_status()
-            chan.close()
         except socket.timeout:
             raise TransportError(f"{self.where}: {cmd[:200]}: timed out after {timeout:g} s") from None
+        except OverflowError:
+            raise TransportError(f"{self.where}: {cmd[:200]}: printed more than {MAX_OUTPUT_BYTES} bytes") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise TransportError(f"{self.where}: {cmd[:200]}: {exc}") from None
         out_s, err_s = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
@@ -217,9 +320,8 @@ class SSHTransport(Transport):
                     self.run(["kill", "-9", *pids], timeout=10, check=False)
                 if self.rundir:
                     self.run(["rm", "-rf", "--", self.rundir], timeout=30, check=False)
-                    base = self.rundir.rsplit("/", 1)[0]
-                    if base:
-                        self.run(["rmdir", "--", base], timeout=10, check=False)  # only if empty
+                    if self._base:
+                        self.run(["rmdir", "--", self._base], timeout=10, check=False)  # only if empty
         except TransportError:
             pass
         finally:
@@ -266,7 +368,7 @@ class SSHTransport(Transport):
             chan.settimeout(d.connect_timeout_s + 60)
             chan.exec_command(cmd)
             stdout = chan.makefile("rb")
-            first = stdout.readline().decode("utf-8", "replace").strip()
+            first = stdout.readline(64).decode("utf-8", "replace").strip()
             chan.settimeout(None)
         except socket.timeout:
             raise TransportError(f"{self.where}: runner did not start within {d.connect_timeout_s + 60:g} s") from None
@@ -274,7 +376,11 @@ class SSHTransport(Transport):
             raise TransportError(f"{self.where}: cannot start the runner: {exc}") from None
         pid = int(first[len("HWNAS_PID="):]) if first.startswith("HWNAS_PID=") and first[10:].isdigit() else -1
         if pid < 0:
-            err = chan.makefile_stderr("rb").read(2000).decode("utf-8", "replace")
+            chan.settimeout(5)
+            try:
+                err = chan.makefile_stderr("rb").read(2000).decode("utf-8", "replace")
+            except (socket.timeout, OSError, paramiko.SSHException):
+                err = ""
             chan.close()
             raise TransportError(f"{self.where}: runner did not start: {first[:200]!r} {err.strip()[:300]}")
         self._channels.append((chan, pid))
@@ -303,6 +409,26 @@ class SSHTransport(Transport):
         out = super().info(timeout)
         out.setdefault("transport", "ssh")
         return out
+
+
+def _drain(chan: paramiko.Channel, deadline: float) -> tuple[bytes, bytes]:
+    """Stdout and stderr of a remote command until EOF, by ``deadline`` (monotonic) however
+    slowly the bytes trickle in, and at most MAX_OUTPUT_BYTES of each.  Raises socket.timeout
+    or OverflowError."""
+    out, err = bytearray(), bytearray()
+    while True:
+        while chan.recv_ready():
+            out += chan.recv(1 << 16)
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(1 << 16)
+        if len(out) > MAX_OUTPUT_BYTES or len(err) > MAX_OUTPUT_BYTES:
+            raise OverflowError
+        if chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
+            return bytes(out), bytes(err)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout()
+        select.select([chan], [], [], min(left, 0.2))
 
 
 def tcp_nodelay(sock: socket.socket) -> bool:

@@ -23,12 +23,11 @@ import argparse
 import csv
 import io
 import json
-import os
 import random
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -36,7 +35,9 @@ from supernet.space import SearchSpace, SubnetConfig, get_space, space_names
 
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
 from .export import ArtifactCache, export_network, format_for_runtime
-from .lut import LutError, atomic_write_text, calibration_path, lut_sibling
+from supernet.atomic import atomic_open, atomic_write_text, ensure_writable_folder
+
+from .lut import LutError, calibration_path, lut_sibling
 
 
 def covered_resolutions(model, space: SearchSpace, w: float) -> list[int]:
@@ -115,10 +116,9 @@ def _plot(path: Path, pred: np.ndarray, meas: np.ndarray, summary: dict[str, Any
                  f"within 10%: {summary['within_10pct'] * 100:.0f}%", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         if not resolutions:
             raise ValueError(f"{args.lut}: no resolution of space {space.name!r} at width {w:g} is fully "
                              f"covered by the {runtime} rows; run profiler.run first")
+        ensure_writable_folder(Path(args.lut).parent, "LUT folder (the report goes beside the LUT)")
+        outputs = {s: lut_sibling(args.lut, s) for s in (".validate.csv", ".validate.json", ".validate.png")}
+        outputs[".calibration.json"] = calibration_path(args.lut)
+        for p in outputs.values():
+            if p.exists() and not p.is_file():
+                raise ValueError(f"{p}: exists and is not a file; the report cannot be written there")
     except (DeviceConfigError, ValueError, LutError) as exc:
         ap.exit(2, f"error: {exc}\n")
 
@@ -161,10 +167,43 @@ def main(argv: list[str] | None = None) -> int:
     fmt = format_for_runtime(runtime)
     cache = ArtifactCache(args.cache)
     net_dir = cache.root / "networks" / fmt / cache.version(fmt)
-    out = measure_networks(device, runtime, space, subnets, fmt, net_dir, progress=not args.no_progress)
-    if isinstance(out, str):
-        print(f"error: {out}", file=sys.stderr)
+    done: list[dict[str, Any]] = []
+
+    def keep(row: dict[str, Any]) -> None:  # each network's result on disk as soon as it is measured
+        done.append(row)
+        atomic_write_text(outputs[".validate.csv"], _report_csv(subnets, pred, done))
+
+    try:
+        out = measure_networks(device, runtime, space, subnets, fmt, net_dir, progress=not args.no_progress,
+                               on_row=keep)
+        if isinstance(out, str):
+            print(f"error: {out} ({len(done)} network(s) measured, kept in {outputs['.validate.csv']})",
+                  file=sys.stderr)
+            return 1
+        return _report(args, device, runtime, space, subnets, pred, resolutions, out, outputs)
+    except OSError as exc:
+        print(f"error: cannot write the report beside {args.lut}: {exc}", file=sys.stderr)
         return 1
+
+
+def _report_csv(subnets: list[SubnetConfig], pred: np.ndarray, rows: list[dict[str, Any]]) -> str:
+    """The per-subnet CSV (prediction, measurement, error) of the rows measured so far."""
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=["subnet", "r", "lut_sum_ms", "measured_ms", "error_pct", "load_avg", "error"],
+                        lineterminator="\n")
+    wr.writeheader()
+    for cfg, p, row in zip(subnets, pred, rows):
+        m = row["measured_ms"]
+        wr.writerow({"subnet": cfg.to_json(), "r": cfg.r, "lut_sum_ms": f"{p:.4f}",
+                     "measured_ms": "" if np.isnan(m) else f"{m:.4f}",
+                     "error_pct": "" if np.isnan(m) else f"{(p - m) / m * 100:.2f}",
+                     "load_avg": "" if row["load_avg"] is None else row["load_avg"], "error": row["error"]})
+    return buf.getvalue()
+
+
+def _report(args, device, runtime: str, space: SearchSpace, subnets: list[SubnetConfig], pred: np.ndarray,
+            resolutions: list[int], out, outputs: dict[str, Path]) -> int:
+    """Summarise, write the report files and print the table."""
     meas, rows = out
     ok = ~np.isnan(meas)
     if ok.sum() == 0:
@@ -176,22 +215,12 @@ def main(argv: list[str] | None = None) -> int:
                     "seed": args.seed, "resolutions": resolutions, "failed": int((~ok).sum()),
                     "load_avg_median": _median_load(rows), "lut_load_avg_median": _lut_load(args.lut, runtime),
                     "validated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=["subnet", "r", "lut_sum_ms", "measured_ms", "error_pct", "load_avg", "error"],
-                        lineterminator="\n")
-    wr.writeheader()
-    for cfg, p, row in zip(subnets, pred, rows):
-        m = row["measured_ms"]
-        wr.writerow({"subnet": cfg.to_json(), "r": cfg.r, "lut_sum_ms": f"{p:.4f}",
-                     "measured_ms": "" if np.isnan(m) else f"{m:.4f}",
-                     "error_pct": "" if np.isnan(m) else f"{(p - m) / m * 100:.2f}",
-                     "load_avg": "" if row["load_avg"] is None else row["load_avg"], "error": row["error"]})
-    atomic_write_text(lut_sibling(args.lut, ".validate.csv"), buf.getvalue())
-    atomic_write_text(lut_sibling(args.lut, ".validate.json"), json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(calibration_path(args.lut), json.dumps(
+    atomic_write_text(outputs[".validate.csv"], _report_csv(subnets, pred, rows))
+    atomic_write_text(outputs[".validate.json"], json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(outputs[".calibration.json"], json.dumps(
         {"a": summary["a"], "b": summary["b"], "runtime": runtime, "device": device.name,
          "n": summary["n"], "fitted_at": summary["validated_at"]}, indent=2) + "\n")
-    _plot(lut_sibling(args.lut, ".validate.png"), pred[ok], meas[ok], summary,
+    _plot(outputs[".validate.png"], pred[ok], meas[ok], summary,
           f"{device.name} / {runtime} / {space.name}")
     if args.json:
         print(json.dumps(summary))
@@ -210,15 +239,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"{s['load_avg_median']:.2f} during validation")
         print(f"calibration: measured ~ {s['a']:.4f} * sum + {s['b']:.4f} ms -> median |error| "
               f"{s['calibrated_median_abs_error_pct']:.1f}%, within 5%: {s['calibrated_within_5pct'] * 100:.0f}%")
-        print(f"wrote {lut_sibling(args.lut, '.validate.csv')}, .validate.json, .validate.png and "
-              f"{calibration_path(args.lut)}")
+        print(f"wrote {outputs['.validate.csv']}, .validate.json, .validate.png and {outputs['.calibration.json']}")
     return 0
 
 
 def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[SubnetConfig], fmt: str,
-                     net_dir: Path, progress: bool):
-    """Export every network (all before the first measurement), then measure each.
-    Returns (measured ms array with NaN for failures, per-subnet rows) or an error string."""
+                     net_dir: Path, progress: bool, on_row: Callable[[dict[str, Any]], None] | None = None):
+    """Export every network (all before the first measurement), then measure each; ``on_row``
+    receives each network's row (``measured_ms``, ``error``, ``load_avg``) in order as soon as
+    it is known.  Returns (measured ms array with NaN for failures, per-subnet rows) or an
+    error string."""
     import hashlib
 
     from tqdm import tqdm
@@ -247,15 +277,16 @@ def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[Sub
         connect(session, device)
         for i, path in enumerate(tqdm(paths, desc=f"{device.name} {runtime} networks", unit="net",
                                       disable=not progress)):
-            if path is None:
-                continue
-            # the same loop as the blocks: reconnects, retries, benchmark_model summaries
-            out = measure_artifact(session, device, path, req, timeout_s=device.timeout_s * 4)
-            if isinstance(out, str):
-                errors[i] = f"measure: {out}"[:500]
-            else:
-                meas[i] = out["median_ms"] if out.get("median_ms") not in (None, "") else out["mean_ms"]
-                loads[i] = out.get("load_avg")
+            if path is not None:
+                # the same loop as the blocks: reconnects, retries, benchmark_model summaries
+                out = measure_artifact(session, device, path, req, timeout_s=device.timeout_s * 4)
+                if isinstance(out, str):
+                    errors[i] = f"measure: {out}"[:500]
+                else:
+                    meas[i] = out["median_ms"] if out.get("median_ms") not in (None, "") else out["mean_ms"]
+                    loads[i] = out.get("load_avg")
+            if on_row is not None:
+                on_row({"measured_ms": meas[i], "error": errors[i], "load_avg": loads[i]})
     except TransportError as exc:
         return f"{device.name}: {exc}"
     finally:

@@ -23,6 +23,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import os
 import random
 import sys
@@ -30,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from profiler.lut import drop_torn_tail
+from supernet.atomic import atomic_open, atomic_write_text
 from supernet.space import SearchSpace, SubnetConfig
 
 COLUMNS = ["index", "subnet", "acc", "top1", "r", "w", "macs_m", "params_m", "seconds", "rank", "status", "error"]
@@ -41,23 +44,64 @@ def subnet_at(space: SearchSpace, seed: int, index: int, resolutions: Sequence[i
     return space.canonical(space.sample(random.Random(f"{seed}:{index}"), resolutions=resolutions, widths=widths))
 
 
+def parse_row(row: dict[str, str], where: str) -> tuple[SubnetConfig, float | None]:
+    """The subnet and accuracy (a finite fraction in [0, 1]; None for a failed row) of one
+    accuracy row.  Raises ValueError naming ``where``."""
+    try:
+        cfg = SubnetConfig.from_json(row["subnet"])
+    except RecursionError:
+        raise ValueError(f"{where}: subnet JSON nested too deeply") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {str(exc)[:300]}") from None
+    if row.get("status", "ok") not in ("ok", ""):
+        return cfg, None
+    try:
+        acc = float(row["acc"])
+    except (KeyError, TypeError, ValueError):
+        acc = math.nan
+    if not 0.0 <= acc <= 1.0:  # NaN fails too
+        raise ValueError(f"{where}: acc must be a fraction in [0, 1], got {str(row.get('acc'))[:40]!r}")
+    return cfg, acc
+
+
+def read_csv_rows(path: Path) -> list[tuple[str, dict[str, str]]]:
+    """(``file:line``, row) for every row of a CSV, a torn last line (no newline: a killed
+    writer) left out.  Raises ValueError naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror}") from None
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    reader = csv.DictReader(io.StringIO(text))
+    out = []
+    try:
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            if None in row or None in row.values():
+                raise ValueError(f"{where}: wrong number of fields")
+            out.append((where, row))
+    except csv.Error as exc:
+        raise ValueError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
+    return out
+
+
 def read_rows(paths: Iterable[Path]) -> dict[int, dict[str, str]]:
-    """Rows by index from CSV files (missing files and torn or malformed lines skipped;
-    the last row of an index wins)."""
+    """Rows by index from CSV files (missing files skipped, a torn last line left out; the
+    last row of an index wins).  A row that does not parse is an error naming file and line,
+    never dropped: the merge rewrites accuracy.csv from these rows."""
     out: dict[int, dict[str, str]] = {}
     for p in paths:
         if not p.is_file():
             continue
-        text = p.read_text()
-        if text and not text.endswith("\n"):
-            text = text[: text.rfind("\n") + 1]  # a torn last line from a killed process
-        for row in csv.DictReader(io.StringIO(text)):
+        for where, row in read_csv_rows(p):
             try:
                 idx = int(row["index"])
-                SubnetConfig.from_json(row["subnet"])
-                float(row["acc"]) if row.get("status") == "ok" else None
             except (KeyError, TypeError, ValueError):
-                continue
+                raise ValueError(f"{where}: index is not an integer: {str(row.get('index'))[:40]!r}") from None
+            parse_row(row, where)
             out[idx] = row
     return out
 
@@ -67,15 +111,11 @@ def merge(run: Path) -> Path:
     parts = sorted((run / "accuracy.parts").glob("rank*.csv"))
     rows = read_rows([run / "accuracy.csv", *parts])
     path = run / "accuracy.csv"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         for idx in sorted(rows):
             w.writerow(rows[idx])
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 
@@ -113,9 +153,9 @@ def collect(
     part = parts_dir / f"rank{rank}.csv"
     new_file = not part.is_file() or part.stat().st_size == 0
     macs, params = MacsModel(space), ParamsModel(space)
+    if not new_file:
+        drop_torn_tail(part)  # a row torn by a kill is evaluated again
     with part.open("a", newline="") as f:
-        if not new_file and not part.read_text().endswith("\n"):
-            f.write("\n")  # close a torn line so the next row starts clean
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         if new_file:
             w.writeheader()
@@ -139,6 +179,37 @@ def collect(
     return len(todo), len(mine) - len(todo)
 
 
+SETTINGS = ("seed", "resolutions", "widths", "space_name")  # what decides subnet number i
+
+
+def check_settings(run: Path, config: dict, force: bool, rank: int, world: int) -> None:
+    """Refuse to add to accuracy data collected with other settings (row ``i`` would be
+    another subnet's); with ``force``, rank 0 renames the old data aside first.  Raises
+    ValueError."""
+    path = run / "accuracy.config.json"
+    old_data = [p for p in (run / "accuracy.csv", run / "accuracy.parts") if p.exists()]
+    if not path.is_file() or not old_data:
+        return
+    try:
+        prev = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc}); move it and the accuracy data aside") from None
+    changed = [k for k in SETTINGS if isinstance(prev, dict) and k in prev and prev[k] != config[k]]
+    if not changed:
+        return
+    said = ", ".join(f"--{k.replace('_name', '')} {prev[k]} (now {config[k]})" for k in changed)
+    if not force:
+        raise ValueError(f"{path}: the accuracy data there was collected with {said}; use the same settings, "
+                         f"or --force to set it aside and start again")
+    if world > 1:
+        raise ValueError("--force with several processes: run it once with one process first")
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for p in (*old_data, path):
+        aside = p.with_name(f"{p.stem}.{stamp}{p.suffix}")
+        p.rename(aside)
+        print(f"note: {p} -> {aside} (collected with other settings)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m search.collect", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, type=Path, help="run folder written by supernet.train")
@@ -148,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--widths", help="width multipliers to sample (default: the ones the run trained)")
     ap.add_argument("--eval-images", type=int, help="held-out images per subnet (default: all)")
     ap.add_argument("--data", help="override the run's dataset location")
+    ap.add_argument("--force", action="store_true",
+                    help="other --seed/--resolutions/--widths than the run's accuracy data was collected with: "
+                         "set the old data aside (renamed with a time stamp) and start a new list")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
     ap.add_argument("--amp", default="auto", help="auto | bf16 | fp16 | off (auto: bf16 on CUDA, off on the CPU)")
     ap.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -187,12 +261,17 @@ def main(argv: list[str] | None = None) -> int:
               "space": ckpt["space"].get("base", space.name), "space_name": space.name,
               "eval_images": evaluator.eval_images, "recal_images": evaluator.recal_images, "world": world,
               "device": str(evaluator.device), "amp": evaluator.amp}
-    if rank == 0:
-        (args.run / "accuracy.config.json").write_text(json.dumps(config, indent=2) + "\n")
-    t0 = time.time()
-    new, old = collect(args.run, space, evaluator.evaluate, args.subnets, args.seed, res, wid, rank, world,
-                       progress=not args.json)
-    total = read_rows([args.run / "accuracy.csv"])
+    try:
+        check_settings(args.run, config, args.force, rank, world)
+        if rank == 0:
+            atomic_write_text(args.run / "accuracy.config.json", json.dumps(config, indent=2) + "\n")
+        t0 = time.time()
+        new, old = collect(args.run, space, evaluator.evaluate, args.subnets, args.seed, res, wid, rank, world,
+                           progress=not args.json)
+        total = read_rows([args.run / "accuracy.csv"])
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     ok = [float(r["acc"]) for r in total.values() if r.get("status") == "ok"]
     summary = {"rank": rank, "world": world, "evaluated": new, "skipped_existing": old,
                "rows": len(total), "ok": len(ok), "seconds": round(time.time() - t0, 1),

@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from supernet.atomic import atomic_write_text, ensure_writable_folder
 from supernet.space import SearchSpace, SubnetConfig, get_space
 
 from .encoding import Choices, Population, active_mask, gene_sizes, random_population
@@ -599,7 +600,7 @@ def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, laten
                         "measured_latency_ms": None if np.isnan(m) else round(float(m), 4),
                         "error_pct": None if np.isnan(m) else round((pred_ms - m) / m * 100, 2),
                         "measure_error": row["error"] or None})
-    (out_dir / "deploy.json").write_text(json.dumps(records, indent=2) + "\n")
+    atomic_write_text(out_dir / "deploy.json", json.dumps(records, indent=2) + "\n")
     if not args.json:
         for rec in records:
             parts = [f"budget {rec['budget']:g}:"]
@@ -627,7 +628,9 @@ def auto_calibration(lut: Path, runtime: str) -> tuple[float, float] | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a calibration file ({exc})") from None
     if data.get("runtime") not in (None, runtime):
@@ -733,6 +736,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         params = EvolutionParams(args.population, args.parent_ratio, args.mutation_prob,
                                  args.mutation_ratio, args.generations)
+        out_dir = ensure_writable_folder(
+            Path(args.out) if args.out else Path("out/search") / (Path(args.lut).stem if args.lut else flag), "--out folder")
     except MissingKeysError as exc:
         ap.exit(2, "error: " + str(exc).replace("\n", " ") + "\n")
     except (ValueError, OSError) as exc:
@@ -749,7 +754,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results.append(evolve(b, costs, score, params, rng, progress=None if not args.json else False, desc=desc))
     context = report.random_context(choices, costs, score, args.samples, np.random.default_rng([args.seed, 999]))
-    out_dir = Path(args.out) if args.out else Path("out/search") / (Path(args.lut).stem if args.lut else flag)
     latency_costs = CostArrays(latency, choices) if latency is not None else None
     summary = report.write_search(out_dir, results, flag, costs, latency_costs, pred, choices, context,
                                   params, args.seed, lut=args.lut, method=args.method)
@@ -759,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
         # exporters print progress on stdout; with --json stdout holds only the JSON object
         with (_stdout_to_stderr() if args.json else contextlib.nullcontext()):
             summary["deploy"] = export_and_verify(results, space, latency, args, out_dir)
-        (out_dir / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(out_dir / "search.json", json.dumps(summary, indent=2) + "\n")
     if args.json:
         print(json.dumps(summary))
     return 0

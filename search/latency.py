@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -193,7 +194,7 @@ class LatencyModel(CostModel):
 def read_calibration(path: Path, runtime: str | None = None) -> tuple[float, float]:
     """(a, b) from a calibration JSON written by ``profiler.validate``."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
         a, b = float(data["a"]), float(data["b"])
     except FileNotFoundError:
         raise ValueError(f"{path}: no such calibration file") from None
@@ -201,6 +202,9 @@ def read_calibration(path: Path, runtime: str | None = None) -> tuple[float, flo
         raise ValueError(f"{path}: not a calibration file ({exc.__class__.__name__}: {exc})") from None
     if runtime and data.get("runtime") not in (None, runtime):
         raise ValueError(f"{path}: calibration is for runtime {data.get('runtime')!r}, not {runtime!r}")
+    if not (math.isfinite(a) and math.isfinite(b)) or not 0 < a <= 1e3 or abs(b) > 1e6:
+        raise ValueError(f"{path}: calibration a={a:g}, b={b:g} is not usable (a must be a finite positive "
+                         f"slope, b a finite offset in ms)")
     return a, b
 
 
@@ -257,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.calibrated and model.calibration is None:
             raise ValueError(f"{args.lut}: --calibrated given but no calibration file beside it (run profiler.validate)")
         per_block = model.block_costs(cfg)
+    except RecursionError:
+        print(f"error: --subnet {args.subnet[:80]}: JSON nested too deeply to be a subnet", file=sys.stderr)
+        return 2
     except MissingKeysError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

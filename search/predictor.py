@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
+import io
 import json
 import math
 import sys
@@ -33,8 +33,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from supernet.atomic import atomic_write_bytes, atomic_write_text, ensure_writable_folder
 from supernet.space import SearchSpace, SubnetConfig, get_space
 
+from .collect import parse_row, read_csv_rows
 from .encoding import Choices, Encoder, Population
 
 FORMAT = "hwnas-accuracy-predictor"
@@ -163,11 +165,11 @@ class AccuracyPredictor:
             "widths": list(self.widths), "metrics": self.metrics,
             "state_dict": {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in self.state.items()},
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(blob, tmp)
-        tmp.replace(path)
+        buf = io.BytesIO()
+        torch.save(blob, buf)
+        atomic_write_bytes(path, buf.getvalue())
         meta = {k: v for k, v in blob.items() if k != "state_dict"}
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
         self.path = str(path)
         return path
 
@@ -187,6 +189,35 @@ def _torch_load(path: Path):
         raise ValueError(f"{path}: not a readable predictor file ({first[:200]})") from None
 
 
+def check_mlp_state(sd: Any, n_in: int, hidden: tuple[int, ...], path: Path | str) -> dict[str, np.ndarray]:
+    """The weights of ``build_mlp(n_in, hidden)`` from a loaded state dict, as float32 numpy:
+    exactly its keys, each a floating-point tensor of the layer's shape, every value finite.
+    Raises ValueError naming ``path``."""
+    import torch
+
+    sizes = (n_in, *hidden, 1)
+    expected = {}
+    for i in range(len(sizes) - 1):
+        expected[f"{2 * i}.weight"] = (sizes[i + 1], sizes[i])
+        expected[f"{2 * i}.bias"] = (sizes[i + 1],)
+    if not isinstance(sd, dict) or set(sd) != set(expected):
+        got = sorted(map(str, sd))[:12] if isinstance(sd, dict) else type(sd).__name__
+        raise ValueError(f"{path}: weights do not fit the {'-'.join(map(str, sizes))} MLP "
+                         f"(expected {sorted(expected)}, got {got})")
+    state = {}
+    for k, shape in expected.items():
+        v = sd[k]
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+            raise ValueError(f"{path}: weight {k} is not a floating-point tensor ({getattr(v, 'dtype', type(v).__name__)})")
+        if tuple(v.shape) != shape:
+            raise ValueError(f"{path}: weight {k} has shape {tuple(v.shape)}, the "
+                             f"{'-'.join(map(str, sizes))} MLP needs {shape}")
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{path}: weight {k} holds NaN or infinite values")
+        state[k] = v.float().numpy()
+    return state
+
+
 def _is_ofa_state(obj: Any) -> bool:
     return (isinstance(obj, dict) and "0.weight" in obj and "6.weight" in obj
             and tuple(obj["0.weight"].shape) == (400, 128))
@@ -198,13 +229,10 @@ def load_ofa_predictor(path: Path | str) -> AccuracyPredictor:
     sd = _torch_load(path)
     if isinstance(sd, dict) and "state_dict" in sd and not _is_ofa_state(sd):
         sd = sd["state_dict"]
-    expected = {"0.weight": (400, 128), "0.bias": (400,), "2.weight": (400, 400), "2.bias": (400,),
-                "4.weight": (400, 400), "4.bias": (400,), "6.weight": (1, 400), "6.bias": (1,)}
-    if not isinstance(sd, dict) or set(sd) != set(expected) or any(
-            tuple(sd[k].shape) != s for k, s in expected.items()):
-        got = {k: tuple(v.shape) for k, v in sd.items()} if isinstance(sd, dict) else type(sd).__name__
-        raise ValueError(f"{path}: not OFA's predictor (expected the 128-400-400-400-1 MLP, got {got})")
-    state = {k: v.float().numpy() for k, v in sd.items()}
+    if not isinstance(sd, dict) or "0.weight" not in sd or tuple(getattr(sd["0.weight"], "shape", ())) != (400, 128):
+        got = {k: tuple(getattr(v, "shape", ())) for k, v in sd.items()} if isinstance(sd, dict) else type(sd).__name__
+        raise ValueError(f"{path}: not OFA's predictor (expected the 128-400-400-400-1 MLP, got {str(got)[:200]})")
+    state = check_mlp_state(sd, 128, (400, 400, 400), path)
     return AccuracyPredictor(Encoder.ofa(), (400, 400, 400), state, 0.0, (OFA_WIDTH,),
                              space_name="ofa_mbv3", source="ofa", path=str(path))
 
@@ -234,13 +262,23 @@ def load_predictor(spec: str | Path, space: SearchSpace | None = None) -> Accura
         else:
             try:
                 enc = Encoder.from_dict(blob["encoder"])
-                state = {k: v.float().numpy() for k, v in blob["state_dict"].items()}
-                pred = AccuracyPredictor(enc, tuple(blob["hidden"]), state, float(blob["offset"]),
-                                         tuple(float(x) for x in blob.get("widths", ())),
-                                         space_name=blob.get("space", ""), source="hwnas",
+                hidden = blob["hidden"]
+                if (not isinstance(hidden, (list, tuple)) or not 1 <= len(hidden) <= 16
+                        or not all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= 1 << 16 for h in hidden)):
+                    raise ValueError(f"hidden must be a list of layer sizes, got {str(hidden)[:80]}")
+                state = check_mlp_state(blob["state_dict"], enc.n_dim, tuple(hidden), path)
+                offset = float(blob["offset"])
+                widths = tuple(float(x) for x in blob.get("widths", ()))
+                if not all(math.isfinite(x) for x in (offset, *widths)):
+                    raise ValueError("offset and widths must be finite numbers")
+                pred = AccuracyPredictor(enc, tuple(hidden), state, offset, widths,
+                                         space_name=str(blob.get("space", "")), source="hwnas",
                                          path=str(path), metrics=dict(blob.get("metrics", {})))
             except (KeyError, TypeError, AttributeError, ValueError) as exc:
-                raise ValueError(f"{path}: corrupt hwnas predictor file ({type(exc).__name__}: {exc})") from None
+                msg = str(exc)
+                if msg.startswith(f"{path}: "):
+                    raise ValueError(msg) from None
+                raise ValueError(f"{path}: corrupt hwnas predictor file ({type(exc).__name__}: {msg[:200]})") from None
     if space is not None:
         try:
             pred.check_space(space)
@@ -281,22 +319,27 @@ def read_accuracy_csv(path: Path | str, space: SearchSpace) -> tuple[list[Subnet
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such accuracy CSV")
-    subnets, accs = [], []
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"subnet", "acc"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: needs columns subnet and acc (has {reader.fieldnames})")
-        for line, row in enumerate(reader, start=2):
-            if row.get("status", "ok") not in ("ok", ""):
-                continue
-            try:
-                cfg = SubnetConfig.from_json(row["subnet"])
-                cfg.validate(space)
-                acc = float(row["acc"])
-            except (ValueError, TypeError) as exc:
-                raise ValueError(f"{path}:{line}: {exc}") from None
-            subnets.append(cfg)
-            accs.append(acc)
+    rows = read_csv_rows(path)
+    if not rows:
+        raise ValueError(f"{path}: no accuracy rows")
+    header = set(rows[0][1])
+    if not {"subnet", "acc"} <= header:
+        raise ValueError(f"{path}: needs columns subnet and acc (has {sorted(header)})")
+    subnets, accs, seen = [], [], {}
+    for where, row in rows:
+        cfg, acc = parse_row(row, where)
+        if "index" in row:
+            first = seen.setdefault(row["index"], where)
+            if first != where:
+                raise ValueError(f"{where}: duplicate index {row['index'][:20]} (first at {first})")
+        if acc is None:
+            continue
+        try:
+            cfg.validate(space)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        subnets.append(cfg)
+        accs.append(acc)
     if not subnets:
         raise ValueError(f"{path}: no accuracy rows")
     return subnets, np.asarray(accs)
@@ -404,11 +447,13 @@ def main(argv: list[str] | None = None) -> int:
         space = get_space(args.space or _space_of_run(data.parent) or "fmnist")
         hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())
         subnets, accs = read_accuracy_csv(data, space)
+        out = Path(args.out) if args.out else data.parent / "predictor.pt"
+        ensure_writable_folder(out.parent, "--out folder")
         pred = train_predictor(subnets, accs, space, np.random.default_rng(args.seed), hidden=hidden,
                                epochs=args.epochs, test_frac=args.test_frac, progress=not args.json)
     except ValueError as exc:
         ap.error(str(exc))
-    out = pred.save(Path(args.out) if args.out else data.parent / "predictor.pt")
+    pred.save(out)
     m = pred.metrics
     if args.json:
         print(json.dumps({"predictor": str(out), **m}))

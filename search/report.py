@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from supernet.atomic import atomic_open, atomic_write_text
+
 from .encoding import Choices, Population, random_population
 
 UNITS = {"latency-ms": "ms", "macs-m": "M MACs", "params-m": "M params"}
@@ -121,12 +123,12 @@ def write_search(out_dir: Path, results: Sequence, flag: str, costs, latency_cos
                       {"subnet": c.to_dict(), "predicted_accuracy": _round(a, 5), "cost": _round(k)}
                       for c, a, k in zip(res.population, res.population_acc, res.population_cost)
                   ]}
-        (out_dir / name).write_text(json.dumps(detail, indent=2) + "\n")
+        atomic_write_text(out_dir / name, json.dumps(detail, indent=2) + "\n")
         files[f"{res.budget:g}"] = str(out_dir / name)
     csv_path = out_dir / "pareto.csv"
     cols = ["budget", "unit", "predicted_accuracy", "cost", "predicted_latency_ms", "lut_sum_ms",
             "macs_m", "params_m", "r", "w", "d", "subnet"]
-    with csv_path.open("w", newline="") as f:
+    with atomic_open(csv_path, "w", newline="") as f:
         wr = csv.writer(f)
         wr.writerow(cols)
         for row in rows:
@@ -139,7 +141,7 @@ def write_search(out_dir: Path, results: Sequence, flag: str, costs, latency_cos
                             f"{pred.source} predictor")
     summary["files"] = {"per_budget": files, "pareto_csv": str(csv_path), "plot": str(png),
                         "summary": str(out_dir / "search.json")}
-    (out_dir / "search.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / "search.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -171,7 +173,8 @@ def plot_search(path: Path, results: Sequence, flag: str, context: dict[str, np.
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_open(path, "wb") as fh:
+        fig.savefig(fh, format="png")
     plt.close(fig)
     return Path(path)
 

@@ -1,0 +1,100 @@
+"""The one atomic file writer: every file hwnas writes goes through here.
+
+A write goes to a temporary file in the target's folder (so the rename cannot cross file
+systems), is flushed and fsynced, renamed over the target with ``os.replace`` and the folder
+is fsynced, so a crash leaves either the old file or the new one, never a torn mix.  The new
+file keeps the previous file's mode; a new file gets 0o666 less the umask, as a plain
+``open`` would give it (``mkstemp`` alone would leave 0o600).  Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` sets it, a race between
+    threads) where Linux shows it in /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # some file systems do not open folders; the rename itself is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path | str, mode: str = "w", newline: str | None = None) -> Iterator[IO]:
+    """A file object for ``path`` that replaces it atomically when the block ends without an
+    exception (the previous file is untouched otherwise).  ``mode`` is ``"w"`` or ``"wb"``."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": newline})) as fh:
+            os.fchmod(fh.fileno(), _mode_for(path))
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(path.parent)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (see the module docstring)."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8) atomically (see the module docstring)."""
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def ensure_writable_folder(folder: Path | str, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and prove it writable by creating and removing a file
+    there (permission bits alone say nothing for root or a read-only mount), so a command
+    can refuse before any work.  Raises ValueError with one line naming the folder."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{folder}: cannot write the {what}: {exc.strerror or exc}") from None
+    return folder

@@ -1,0 +1,131 @@
+"""Nothing overwritten unasked, outputs checked before the work: profiler.validate keeps each
+network's result as it goes and refuses an unusable report path up front; search.collect
+never drops rows it cannot parse and refuses to mix settings; search.evolve's --out."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import last_error_line, run_cli
+from profiler.lut import LutWriter, error_row
+from search.collect import check_settings, collect, subnet_at
+from sshd import write_devices
+from supernet.space import TINY
+
+RES, WID = TINY.resolutions, TINY.width_mults
+
+# A runner double: answers info and one measurement, then leaves a marker and exits; while
+# the marker exists it refuses to start (the device is gone for good).
+DYING_RUNNER = r'''#!{python}
+import json, os, sys
+MARK = {mark!r}
+if os.path.exists(MARK):
+    sys.exit(3)
+print(json.dumps({{"ok": True, "ready": True, "protocol": 1}}), flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    if req.get("op") == "info":
+        print(json.dumps({{"ok": True, "id": req["id"], "host": "fake", "cpu": "fake",
+                          "runtimes": {{"onnxruntime": {{"version": "1.0", "providers": []}}}}}}), flush=True)
+        continue
+    print(json.dumps({{"ok": True, "id": req["id"], "runtime": "onnxruntime", "runtime_version": "1.0",
+                      "threads": 1, "samples_ms": [2.0, 2.0, 2.0]}}), flush=True)
+    open(MARK, "w").close()
+    sys.exit(0)
+'''
+
+
+def full_lut(path):
+    with LutWriter(path) as w:
+        for b in TINY.all_blocks():
+            row = error_row(str(b), "onnxruntime", "", {})
+            row.update(status="ok", median_ms=0.5, error="")
+            w.add(row)
+    return path
+
+
+def validate_cli(tmp_path, lut, *extra):
+    script = tmp_path / "dying_runner"
+    script.write_text(DYING_RUNNER.format(python=sys.executable, mark=str(tmp_path / "gone")))
+    script.chmod(0o755)
+    devices = write_devices(tmp_path / "devices.yaml", {"fake": {
+        "transport": "local", "runtime": "onnxruntime", "python": str(script), "timeout_s": 5,
+        "connect_timeout_s": 2, "retries": 0}})
+    return run_cli("profiler.validate", "--device", "fake", "--devices", devices, "--lut", lut, "--space", "tiny",
+                   "--cache", tmp_path / "cache", "--no-progress", *extra)
+
+
+def test_validate_refuses_an_unwritable_report_before_measuring(tmp_path):
+    lut = full_lut(tmp_path / "l.csv")
+    (tmp_path / "l.validate.csv").mkdir()
+    p = validate_cli(tmp_path, lut, "--subnets", "2")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "l.validate.csv: exists and is not a file" in last_error_line(p)
+    assert not (tmp_path / "cache").exists()  # nothing exported, nothing measured
+
+
+@pytest.mark.slow
+def test_validate_keeps_each_network_as_it_is_measured(tmp_path):
+    lut = full_lut(tmp_path / "l.csv")
+    p = validate_cli(tmp_path, lut, "--subnets", "3")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "1 network(s) measured" in last_error_line(p)
+    lines = (tmp_path / "l.validate.csv").read_text().splitlines()
+    assert len(lines) == 2 and lines[1].split(",")[-4] == "2.0000"  # header + the one measured network
+
+
+def test_collect_never_drops_a_row_it_cannot_parse(tmp_path):
+    collect(tmp_path, TINY, lambda cfg: 50.0, 3, 0, RES, WID, progress=False)
+    path = tmp_path / "accuracy.csv"
+    with path.open("a") as fh:
+        fh.write('7,"{""ks"": [3]}",0.5,50.0,32,1.0,1,1,0.1,0,ok,\n')  # someone's hand-added row
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"accuracy.csv:5: subnet JSON"):
+        collect(tmp_path, TINY, lambda cfg: 50.0, 4, 0, RES, WID, progress=False)
+    assert path.read_bytes() == before
+
+
+def test_collect_rerun_with_other_settings_needs_force(tmp_path, capsys):
+    config = {"seed": 0, "resolutions": list(RES), "widths": list(WID), "space_name": "tiny"}
+    collect(tmp_path, TINY, lambda cfg: 50.0, 2, 0, RES, WID, progress=False)
+    (tmp_path / "accuracy.config.json").write_text(json.dumps(config))
+    check_settings(tmp_path, dict(config), force=False, rank=0, world=1)  # same settings: fine
+    before = (tmp_path / "accuracy.csv").read_bytes()
+    for change in ({"seed": 1}, {"resolutions": [RES[0]]}):
+        with pytest.raises(ValueError, match=r"accuracy.config.json: the accuracy data there was collected with"):
+            check_settings(tmp_path, {**config, **change}, force=False, rank=0, world=1)
+    assert (tmp_path / "accuracy.csv").read_bytes() == before
+    check_settings(tmp_path, {**config, "seed": 1}, force=True, rank=0, world=1)
+    assert not (tmp_path / "accuracy.csv").exists()
+    kept = list(tmp_path.glob("accuracy.*.csv"))
+    assert len(kept) == 1 and kept[0].read_bytes() == before
+    collect(tmp_path, TINY, lambda cfg: 50.0, 2, 1, RES, WID, progress=False)
+    from search.collect import read_rows
+
+    assert read_rows([tmp_path / "accuracy.csv"])[0]["subnet"] == subnet_at(TINY, 1, 0, RES, WID).to_json()
+
+
+def test_evolve_unwritable_out_is_one_line_before_searching(tmp_path):
+    from test_untrusted_files import _saved_predictor
+
+    pred = _saved_predictor(tmp_path)
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    p = run_cli("search.evolve", "--predictor", pred, "--macs-m", "1000", "--out", blocker / "out",
+                "--generations", "1", "--population", "4", "--samples", "4")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "cannot write the --out folder" in p.stderr.strip().splitlines()[-1]
+
+
+def test_predictor_unwritable_out_is_one_line_before_training(tmp_path):
+    from test_untrusted_files import _acc_csv
+
+    data = _acc_csv(tmp_path, "0.5")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    p = run_cli("search.predictor", "--data", data, "--space", "tiny", "--out", blocker / "p.pt", "--epochs", "1")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "cannot write the --out folder" in p.stderr.strip().splitlines()[-1]
