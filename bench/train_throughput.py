@@ -1,9 +1,12 @@
 """Training-step throughput (images/s) of our supernet against OFA's reference
 implementation (PyPI ``ofa``), on the same active subnets, batch and resolution, alternating
-the two in one process.  Prints one JSON object; target: ours/reference >= 1.0 everywhere.
+the two in one process.  Prints one JSON object.  Targets (issue 13): ours/reference >= 1.5
+with each tool in its default configuration (``--memory-format default``: ours trains
+channels-last, OFA's NCHW) and >= 1.2 with both in the same format (``nchw``,
+``channels-last``).
 
     bash bench/make_ref_env.sh                       # bench-only env with `ofa` (gitignored)
-    bench/.venv-ref/bin/python bench/train_throughput.py [--batch 16 --res 128 --reps 5]
+    bench/.venv-ref/bin/python bench/train_throughput.py [--batch 16 --res 128 --reps 5] [--memory-format default]
 
 Both supernets are OFA MobileNetV3 (kernels 3/5/7, expands 3/4/6, depths 2/3/4, 1000
 classes, width 1.0).  A step is set-active, zero-grad, forward, cross-entropy, backward and
@@ -41,6 +44,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--elastic-width", action="store_true",
                    help="our supernet also holds width 1.2 (the registered ofa_mbv3 space)")
+    p.add_argument("--memory-format", default="default", choices=("default", "nchw", "channels-last"),
+                   help="default: each tool as it ships (ours channels-last, OFA's NCHW); nchw / channels-last: "
+                        "both in that format")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args()
     if args.threads:
@@ -63,19 +69,28 @@ def main() -> None:
 
     x = torch.randn(args.batch, 3, args.res, args.res)
     y = torch.randint(0, 1000, (args.batch,))
+    ours_cl = args.memory_format in ("default", "channels-last")
+    ref_cl = args.memory_format == "channels-last"
+    cl = torch.channels_last
+    if ours_cl:
+        ours = ours.to(memory_format=cl)
+    if ref_cl:
+        ref = ref.to(memory_format=cl)
+    x_ours = x.contiguous(memory_format=cl) if ours_cl else x
+    x_ref = x.contiguous(memory_format=cl) if ref_cl else x
     opt_ours = torch.optim.SGD(ours.parameters(), lr=1e-4, momentum=0.9)
     opt_ref = torch.optim.SGD(ref.parameters(), lr=1e-4, momentum=0.9)
 
     def step_ours(cfg):
         ours.set_active(cfg)
         opt_ours.zero_grad(set_to_none=True)
-        F.cross_entropy(ours(x), y).backward()
+        F.cross_entropy(ours(x_ours), y).backward()
         opt_ours.step()
 
     def step_ref(cfg):
         ref.set_active_subnet(ks=list(cfg.ks), e=list(cfg.e), d=list(cfg.d))
         opt_ref.zero_grad(set_to_none=True)
-        F.cross_entropy(ref(x), y).backward()
+        F.cross_entropy(ref(x_ref), y).backward()
         opt_ref.step()
 
     def timed(fn, cfg) -> float:
@@ -103,7 +118,9 @@ def main() -> None:
         print(f"{name}: ours {ours_ips:.1f} img/s, ofa {ref_ips:.1f} img/s, ratio {ours_ips / ref_ips:.3f}",
               file=sys.stderr)
     out = {
-        "bench": "train_throughput", "batch": args.batch, "resolution": args.res, "steps": args.steps,
+        "bench": "train_throughput", "memory_format": {"ours": "channels-last" if ours_cl else "nchw",
+                                                       "ofa": "channels-last" if ref_cl else "nchw"},
+        "batch": args.batch, "resolution": args.res, "steps": args.steps,
         "reps": args.reps, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "space": space.name, "host": platform.node(), "cpu_count": os.cpu_count(),
         "load_avg": os.getloadavg(), "subnets": results,

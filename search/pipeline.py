@@ -19,7 +19,7 @@ stage recorded with the same command whose outputs exist, unless an earlier stag
 training continues from its checkpoint; ``--force`` redoes everything).  Bad input (a missing
 dataset, a resolution the space lacks) is one ``error:`` line before any work.
 
-Defaults (two resolutions, the ``tiny`` preset, 60 subnets on 500 held-out images, 100
+Defaults (two resolutions, the ``main`` preset, 100 subnets on 2,500 held-out images, 100
 generations) are sized for about 20 minutes on 2 idle cores with a cold artifact cache; the
 308 block exports of the profile stage dominate, so keep ``--cache`` across runs.
 
@@ -38,6 +38,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from supernet.atomic import atomic_open, atomic_write_text
 
 RUNTIMES = ("onnxruntime", "tflite")
 STAGES = ("profile", "train", "collect", "predictor", "search", "summary")
@@ -72,7 +74,7 @@ class Stages:
 
     def record(self, name: str, cmd: list[str] | None, seconds: float) -> None:
         self.done[name] = {"cmd": _portable(cmd), "seconds": round(seconds, 1), "skipped": False}
-        self.path.write_text(json.dumps({"stages": self.done}, indent=2) + "\n")
+        atomic_write_text(self.path, json.dumps({"stages": self.done}, indent=2) + "\n")
 
     def run(self, name: str, cmd: list[str], outputs: list[Path], timeout_s: float) -> float:
         """Run one stage's command (its own progress bars stream through) unless finished;
@@ -179,10 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--export-workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=None, help="profiler: minimum timed runs per block")
     ap.add_argument("--min-time", type=float, default=None, help="profiler: minimum timed seconds per block")
-    ap.add_argument("--preset", default="tiny", help="supernet.train preset")
+    ap.add_argument("--preset", default="main", help="supernet.train preset")
     ap.add_argument("--train-limit", type=int, default=None, help="training images (default: the preset's)")
-    ap.add_argument("--subnets", type=int, default=60, help="subnets evaluated for the predictor")
-    ap.add_argument("--eval-images", type=int, default=500, help="held-out images per evaluated subnet")
+    ap.add_argument("--subnets", type=int, default=100, help="subnets evaluated for the predictor")
+    ap.add_argument("--eval-images", type=int, default=2500, help="held-out images per evaluated subnet")
     ap.add_argument("--predictor-epochs", type=int, default=300)
     ap.add_argument("--fractions", default="0.2,0.5,0.8", help="budgets between the cheapest and largest subnet")
     ap.add_argument("--generations", type=int, default=100)
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     resolved = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 "resolutions": resolutions, "width": widths[0], "fractions": fractions, "runtimes": runtimes,
                 "python": py, "cwd": str(Path.cwd()), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (out / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    atomic_write_text(out / "config.json", json.dumps(resolved, indent=2) + "\n")
     stages = Stages(out, args.force)
     lut = out / "luts" / "local.csv"
     run = out / "supernet"
@@ -393,7 +395,7 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with (out / "summary.csv").open("w", newline="") as f:
+    with atomic_open(out / "summary.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["searched_for", "level", "budget_ms", "predicted_accuracy", *[f"{rt}_ms" for rt in runtimes],
                     "fits", "arch", "subnet"])
@@ -411,7 +413,7 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
                "budgets": {rt: searches[rt]["budgets"] for rt in runtimes},
                "latency_range_ms": {rt: [searches[rt]["cheapest_ms"], searches[rt]["largest_ms"]] for rt in runtimes},
                "accuracy": quality or {}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
     fig, axes = plt.subplots(1, len(runtimes), figsize=(5.5 * len(runtimes), 4.2), dpi=120, squeeze=False)
     for ax, lut_rt in zip(axes[0], runtimes):

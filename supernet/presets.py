@@ -234,13 +234,42 @@ PRESETS: dict[str, TrainConfig] = {
                          expand1=(0.5, 0.01), expand2=(1.5, 0.03), warmup=0.1),
         batch_size=128, train_limit=20000, valid_size=5000, eval_images=2000, ckpt_every=100, log_every=10,
     ),
-    # One thread: on a shared 2-core box two OpenMP threads wait on each other at every op.
+    # The default preset: about 4 minutes of training on 2 idle CPU cores (contract: the
+    # whole command <= 5 min).  All 55k training images, batch 128 (channels-last); the
+    # full network first (most of the budget), then kernel, depth and expand phases by the
+    # sandwich rule (largest, smallest and one random subnet per step; the largest is the
+    # full network, which distils into the others in place), each a short fine-tune at a
+    # lower rate that decays to zero.
     "tiny": TrainConfig(
         preset="tiny",
-        phases=ps_phases(full=(0.75, 0.1), kernel=(0.25, 0.03), depth1=(0.125, 0.01), depth2=(0.25, 0.03),
-                         expand1=(0.125, 0.01), expand2=(0.25, 0.03)),
-        batch_size=32, train_limit=2048, valid_size=2000, recal_images=256, eval_images=250,
-        threads=1, ckpt_every=16, log_every=4,
+        phases=(
+            Phase("full", 0.8, 0.15, kernels=(7,), expands=(6,), depths=(4,), rule="max", distill=False,
+                  warmup_epochs=0.02, final_lr_ratio=0.02 / 0.15),
+            Phase("kernel", 0.06, 0.02, expands=(6,), depths=(4,), subnets_per_step=3, rule="sandwich",
+                  distill=False, final_lr_ratio=0.75),
+            Phase("depth", 0.08, 0.015, expands=(6,), subnets_per_step=3, rule="sandwich", distill=False,
+                  final_lr_ratio=2 / 3),
+            Phase("expand", 0.14, 0.01, subnets_per_step=3, rule="sandwich", distill=False, sort_channels=True),
+        ),
+        batch_size=128, train_limit=None, valid_size=5000, recal_images=1000, eval_images=1000,
+        threads=2, ckpt_every=100, log_every=10, eval_phases=False,
+    ),
+    # The main job's preset (search.pipeline's default): the tiny recipe with about twice
+    # the full-network training, sized so that the whole pipeline (a cold profile of two
+    # runtimes included) stays within 20 minutes on 2 idle cores.
+    "main": TrainConfig(
+        preset="main",
+        phases=(
+            Phase("full", 1.3, 0.15, kernels=(7,), expands=(6,), depths=(4,), rule="max", distill=False,
+                  warmup_epochs=0.02, final_lr_ratio=0.02 / 0.15),
+            Phase("kernel", 0.08, 0.02, expands=(6,), depths=(4,), subnets_per_step=3, rule="sandwich",
+                  distill=False, final_lr_ratio=0.75),
+            Phase("depth", 0.1, 0.015, expands=(6,), subnets_per_step=3, rule="sandwich", distill=False,
+                  final_lr_ratio=2 / 3),
+            Phase("expand", 0.2, 0.01, subnets_per_step=3, rule="sandwich", distill=False, sort_channels=True),
+        ),
+        batch_size=128, train_limit=None, valid_size=5000, recal_images=1000, eval_images=1000,
+        threads=2, ckpt_every=100, log_every=10, eval_phases=False,
     ),
     "test": TrainConfig(
         preset="test", space="tiny",

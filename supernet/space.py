@@ -534,6 +534,8 @@ class SubnetConfig:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"subnet is not valid JSON: {exc}") from None
+        except RecursionError:  # e.g. 200k nested lists: one clean line for every caller
+            raise ValueError("subnet JSON is nested too deeply") from None
         return cls.from_dict(data)
 
     # validation -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import io
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from .atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from .data import Data, TensorSplit, load_data, resize, steps_per_epoch, train_batches
 from .device import autocast, describe, grad_scaler, resolve_amp, resolve_device, to_device
 from .evaluation import (CheckpointError, Evaluator, adapt_space, load_checkpoint, space_from_record,
@@ -76,17 +78,13 @@ def init_distributed(device: str = "auto") -> Dist:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """``torch.save`` into memory, then ``supernet.atomic.atomic_write_bytes`` (temporary
+    file in the same folder, fsync, rename, fsync of the folder): a kill -9 leaves the old
+    file or the new one, never a torn one."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def step_rng(seed: int, phase: int, step: int) -> random.Random:
@@ -141,14 +139,19 @@ class Metrics:
             return
         rows = []
         if keep_until is not None and path.is_file():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["global_step"]) <= keep_until]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
+            text = path.read_text(errors="replace")
+            if text and not text.endswith("\n"):
+                text = text[: text.rfind("\n") + 1]  # a torn last line from a kill -9
+            for r in csv.DictReader(io.StringIO(text)):
+                try:
+                    if int(r["global_step"]) <= keep_until:
+                        rows.append(r)
+                except (KeyError, TypeError, ValueError):
+                    continue  # a malformed row is dropped on resume, never a traceback
+        with atomic_open(path, "w", newline="") as f:
             w = csv.DictWriter(f, METRIC_FIELDS)
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, path)
 
     def write(self, **row: Any) -> None:
         if not self.active:
@@ -209,7 +212,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
     data, model = prepare(cfg, dist)  # a missing dataset fails here, before anything is written
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), out / "config.yaml")
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     space = model.space
     record = space_record(cfg.space, space)
     state = {"phase": 0, "pstep": 0, "global_step": 0, "elapsed": 0.0}
@@ -385,7 +388,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
                       "held_out_images": n, "recal_images": cfg.recal_images,
                       **{f"{k}_top1": round(v["top1"], 3) for k, v in res.items()},
                       **{f"{k}_subnet": v["subnet"] for k, v in res.items()}}
-            atomic_write_text(json.dumps(result, indent=2) + "\n", out / "result.json")
+            atomic_write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
             if progress:
                 print(f"supernet.train: largest {result['max_top1']:.2f}%, smallest {result['min_top1']:.2f}% "
                       f"top-1 on {n} held-out images after {result['train_seconds']:.0f} s of training")

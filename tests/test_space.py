@@ -95,6 +95,12 @@ def test_subnet_json_round_trip_and_ofa_naming():
         assert hash(SubnetConfig.from_json(cfg.to_json())) == hash(cfg)
 
 
+def test_deeply_nested_subnet_json_is_a_value_error():
+    for text in ("[" * 200_000 + "]" * 200_000, '{"ks":' * 200_000 + "1" + "}" * 200_000):
+        with pytest.raises(ValueError, match="^subnet JSON is nested too deeply$"):
+            SubnetConfig.from_json(text)
+
+
 def test_skipped_entries_are_ignored():
     cfg = OFA_MBV3.min_subnet()
     ks = list(cfg.ks)
