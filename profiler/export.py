@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from supernet.atomic import mode_for
 from supernet.space import BlockSpec, SearchSpace, SubnetConfig
 
 EXPORTER_REV = 1
@@ -144,6 +145,7 @@ def _write_atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, mode_for(path))  # mkstemp made it 0600; an artifact is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

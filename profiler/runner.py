@@ -177,10 +177,15 @@ def _stats(samples):
     }
 
 
+MAX_SAMPLES = 20000  # a reply of this many samples stays far below the host's 1 MiB line cap
+
+
 def measure(model, runtime="tflite", threads=1, warmup=10, repeats=50, min_time_s=0.0,
-            max_time_s=30.0, providers=None):
+            max_time_s=30.0, providers=None, max_samples=MAX_SAMPLES):
     """Load ``model``, run ``warmup`` untimed invocations, then time invocations until at
-    least ``repeats`` were done and ``min_time_s`` has passed (or ``max_time_s`` is spent)."""
+    least ``repeats`` were done and ``min_time_s`` has passed (or ``max_time_s`` is spent,
+    or ``max_samples`` are taken once ``repeats`` are: a block of a few microseconds would
+    otherwise send hundreds of thousands of samples)."""
     t_load = time.perf_counter()
     m = _Model(model, runtime, threads, providers)
     load_ms = (time.perf_counter() - t_load) * 1e3
@@ -197,7 +202,7 @@ def measure(model, runtime="tflite", threads=1, warmup=10, repeats=50, min_time_
         t1 = clock()
         samples.append((t1 - t0) / 1e6)
         elapsed = t1 - start
-        if len(samples) >= int(repeats) and elapsed >= min_ns:
+        if len(samples) >= int(repeats) and (elapsed >= min_ns or len(samples) >= int(max_samples)):
             break
         if elapsed >= budget_ns:
             break

@@ -231,8 +231,8 @@ class ParamsModel(CostModel):
 def _unwrap_result(text: str) -> str:
     """A search result file (``search.evolve``'s ``budget_*ms.json``) stands for its subnet."""
     try:
-        obj = json.loads(Path(text).read_text())
-    except (OSError, ValueError):
+        obj = json.loads(Path(text).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return text
     return json.dumps(obj["subnet"]) if isinstance(obj, dict) and "subnet" in obj else text
 

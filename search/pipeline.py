@@ -380,7 +380,10 @@ def quality_lines(q: dict) -> list[str]:
         lines.append(f"collected: {q['subnets']} subnets on {q['eval_images']} held-out images each, "
                      f"top-1 {q['top1_min']:.2f}..{q['top1_max']:.2f}% (std {q['top1_std']:.2f} pp{se})")
     if "kendall_tau" in q:
-        verdict = ("it ranks subnets" if q["ranks"] else
+        strong = q["kendall_tau"] >= 0.5 and q["rmse_pp"] <= 0.7 * q["baseline_rmse_pp"]
+        verdict = ("it ranks subnets" if strong else
+                   "it ranks subnets only weakly (tau < 0.5 or RMSE > 0.7x the mean's): treat close pred.acc% as ties"
+                   if q["ranks"] else
                    "it does NOT beat predicting the mean: pred.acc% above is noise, the choices are by latency only")
         lines.append(f"predictor: held-out Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse_pp']:.2f} pp "
                      f"(predicting the mean: {q['baseline_rmse_pp']:.2f} pp) on {q.get('predictor_test_rows')} rows; "

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
-def _mode_for(path: Path) -> int:
+def mode_for(path: Path) -> int:
+    """The mode a file written at ``path`` gets: the previous file's, else 0o666 less the
+    umask (what a plain ``open`` would give)."""
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
@@ -61,7 +63,7 @@ def atomic_open(path: Path | str, mode: str = "w", newline: str | None = None) -
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": newline})) as fh:
-            os.fchmod(fh.fileno(), _mode_for(path))
+            os.fchmod(fh.fileno(), mode_for(path))
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

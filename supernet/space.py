@@ -645,10 +645,17 @@ def parse_subnet(text: str, space: SearchSpace, r: int | None = None, w: float |
             if not path.is_file():
                 raise ValueError(f"--subnet {text!r} is neither max, min, a JSON object nor a file")
             try:
-                text = path.read_text()
+                text = path.read_text(encoding="utf-8")
             except OSError as exc:
                 raise ValueError(f"cannot read subnet file {path}: {exc.strerror}") from None
-        cfg = SubnetConfig.from_json(text)
+            except UnicodeDecodeError:
+                raise ValueError(f"subnet file {path} is not UTF-8 text") from None
+            try:
+                cfg = SubnetConfig.from_json(text)
+            except ValueError as exc:
+                raise ValueError(f"subnet file {path}: {exc}") from None
+        else:
+            cfg = SubnetConfig.from_json(text)
         if r is not None:
             cfg = replace(cfg, r=r)
         if w is not None:

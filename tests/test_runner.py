@@ -63,3 +63,29 @@ def test_runner_is_standard_library_only():
     top = {(n.names[0].name if isinstance(n, ast.Import) else n.module).split(".")[0]
            for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
     assert top <= {"json", "math", "os", "platform", "statistics", "sys", "time"}
+
+
+def test_a_microsecond_block_sends_a_reply_that_fits_the_line_cap(monkeypatch):
+    """A block that runs in microseconds (global pooling under LiteRT) must not send
+    hundreds of thousands of samples: the runner stops at MAX_SAMPLES once ``repeats`` are
+    taken, and the reply line stays under the host's cap (it was refused before)."""
+    import json
+
+    from profiler import runner, transport
+
+    class FastModelDouble:  # test double: a model that does nothing
+        module, version, provider = "double", "0", ""
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(runner, "_Model", FastModelDouble)
+    reply = runner.measure("unused", runtime="onnxruntime", repeats=50, min_time_s=30.0, max_time_s=60.0)
+    assert len(reply["samples_ms"]) == runner.MAX_SAMPLES
+    assert reply["timed_s"] < 30.0  # stopped by the sample cap, not by min_time_s
+    line = json.dumps(reply)  # as the runner writes it
+    assert len(line.encode()) < transport.MAX_LINE_BYTES
+    assert transport.validate_reply(json.loads(line))["count"] == runner.MAX_SAMPLES

@@ -195,3 +195,12 @@ def test_info_cli(tmp_path):
     assert out["subnet"]["r"] == 160 and out["subnet"]["w"] == 1.2 and out["classes"] == 10
     p = run_cli("supernet.info", "--subnet", "max", "--resolution", "100")
     assert p.returncode == 2 and "resolution 100 is not in space" in p.stderr
+
+
+def test_a_subnet_file_that_is_not_utf8_names_the_file(tmp_path):
+    from supernet.space import parse_subnet
+
+    bad = tmp_path / "subnet.json"
+    bad.write_bytes(b'{"ks": [\xff\xfe]}')
+    with pytest.raises(ValueError, match="subnet.json is not UTF-8"):
+        parse_subnet(str(bad), get_space("tiny"))
