@@ -183,9 +183,10 @@ MAX_SAMPLES = 20000  # a reply of this many samples stays far below the host's 1
 def measure(model, runtime="tflite", threads=1, warmup=10, repeats=50, min_time_s=0.0,
             max_time_s=30.0, providers=None, max_samples=MAX_SAMPLES):
     """Load ``model``, run ``warmup`` untimed invocations, then time invocations until at
-    least ``repeats`` were done and ``min_time_s`` has passed (or ``max_time_s`` is spent,
-    or ``max_samples`` are taken once ``repeats`` are: a block of a few microseconds would
-    otherwise send hundreds of thousands of samples)."""
+    least ``repeats`` were done and ``min_time_s`` has passed (or ``max_time_s`` is spent).
+    At most ``max_samples`` samples are sent, every k-th in time order when more were
+    taken (a block of a few microseconds runs hundreds of thousands of times in
+    ``min_time_s``); ``runs`` says how many were timed."""
     t_load = time.perf_counter()
     m = _Model(model, runtime, threads, providers)
     load_ms = (time.perf_counter() - t_load) * 1e3
@@ -202,7 +203,7 @@ def measure(model, runtime="tflite", threads=1, warmup=10, repeats=50, min_time_
         t1 = clock()
         samples.append((t1 - t0) / 1e6)
         elapsed = t1 - start
-        if len(samples) >= int(repeats) and (elapsed >= min_ns or len(samples) >= int(max_samples)):
+        if len(samples) >= int(repeats) and elapsed >= min_ns:
             break
         if elapsed >= budget_ns:
             break
@@ -217,8 +218,11 @@ def measure(model, runtime="tflite", threads=1, warmup=10, repeats=50, min_time_
         "warmup": int(warmup),
         "load_ms": load_ms,
         "timed_s": (clock() - start) / 1e9,
-        "samples_ms": samples,
+        "runs": len(samples),
     }
+    if len(samples) > int(max_samples):
+        samples = samples[::-(-len(samples) // int(max_samples))]  # every k-th, k = ceil(n / max)
+    out["samples_ms"] = samples
     out.update(_stats(samples))
     return out
 

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -245,9 +246,10 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
     from tqdm import tqdm
     bar = tqdm(total=sum(totals), initial=state["global_step"], disable=not (progress and dist.main),
                dynamic_ncols=True, unit="step")
-    if dist.main and progress:
+    if dist.main:  # where it runs, always said (stderr, beside the bar)
         bar.write(f"supernet.train: {describe(dist.device)}, amp {cfg.amp}, "
-                  f"{'channels-last' if cfg.channels_last else 'NCHW'}, {len(data.train)} training images")
+                  f"{'channels-last' if cfg.channels_last else 'NCHW'}, {len(data.train)} training images",
+                  file=sys.stderr)
     start_time = time.time() - state["elapsed"]
 
     def checkpoint(opt, sched):
