@@ -65,14 +65,19 @@ def summarise(pred: np.ndarray, meas: np.ndarray) -> dict[str, Any]:
         "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
         "sum_over_measured": float(np.median(pred / meas)),
     }
+    fit = "least-squares"
     if len(meas) >= 2 and np.ptp(pred) > 0:
         a, b = np.polyfit(pred, meas, 1)
     else:
-        a, b = float(np.median(meas / pred)), 0.0
+        a, b = 0.0, 0.0
+    if not (np.isfinite(a) and np.isfinite(b) and a > 0):
+        # a flat or falling fit (few or noisy networks) would price bigger subnets cheaper:
+        # fall back to the plain ratio, which the latency model can use
+        a, b, fit = float(np.median(meas / pred)), 0.0, "ratio"
     cal = a * pred + b
     cerr = (cal - meas) / meas
     out.update({
-        "a": float(a), "b": float(b),
+        "a": float(a), "b": float(b), "fit": fit,
         "calibrated_median_abs_error_pct": float(np.median(np.abs(cerr)) * 100),
         "calibrated_within_5pct": float(np.mean(np.abs(cerr) <= 0.05)),
         "calibrated_within_10pct": float(np.mean(np.abs(cerr) <= 0.10)),

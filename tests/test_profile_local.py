@@ -218,3 +218,19 @@ def test_kill_9_during_export_leaves_no_converter_running(tmp_path):
     while time.monotonic() < deadline and any(Path(f"/proc/{k}").exists() for k in kids):
         time.sleep(0.2)
     assert not [k for k in kids if Path(f"/proc/{k}").exists()]
+
+
+def test_a_falling_calibration_fit_falls_back_to_the_ratio():
+    """Three noisy networks can fit a negative slope, which the latency model refuses (it
+    would price bigger subnets cheaper): validate then writes the plain ratio instead."""
+    import numpy as np
+
+    from profiler.validate import summarise
+
+    pred = np.array([1.0, 2.0, 3.0])
+    meas = np.array([2.2, 2.0, 1.9])  # slope -0.15
+    s = summarise(pred, meas)
+    assert s["fit"] == "ratio" and s["b"] == 0.0
+    assert s["a"] == pytest.approx(float(np.median(meas / pred)))
+    good = summarise(pred, 2 * pred + 0.1)
+    assert good["fit"] == "least-squares" and good["a"] == pytest.approx(2.0) and good["b"] == pytest.approx(0.1)
