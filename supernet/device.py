@@ -85,6 +85,13 @@ def to_device(x: torch.Tensor, device: torch.device, channels_last: bool = False
     return x
 
 
+def place(module: torch.nn.Module, device: torch.device, channels_last: bool = False) -> torch.nn.Module:
+    """``module`` on ``device``, its 4-d weights NHWC when asked (the one way the supernet,
+    the teacher and evaluated subnets are placed)."""
+    module = module.to(device)
+    return module.to(memory_format=torch.channels_last) if channels_last else module
+
+
 def describe(device: torch.device) -> str:
     """A short description of ``device`` for logs and run records."""
     if device.type == "cuda":
@@ -93,4 +100,4 @@ def describe(device: torch.device) -> str:
 
 
 __all__ = ["AMP_MODES", "DEVICES_HELP", "resolve_device", "resolve_amp", "amp_dtype", "autocast", "grad_scaler",
-           "to_device", "describe"]
+           "to_device", "place", "describe"]

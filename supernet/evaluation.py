@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .data import Data, eval_batches, load_data, resize
-from .device import autocast, resolve_amp, resolve_device, to_device
+from .device import autocast, place, resolve_amp, resolve_device, to_device
 from .ofa import OFASupernet
 from .space import SearchSpace, SubnetConfig, get_space
 
@@ -105,8 +105,7 @@ class Evaluator:
         return autocast(self.device, self.amp)
 
     def _place(self, net: nn.Module) -> nn.Module:
-        net = net.to(self.device)
-        return net.to(memory_format=torch.channels_last) if self.channels_last else net
+        return place(net, self.device, self.channels_last)
 
     def subnet(self, cfg: SubnetConfig) -> nn.Module:
         """The extracted, recalibrated static subnet (on the evaluation device)."""
@@ -204,13 +203,10 @@ def load_run(run: Path, data: str | None = None, device: str = "auto",
                       cfg.get("base_resolution") or max(net.space.resolutions))
     except KeyError as exc:
         raise CheckpointError(f"checkpoint {run / 'supernet.pt'}: its config lacks {exc}") from None
-    dev = resolve_device(device)
-    net = net.to(dev)
-    if cfg.get("channels_last", True):
-        net = net.to(memory_format=torch.channels_last)
-    amp = resolve_amp(amp, dev)
-    return net, Evaluator(net, d, cfg["recal_images"], None, device=dev, amp=amp,
-                          channels_last=cfg.get("channels_last", True)), ckpt
+    dev, channels_last = resolve_device(device), cfg.get("channels_last", True)
+    net = place(net, dev, channels_last)
+    return net, Evaluator(net, d, cfg["recal_images"], None, device=dev, amp=resolve_amp(amp, dev),
+                          channels_last=channels_last), ckpt
 
 
 __all__ = ["Evaluator", "standard_error", "REQUIRED_KEYS", "recalibrate_bn", "top1", "adapt_space", "load_checkpoint", "load_supernet",

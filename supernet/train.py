@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from .atomic import ensure_writable_folder
 from .data import DataError
 from .evaluation import CheckpointError
 from .device import AMP_MODES, DEVICES_HELP
@@ -112,11 +113,10 @@ def check_out(out: Path, resume: bool, force: bool) -> None:
         for name in existing:
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-    probe = out
+    probe = out  # the nearest existing folder: nothing is created before the run starts
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: {probe} is not writable")
+    ensure_writable_folder(probe, f"run folder {out} (in it)")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from torch import nn
 
 from .atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from .data import Data, TensorSplit, load_data, resize, steps_per_epoch, train_batches
-from .device import autocast, describe, grad_scaler, resolve_amp, resolve_device, to_device
+from .device import autocast, describe, grad_scaler, place, resolve_amp, resolve_device, to_device
 from .evaluation import (CheckpointError, Evaluator, adapt_space, load_checkpoint, space_from_record,
                          space_record)
 from .ofa import OFASupernet
@@ -179,11 +179,7 @@ def prepare(cfg: TrainConfig, dist: Dist) -> tuple[Data, OFASupernet]:
             data.train, data.valid, data.recal = (s.to(dist.device) for s in (data.train, data.valid, data.recal))
     space = adapt_space(get_space(cfg.space), data.channels, data.num_classes)
     torch.manual_seed(cfg.seed)  # weight init and dropout; the state is checkpointed
-    model = OFASupernet(space, bn=cfg.bn, dropout=cfg.dropout)
-    model = model.to(dist.device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return data, model
+    return data, place(OFASupernet(space, bn=cfg.bn, dropout=cfg.dropout), dist.device, cfg.channels_last)
 
 
 def resolve_runtime(cfg: TrainConfig, dist: Dist) -> TrainConfig:
@@ -301,7 +297,9 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
                 scaler.load_state_dict(ckpt["scaler"])
         use_teacher = phase.distill and teacher is not None and cfg.kd_weight > 0
         model.train()
-        t_log, n_log, loss_sum, acc_sum = time.time(), 0, 0.0, 0.0
+        t_log, n_log = time.time(), 0
+        loss_sum = torch.zeros((), device=dist.device)  # over the log window, read once per log line
+        acc_sum = torch.zeros((), device=dist.device)
         while state["pstep"] < total:
             epoch, in_epoch = divmod(state["pstep"], spe)
             batches = train_batches(data.train, cfg.batch_size, cfg.seed, pi * 100_000 + epoch, in_epoch,
@@ -315,8 +313,6 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
                     with torch.no_grad(), autocast(dist.device, cfg.amp):
                         soft = F.softmax(teacher(x).float(), dim=1)
                 opt.zero_grad(set_to_none=True)
-                loss_acc = torch.zeros((), device=dist.device)
-                correct = torch.zeros((), device=dist.device)
                 for i, sub in enumerate(subnets):
                     model.set_active(sub)
                     sync = contextlib.nullcontext() if (dist.world == 1 or i == len(subnets) - 1) else ddp.no_sync()
@@ -329,8 +325,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
                         (scaler.scale(loss) if scaler is not None else loss).backward()
                     if phase.rule == "sandwich" and i == 0 and soft is None:
                         soft = F.softmax(logits.detach(), dim=1)  # in-place distillation
-                    loss_acc += loss.detach() / len(subnets)
-                    correct += (logits.detach().argmax(1) == y).float().mean() * 100 / len(subnets)
+                    loss_sum += loss.detach() / len(subnets)
+                    acc_sum += (logits.detach().argmax(1) == y).float().mean() * 100 / len(subnets)
                 if scaler is not None:
                     scaler.step(opt)
                     scaler.update()
@@ -341,22 +337,20 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
                 state["global_step"] += 1
                 n_log += 1
                 bar.update(1)
-                log_now = state["pstep"] % cfg.log_every == 0 or state["pstep"] == total
-                if log_now or dist.device.type == "cpu":  # one host sync per log line on a GPU
-                    loss_sum += loss_acc.item()
-                    acc_sum += correct.item()
-                if log_now:
+                if state["pstep"] % cfg.log_every == 0 or state["pstep"] == total:
                     now = time.time()
                     cur_lr = opt.param_groups[0]["lr"]
-                    k = n_log if dist.device.type == "cpu" else 1
                     row = dict(kind="train", phase=phase.name, phase_step=state["pstep"],
                                global_step=state["global_step"], epoch=f"{state['pstep'] / spe:.3f}",
-                               lr=f"{cur_lr:.6g}", loss=f"{loss_sum / k:.4f}", acc=f"{acc_sum / k:.2f}",
+                               lr=f"{cur_lr:.6g}", loss=f"{loss_sum.item() / n_log:.4f}",
+                               acc=f"{acc_sum.item() / n_log:.2f}",
                                r=r, images_per_s=f"{n_log * len(y) * dist.world / (now - t_log):.1f}",
                                elapsed_s=f"{now - start_time:.1f}")
                     metrics.write(**row)
                     bar.set_postfix(phase=phase.name, loss=row["loss"], acc=row["acc"], lr=row["lr"])
-                    t_log, n_log, loss_sum, acc_sum = now, 0, 0.0, 0.0
+                    t_log, n_log = now, 0
+                    loss_sum.zero_()
+                    acc_sum.zero_()
                 if state["pstep"] == total:
                     break
                 if state["pstep"] % cfg.ckpt_every == 0:
@@ -410,9 +404,7 @@ def _teacher_from_state(space, teacher_cfg: dict, state: dict | None, model: OFA
         with torch.random.fork_rng(devices=[]):
             net = build_network(space, cfg)
         net.load_state_dict(state)
-    net = copy.deepcopy(net).eval().to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    net = place(copy.deepcopy(net).eval(), device, channels_last)
     for p in net.parameters():
         p.requires_grad_(False)
     return net
