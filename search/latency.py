@@ -261,9 +261,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.calibrated and model.calibration is None:
             raise ValueError(f"{args.lut}: --calibrated given but no calibration file beside it (run profiler.validate)")
         per_block = model.block_costs(cfg)
-    except RecursionError:
-        print(f"error: --subnet {args.subnet[:80]}: JSON nested too deeply to be a subnet", file=sys.stderr)
-        return 2
     except MissingKeysError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
