@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 import queue
 import shlex
-import select
 import socket
 import time
 from pathlib import Path
@@ -416,11 +415,15 @@ def _drain(chan: paramiko.Channel, deadline: float) -> tuple[bytes, bytes]:
     slowly the bytes trickle in, and at most MAX_OUTPUT_BYTES of each.  Raises socket.timeout
     or OverflowError."""
     out, err = bytearray(), bytearray()
+    pause = 0.001
     while True:
+        got = False
         while chan.recv_ready():
             out += chan.recv(1 << 16)
+            got = True
         while chan.recv_stderr_ready():
             err += chan.recv_stderr(1 << 16)
+            got = True
         if len(out) > MAX_OUTPUT_BYTES or len(err) > MAX_OUTPUT_BYTES:
             raise OverflowError
         if chan.eof_received and not chan.recv_ready() and not chan.recv_stderr_ready():
@@ -428,7 +431,12 @@ def _drain(chan: paramiko.Channel, deadline: float) -> tuple[bytes, bytes]:
         left = deadline - time.monotonic()
         if left <= 0:
             raise socket.timeout()
-        select.select([chan], [], [], min(left, 0.2))
+        # Poll, backing off to 20 ms.  Not select() on the channel: Channel.fileno() makes a
+        # pipe that paramiko's transport thread writes to while data arrives, and closing
+        # the channel then (as we do on a byte-cap overflow) races that write: EBADF in the
+        # transport thread kills the whole connection (paramiko issues #692, #2271).
+        pause = 0.001 if got else min(pause * 2, 0.02)
+        time.sleep(min(left, pause))
 
 
 def tcp_nodelay(sock: socket.socket) -> bool:
