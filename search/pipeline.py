@@ -364,7 +364,8 @@ def accuracy_quality(run: Path) -> dict:
     try:
         m = json.loads((run / "predictor.json").read_text())["metrics"]
         q.update(kendall_tau=round(m["kendall_tau"], 3), rmse_pp=round(100 * m["rmse"], 3),
-                 baseline_rmse_pp=round(100 * m["baseline_rmse"], 3), predictor_test_rows=m.get("n_test"))
+                 baseline_rmse_pp=round(100 * m["baseline_rmse"], 3), predictor_test_rows=m.get("n_test"),
+                 predictor_model=m.get("model", "mlp"))
         q["ranks"] = bool(m["rmse"] < 0.9 * m["baseline_rmse"] and m["kendall_tau"] >= 0.3)
     except (OSError, ValueError, KeyError, TypeError):
         q["ranks"] = False
@@ -386,7 +387,7 @@ def quality_lines(q: dict) -> list[str]:
                    "it ranks subnets only weakly (tau < 0.5 or RMSE > 0.7x the mean's): treat close pred.acc% as ties"
                    if q["ranks"] else
                    "it does NOT beat predicting the mean: pred.acc% above is noise, the choices are by latency only")
-        lines.append(f"predictor: held-out Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse_pp']:.2f} pp "
+        lines.append(f"predictor ({q.get('predictor_model', 'mlp')}): held-out Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse_pp']:.2f} pp "
                      f"(predicting the mean: {q['baseline_rmse_pp']:.2f} pp) on {q.get('predictor_test_rows')} rows; "
                      f"{verdict}")
     return lines

@@ -263,7 +263,7 @@ def load_predictor(spec: str | Path, space: SearchSpace | None = None) -> Accura
             try:
                 enc = Encoder.from_dict(blob["encoder"])
                 hidden = blob["hidden"]
-                if (not isinstance(hidden, (list, tuple)) or not 1 <= len(hidden) <= 16
+                if (not isinstance(hidden, (list, tuple)) or not 0 <= len(hidden) <= 16
                         or not all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= 1 << 16 for h in hidden)):
                     raise ValueError(f"hidden must be a list of layer sizes, got {str(hidden)[:80]}")
                 state = check_mlp_state(blob["state_dict"], enc.n_dim, tuple(hidden), path)
@@ -352,53 +352,40 @@ def split_indices(n: int, test_frac: float, rng: np.random.Generator) -> tuple[n
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
-def train_predictor(
-    subnets: Sequence[SubnetConfig],
-    accs: Sequence[float],
-    space: SearchSpace,
-    rng: np.random.Generator,
-    hidden: Sequence[int] = (400, 400, 400),
-    epochs: int = 300,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    batch_size: int = 256,
-    test_frac: float = 0.2,
-    progress: bool = True,
-) -> AccuracyPredictor:
-    """Train an MLP on a train split; held-out RMSE and Kendall tau go into ``metrics``.
+MODELS = ("auto", "ridge", "mlp")
+RIDGE_LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)  # penalties tried by cross-validation
 
-    Args:
-        subnets, accs: the collected rows (accuracy as a fraction).
-        space: the space the subnets belong to.
-        rng: the only randomness (split, init, batches).
-        hidden, epochs, lr, weight_decay, batch_size: MLP and Adam settings.
-        test_frac: fraction of rows held out.
-    Returns:
-        The trained predictor (call ``save`` to write it).
-    """
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, lam: float) -> dict[str, np.ndarray]:
+    """Ridge regression of ``y`` (already centred by the caller's offset) on ``x`` with an
+    unpenalised intercept, in closed form, as the weights of ``build_mlp(n, ())`` (one
+    Linear layer: ``0.weight`` of shape (1, n), ``0.bias`` of shape (1,))."""
+    x = np.asarray(x, dtype=np.float64)
+    mx, my = x.mean(0), float(np.mean(y))
+    xc = x - mx
+    w = np.linalg.solve(xc.T @ xc + lam * np.eye(x.shape[1]), xc.T @ (np.asarray(y, dtype=np.float64) - my))
+    return {"0.weight": w[None, :].astype(np.float32), "0.bias": np.array([my - mx @ w], dtype=np.float32)}
+
+
+def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: Sequence[int], epochs: int, lr: float, weight_decay: float,
+            batch_size: int, seed: int, progress: bool = False) -> dict[str, np.ndarray]:
+    """An MLP (``build_mlp``) fitted to ``y`` (centred) with Adam and a cosine schedule,
+    initialised and shuffled from ``seed`` only.  Returns its weights as float32 numpy."""
     import torch
     from tqdm import tqdm
 
-    if len(subnets) < 4:
-        raise ValueError(f"need at least 4 accuracy rows to train a predictor, got {len(subnets)}")
-    accs = np.asarray(accs, dtype=np.float64)
-    enc = Encoder.for_space(space, sorted({c.r for c in subnets}), sorted({float(c.w) for c in subnets}))
-    x = enc.encode_subnets(list(subnets), space)
-    train_idx, test_idx = split_indices(len(x), test_frac, rng)
-    offset = float(accs[train_idx].mean())
-    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-    net = build_mlp(enc.n_dim, hidden)
+    gen = torch.Generator().manual_seed(seed)
+    net = build_mlp(x.shape[1], hidden)
     with torch.no_grad():  # PyTorch's default Linear init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from our generator
         for layer in net:
             if isinstance(layer, torch.nn.Linear):
                 bound = 1.0 / math.sqrt(layer.in_features)
                 for prm in (layer.weight, layer.bias):
                     prm.copy_((torch.rand(prm.shape, generator=gen) * 2 - 1) * bound)
-    xt = torch.from_numpy(x[train_idx])
-    yt = torch.from_numpy((accs[train_idx] - offset).astype(np.float32))
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    yt = torch.from_numpy(np.asarray(y, dtype=np.float32))
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
-    t0 = time.time()
     bar = tqdm(range(epochs), desc="train predictor", disable=not progress, leave=False)
     with one_torch_thread():
         for _ in bar:
@@ -413,20 +400,101 @@ def train_predictor(
                 total += float(loss.detach()) * len(b)
             sched.step()
             bar.set_postfix(rmse=f"{math.sqrt(total / len(xt)):.4f}")
-    state = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+    return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+
+
+def train_predictor(
+    subnets: Sequence[SubnetConfig],
+    accs: Sequence[float],
+    space: SearchSpace,
+    rng: np.random.Generator,
+    hidden: Sequence[int] = (400, 400, 400),
+    epochs: int = 300,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    test_frac: float = 0.2,
+    progress: bool = True,
+    model: str = "auto",
+    folds: int = 5,
+) -> AccuracyPredictor:
+    """Train a predictor on a train split; held-out RMSE and Kendall tau go into ``metrics``.
+
+    ``model`` is ``mlp`` (the MLP ``hidden``, OFA's layout), ``ridge`` (ridge regression on
+    the same features, stored as a one-layer MLP) or ``auto``: whichever of the MLP and
+    ridge at each penalty of ``RIDGE_LAMBDAS`` has the lowest ``folds``-fold cross-validated
+    RMSE on the train split (with the ~100 rows a CPU collects, the 400-wide MLP overfits
+    and a linear model ranks better; with thousands of rows the MLP wins).  The held-out
+    rows are never used for the choice.
+
+    Args:
+        subnets, accs: the collected rows (accuracy as a fraction).
+        space: the space the subnets belong to.
+        rng: the only randomness (split, folds, init, batches).
+        hidden, epochs, lr, weight_decay, batch_size: MLP and Adam settings.
+        test_frac: fraction of rows held out.
+        model, folds: the model choice (above).
+    Returns:
+        The trained predictor (call ``save`` to write it).
+    """
+    if model not in MODELS:
+        raise ValueError(f"model {model!r} is not one of {', '.join(MODELS)}")
+    if len(subnets) < 4:
+        raise ValueError(f"need at least 4 accuracy rows to train a predictor, got {len(subnets)}")
+    accs = np.asarray(accs, dtype=np.float64)
+    enc = Encoder.for_space(space, sorted({c.r for c in subnets}), sorted({float(c.w) for c in subnets}))
+    x = enc.encode_subnets(list(subnets), space).astype(np.float64)
+    train_idx, test_idx = split_indices(len(x), test_frac, rng)
+    offset = float(accs[train_idx].mean())
+    xtr, ytr = x[train_idx], accs[train_idx] - offset
+    mlp_seed = int(rng.integers(2**31))
+    t0 = time.time()
+
+    def fit(cand: tuple, xs: np.ndarray, ys: np.ndarray, show: bool = False) -> dict[str, np.ndarray]:
+        if cand[0] == "ridge":
+            return fit_ridge(xs, ys, cand[1])
+        return fit_mlp(xs, ys, hidden, epochs, lr, weight_decay, batch_size, mlp_seed, show)
+
+    def hidden_of(cand: tuple) -> tuple[int, ...]:
+        return () if cand[0] == "ridge" else tuple(hidden)
+
+    cands = ([("mlp",)] if model in ("auto", "mlp") else []) + \
+            ([("ridge", lam) for lam in RIDGE_LAMBDAS] if model in ("auto", "ridge") else [])
+    cv: dict[str, float] = {}
+    if len(cands) > 1:
+        k = max(2, min(folds, len(train_idx)))
+        fold_of = rng.permutation(len(train_idx)) % k
+        for cand in cands:
+            err = np.empty(len(train_idx))
+            for f in range(k):
+                tr, va = fold_of != f, fold_of == f
+                mu = ytr[tr].mean()
+                st = fit(cand, xtr[tr], ytr[tr] - mu)
+                p = AccuracyPredictor(enc, hidden_of(cand), st, mu).predict_features(xtr[va])
+                err[va] = p - ytr[va]
+            cv[_cand_name(cand)] = float(np.sqrt(np.mean(err ** 2)))
+        best = min(cands, key=lambda c: cv[_cand_name(c)])
+    else:
+        best = cands[0]
+    state = fit(best, xtr, ytr, progress)
     widths = tuple(sorted({float(c.w) for c in subnets}))
-    pred = AccuracyPredictor(enc, tuple(hidden), state, offset, widths, space_name=space.name)
+    pred = AccuracyPredictor(enc, hidden_of(best), state, offset, widths, space_name=space.name)
     p_test = pred.predict_features(x[test_idx])
-    p_train = pred.predict_features(x[train_idx])
+    p_train = pred.predict_features(xtr)
     pred.metrics = {
         "rmse": float(np.sqrt(np.mean((p_test - accs[test_idx]) ** 2))),
         "kendall_tau": kendall_tau(p_test, accs[test_idx]),
         "train_rmse": float(np.sqrt(np.mean((p_train - accs[train_idx]) ** 2))),
         "baseline_rmse": float(np.sqrt(np.mean((offset - accs[test_idx]) ** 2))),
         "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
+        "model": _cand_name(best), "cv_rmse": cv,
         "epochs": int(epochs), "train_seconds": round(time.time() - t0, 2),
     }
     return pred
+
+
+def _cand_name(cand: tuple) -> str:
+    return "mlp" if cand[0] == "mlp" else f"ridge(lambda={cand[1]:g})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -436,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="model file (default: predictor.pt beside the data)")
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--hidden", default="400,400,400", help="hidden sizes, comma separated")
+    ap.add_argument("--model", default="auto", choices=MODELS,
+                    help="mlp, ridge, or auto: the lower cross-validated RMSE on the train split (default)")
     ap.add_argument("--test-frac", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
@@ -450,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else data.parent / "predictor.pt"
         ensure_writable_folder(out.parent, "--out folder")
         pred = train_predictor(subnets, accs, space, np.random.default_rng(args.seed), hidden=hidden,
-                               epochs=args.epochs, test_frac=args.test_frac, progress=not args.json)
+                               epochs=args.epochs, test_frac=args.test_frac, progress=not args.json,
+                               model=args.model)
     except ValueError as exc:
         ap.error(str(exc))
     pred.save(out)
@@ -458,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"predictor": str(out), **m}))
     else:
-        print(f"held-out RMSE {m['rmse'] * 100:.2f} pp (predicting the mean: {m['baseline_rmse'] * 100:.2f} pp), "
+        print(f"{m['model']}: held-out RMSE {m['rmse'] * 100:.2f} pp (predicting the mean: {m['baseline_rmse'] * 100:.2f} pp), "
               f"Kendall tau {m['kendall_tau']:.3f}  [{m['n_train']} train / {m['n_test']} held-out rows]")
         print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0

@@ -95,3 +95,29 @@ def test_torch_file_of_the_wrong_kind_is_refused(tmp_path):
         load_predictor(p)
     with pytest.raises(ValueError, match="not OFA's predictor"):
         load_predictor(f"ofa:{p}")
+
+
+def test_ridge_is_chosen_by_cross_validation_on_few_rows_and_round_trips(tmp_path):
+    """With the ~100 rows a CPU collects, the 400-wide MLP overfits: ``auto`` compares it with
+    ridge regression by cross-validation on the train split (never the held-out rows) and
+    keeps the better; a ridge predictor is a one-layer MLP in the same file format."""
+    subnets, accs = synthetic_rows(100, seed=3)
+    auto = train_predictor(subnets, accs, TINY, np.random.default_rng(0), epochs=100, progress=False)
+    m = auto.metrics
+    assert set(m["cv_rmse"]) == {"mlp"} | {f"ridge(lambda={lam:g})" for lam in (0.1, 0.3, 1, 3, 10, 30, 100, 300)}
+    assert m["model"] == min(m["cv_rmse"], key=m["cv_rmse"].get)
+    assert m["rmse"] < 0.5 * m["baseline_rmse"] and m["kendall_tau"] > 0.7, m
+    ridge = train_predictor(subnets, accs, TINY, np.random.default_rng(0), model="ridge", progress=False)
+    assert ridge.hidden == () and ridge.metrics["model"].startswith("ridge")
+    ridge.save(tmp_path / "predictor.pt")
+    again = load_predictor(tmp_path / "predictor.pt", TINY)
+    assert again.hidden == ()
+    np.testing.assert_allclose(again.predict(subnets, TINY), ridge.predict(subnets, TINY), rtol=1e-6)
+    # the torch module (the gradient search's view) agrees with the numpy path
+    import torch
+
+    x = torch.from_numpy(again.encoder.encode_subnets(subnets[:5], TINY).astype(np.float32))
+    np.testing.assert_allclose(again.module()(x)[:, 0].detach().numpy() + again.offset,
+                               again.predict(subnets[:5], TINY), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="model 'svm' is not one of auto, ridge, mlp"):
+        train_predictor(subnets, accs, TINY, np.random.default_rng(0), model="svm", progress=False)
