@@ -15,8 +15,8 @@ run folder.  Presets:
   2 subnets/step), expand {4,6} 25 epochs then {3,4,6} 120 (4 subnets/step); SGD nesterov
   0.9, weight decay 3e-5 (not on BN/bias), label smoothing 0.1, KD ratio 1.0, batch 64 per
   process with the learning rate scaled by the number of processes.
-- ``small``: OFA's six phases on 20k Fashion-MNIST images (not yet run; issue 13 asks for a
-  <= 60 minute recipe reaching 92% / 90%).
+- ``small``: the ``main`` recipe scaled to about an hour on 2 cores (not yet run; issue 13
+  asks for <= 60 minutes reaching 92% / 90%).
 - ``tiny`` (the default) and ``main`` (the main job's): ``sandwich_ps`` on all 55k
   Fashion-MNIST training images; measured in the README (tiny: 4 min 8 s, 84.0% / 77.2%).
 - ``test``: the ``tiny`` space on a few hundred images (unit tests).
@@ -262,12 +262,14 @@ PRESETS: dict[str, TrainConfig] = {
         batch_size=64, valid_size=10000, recal_images=2000, eval_images=10000, workers=8, ckpt_every=500,
         log_every=50,
     ),
-    "small": TrainConfig(
-        preset="small",
-        phases=ps_phases(full=(3, 0.1), kernel=(1.5, 0.03), depth1=(0.5, 0.01), depth2=(1.5, 0.03),
-                         expand1=(0.5, 0.01), expand2=(1.5, 0.03), warmup=0.1),
-        batch_size=128, train_limit=20000, valid_size=5000, eval_images=2000, ckpt_every=100, log_every=10,
-    ),
+    # About an hour on 2 cores (issue 13: >= 92% / >= 90%): the main recipe scaled about 5x,
+    # the proportions the main job measured (full network to lr 0.03, sandwich phases at 0.03,
+    # the expand phase the longest of them).  Estimated from the main job's measured step
+    # rates (full ~200 s an epoch, expand ~375 s an epoch at 48 px and below); not yet run.
+    "small": TrainConfig(preset="small", phases=sandwich_ps(full=10.0, kernel=0.3, depth=0.4, expand=3.0,
+                                                            fine=(0.03, 0.03, 0.03), full_end=0.03,
+                                                            kernel_warmup=0.1),
+                         **{**_FMNIST_CPU, "eval_images": 5000, "ckpt_every": 200, "eval_phases": True}),
     # The default preset (the whole command measured 4 min 8 s on 2 cores; target 5 min).
     "tiny": TrainConfig(preset="tiny", phases=sandwich_ps(full=0.8, kernel=0.05, depth=0.07, expand=0.1),
                         **_FMNIST_CPU),
