@@ -66,6 +66,8 @@ def test_resume_after_kill_reaches_same_weights(full_run, fake_fmnist, tmp_path)
     assert not (out / "supernet.pt").exists()
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["state"]
     assert (state["phase"], state["pstep"], state["global_step"]) == (2, 3, 11)
+    with (out / "metrics.csv").open("a") as f:  # a row torn by the kill: dropped, no traceback
+        f.write("train,depth,99,99,0.5,0.01,1.")
     _train(fake_fmnist, out, "--resume")
     a = torch.load(full_run / "supernet.pt", weights_only=True)["model"]
     b = torch.load(out / "supernet.pt", weights_only=True)["model"]
@@ -74,7 +76,18 @@ def test_resume_after_kill_reaches_same_weights(full_run, fake_fmnist, tmp_path)
         assert torch.equal(a[k], b[k]), k
     # metrics rows past the checkpoint were dropped, not duplicated
     steps = [r.split(",")[3] for r in (out / "metrics.csv").read_text().splitlines()[1:] if r.startswith("train")]
-    assert len(steps) == len(set(steps))
+    assert len(steps) == len(set(steps)) and "99" not in steps
+
+
+@pytest.mark.slow
+def test_an_unwritable_run_folder_is_one_line_before_any_work(fake_fmnist, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    proc = _train(fake_fmnist, blocker / "run", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "afile" in lines[0], proc.stderr
+    assert blocker.read_text() == "x"
 
 
 @pytest.mark.slow
@@ -203,3 +216,21 @@ def test_elastic_widths_train_and_collect_defaults_to_them(fake_fmnist, tmp_path
 def test_collect_samples_only_the_width_the_run_trained(full_run):
     _run(["-m", "search.collect", "--run", str(full_run), "--subnets", "3", "--eval-images", "16"])
     assert json.loads((full_run / "accuracy.config.json").read_text())["widths"] == [1.0]
+
+
+@pytest.mark.slow
+def test_supernet_vs_scratch_bench_trains_each_subnet_alone_for_the_given_time(full_run, tmp_path):
+    """bench/supernet_vs_scratch.py: the subnet from the supernet against the same
+    architecture trained alone for a wall-time budget, written as CSV and JSON."""
+    proc = _run(["bench/supernet_vs_scratch.py", "--run", str(full_run), "--subnets", "max,min", "--seconds", "2",
+                 "--threads", "1", "--out", str(tmp_path)])
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["supernet_train_seconds"] == 2 and summary["max_gap_pp"] is not None
+    full = json.loads((tmp_path / "supernet_vs_scratch.json").read_text())
+    rows = full["rows"]
+    assert [r["subnet"] for r in rows] == ["max", "min"]
+    for r in rows:
+        assert 0 <= r["supernet_top1"] <= 100 and 0 <= r["alone_top1"] <= 100
+        assert r["gap_pp"] == pytest.approx(r["alone_top1"] - r["supernet_top1"], abs=1e-2)
+        assert 1 <= r["alone_seconds"] <= 30 and r["alone_epochs"] > 0  # trained for the budget, not a step count
+    assert (tmp_path / "supernet_vs_scratch.csv").read_text().startswith("subnet,r,params_m")

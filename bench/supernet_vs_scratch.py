@@ -1,0 +1,177 @@
+"""Subnets taken from a trained supernet against the same architectures trained alone
+(OFA's central claim; issue 13, item 4).  Prints a table and one JSON object, and writes
+``OUT/supernet_vs_scratch.{csv,json}``.
+
+    .venv/bin/python bench/supernet_vs_scratch.py --run RUN [--search DIR] [--subnets max,min,FILE,...]
+        [--seconds S] [--out DIR] [--threads 2]
+
+For each subnet (default: the largest and the smallest at the space's largest resolution,
+plus the subnets ``search.evolve`` picked, i.e. the ``budget_*ms.json`` files of ``--search``
+DIR, e.g. a pipeline's ``search-onnxruntime/``):
+
+- **from the supernet**: extracted from RUN's supernet, BN recalibrated, top-1 on the run's
+  held-out split (``supernet.evaluation.Evaluator``, what ``search.collect`` measures);
+- **trained alone**: the same architecture built fresh by ``supernet.ops.build_network``
+  (the profiler's builder) and trained with the run's own recipe (its first phase's
+  optimiser: SGD with the run's momentum, Nesterov, weight decay, peak learning rate and
+  warm-up, label smoothing, batch size, channels-last, threads; the same data and
+  augmentation) at the subnet's own resolution, for the same wall time as the whole
+  supernet run (``result.json``'s ``train_seconds``, or ``--seconds``): the number of steps
+  that fit is measured on the first steps, and the cosine schedule spans them.  Then top-1
+  on the same held-out images with its own BN statistics.
+
+The goal (issue 13) is every subnet within 1.5 points of its trained-alone twin.  Each
+trained-alone run costs the supernet's whole training time, so N subnets cost N times it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from supernet.atomic import atomic_write_text  # noqa: E402
+from supernet.data import eval_batches, resize, steps_per_epoch, train_batches  # noqa: E402
+from supernet.device import place, to_device  # noqa: E402
+from supernet.evaluation import load_run, top1  # noqa: E402
+from supernet.ops import build_network, count_params  # noqa: E402
+from supernet.space import SubnetConfig, parse_subnet  # noqa: E402
+from supernet.trainer import make_optimizer  # noqa: E402
+from supernet.presets import TrainConfig  # noqa: E402
+
+
+def subnets_to_compare(space, spec: str, search: Path | None) -> list[tuple[str, SubnetConfig]]:
+    """(name, subnet) pairs: ``max``/``min`` at the largest resolution, JSON files, and the
+    ``budget_*ms.json`` results of a search folder (in budget order)."""
+    r = max(space.resolutions)
+    out = []
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        if item in ("max", "min"):
+            out.append((item, parse_subnet(item, space, r=r)))
+        else:
+            out.append((Path(item).stem, parse_subnet(_unwrap(item), space)))
+    if search is not None:
+        files = sorted(search.glob("budget_*ms.json"), key=lambda p: float(p.stem[7:-2]))
+        if not files:
+            raise SystemExit(f"error: {search}: no budget_*ms.json files (a search.evolve --out folder)")
+        for p in files:
+            out.append((f"search {p.stem[7:]}", parse_subnet(_unwrap(str(p)), space)))
+    return out
+
+
+def _unwrap(path: str) -> str:
+    obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    return json.dumps(obj["subnet"]) if isinstance(obj, dict) and "subnet" in obj else json.dumps(obj)
+
+
+def train_alone(space, cfg: SubnetConfig, rc: TrainConfig, data, seconds: float, device, seed: int) -> dict:
+    """``cfg`` built fresh and trained with the run's first-phase recipe for ``seconds`` of
+    wall time; returns steps, epochs, images/s and held-out top-1."""
+    torch.manual_seed(seed)
+    net = place(build_network(space, cfg), device, rc.channels_last).train()
+    phase = rc.phases[0]
+    opt = make_optimizer(net, rc, phase.lr)
+    spe = steps_per_epoch(len(data.train), rc.batch_size)
+    warm = round(phase.warmup_epochs * spe)
+    probe = 12  # steps timed (after 3 untimed ones) to size the schedule to the time budget
+    step, t0, t_probe, total, epoch = 0, time.time(), None, None, 0
+
+    def lr_at(s: int) -> float:  # the run's first phase: linear warm-up, then cosine to 0
+        if s < warm:
+            return phase.lr * (s + 1) / warm
+        if total is None:
+            return phase.lr
+        return phase.lr * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+
+    while total is None or step < total:
+        for _s, x, y in train_batches(data.train, rc.batch_size, seed, epoch):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            x = to_device(resize(to_device(x, device), cfg.r), device, rc.channels_last)
+            y = to_device(y, device)
+            loss = F.cross_entropy(net(x), y, label_smoothing=rc.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if step == 3:
+                t_probe = time.time()
+            elif step == 3 + probe:
+                per_step = (time.time() - t_probe) / probe
+                total = max(step + 1, step + int((seconds - (time.time() - t0)) / per_step))
+            if total is not None and step >= total:
+                break
+        epoch += 1
+    wall = time.time() - t0
+    net.eval()
+    acc = top1(net, ((to_device(resize(to_device(x, device), cfg.r), device, rc.channels_last), to_device(y, device))
+                     for x, y in eval_batches(data.valid, 500)))
+    return {"steps": step, "epochs": round(step / spe, 3), "seconds": round(wall, 1),
+            "images_per_s": round(step * rc.batch_size / wall, 1), "top1": round(acc, 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True, help="a supernet.train run folder")
+    ap.add_argument("--search", type=Path, help="a search.evolve --out folder (its budget_*ms.json subnets)")
+    ap.add_argument("--subnets", default="max,min", help="max, min and/or JSON files, comma separated")
+    ap.add_argument("--seconds", type=float, help="training time of each trained-alone run "
+                    "(default: the supernet run's train_seconds)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the run's)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="output folder (default: RUN)")
+    args = ap.parse_args()
+
+    net, ev, ckpt = load_run(args.run, device=args.device)
+    rc = TrainConfig.from_dict(ckpt["config"])
+    threads = args.threads or rc.threads
+    if threads:
+        torch.set_num_threads(threads)
+    space = net.space
+    result = json.loads((args.run / "result.json").read_text()) if (args.run / "result.json").is_file() else {}
+    seconds = args.seconds or result.get("train_seconds")
+    if not seconds:
+        raise SystemExit(f"error: {args.run}: no result.json with train_seconds; give --seconds")
+    out = args.out or args.run
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, cfg in subnets_to_compare(space, args.subnets, args.search):
+        t = time.time()
+        from_supernet = ev.evaluate(cfg)
+        alone = train_alone(space, cfg, rc, ev.data, seconds, ev.device, args.seed)
+        row = {"subnet": name, "r": cfg.r, "params_m": round(count_params(build_network(space, cfg)) / 1e6, 4),
+               "supernet_top1": round(from_supernet, 3), "alone_top1": alone["top1"],
+               "gap_pp": round(alone["top1"] - from_supernet, 3), "within_1_5pp": alone["top1"] - from_supernet <= 1.5,
+               "alone_seconds": alone["seconds"], "alone_epochs": alone["epochs"],
+               "alone_images_per_s": alone["images_per_s"], "held_out_images": len(ev.data.valid),
+               "config": cfg.to_json()}
+        rows.append(row)
+        print(f"{name:>14}  r{cfg.r}  supernet {from_supernet:6.2f}%  alone {alone['top1']:6.2f}% "
+              f"({alone['epochs']:.2f} epochs in {alone['seconds']:.0f} s)  gap {row['gap_pp']:+.2f} pp  "
+              f"[{time.time() - t:.0f} s]", flush=True)
+    import os
+
+    summary = {"run": str(args.run), "preset": rc.preset, "supernet_train_seconds": seconds,
+               "threads": threads, "load_avg_end": os.getloadavg()[0], "rows": rows,
+               "all_within_1_5pp": all(r["within_1_5pp"] for r in rows),
+               "max_gap_pp": max(r["gap_pp"] for r in rows) if rows else None}
+    with (out / "supernet_vs_scratch.csv.tmp").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (out / "supernet_vs_scratch.csv.tmp").replace(out / "supernet_vs_scratch.csv")
+    atomic_write_text(out / "supernet_vs_scratch.json", json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
+
+
+if __name__ == "__main__":
+    main()
