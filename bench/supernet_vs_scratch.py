@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from supernet.atomic import atomic_write_text  # noqa: E402
+from search.latency import _unwrap_result  # noqa: E402
+from supernet.atomic import atomic_open, atomic_write_text  # noqa: E402
 from supernet.data import eval_batches, resize, steps_per_epoch, train_batches  # noqa: E402
 from supernet.device import place, to_device  # noqa: E402
 from supernet.evaluation import load_run, top1  # noqa: E402
@@ -57,24 +59,19 @@ def subnets_to_compare(space, spec: str, search: Path | None) -> list[tuple[str,
         if item in ("max", "min"):
             out.append((item, parse_subnet(item, space, r=r)))
         else:
-            out.append((Path(item).stem, parse_subnet(_unwrap(item), space)))
+            out.append((Path(item).stem, parse_subnet(_unwrap_result(item), space)))
     if search is not None:
         files = sorted(search.glob("budget_*ms.json"), key=lambda p: float(p.stem[7:-2]))
         if not files:
             raise SystemExit(f"error: {search}: no budget_*ms.json files (a search.evolve --out folder)")
         for p in files:
-            out.append((f"search {p.stem[7:]}", parse_subnet(_unwrap(str(p)), space)))
+            out.append((f"search {p.stem[7:]}", parse_subnet(_unwrap_result(str(p)), space)))
     return out
-
-
-def _unwrap(path: str) -> str:
-    obj = json.loads(Path(path).read_text(encoding="utf-8"))
-    return json.dumps(obj["subnet"]) if isinstance(obj, dict) and "subnet" in obj else json.dumps(obj)
 
 
 def train_alone(space, cfg: SubnetConfig, rc: TrainConfig, data, seconds: float, device, seed: int) -> dict:
     """``cfg`` built fresh and trained with the run's first-phase recipe for ``seconds`` of
-    wall time; returns steps, epochs, images/s and held-out top-1."""
+    wall time; returns parameters, steps, epochs, images/s and held-out top-1."""
     torch.manual_seed(seed)
     net = place(build_network(space, cfg), device, rc.channels_last).train()
     phase = rc.phases[0]
@@ -114,8 +111,8 @@ def train_alone(space, cfg: SubnetConfig, rc: TrainConfig, data, seconds: float,
     net.eval()
     acc = top1(net, ((to_device(resize(to_device(x, device), cfg.r), device, rc.channels_last), to_device(y, device))
                      for x, y in eval_batches(data.valid, 500)))
-    return {"steps": step, "epochs": round(step / spe, 3), "seconds": round(wall, 1),
-            "images_per_s": round(step * rc.batch_size / wall, 1), "top1": round(acc, 3)}
+    return {"params_m": round(count_params(net) / 1e6, 4), "steps": step, "epochs": round(step / spe, 3),
+            "seconds": round(wall, 1), "images_per_s": round(step * rc.batch_size / wall, 1), "top1": round(acc, 3)}
 
 
 def main() -> None:
@@ -148,7 +145,7 @@ def main() -> None:
         t = time.time()
         from_supernet = ev.evaluate(cfg)
         alone = train_alone(space, cfg, rc, ev.data, seconds, ev.device, args.seed)
-        row = {"subnet": name, "r": cfg.r, "params_m": round(count_params(build_network(space, cfg)) / 1e6, 4),
+        row = {"subnet": name, "r": cfg.r, "params_m": alone["params_m"],
                "supernet_top1": round(from_supernet, 3), "alone_top1": alone["top1"],
                "gap_pp": round(alone["top1"] - from_supernet, 3), "within_1_5pp": alone["top1"] - from_supernet <= 1.5,
                "alone_seconds": alone["seconds"], "alone_epochs": alone["epochs"],
@@ -158,17 +155,14 @@ def main() -> None:
         print(f"{name:>14}  r{cfg.r}  supernet {from_supernet:6.2f}%  alone {alone['top1']:6.2f}% "
               f"({alone['epochs']:.2f} epochs in {alone['seconds']:.0f} s)  gap {row['gap_pp']:+.2f} pp  "
               f"[{time.time() - t:.0f} s]", flush=True)
-    import os
-
     summary = {"run": str(args.run), "preset": rc.preset, "supernet_train_seconds": seconds,
                "threads": threads, "load_avg_end": os.getloadavg()[0], "rows": rows,
                "all_within_1_5pp": all(r["within_1_5pp"] for r in rows),
                "max_gap_pp": max(r["gap_pp"] for r in rows) if rows else None}
-    with (out / "supernet_vs_scratch.csv.tmp").open("w", newline="") as f:
+    with atomic_open(out / "supernet_vs_scratch.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    (out / "supernet_vs_scratch.csv.tmp").replace(out / "supernet_vs_scratch.csv")
     atomic_write_text(out / "supernet_vs_scratch.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
 

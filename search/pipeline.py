@@ -387,7 +387,7 @@ def quality_lines(q: dict) -> list[str]:
                    "it ranks subnets only weakly (tau < 0.5 or RMSE > 0.7x the mean's): treat close pred.acc% as ties"
                    if q["ranks"] else
                    "it does NOT beat predicting the mean: pred.acc% above is noise, the choices are by latency only")
-        lines.append(f"predictor ({q.get('predictor_model', 'mlp')}): held-out Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse_pp']:.2f} pp "
+        lines.append(f"predictor ({q['predictor_model']}): held-out Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse_pp']:.2f} pp "
                      f"(predicting the mean: {q['baseline_rmse_pp']:.2f} pp) on {q.get('predictor_test_rows')} rows; "
                      f"{verdict}")
     return lines

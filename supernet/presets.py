@@ -232,8 +232,8 @@ def sandwich_ps(full: float, kernel: float, depth: float, expand: float, peak: f
     (largest, smallest and one random subnet per step; the largest is the full network and
     distils into the others in place).  One learning-rate curve over the phases, no
     restarts: the full phase decays from ``peak`` to ``full_end`` (default: the kernel
-    phase's rate), the kernel and depth phases decay linearly-by-cosine from their rate in
-    ``fine`` to the next one's, and the expand phase decays to 0.  ``kernel_warmup`` (epochs)
+    phase's rate), the kernel and depth phases decay by cosine from their rate in ``fine``
+    to the next one's, and the expand phase decays to 0.  ``kernel_warmup`` (epochs)
     ramps the kernel phase's rate up from zero: the first steps that train the centre of a
     7x7 kernel as a 3x3 one otherwise cost the largest subnet points it then has to win back."""
     k_lr, d_lr, e_lr = fine
