@@ -10,7 +10,9 @@ OFA's tutorial predictor (``ofa/tutorial/accuracy_predictor.py``, ``spec2feats``
     [kernel one-hot of slot 0 .. slot nb-1] [expand one-hot of slot 0 .. slot nb-1]
     [resolution one-hot] [width one-hot, only when the encoder knows several widths]
 
-with all zeros for the slots that depth skips.  ``Encoder.ofa()`` is exactly OFA's 128-wide
+with all zeros for the slots that depth skips, and a kernel that is inert on its slot's
+feature map encoded as the kernel it computes (``SearchSpace.canonical``), so that two
+spellings of one network get one feature vector.  ``Encoder.ofa()`` is exactly OFA's 128-wide
 layout (kernels 3/5/7, expands 3/4/6, 20 slots, resolution bin ``(r - 112) // 16`` of 8).
 """
 
@@ -191,9 +193,27 @@ def active_mask(pop: Population, choices: Choices) -> np.ndarray:
     return table[pop.d].reshape(len(pop), sp.num_blocks)
 
 
+def kernel_cap_index(choices: Choices) -> np.ndarray:
+    """(n_resolutions, num_blocks): per searched resolution and block slot, the index of the
+    largest kernel that is not inert there (``SearchSpace.kernel_caps``); a larger index
+    collapses to it."""
+    cached = choices.__dict__.get("_kernel_cap_index")
+    if cached is None:
+        sp = choices.space
+        cached = np.array([[sp.kernels.index(k) for k in sp.kernel_caps(r)] for r in choices.resolutions],
+                          dtype=np.int64)
+        cached.setflags(write=False)
+        object.__setattr__(choices, "_kernel_cap_index", cached)  # Choices is frozen; a cache, not a field
+    return cached
+
+
 def canonicalize(pop: Population, choices: Choices) -> Population:
-    """Skipped slots set to index 0 (in place; returns ``pop``)."""
+    """``SearchSpace.canonical`` on the whole population, in place (returns ``pop``):
+    skipped slots set to index 0, inert kernels collapsed to the kernel they compute."""
     act = active_mask(pop, choices)
+    caps = kernel_cap_index(choices)
+    if (caps < len(choices.space.kernels) - 1).any():
+        np.minimum(pop.k, caps[pop.r], out=pop.k)
     pop.k[~act] = 0
     pop.e[~act] = 0
     return pop
@@ -300,7 +320,11 @@ class Encoder:
         x = np.zeros((n, self.n_dim), dtype=np.float32)
         act = active_mask(pop, choices)
         rows, slots = np.nonzero(act)
-        x[rows, slots * nk + pop.k[rows, slots]] = 1.0
+        k = pop.k
+        caps = kernel_cap_index(choices)
+        if (caps < len(choices.space.kernels) - 1).any():  # inert kernels encode as what they compute
+            k = np.minimum(k, caps[pop.r])
+        x[rows, slots * nk + k[rows, slots]] = 1.0
         x[rows, nb * nk + slots * ne + pop.e[rows, slots]] = 1.0
         res = np.asarray(choices.resolutions)[pop.r]
         x[np.arange(n), nb * (nk + ne) + self.res_index(res)] = 1.0

@@ -23,6 +23,7 @@ def summarise(space, cfg) -> dict:
     return {
         "space": space.name,
         "subnet": cfg.to_dict(),
+        "canonical": space.canonical(cfg).to_dict(),  # as built: inert kernels collapsed (issue 17)
         "classes": space.num_classes,
         "params": sum(b.params() for b in blocks),
         "macs": sum(b.macs() for b in blocks),
@@ -67,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{b['params']:>10,} params {b['macs'] / 1e6:>9.2f} M MACs  {b['key']}")
     print(f"space {space.name}, {space.num_classes} classes, resolution {cfg.r}, width {cfg.w:g}")
     print(f"subnet  {cfg.to_json()}")
+    canon = space.canonical(cfg)
+    collapsed = [f"slot {i}: {a} -> {b}" for i, (a, b) in enumerate(zip(cfg.ks, canon.ks))
+                 if a != b and i in {s for _, _, s in space.active_blocks(cfg)}]
+    if collapsed:
+        print(f"built   {canon.to_json()}")
+        print(f"        kernels larger than their feature map at {cfg.r} px compute their centre: "
+              f"{', '.join(collapsed)}")
     print(f"params  {out['params']:,} ({out['params'] / 1e6:.2f} M)")
     print(f"MACs    {out['macs']:,} ({out['macs'] / 1e6:.1f} M)")
     if args.check:

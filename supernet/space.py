@@ -57,6 +57,18 @@ def conv_out(size: int, kernel: int, stride: int) -> int:
     return (size + 2 * (kernel // 2) - kernel) // stride + 1
 
 
+def effective_kernel(kernel: int, size: int) -> int:
+    """The part of a 'same'-padded ``kernel`` x ``kernel`` convolution that ever touches a
+    ``size`` x ``size`` map: ``min(kernel, 2 * size - 1)``, whatever the stride.
+
+    The first output pixel sits on input 0 and reaches input ``size - 1`` with tap offset
+    ``size - 1``; no output reaches further, so taps beyond that offset only ever see the
+    zero padding and the convolution equals the one with the central
+    ``2 * size - 1`` x ``2 * size - 1`` of its kernel (a 7x7 depthwise kernel on a 2x2 map is
+    its centre 3x3, on a 3x3 map its centre 5x5)."""
+    return min(kernel, 2 * size - 1)
+
+
 def _fmt_num(x: float) -> int | float:
     """An integral float as int (so JSON says 4, not 4.0)."""
     return int(x) if float(x).is_integer() else float(x)
@@ -353,14 +365,58 @@ class SearchSpace:
         )
 
     def canonical(self, cfg: "SubnetConfig") -> "SubnetConfig":
-        """The same architecture with the entries that depth skips set to the smallest
-        choice, so that equal architectures compare and hash equal."""
+        """The same network in one spelling, so that equal networks compare and hash equal:
+        the entries that depth skips set to the smallest choice, and every kernel that is
+        inert on its slot's feature map at ``cfg.r`` collapsed (``collapse_kernel``)."""
         ks, e = list(cfg.ks), list(cfg.e)
+        sizes = self.slot_sizes(cfg.r)
         for i, d in enumerate(cfg.d):
-            for j in range(d, self.max_depth):
-                ks[i * self.max_depth + j] = self.kernels[0]
-                e[i * self.max_depth + j] = self.expands[0]
+            for j in range(self.max_depth):
+                slot = i * self.max_depth + j
+                if j >= d:
+                    ks[slot] = self.kernels[0]
+                    e[slot] = self.expands[0]
+                else:
+                    ks[slot] = self.collapse_kernel(ks[slot], sizes[slot])
         return replace(cfg, ks=tuple(ks), e=tuple(e))
+
+    # inert kernels ---------------------------------------------------------------------
+    def slot_sizes(self, r: int) -> tuple[int, ...]:
+        """Side of the feature map each elastic block slot's depthwise convolution runs on
+        at input resolution ``r`` (it does not depend on the depths)."""
+        h = conv_out(r, self.first_conv_kernel, self.first_conv_stride)
+        out = []
+        for stage in self.stages:
+            for j in range(self.max_depth):
+                out.append(h)
+                if j == 0:
+                    h = conv_out(h, 1, stage.stride)
+        return tuple(out)
+
+    def collapse_kernel(self, kernel: int, size: int) -> int:
+        """The smallest kernel of the space that computes what ``kernel`` computes on a
+        ``size`` x ``size`` map (``effective_kernel``): ``kernel`` itself unless part of it only
+        ever sees padding.  A 7x7 on a 2x2 map is a 3x3 (kernels 3/5/7), on a 3x3 map a 5x5."""
+        need = effective_kernel(kernel, size)
+        return min(k for k in self.kernels if k >= need) if need < kernel else kernel
+
+    def kernel_caps(self, r: int) -> tuple[int, ...]:
+        """Per block slot, the largest kernel that is not collapsed at resolution ``r``."""
+        kmax = max(self.kernels)
+        return tuple(self.collapse_kernel(kmax, s) for s in self.slot_sizes(r))
+
+    def inert_kernels(self, resolutions: Iterable[int] | None = None) -> dict[int, dict[int, list[int]]]:
+        """``{r: {slot: [kernels collapsed there]}}`` for the resolutions (default: all of the
+        space's) where some kernel is inert; empty when every kernel matters everywhere."""
+        out: dict[int, dict[int, list[int]]] = {}
+        for r in (self.resolutions if resolutions is None else resolutions):
+            sizes = self.slot_sizes(r)
+            per = {slot: [k for k in self.kernels if self.collapse_kernel(k, s) != k]
+                   for slot, s in enumerate(sizes)}
+            per = {slot: ks for slot, ks in per.items() if ks}
+            if per:
+                out[r] = per
+        return out
 
     def active_blocks(self, cfg: "SubnetConfig") -> list[tuple[int, int, int]]:
         """(stage, position in stage, block slot) of every block the subnet keeps."""
@@ -391,7 +447,7 @@ class SearchSpace:
             for j in range(d[i]):
                 slot = i * self.max_depth + j
                 stride = stage.stride if j == 0 else 1
-                k = ks[slot]
+                k = self.collapse_kernel(ks[slot], h)  # an inert kernel is priced and built as its centre
                 ho = conv_out(h, k, stride)
                 oc = wd.stages[i]
                 out.append(BlockSpec(
@@ -665,7 +721,7 @@ def parse_subnet(text: str, space: SearchSpace, r: int | None = None, w: float |
 
 
 __all__ = [
-    "ACTIVATIONS", "KINDS", "BlockSpec", "SearchSpace", "StageSpec", "SubnetConfig", "Widths",
+    "ACTIVATIONS", "KINDS", "BlockSpec", "SearchSpace", "StageSpec", "SubnetConfig", "Widths", "effective_kernel",
     "OFA_MBV3", "TINY", "make_divisible", "se_channels", "conv_out", "get_space",
     "register_space", "space_names", "parse_subnet",
 ]
