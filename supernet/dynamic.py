@@ -33,13 +33,16 @@ from .space import BlockSpec, se_channels
 
 def _act(x: torch.Tensor, name: str) -> torch.Tensor:
     """The activation ``ops.make_act(name)`` builds, as a function (every name of
-    ``space.ACTIVATIONS``; an unknown one is an error, never an identity)."""
+    ``space.ACTIVATIONS``; an unknown one is an error, never an identity).  In place: every
+    caller hands it a fresh BN or convolution output that nothing else reads (their
+    backward passes need their inputs, not their outputs), which saves an allocation and a
+    pass over memory per layer."""
     if name == "relu":
-        return F.relu(x)
+        return F.relu(x, inplace=True)
     if name == "relu6":
-        return F.relu6(x)
+        return F.relu6(x, inplace=True)
     if name == "hswish":
-        return F.hardswish(x)
+        return F.hardswish(x, inplace=True)
     if name == "none":
         return x
     raise ValueError(f"unknown activation {name!r}")
@@ -170,8 +173,8 @@ class DynamicSE(nn.Module):
         c = x.size(1)
         h = se_channels(c)
         y = x.mean((2, 3), keepdim=True)
-        y = F.relu(F.conv2d(y, self.reduce.weight[:h, :c], self.reduce.bias[:h]))
-        y = F.hardsigmoid(F.conv2d(y, self.expand.weight[:c, :h], self.expand.bias[:c]))
+        y = F.relu(F.conv2d(y, self.reduce.weight[:h, :c], self.reduce.bias[:h]), inplace=True)
+        y = F.hardsigmoid(F.conv2d(y, self.expand.weight[:c, :h], self.expand.bias[:c]), inplace=True)
         return x * y
 
     def load_into(self, static: ops.SqueezeExcite) -> None:
