@@ -20,9 +20,9 @@ training continues from its checkpoint; ``--force`` redoes everything).  Bad inp
 dataset, a resolution the space lacks) is one ``error:`` line before any work.
 
 Defaults (two resolutions, the ``main`` preset, 100 subnets on 2,500 held-out images, 100
-generations) measured 18.2 minutes on 2 cores with a cold artifact cache (profile 4.4,
-train 10.5, collect 2.9 minutes; issue 13's target is 20); keep ``--cache`` across runs to
-skip the 308 block exports of the profile stage.
+generations) measured 11.4 minutes on 2 cores with a cold artifact cache (profile 3.2,
+train 5.9, collect 1.9 minutes; issue 13's target is 20; an earlier, slower host took 18.2);
+keep ``--cache`` across runs to skip the 254 block exports of the profile stage.
 
 Outputs: ``OUT/config.json``, ``OUT/stages.json``, ``OUT/luts/local.csv`` (both runtimes),
 ``OUT/supernet/`` (the training run, accuracy.csv, predictor.pt), ``OUT/search-<runtime>/``,
