@@ -207,13 +207,20 @@ def kernel_cap_index(choices: Choices) -> np.ndarray:
     return cached
 
 
+def collapsed_kernels(pop: Population, choices: Choices) -> np.ndarray:
+    """(N, num_blocks) kernel indices with every inert kernel collapsed to the one it
+    computes (``SearchSpace.collapse_kernel``); ``pop.k`` itself where no kernel is inert."""
+    caps = kernel_cap_index(choices)
+    if (caps < len(choices.space.kernels) - 1).any():
+        return np.minimum(pop.k, caps[pop.r])
+    return pop.k
+
+
 def canonicalize(pop: Population, choices: Choices) -> Population:
     """``SearchSpace.canonical`` on the whole population, in place (returns ``pop``):
     skipped slots set to index 0, inert kernels collapsed to the kernel they compute."""
     act = active_mask(pop, choices)
-    caps = kernel_cap_index(choices)
-    if (caps < len(choices.space.kernels) - 1).any():
-        np.minimum(pop.k, caps[pop.r], out=pop.k)
+    pop.k[:] = collapsed_kernels(pop, choices)
     pop.k[~act] = 0
     pop.e[~act] = 0
     return pop
@@ -320,10 +327,7 @@ class Encoder:
         x = np.zeros((n, self.n_dim), dtype=np.float32)
         act = active_mask(pop, choices)
         rows, slots = np.nonzero(act)
-        k = pop.k
-        caps = kernel_cap_index(choices)
-        if (caps < len(choices.space.kernels) - 1).any():  # inert kernels encode as what they compute
-            k = np.minimum(k, caps[pop.r])
+        k = collapsed_kernels(pop, choices)  # inert kernels encode as what they compute
         x[rows, slots * nk + k[rows, slots]] = 1.0
         x[rows, nb * nk + slots * ne + pop.e[rows, slots]] = 1.0
         res = np.asarray(choices.resolutions)[pop.r]

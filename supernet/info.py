@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{b['params']:>10,} params {b['macs'] / 1e6:>9.2f} M MACs  {b['key']}")
     print(f"space {space.name}, {space.num_classes} classes, resolution {cfg.r}, width {cfg.w:g}")
     print(f"subnet  {cfg.to_json()}")
-    canon = space.canonical(cfg)
-    collapsed = [f"slot {i}: {a} -> {b}" for i, (a, b) in enumerate(zip(cfg.ks, canon.ks))
-                 if a != b and i in {s for _, _, s in space.active_blocks(cfg)}]
+    active = {slot for _, _, slot in space.active_blocks(cfg)}
+    collapsed = [f"slot {i}: {a} -> {b}" for i, (a, b) in enumerate(zip(cfg.ks, out["canonical"]["ks"]))
+                 if a != b and i in active]
     if collapsed:
-        print(f"built   {canon.to_json()}")
+        print(f"built   {json.dumps(out['canonical'], separators=(',', ':'))}")
         print(f"        kernels larger than their feature map at {cfg.r} px compute their centre: "
               f"{', '.join(collapsed)}")
     print(f"params  {out['params']:,} ({out['params'] / 1e6:.2f} M)")

@@ -86,7 +86,7 @@ def test_a_space_with_a_kernel_between_choices_keeps_the_next_larger_one():
                      depths=(1, 2), resolutions=(12, 16), width_mults=(1.0,), first_conv_width=8,
                      first_block_width=8, final_expand_width=32, feature_mix_width=32, num_classes=10)
     # 12 px: 6 after the stem, 3 after the stage's stride
-    assert sp.slot_sizes(12) == (6, 3, 3, 3)[: sp.num_blocks]
+    assert sp.slot_sizes(12) == (6, 3)
     assert sp.collapse_kernel(7, 3) == 7 and sp.collapse_kernel(7, 2) == 3 and sp.collapse_kernel(3, 1) == 3
 
 
@@ -131,3 +131,19 @@ def test_population_canonicalize_and_encoder_collapse_inert_kernels():
     two = Population.from_subnets([FMNIST.max_subnet(r=32), FMNIST.canonical(FMNIST.max_subnet(r=32))], ch)
     h = canonicalize(two, ch).hashes()
     assert h[0] == h[1]
+
+
+def test_info_names_the_collapsed_slots(capsys):
+    """``supernet.info`` shows the subnet as built and which slots collapsed; the JSON
+    form carries the canonical subnet; the OFA space prints no such line."""
+    import json
+
+    from supernet.info import main
+
+    assert main(["--space", "fmnist", "--subnet", "max", "--resolution", "32"]) == 0
+    text = capsys.readouterr().out
+    assert "slot 9: 7 -> 3" in text and "slot 15: 7 -> 3" in text and "slot 8:" not in text
+    assert main(["--space", "fmnist", "--subnet", "max", "--resolution", "48", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["canonical"]["ks"] == [7] * 9 + [5] * 7
+    assert main(["--subnet", "max"]) == 0
+    assert "compute their centre" not in capsys.readouterr().out
