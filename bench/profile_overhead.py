@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from profiler.devices import load_devices  # noqa: E402
 from profiler.export import ArtifactCache  # noqa: E402
 from profiler.measure import profile_device  # noqa: E402
+from profiler.run import with_overhead_probes  # noqa: E402
 from supernet.space import get_space  # noqa: E402
 
 
@@ -60,6 +61,7 @@ def main() -> int:
     specs = space.all_blocks([int(r) for r in args.resolutions.split(",")])
     if args.limit:
         specs = specs[: args.limit]
+    specs = with_overhead_probes(specs)  # as profiler.run measures them
     device = load_devices(args.devices)["local"]
     with tempfile.TemporaryDirectory(prefix="hwnas-bench-") as tmp:
         tmp = args.workdir or Path(tmp)

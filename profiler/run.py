@@ -2,12 +2,15 @@
 
     python -m profiler.run --device local [--runtime onnxruntime|tflite|onnxruntime,tflite]
         [--resolutions 160,224] [--widths 1.0] [--threads N] [--limit N] [--lut PATH]
-        [--space ofa_mbv3] [--devices devices.yaml] [--cache DIR] [--export-workers N] [--json]
+        [--space ofa_mbv3] [--devices devices.yaml] [--cache DIR] [--export-workers N]
+        [--no-overhead-probes] [--json]
 
 Several devices (``--device a,b`` or ``--device all``) are measured concurrently, one worker
 and one progress bar per device (``profiler.farm``).  Writes ``luts/<device>.csv`` (``luts/<device>-<runtime>.csv`` for a runtime other than the
 device's own), its raw-sample journal, and a run summary ``<lut>.run.json``.  A rerun skips
-what is measured; a killed run resumes where it stopped.
+what is measured; a killed run resumes where it stopped.  Beside the blocks it measures an
+``overhead`` probe at each input shape (the runtime's fixed cost of one invocation, which the
+latency model takes off every block and charges a network once; ``profiler.costmodel``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from supernet.atomic import atomic_write_text
-from supernet.space import get_space, space_names
+from supernet.space import BlockSpec, get_space, overhead_probe, space_names
 
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
 from .export import ArtifactCache, default_cache_dir
@@ -43,6 +46,22 @@ def _float_list(text: str, what: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{what} must be a comma list of numbers, got {text!r}") from None
 
 
+def with_overhead_probes(specs: list[BlockSpec]) -> list[BlockSpec]:
+    """``specs`` with, before the first block of each input shape, the overhead probe of that
+    shape (``supernet.space.overhead_probe``): measured among the blocks it corrects, under
+    the same conditions."""
+    out: list[BlockSpec] = []
+    seen: set[BlockSpec] = set()
+    for s in specs:
+        if s.kind != "overhead":
+            p = overhead_probe(s)
+            if p not in seen:
+                seen.add(p)
+                out.append(p)
+        out.append(s)
+    return list(dict.fromkeys(out))
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m profiler.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="local", help="device name from devices.yaml, a comma list, or all (default: local)")
@@ -57,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=None, help="minimum timed runs per block (default: the device's)")
     ap.add_argument("--min-time", type=float, default=None, help="minimum timed seconds per block (default: the device's)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N blocks of the space")
+    ap.add_argument("--no-overhead-probes", action="store_true",
+                    help="do not measure the runtime's per-invocation overhead at each input shape (the latency "
+                         "model then sums the blocks' rows as they are)")
     ap.add_argument("--lut", type=Path, default=None, help="LUT CSV to write (default: luts/<device>.csv)")
     ap.add_argument("--cache", type=Path, default=None, help=f"artifact cache (default: {default_cache_dir()})")
     ap.add_argument("--export-workers", type=int, default=min(2, os.cpu_count() or 1),
@@ -83,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.limit < 1:
                 raise ValueError("--limit must be at least 1")
             specs = specs[: args.limit]
+        if not args.no_overhead_probes:
+            specs = with_overhead_probes(specs)
         for name, value in (("--threads", args.threads), ("--repeats", args.repeats)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")

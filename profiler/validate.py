@@ -1,18 +1,28 @@
 """Fidelity report: how well does the LUT sum predict whole networks on the device?
 
-    python -m profiler.validate --device local --runtime onnxruntime --lut luts/local.csv \
-        --subnets 20 [--seed 0] [--space ofa_mbv3] [--json]
+    python -m profiler.validate --device local --runtime onnxruntime[,tflite] --lut luts/local.csv \
+        --subnets 20 [--passes 2] [--seed 0] [--space ofa_mbv3] [--json]
 
 Samples N random subnets at resolutions the LUT covers completely, exports each whole
 network with the same exporter as the blocks, measures it end to end on the same device and
-runtime, and compares with the LUT sum.  Writes next to the LUT:
+runtime, and compares with the latency model (``profiler.costmodel``: the LUT sum, less each
+block's invocation overhead plus the network's once when the LUT has overhead probes).
 
-- ``<lut>.validate.csv``: per subnet, the prediction, the measurement and the error;
+Every network is measured ``--passes`` times (default 2), interleaved (all networks, then
+all again), and the report puts the **repeat agreement** (how well one measurement of a
+network predicts another: the noise floor of this device at this moment) beside the LUT's
+error.  Both are pooled over the passes: the LUT's error is taken against each measurement.
+The plain sum (no overhead model) is reported beside it.  Several runtimes (comma list) are
+validated on the same networks, one after the other.  Writes next to the LUT:
+
+- ``<lut>.validate.csv``: per runtime, subnet and pass, the prediction, the measurement and
+  the error;
 - ``<lut>.validate.json``: the summary (median absolute error, share within 5% and 10%,
-  the fitted calibration ``measured ~ a * sum + b`` and the error after it);
-- ``<lut>.calibration.json``: ``{a, b, runtime}``, what the latency model applies with
-  calibration on;
-- ``<lut>.validate.png``: measured against predicted.
+  repeat agreement, the fitted calibration ``measured ~ a * sum + b`` and the error after
+  it); with several runtimes ``{"runtimes": {runtime: summary}}``;
+- ``<lut>.calibration.json``: ``{"runtimes": {runtime: {a, b, overhead, ...}}}``, what the
+  latency model applies with calibration on (other runtimes' entries are kept);
+- ``<lut>.validate.png``: measured against predicted, one panel per runtime.
 
 The numbers are what they are; nothing is tuned to look good.
 """
@@ -37,12 +47,13 @@ from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_dev
 from .export import ArtifactCache, export_network, format_for_runtime
 from supernet.atomic import atomic_open, atomic_write_text, ensure_writable_folder
 
+from .costmodel import LatencyModel, write_calibration
 from .lut import LutError, calibration_path, lut_sibling
 
 
 def covered_resolutions(model, space: SearchSpace, w: float) -> list[int]:
     """Resolutions whose every block the LUT has."""
-    from search.latency import MissingKeysError
+    from .costmodel import MissingKeysError
 
     out = []
     for r in space.resolutions:
@@ -87,6 +98,36 @@ def summarise(pred: np.ndarray, meas: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def repeat_agreement(meas: np.ndarray) -> dict[str, Any]:
+    """How well one measurement of a network predicts another (``meas``: passes x networks,
+    NaN for failures): relative differences pooled over every ordered pair of passes, the
+    same way the LUT's error is pooled over the passes."""
+    rel = []
+    for i in range(meas.shape[0]):
+        for j in range(meas.shape[0]):
+            if i != j:
+                ok = ~(np.isnan(meas[i]) | np.isnan(meas[j]))
+                rel.append((meas[i][ok] - meas[j][ok]) / meas[j][ok])
+    if not rel or not sum(len(r) for r in rel):
+        return {}
+    d = np.abs(np.concatenate(rel))
+    return {"repeat_median_abs_diff_pct": float(np.median(d) * 100),
+            "repeat_within_5pct": float(np.mean(d <= 0.05)), "repeat_within_10pct": float(np.mean(d <= 0.10))}
+
+
+def fidelity_line(runtime: str, s: dict[str, Any]) -> str:
+    """One line: the LUT's error beside the noise floor (and the targets of issue 11)."""
+    line = (f"{runtime}: LUT median |error| {s['median_abs_error_pct']:.1f}%, "
+            f"{s['within_10pct'] * 100:.0f}% within 10%")
+    if "repeat_within_10pct" in s:
+        line += (f"; repeat agreement {s['repeat_median_abs_diff_pct']:.1f}%, "
+                 f"{s['repeat_within_10pct'] * 100:.0f}% within 10%")
+    if "plain" in s:
+        line += (f"; plain sum {s['plain']['median_abs_error_pct']:.1f}%, "
+                 f"{s['plain']['within_10pct'] * 100:.0f}% within 10%")
+    return line
+
+
 def _median_load(rows: list[dict[str, Any]]) -> float | None:
     loads = [r["load_avg"] for r in rows if r.get("load_avg") is not None]
     return float(np.median(loads)) if loads else None
@@ -102,24 +143,27 @@ def _lut_load(lut: Path, runtime: str) -> float | None:
     return float(np.median(loads)) if loads else None
 
 
-def _plot(path: Path, pred: np.ndarray, meas: np.ndarray, summary: dict[str, Any], title: str) -> None:
+def _plot(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, dict[str, Any]]]) -> None:
+    """One panel per runtime: (title, predicted, measured, summary)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.scatter(pred, meas, s=18, label="subnets")
-    lo, hi = float(min(pred.min(), meas.min())), float(max(pred.max(), meas.max()))
-    xs = np.linspace(lo, hi, 50)
-    ax.plot(xs, xs, "k--", lw=1, label="measured = LUT sum")
-    ax.plot(xs, summary["a"] * xs + summary["b"], "r-", lw=1,
-            label=f"fit: {summary['a']:.3f} x + {summary['b']:.3f}")
-    ax.set_xlabel("LUT sum (ms)")
-    ax.set_ylabel("measured whole network (ms)")
-    ax.set_title(f"{title}\nmedian |error| {summary['median_abs_error_pct']:.1f}%, "
-                 f"within 10%: {summary['within_10pct'] * 100:.0f}%", fontsize=9)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 5), squeeze=False)
+    for ax, (title, pred, meas, summary) in zip(axes[0], panels):
+        ax.scatter(pred, meas, s=18, label="subnets (every pass)")
+        lo, hi = float(min(pred.min(), meas.min())), float(max(pred.max(), meas.max()))
+        xs = np.linspace(lo, hi, 50)
+        ax.plot(xs, xs, "k--", lw=1, label="measured = LUT model")
+        ax.plot(xs, summary["a"] * xs + summary["b"], "r-", lw=1,
+                label=f"fit: {summary['a']:.3f} x + {summary['b']:.3f}")
+        ax.set_xlabel("LUT model (ms)")
+        ax.set_ylabel("measured whole network (ms)")
+        rep = (f", repeat {summary['repeat_within_10pct'] * 100:.0f}%" if "repeat_within_10pct" in summary else "")
+        ax.set_title(f"{title}\nmedian |error| {summary['median_abs_error_pct']:.1f}%, "
+                     f"within 10%: {summary['within_10pct'] * 100:.0f}%{rep}", fontsize=9)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=110)
@@ -130,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m profiler.validate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="local")
     ap.add_argument("--devices", type=Path, default=DEFAULT_DEVICES_FILE)
-    ap.add_argument("--runtime", default=None, help="onnxruntime or tflite (default: the device's)")
+    ap.add_argument("--runtime", default=None, help="onnxruntime, tflite, or both comma-separated (default: the device's)")
     ap.add_argument("--lut", type=Path, required=True)
     ap.add_argument("--subnets", type=int, default=20, help="number of random subnets (default 20)")
+    ap.add_argument("--passes", type=int, default=2, help="measurements of every network, interleaved (default 2: "
+                    "the second gives the repeat agreement)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--space", default="ofa_mbv3", help=f"search space ({', '.join(space_names())})")
     ap.add_argument("--width", type=float, default=None, help="width multiplier (default: the space's first)")
@@ -141,22 +187,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = ap.parse_args(argv)
 
-    from search.latency import LatencyModel
-
     try:
         space = get_space(args.space)
         device = select_devices(load_devices(args.devices), args.device, args.devices)[0]
-        runtime = args.runtime or device.runtime
-        if runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
+        runtimes = [r.strip() for r in (args.runtime or device.runtime).split(",") if r.strip()]
+        bad = [r for r in runtimes if r not in RUNTIMES]
+        if bad or not runtimes:
+            raise ValueError(f"unknown runtime {', '.join(map(repr, bad)) or repr(args.runtime)} "
+                             f"(known: {', '.join(RUNTIMES)})")
         if args.subnets < 1:
             raise ValueError("--subnets must be at least 1")
+        if args.passes < 1:
+            raise ValueError("--passes must be at least 1")
         w = args.width if args.width is not None else space.default_width
-        model = LatencyModel.from_lut(args.lut, space, runtime)
-        resolutions = covered_resolutions(model, space, w)
+        models = {rt: (LatencyModel.from_lut(args.lut, space, rt), LatencyModel.from_lut(args.lut, space, rt,
+                                                                                          overhead=False))
+                  for rt in runtimes}
+        resolutions = sorted(set.intersection(*(set(covered_resolutions(m, space, w)) for m, _ in models.values())))
         if not resolutions:
             raise ValueError(f"{args.lut}: no resolution of space {space.name!r} at width {w:g} is fully "
-                             f"covered by the {runtime} rows; run profiler.run first")
+                             f"covered by the {' and '.join(runtimes)} rows; run profiler.run first")
         ensure_writable_folder(Path(args.lut).parent, "LUT folder (the report goes beside the LUT)")
         outputs = {s: lut_sibling(args.lut, s) for s in (".validate.csv", ".validate.json", ".validate.png")}
         outputs[".calibration.json"] = calibration_path(args.lut)
@@ -168,92 +218,122 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = random.Random(args.seed)
     subnets = [space.sample(rng, resolutions=resolutions, widths=[w]) for _ in range(args.subnets)]
-    pred = model.latency(subnets)
-    fmt = format_for_runtime(runtime)
     cache = ArtifactCache(args.cache)
-    net_dir = cache.root / "networks" / fmt / cache.version(fmt)
     done: list[dict[str, Any]] = []
+    preds = {rt: m.latency(subnets) for rt, (m, _) in models.items()}
 
-    def keep(row: dict[str, Any]) -> None:  # each network's result on disk as soon as it is measured
+    def keep(row: dict[str, Any]) -> None:  # each measurement on disk as soon as it is made
         done.append(row)
-        atomic_write_text(outputs[".validate.csv"], _report_csv(subnets, pred, done))
+        atomic_write_text(outputs[".validate.csv"], _report_csv(subnets, preds, done))
 
+    results = {}
     try:
-        out = measure_networks(device, runtime, space, subnets, fmt, net_dir, progress=not args.no_progress,
-                               on_row=keep)
-        if isinstance(out, str):
-            print(f"error: {out} ({len(done)} network(s) measured, kept in {outputs['.validate.csv']})",
-                  file=sys.stderr)
-            return 1
-        return _report(args, device, runtime, space, subnets, pred, resolutions, out, outputs)
+        for rt in runtimes:
+            fmt = format_for_runtime(rt)
+            net_dir = cache.root / "networks" / fmt / cache.version(fmt)
+            out = measure_networks(device, rt, space, subnets, fmt, net_dir, progress=not args.no_progress,
+                                   on_row=lambda row, rt=rt: keep(dict(row, runtime=rt)), passes=args.passes)
+            if isinstance(out, str):
+                print(f"error: {out} ({len(done)} measurement(s) made, kept in {outputs['.validate.csv']})",
+                      file=sys.stderr)
+                return 1
+            results[rt] = out
+        return _report(args, device, models, space, subnets, preds, resolutions, results, done, outputs)
     except OSError as exc:
         print(f"error: cannot write the report beside {args.lut}: {exc}", file=sys.stderr)
         return 1
 
 
-def _report_csv(subnets: list[SubnetConfig], pred: np.ndarray, rows: list[dict[str, Any]]) -> str:
-    """The per-subnet CSV (prediction, measurement, error) of the rows measured so far."""
+def _report_csv(subnets: list[SubnetConfig], preds: dict[str, np.ndarray], rows: list[dict[str, Any]]) -> str:
+    """The per-measurement CSV (runtime, subnet, pass, prediction, measurement, error) so far."""
     buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=["subnet", "r", "lut_sum_ms", "measured_ms", "error_pct", "load_avg", "error"],
-                        lineterminator="\n")
+    wr = csv.DictWriter(buf, fieldnames=["runtime", "index", "pass", "subnet", "r", "lut_model_ms", "measured_ms",
+                                         "error_pct", "load_avg", "error"], lineterminator="\n")
     wr.writeheader()
-    for cfg, p, row in zip(subnets, pred, rows):
-        m = row["measured_ms"]
-        wr.writerow({"subnet": cfg.to_json(), "r": cfg.r, "lut_sum_ms": f"{p:.4f}",
-                     "measured_ms": "" if np.isnan(m) else f"{m:.4f}",
+    for row in rows:
+        i, m, p = row["index"], row["measured_ms"], preds[row["runtime"]][row["index"]]
+        cfg = subnets[i]
+        wr.writerow({"runtime": row["runtime"], "index": i, "pass": row["pass"], "subnet": cfg.to_json(), "r": cfg.r,
+                     "lut_model_ms": f"{p:.4f}", "measured_ms": "" if np.isnan(m) else f"{m:.4f}",
                      "error_pct": "" if np.isnan(m) else f"{(p - m) / m * 100:.2f}",
                      "load_avg": "" if row["load_avg"] is None else row["load_avg"], "error": row["error"]})
     return buf.getvalue()
 
 
-def _report(args, device, runtime: str, space: SearchSpace, subnets: list[SubnetConfig], pred: np.ndarray,
-            resolutions: list[int], out, outputs: dict[str, Path]) -> int:
-    """Summarise, write the report files and print the table."""
-    meas, rows = out
+def _summary_for(model, plain, subnets, meas: np.ndarray) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Summary of one runtime (``meas``: passes x networks); returns it with the pooled
+    (prediction, measurement) pairs."""
+    pred, raw = model.latency(subnets), plain.latency(subnets)
     ok = ~np.isnan(meas)
-    if ok.sum() == 0:
-        print("error: no subnet could be measured: " + "; ".join(r["error"] for r in rows if r["error"])[:500],
-              file=sys.stderr)
-        return 1
-    summary = summarise(pred[ok], meas[ok])
-    summary.update({"device": device.name, "runtime": runtime, "lut": str(args.lut), "space": space.name,
-                    "seed": args.seed, "resolutions": resolutions, "failed": int((~ok).sum()),
-                    "load_avg_median": _median_load(rows), "lut_load_avg_median": _lut_load(args.lut, runtime),
-                    "validated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    atomic_write_text(outputs[".validate.csv"], _report_csv(subnets, pred, rows))
-    atomic_write_text(outputs[".validate.json"], json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(outputs[".calibration.json"], json.dumps(
-        {"a": summary["a"], "b": summary["b"], "runtime": runtime, "device": device.name,
-         "n": summary["n"], "fitted_at": summary["validated_at"]}, indent=2) + "\n")
-    _plot(outputs[".validate.png"], pred[ok], meas[ok], summary,
-          f"{device.name} / {runtime} / {space.name}")
+    p_all = np.concatenate([pred[o] for o in ok])
+    m_all = np.concatenate([m[o] for m, o in zip(meas, ok)])
+    summary = summarise(p_all, m_all)
+    summary["overhead_model"] = bool(model.uses_overhead())
+    summary["plain"] = {k: v for k, v in summarise(np.concatenate([raw[o] for o in ok]), m_all).items()
+                        if k in ("median_abs_error_pct", "within_5pct", "within_10pct", "sum_over_measured",
+                                 "mean_error_pct")}
+    summary.update(repeat_agreement(meas))
+    summary["passes"] = int(meas.shape[0])
+    return summary, p_all, m_all
+
+
+def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig], preds, resolutions: list[int],
+            results, rows: list[dict[str, Any]], outputs: dict[str, Path]) -> int:
+    """Summarise, write the report files and print the table."""
+    summaries, panels = {}, []
+    for rt, (meas, _) in results.items():
+        if (~np.isnan(meas)).sum() == 0:
+            print(f"error: no subnet could be measured with {rt}: "
+                  + "; ".join(r["error"] for r in rows if r["error"] and r["runtime"] == rt)[:500], file=sys.stderr)
+            return 1
+        s, p_all, m_all = _summary_for(*models[rt], subnets, meas)
+        s.update({"device": device.name, "runtime": rt, "lut": str(args.lut), "space": space.name,
+                  "seed": args.seed, "resolutions": resolutions, "failed": int(np.isnan(meas).any(axis=0).sum()),
+                  "load_avg_median": _median_load([r for r in rows if r["runtime"] == rt]),
+                  "lut_load_avg_median": _lut_load(args.lut, rt),
+                  "validated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        s["n"] = len(subnets) - s["failed"]
+        summaries[rt] = s
+        panels.append((f"{device.name} / {rt} / {space.name}", p_all, m_all, s))
+    atomic_write_text(outputs[".validate.csv"], _report_csv(subnets, preds, rows))
+    doc = next(iter(summaries.values())) if len(summaries) == 1 else {"runtimes": summaries}
+    atomic_write_text(outputs[".validate.json"], json.dumps(doc, indent=2) + "\n")
+    for rt, s in summaries.items():
+        write_calibration(outputs[".calibration.json"], rt, {
+            "a": s["a"], "b": s["b"], "overhead": s["overhead_model"], "device": device.name, "n": s["n"],
+            "fitted_at": s["validated_at"]})
+    _plot(outputs[".validate.png"], panels)
     if args.json:
-        print(json.dumps(summary))
-    else:
-        print(f"{'subnet':>6} {'r':>4} {'LUT sum ms':>10} {'measured ms':>11} {'error':>7}")
-        for i, (cfg, p, row) in enumerate(zip(subnets, pred, rows)):
-            m = row["measured_ms"]
-            tail = f"{(p - m) / m * 100:>6.1f}%" if not np.isnan(m) else f"  failed: {row['error'][:80]}"
-            print(f"{i:>6} {cfg.r:>4} {p:>10.3f} {m:>11.3f} {tail}")
-        s = summary
-        print(f"\n{device.name} / {runtime}: median |error| {s['median_abs_error_pct']:.1f}%, "
-              f"within 5%: {s['within_5pct'] * 100:.0f}%, within 10%: {s['within_10pct'] * 100:.0f}%, "
-              f"LUT sum / measured (median) {s['sum_over_measured']:.3f}")
+        print(json.dumps(doc))
+        return 0
+    for rt, s in summaries.items():
+        meas = results[rt][0]
+        pred = preds[rt]
+        print(f"{rt}: {'subnet':>6} {'r':>4} {'LUT model ms':>12} " + " ".join(f"{'pass ' + str(k + 1) + ' ms':>10}"
+                                                                          for k in range(meas.shape[0])))
+        for i, cfg in enumerate(subnets):
+            ms = " ".join(f"{m:>10.3f}" if not np.isnan(m) else f"{'failed':>10}" for m in meas[:, i])
+            print(f"{'':{len(rt) + 2}}{i:>6} {cfg.r:>4} {pred[i]:>12.3f} {ms}")
+        print(f"\n{device.name} / {fidelity_line(rt, s)}")
+        print(f"  within 5%: {s['within_5pct'] * 100:.0f}%, LUT model / measured (median) {s['sum_over_measured']:.3f}, "
+              f"overhead model {'on' if s['overhead_model'] else 'off (the LUT has no overhead probes)'}")
         if s["load_avg_median"] is not None and s["lut_load_avg_median"] is not None:
-            print(f"device load (1-min average, median): {s['lut_load_avg_median']:.2f} while the LUT was measured, "
+            print(f"  device load (1-min average, median): {s['lut_load_avg_median']:.2f} while the LUT was measured, "
                   f"{s['load_avg_median']:.2f} during validation")
-        print(f"calibration: measured ~ {s['a']:.4f} * sum + {s['b']:.4f} ms -> median |error| "
-              f"{s['calibrated_median_abs_error_pct']:.1f}%, within 5%: {s['calibrated_within_5pct'] * 100:.0f}%")
-        print(f"wrote {outputs['.validate.csv']}, .validate.json, .validate.png and {outputs['.calibration.json']}")
+        print(f"  calibration: measured ~ {s['a']:.4f} * model + {s['b']:.4f} ms -> median |error| "
+              f"{s['calibrated_median_abs_error_pct']:.1f}%, within 10%: {s['calibrated_within_10pct'] * 100:.0f}%\n")
+    print(f"wrote {outputs['.validate.csv']}, .validate.json, .validate.png and {outputs['.calibration.json']}")
     return 0
 
 
 def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[SubnetConfig], fmt: str,
-                     net_dir: Path, progress: bool, on_row: Callable[[dict[str, Any]], None] | None = None):
-    """Export every network (all before the first measurement), then measure each; ``on_row``
-    receives each network's row (``measured_ms``, ``error``, ``load_avg``) in order as soon as
-    it is known.  Returns (measured ms array with NaN for failures, per-subnet rows) or an
-    error string."""
+                     net_dir: Path, progress: bool, on_row: Callable[[dict[str, Any]], None] | None = None,
+                     passes: int = 1):
+    """Export every network (all before the first measurement), then measure each, ``passes``
+    times interleaved (every network, then every network again); ``on_row`` receives each
+    measurement's row (``index``, ``pass``, ``measured_ms``, ``error``, ``load_avg``) as soon
+    as it is known.  Returns (measured ms: an array of N with NaN for failures for one pass,
+    passes x N for more; the last pass's per-subnet rows) or an error string."""
     import hashlib
 
     from tqdm import tqdm
@@ -274,30 +354,35 @@ def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[Sub
         except Exception as exc:  # noqa: BLE001 - a failed export is a failed row
             paths.append(None)
             errors.append(f"export: {exc}"[:500])
-    meas = np.full(len(subnets), np.nan)
+    meas = np.full((passes, len(subnets)), np.nan)
     loads: list[float | None] = [None] * len(subnets)
     req = request_base(device, runtime)
     session = Session(make_transport(device))
+    bar = tqdm(total=passes * len(paths), desc=f"{device.name} {runtime} networks", unit="net", disable=not progress)
     try:
         connect(session, device)
-        for i, path in enumerate(tqdm(paths, desc=f"{device.name} {runtime} networks", unit="net",
-                                      disable=not progress)):
-            if path is not None:
-                # the same loop as the blocks: reconnects, retries, benchmark_model summaries
-                out = measure_artifact(session, device, path, req, timeout_s=device.timeout_s * 4)
-                if isinstance(out, str):
-                    errors[i] = f"measure: {out}"[:500]
-                else:
-                    meas[i] = out["median_ms"] if out.get("median_ms") not in (None, "") else out["mean_ms"]
-                    loads[i] = out.get("load_avg")
-            if on_row is not None:
-                on_row({"measured_ms": meas[i], "error": errors[i], "load_avg": loads[i]})
+        for k in range(passes):
+            for i, path in enumerate(paths):
+                err = errors[i]
+                if path is not None and not err:
+                    # the same loop as the blocks: reconnects, retries, benchmark_model summaries
+                    out = measure_artifact(session, device, path, req, timeout_s=device.timeout_s * 4)
+                    if isinstance(out, str):
+                        err = errors[i] = f"measure: {out}"[:500]
+                    else:
+                        meas[k, i] = out["median_ms"] if out.get("median_ms") not in (None, "") else out["mean_ms"]
+                        loads[i] = out.get("load_avg")
+                bar.update(1)
+                if on_row is not None:
+                    on_row({"index": i, "pass": k + 1, "measured_ms": meas[k, i], "error": err, "load_avg": loads[i]})
     except TransportError as exc:
         return f"{device.name}: {exc}"
     finally:
+        bar.close()
         session.close()
-    rows = [{"measured_ms": m, "error": e, "load_avg": ld} for m, e, ld in zip(meas, errors, loads)]
-    return meas, rows
+    meas[:, [bool(e) for e in errors]] = np.nan  # a network that failed once is out of every pass
+    rows = [{"measured_ms": m, "error": e, "load_avg": ld} for m, e, ld in zip(meas[-1], errors, loads)]
+    return (meas[0] if passes == 1 else meas), rows
 
 
 if __name__ == "__main__":

@@ -617,27 +617,21 @@ def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, laten
     return records
 
 
-def auto_calibration(lut: Path, runtime: str) -> tuple[float, float] | None:
+def auto_calibration(lut: Path, runtime: str, overhead: bool = False) -> tuple[float, float] | None:
     """The profiler's fitted (a, b) from ``<lut>.calibration.json`` when it exists and was
-    fitted for ``runtime``; otherwise None (the plain LUT sum), said on stderr."""
+    fitted for ``runtime`` on the same kind of sum (``overhead``: the latency model subtracts
+    the LUT's invocation overhead); otherwise None (the plain LUT sum), said on stderr."""
+    from profiler.costmodel import CalibrationMismatch, read_calibration
     from profiler.lut import calibration_path
-
-    from .latency import read_calibration
 
     path = calibration_path(lut)
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a calibration file ({exc})") from None
-    if data.get("runtime") not in (None, runtime):
-        print(f"note: {path} is for runtime {data.get('runtime')!r}, not {runtime!r}: using the plain LUT sum",
-              file=sys.stderr)
+        return read_calibration(path, runtime, overhead=overhead)
+    except CalibrationMismatch as exc:
+        print(f"note: {exc}: using the plain LUT sum", file=sys.stderr)
         return None
-    return read_calibration(path, runtime)
 
 
 @contextlib.contextmanager
@@ -719,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
             cal = _calibration_arg(args.calibration)
             latency = LatencyModel.from_lut(args.lut, space, args.runtime, calibration=None if cal == "auto" else cal)
             if cal == "auto":
-                latency.calibration = auto_calibration(Path(args.lut), latency.runtime)
+                latency.calibration = auto_calibration(Path(args.lut), latency.runtime, latency.uses_overhead())
         model = {"latency-ms": latency, "macs-m": MacsModel(space), "params-m": ParamsModel(space)}[flag]
         res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else None
         wid = [float(x) for x in args.widths.split(",")] if args.widths else None

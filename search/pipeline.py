@@ -2,7 +2,9 @@
 
     python -m search.pipeline [--out out/pipeline] [--cache cache/artifacts] [--resolutions 32,48]
 
-1. profile the local device at the demo resolutions, onnxruntime and TFLite (profiler.run);
+1. profile the local device at the demo resolutions, onnxruntime and TFLite (profiler.run),
+   and check the LUT against whole networks measured twice (profiler.validate, both runtimes:
+   the fidelity line beside the final table, and the calibration the searches apply);
 2. train a small supernet on Fashion-MNIST with progressive shrinking (supernet.train);
 3. collect (subnet, held-out accuracy) rows from it (search.collect);
 4. train the accuracy predictor on them (search.predictor);
@@ -40,10 +42,11 @@ import sys
 import time
 from pathlib import Path
 
+from profiler.validate import fidelity_line
 from supernet.atomic import atomic_open, atomic_write_text
 
 RUNTIMES = ("onnxruntime", "tflite")
-STAGES = ("profile", "train", "collect", "predictor", "search", "summary")
+STAGES = ("profile", "validate", "train", "collect", "predictor", "search", "summary")
 
 
 def fail(msg: str) -> "SystemExit":
@@ -185,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--preset", default="main", help="supernet.train preset")
     ap.add_argument("--train-limit", type=int, default=None, help="training images (default: the preset's)")
     ap.add_argument("--subnets", type=int, default=100, help="subnets evaluated for the predictor")
+    ap.add_argument("--validate-subnets", type=int, default=20,
+                    help="whole networks profiler.validate measures (twice each, both runtimes)")
     ap.add_argument("--eval-images", type=int, default=2500, help="held-out images per evaluated subnet")
     ap.add_argument("--predictor-epochs", type=int, default=300)
     ap.add_argument("--fractions", default="0.2,0.5,0.8", help="budgets between the cheapest and largest subnet")
@@ -259,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         if v is not None:
             cmd += [flag, str(v)]
     times["profile"] = stages.run("profile", cmd, [lut], 3600)
+    # 1b. fidelity of the LUT (both runtimes, every network measured twice): the line beside
+    # the final table, and the calibration the searches apply
+    cmd = [py, "-m", "profiler.validate", "--device", "local", "--runtime", ",".join(runtimes), "--space",
+           args.space, "--lut", str(lut), "--subnets", str(args.validate_subnets), "--seed", seed, *quiet]
+    if cache is not None:
+        cmd += ["--cache", str(cache)]
+    times["validate"] = stages.run("validate", cmd, [lut.with_name("local.validate.json")], 3600)
     # 2. train
     cmd = [py, "-m", "supernet.train", "--preset", args.preset, "--space", args.space, "--data", args.data,
            "--out", str(run), "--seed", seed, *quiet]
@@ -298,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     rows = cross_table(searches, lut, space)
     quality = accuracy_quality(run)
-    write_summary(out, rows, searches, runtimes, stages, time.time() - t_start, quality)
+    fidelity = json.loads(lut.with_name("local.validate.json").read_text())
+    write_summary(out, rows, searches, runtimes, stages, time.time() - t_start, quality, fidelity)
     stages.record("summary", None, time.time() - t0)
     return 0
 
@@ -394,7 +407,7 @@ def quality_lines(q: dict) -> list[str]:
 
 
 def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[str], stages: Stages,
-                  seconds: float, quality: dict | None = None) -> None:
+                  seconds: float, quality: dict | None = None, fidelity: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -417,7 +430,7 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
                "architectures_differ_per_budget_level": differs,
                "budgets": {rt: searches[rt]["budgets"] for rt in runtimes},
                "latency_range_ms": {rt: [searches[rt]["cheapest_ms"], searches[rt]["largest_ms"]] for rt in runtimes},
-               "accuracy": quality or {}}
+               "accuracy": quality or {}, "fidelity": fidelity_summary(fidelity or {})}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
     fig, axes = plt.subplots(1, len(runtimes), figsize=(5.5 * len(runtimes), 4.2), dpi=120, squeeze=False)
@@ -446,9 +459,20 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
         print(f"architectures differ between runtimes at budget levels {fractions_str(differs)}")
     for line in quality_lines(quality or {}):
         print(line)
+    for rt, f in summary["fidelity"].items():
+        print("LUT fidelity, " + fidelity_line(rt, f) + f" ({f['n']} networks x {f['passes']} passes)")
     print("stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_s.items())
           + f"; this invocation {seconds / 60:.1f} min")
     print(f"wrote {out / 'summary.json'}, {out / 'summary.csv'}, {out / 'summary.png'}")
+
+
+def fidelity_summary(doc: dict) -> dict:
+    """Per runtime, the figures of ``profiler.validate``'s JSON the summary keeps."""
+    per = doc.get("runtimes") or ({doc["runtime"]: doc} if "runtime" in doc else {})
+    keep = ("n", "passes", "median_abs_error_pct", "within_10pct", "repeat_median_abs_diff_pct",
+            "repeat_within_10pct", "overhead_model", "plain", "a", "b", "calibrated_median_abs_error_pct",
+            "calibrated_within_10pct")
+    return {rt: {k: s[k] for k in keep if k in s} for rt, s in per.items()}
 
 
 def fractions_str(differs: list[bool]) -> str:

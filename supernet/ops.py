@@ -120,6 +120,8 @@ def build_block(spec: BlockSpec, dropout: float = 0.0) -> nn.Module:
         return ConvBNAct(spec.in_c, spec.out_c, 1, act=spec.act, bn=False)
     if spec.kind == "classifier":
         return Classifier(spec.in_c, spec.out_c, dropout)
+    if spec.kind == "overhead":
+        return nn.ReLU()
     raise ValueError(f"no builder for block kind {spec.kind!r}")
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 ACTIVATIONS = ("relu", "relu6", "hswish", "none")
-KINDS = ("first_conv", "mbconv", "final_expand", "pool", "feature_mix", "classifier")
+KINDS = ("first_conv", "mbconv", "final_expand", "pool", "feature_mix", "classifier", "overhead")
 DIVISOR = 8
 SE_REDUCTION = 4
 
@@ -92,7 +92,10 @@ class BlockSpec:
     Kinds: ``first_conv`` (kxk conv, BN, act), ``mbconv`` (inverted residual: 1x1 expand
     unless ``mid == in_c``, kxk depthwise, optional squeeze-excite, 1x1 project, optional
     residual), ``final_expand`` (1x1 conv, BN, act), ``pool`` (global average pooling),
-    ``feature_mix`` (1x1 conv without BN, act), ``classifier`` (dropout and linear).
+    ``feature_mix`` (1x1 conv without BN, act), ``classifier`` (dropout and linear), and
+    ``overhead``: no block of a network but the profiler's probe of a runtime's fixed cost
+    of one invocation at an input shape (one ReLU, output shape = input shape; see
+    ``overhead_probe``).
     """
 
     kind: str
@@ -127,6 +130,9 @@ class BlockSpec:
                 raise ValueError("a residual mbconv needs stride 1 and in_c == out_c")
         elif self.mid or self.residual or self.se:
             raise ValueError(f"{self.kind} takes no mid, residual or se")
+        if self.kind == "overhead" and ((self.in_h, self.in_w, self.in_c) != (self.out_h, self.out_w, self.out_c)
+                                        or self.kernel != 1 or self.stride != 1 or self.act != "relu"):
+            raise ValueError("an overhead probe has output shape = input shape, kernel 1, stride 1 and act relu")
 
     # string form ---------------------------------------------------------------
     def __str__(self) -> str:
@@ -185,7 +191,7 @@ class BlockSpec:
             return i * o
         if self.kind == "classifier":
             return i * o + o
-        if self.kind == "pool":
+        if self.kind in ("pool", "overhead"):
             return 0
         total = 0
         if self.has_expand:
@@ -209,7 +215,7 @@ class BlockSpec:
             return out_px * o * i * k * k
         if self.kind == "classifier":
             return i * o
-        if self.kind == "pool":
+        if self.kind in ("pool", "overhead"):
             return 0
         total = 0
         if self.has_expand:
@@ -220,6 +226,21 @@ class BlockSpec:
             total += s * (m + 1) + m * (s + 1)
         total += out_px * o * m
         return total
+
+
+def overhead_probe(block: BlockSpec) -> BlockSpec:
+    """The probe that measures a runtime's fixed per-invocation cost at ``block``'s input
+    shape: one ReLU from that shape to itself (no arithmetic worth the name, but the same
+    call, input copy and output fetch a block pays).  A block's LUT time holds one such
+    invocation that a whole network pays only once, so the latency model subtracts the
+    probe's time from every block and adds the network input's probe once
+    (``profiler.costmodel``)."""
+    return BlockSpec("overhead", block.in_h, block.in_w, block.in_c, block.in_h, block.in_w, block.in_c, act="relu")
+
+
+def overhead_probes(blocks: Iterable[BlockSpec]) -> list[BlockSpec]:
+    """The distinct probes of ``blocks``' input shapes, in first-seen order."""
+    return list(dict.fromkeys(overhead_probe(b) for b in blocks if b.kind != "overhead"))
 
 
 # --------------------------------------------------------------------------- SearchSpace
@@ -722,6 +743,7 @@ def parse_subnet(text: str, space: SearchSpace, r: int | None = None, w: float |
 
 __all__ = [
     "ACTIVATIONS", "KINDS", "BlockSpec", "SearchSpace", "StageSpec", "SubnetConfig", "Widths", "effective_kernel",
+    "overhead_probe", "overhead_probes",
     "OFA_MBV3", "TINY", "make_divisible", "se_channels", "conv_out", "get_space",
     "register_space", "space_names", "parse_subnet",
 ]

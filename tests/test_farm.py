@@ -157,7 +157,7 @@ def test_cli_device_all_and_a_lost_device_does_not_stop_the_others(tmp_path, ser
     cwd = os.getcwd()
     os.chdir(tmp_path)  # default LUT folder: ./luts
     try:
-        code = main(["--device", "all", "--devices", str(devices), "--space", "tiny", "--limit", "4",
+        code = main(["--device", "all", "--devices", str(devices), "--space", "tiny", "--limit", "4", "--no-overhead-probes",
                      "--cache", str(cache.root), "--no-progress", "--json"])
     finally:
         os.chdir(cwd)

@@ -70,7 +70,7 @@ def test_device_dies_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, 
 
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            code = main(["--device", "pi", "--devices", str(devices), "--space", "tiny", "--limit", "4",
+            code = main(["--device", "pi", "--devices", str(devices), "--space", "tiny", "--limit", "4", "--no-overhead-probes",
                          "--cache", str(cache.root), "--no-progress", "--json", "--lut", str(lut)])
         assert code == 0
         run = json.loads(out.getvalue().strip().splitlines()[-1])["runs"][0]

@@ -24,7 +24,11 @@ FAST = ["--repeats", "5", "--min-time", "0", "--no-progress"]
 
 
 def _keys(limit: int, resolutions=(32,)) -> list[str]:
-    return [str(b) for b in TINY.all_blocks(list(resolutions))][:limit]
+    """What ``profiler.run --limit N`` measures: the first N blocks and, before the first block
+    of each input shape, that shape's overhead probe."""
+    from profiler.run import with_overhead_probes
+
+    return [str(b) for b in with_overhead_probes(TINY.all_blocks(list(resolutions))[:limit])]
 
 
 def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
@@ -33,7 +37,9 @@ def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
                 "--runtime", "onnxruntime,tflite", "--lut", lut, "--cache", artifact_cache, *FAST, "--json")
     assert p.returncode == 0, p.stderr
     runs = json.loads(p.stdout)["runs"]
-    assert [(r["runtime"], r["measured"], r["failed"]) for r in runs] == [("onnxruntime", 4, 0), ("tflite", 4, 0)]
+    n = len(_keys(4))
+    assert n > 4 and any(k.startswith("overhead-") for k in _keys(4))
+    assert [(r["runtime"], r["measured"], r["failed"]) for r in runs] == [("onnxruntime", n, 0), ("tflite", n, 0)]
     rows = read_rows(lut)
     assert {(r["key"], r["runtime"]) for r in rows} == {(k, rt) for k in _keys(4) for rt in ("onnxruntime", "tflite")}
     for r in rows:
@@ -45,7 +51,7 @@ def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
     p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "4",
                 "--runtime", "onnxruntime,tflite", "--lut", lut, "--cache", artifact_cache, *FAST, "--json")
     runs = json.loads(p.stdout)["runs"]
-    assert all(r["measured"] == 0 and r["skipped"] == 4 and r["exported"] == 0 for r in runs)
+    assert all(r["measured"] == 0 and r["skipped"] == n and r["exported"] == 0 for r in runs)
 
 
 def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, artifact_cache):
@@ -70,16 +76,17 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, artif
         proc.wait(timeout=30)
     before = LutTable.load(lut)
     measured_before = {k: r["measured_at"] for (k, _, _), r in before.rows.items()}
-    assert 3 <= len(measured_before) < 10
+    total = len(_keys(10))  # 10 blocks and their shapes' overhead probes
+    assert 3 <= len(measured_before) < total
     p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "10",
                 "--lut", lut, "--cache", artifact_cache, "--repeats", "5", "--no-progress", "--json")
     assert p.returncode == 0, p.stderr
     run = json.loads(p.stdout)["runs"][0]
     assert run["skipped"] == len(measured_before)
-    assert run["measured"] == 10 - len(measured_before)
+    assert run["measured"] == total - len(measured_before)
     rows = read_rows(lut)
     keys = [r["key"] for r in rows]
-    assert len(keys) == len(set(keys)) == 10  # nothing lost, nothing duplicated
+    assert len(keys) == len(set(keys)) == total  # nothing lost, nothing duplicated
     assert set(keys) == set(_keys(10))
     for r in rows:  # what was measured before the kill was kept as it was
         if r["key"] in measured_before:
@@ -114,7 +121,7 @@ def test_a_failing_block_is_a_row_and_is_not_retried_forever(tmp_path, artifact_
         assert row["status"] == "error" and row["attempts"] == attempt and "runtime" in row["error"]
     p = run_cli("profiler.run", *base)
     run = json.loads(p.stdout)["runs"][0]
-    assert run["failed"] == 0 and run["measured"] == 0 and run["skipped"] == 2  # given up after 3 attempts
+    assert run["failed"] == 0 and run["measured"] == 0 and run["skipped"] == len(_keys(2))  # given up after 3 attempts
     assert LutTable.load(lut).get(_keys(2)[0], "onnxruntime")["status"] == "ok"
 
 
@@ -183,10 +190,13 @@ def test_fidelity_report(tmp_path, artifact_cache):
     stem = tmp_path / "local"
     with open(f"{stem}.validate.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 3 and all(float(r["measured_ms"]) > 0 for r in rows)
+    assert all(float(r["measured_ms"]) > 0 for r in rows)
     assert Path(f"{stem}.validate.png").stat().st_size > 1000
-    cal = json.loads(Path(f"{stem}.calibration.json").read_text())
-    assert cal["runtime"] == "onnxruntime" and cal["a"] == s["a"]
+    cal = json.loads(Path(f"{stem}.calibration.json").read_text())["runtimes"]["onnxruntime"]
+    assert cal["a"] == s["a"] and cal["overhead"] is True  # fitted on the overhead model's sums
+    # every network measured twice: the repeat agreement beside the LUT's error
+    assert s["passes"] == 2 and 0 <= s["repeat_within_10pct"] <= 1 and s["repeat_median_abs_diff_pct"] >= 0
+    assert len(rows) == 6 and sorted({r["pass"] for r in rows}) == ["1", "2"]
     # the latency model applies it
     from search.latency import LatencyModel
 

@@ -37,7 +37,7 @@ def run_cli(tmp_path: Path, entries: dict, device: str, cache, *extra: str) -> t
     from profiler.run import main
 
     devices = write_devices(tmp_path / "devices.yaml", entries)
-    argv = ["--device", device, "--devices", str(devices), "--space", "tiny", "--limit", "4",
+    argv = ["--device", device, "--devices", str(devices), "--space", "tiny", "--limit", "4", "--no-overhead-probes",
             "--cache", str(cache.root), "--no-progress", "--json", *extra]
     import contextlib
     import io
@@ -102,7 +102,7 @@ def test_unknown_host_key_is_refused_and_accept_new_is_explicit(tmp_path, server
     fresh = tmp_path / "sub" / "known_hosts"
     code, summary = run_cli(tmp_path, {"lo": server.device_entry(known_hosts=str(fresh),
                                                                  insecure_accept_new_host_key=True)},
-                            "lo", cache, "--lut", str(tmp_path / "b.csv"), "--limit", "1")
+                            "lo", cache, "--lut", str(tmp_path / "b.csv"), "--limit", "1", "--no-overhead-probes")
     assert code == 0 and summary["runs"][0]["measured"] == 1
     assert f"[127.0.0.1]:{server.port}" in fresh.read_text()  # remembered, like accept-new
 
@@ -131,7 +131,7 @@ def test_hostile_remote_paths_are_quoted(tmp_path, server, cache):
     canary = tmp_path / "pwned"
     workdir = str(tmp_path / "work dir; touch $(echo") + f" {canary}) 'q'"
     code, summary = run_cli(tmp_path, {"lo": server.device_entry(workdir=workdir)}, "lo", cache,
-                            "--lut", str(tmp_path / "q.csv"), "--limit", "2")
+                            "--lut", str(tmp_path / "q.csv"), "--limit", "2", "--no-overhead-probes")
     assert code == 0, summary
     assert summary["runs"][0]["measured"] == 2
     assert not canary.exists()
@@ -144,7 +144,7 @@ def test_unreachable_device_is_one_clear_error(tmp_path, server, cache, capsys):
     entry = server.device_entry(port=free_port(), retries=1, connect_timeout_s=2)
     devices = write_devices(tmp_path / "devices.yaml", {"gone": entry})
     lut = tmp_path / "gone.csv"
-    code = main(["--device", "gone", "--devices", str(devices), "--space", "tiny", "--limit", "2",
+    code = main(["--device", "gone", "--devices", str(devices), "--space", "tiny", "--limit", "2", "--no-overhead-probes",
                  "--cache", str(cache.root), "--no-progress", "--lut", str(lut)])
     err = capsys.readouterr().err
     assert code == 1

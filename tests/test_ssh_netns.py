@@ -64,7 +64,7 @@ def test_profile_a_host_in_another_network_namespace(tmp_path, netns_host):
         os.chdir(tmp_path)
         try:
             with contextlib.redirect_stdout(out):
-                code = main(["--device", "lo,netpi", "--devices", str(devices), "--space", "tiny", "--limit", "4",
+                code = main(["--device", "lo,netpi", "--devices", str(devices), "--space", "tiny", "--limit", "4", "--no-overhead-probes",
                              "--cache", str(cache.root), "--no-progress", "--json"])
         finally:
             os.chdir(cwd)

@@ -138,7 +138,7 @@ def test_malformed_info_is_the_lost_device_error(tmp_path, cache, mode):
 def test_nan_timed_s_never_reaches_run_json_or_json_output(tmp_path, cache):
     devices = write_devices(tmp_path / "devices.yaml", {"fake": fake_device(tmp_path, "nan_timed")})
     lut = tmp_path / "fake.csv"
-    p = run_cli("profiler.run", "--device", "fake", "--devices", devices, "--space", "tiny", "--limit", "1",
+    p = run_cli("profiler.run", "--device", "fake", "--devices", devices, "--space", "tiny", "--limit", "1", "--no-overhead-probes",
                 "--lut", lut, "--cache", cache.root, "--no-progress", "--json")
     assert "Traceback" not in p.stderr
 

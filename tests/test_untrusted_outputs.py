@@ -72,7 +72,7 @@ def test_validate_keeps_each_network_as_it_is_measured(tmp_path):
     lut = full_lut(tmp_path / "l.csv")
     p = validate_cli(tmp_path, lut, "--subnets", "3")
     assert p.returncode == 1 and "Traceback" not in p.stderr
-    assert "1 network(s) measured" in last_error_line(p)
+    assert "1 measurement(s) made" in last_error_line(p)
     lines = (tmp_path / "l.validate.csv").read_text().splitlines()
     assert len(lines) == 2 and lines[1].split(",")[-4] == "2.0000"  # header + the one measured network
 

@@ -1,0 +1,137 @@
+"""Issue 11: the latency model takes each block's invocation overhead off and charges a
+network once; calibrations are per runtime and per kind of sum; validation's noise floor;
+nothing in profiler/ imports search/."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from profiler.costmodel import (CalibrationMismatch, LatencyModel, MissingKeysError, read_calibration,
+                                write_calibration)
+from profiler.lut import LutWriter, error_row
+from profiler.run import with_overhead_probes
+from profiler.validate import repeat_agreement
+from supernet.space import TINY, BlockSpec, overhead_probe, overhead_probes
+
+from conftest import REPO
+
+R = 32
+
+
+def _table(with_probes=True):
+    """Block latency = 1 ms + 0.001 ms per output element; probe = 0.25 ms + 1e-5 ms per input element."""
+    t = {}
+    for b in TINY.all_blocks([R]):
+        t[str(b)] = 1.0 + 0.001 * b.out_h * b.out_w * b.out_c
+    if with_probes:
+        for p in overhead_probes(TINY.all_blocks([R])):
+            t[str(p)] = 0.25 + 1e-5 * p.in_h * p.in_w * p.in_c
+    return t
+
+
+def test_probe_is_an_identity_shaped_relu_keyed_like_a_block():
+    b = TINY.all_blocks([R])[3]
+    p = overhead_probe(b)
+    assert (p.kind, p.in_h, p.in_w, p.in_c) == ("overhead", b.in_h, b.in_w, b.in_c)
+    assert p.output_shape == p.input_shape and p.params() == 0 and p.macs() == 0
+    assert BlockSpec.parse(str(p)) == p
+    with pytest.raises(ValueError, match="overhead probe"):
+        BlockSpec("overhead", 4, 4, 8, 2, 2, 8, act="relu")
+    # profiler.run measures each shape's probe just before the first block of that shape
+    specs = TINY.all_blocks([R])
+    out = with_overhead_probes(specs)
+    assert [s for s in out if s.kind != "overhead"] == specs
+    for i, s in enumerate(out):
+        if s.kind == "overhead":
+            assert out[i + 1].input_shape == s.input_shape
+    assert len([s for s in out if s.kind == "overhead"]) == len({s.input_shape for s in specs})
+
+
+def test_overhead_model_subtracts_per_block_and_adds_once_per_network():
+    t = _table()
+    m, plain = LatencyModel(TINY, t), LatencyModel(TINY, t, overhead=False)
+    assert m.uses_overhead(R) and not plain.uses_overhead(R)
+    rng = __import__("random").Random(0)
+    subnets = [TINY.sample(rng, resolutions=[R]) for _ in range(12)] + [TINY.max_subnet(r=R), TINY.min_subnet(r=R)]
+    for cfg in subnets:
+        blocks = TINY.blocks(cfg)
+        want = sum(t[str(b)] - t[str(overhead_probe(b))] for b in blocks) + t[str(overhead_probe(blocks[0]))]
+        assert m.raw_sum(cfg) == pytest.approx(want)
+        assert plain.raw_sum(cfg) == pytest.approx(sum(t[str(b)] for b in blocks))
+    # the vectorised tables agree with the per-block sums, calibrated or not
+    assert np.allclose(m.cost(subnets, calibrated=False), [m.raw_sum(c) for c in subnets])
+    m.calibration = (2.0, 0.5)
+    assert np.allclose(m.latency(subnets), [2.0 * m.raw_sum(c) + 0.5 for c in subnets])
+    # a LUT without probes is summed as it is, whatever is asked
+    bare = LatencyModel(TINY, _table(with_probes=False))
+    assert not bare.uses_overhead(R)
+    assert bare.raw_sum(subnets[0]) == pytest.approx(plain.raw_sum(subnets[0]))
+
+
+def test_a_missing_probe_is_named():
+    t = _table()
+    probe = overhead_probe(TINY.blocks(TINY.max_subnet(r=R))[2])
+    del t[str(probe)]
+    m = LatencyModel(TINY, t)
+    with pytest.raises(MissingKeysError) as exc:
+        m.raw_sum(TINY.max_subnet(r=R))
+    assert str(probe) in exc.value.keys
+    with pytest.raises(MissingKeysError):
+        m.tables(R, TINY.default_width)
+
+
+def test_calibration_file_keeps_every_runtime_and_the_kind_of_sum(tmp_path):
+    path = tmp_path / "l.calibration.json"
+    write_calibration(path, "onnxruntime", {"a": 0.9, "b": 0.01, "overhead": True})
+    write_calibration(path, "tflite", {"a": 1.1, "b": 0.0, "overhead": False})
+    data = json.loads(path.read_text())["runtimes"]
+    assert sorted(data) == ["onnxruntime", "tflite"]
+    assert read_calibration(path, "onnxruntime", overhead=True) == (0.9, 0.01)
+    assert read_calibration(path, "tflite", overhead=False) == (1.1, 0.0)
+    with pytest.raises(CalibrationMismatch, match="without the overhead model"):
+        read_calibration(path, "tflite", overhead=True)
+    with pytest.raises(CalibrationMismatch, match="is for runtime"):
+        read_calibration(path, "tvm")
+    # the one-runtime form of earlier versions still reads (fitted on plain sums)
+    old = tmp_path / "old.calibration.json"
+    old.write_text(json.dumps({"a": 2.0, "b": 0.5, "runtime": "onnxruntime"}))
+    assert read_calibration(old, "onnxruntime", overhead=False) == (2.0, 0.5)
+    with pytest.raises(CalibrationMismatch):
+        read_calibration(old, "onnxruntime", overhead=True)
+
+
+def test_auto_calibration_applies_only_to_the_same_kind_of_sum(tmp_path):
+    lut = tmp_path / "l.csv"
+    with LutWriter(lut) as w:
+        for key, ms in _table().items():
+            row = error_row(key, "onnxruntime", "", {})
+            row.update(status="ok", median_ms=ms, error="")
+            w.add(row)
+    write_calibration(tmp_path / "l.calibration.json", "onnxruntime", {"a": 0.5, "b": 0.0, "overhead": True})
+    assert LatencyModel.from_lut(lut, TINY, calibration="auto").calibration == (0.5, 0.0)
+    assert LatencyModel.from_lut(lut, TINY, calibration="auto", overhead=False).calibration is None
+
+
+def test_repeat_agreement_pools_both_directions():
+    meas = np.array([[1.0, 2.0, 4.0, np.nan], [1.0, 2.4, 4.0, 3.0]])
+    r = repeat_agreement(meas)
+    # pairs: 0, +20% / -16.7%, 0 (both directions), the NaN network left out
+    assert r["repeat_within_10pct"] == pytest.approx(4 / 6)
+    assert r["repeat_median_abs_diff_pct"] == pytest.approx(0.0)
+    assert repeat_agreement(meas[:1]) == {}
+
+
+def test_profiler_never_imports_search():
+    code = ("import sys, importlib, pkgutil, profiler\n"
+            "for m in pkgutil.iter_modules(profiler.__path__):\n"
+            "    importlib.import_module('profiler.' + m.name)\n"
+            "bad = sorted(k for k in sys.modules if k == 'search' or k.startswith('search.'))\n"
+            "print(','.join(bad))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == ""
