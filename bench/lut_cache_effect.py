@@ -1,0 +1,121 @@
+"""Why a block sum under-predicts a whole network: warm caches (issue 11).
+
+A LUT row times one block invoked again and again, so its weights and activations stay in
+the CPU's caches; inside a network every block runs after the others have evicted them.
+For a few random subnets this times, with the same runtime and one thread:
+
+- ``warm``: each block alone, invoked repeatedly (what a LUT row measures), summed;
+- ``round_robin``: every block of the subnet invoked once in network order, round after
+  round (each block finds the caches as the others left them, as inside the network),
+  each block's median summed;
+- ``network``: the whole network exported as one model.
+
+It prints one JSON object: per subnet the three times and the ratios to the network.
+
+    .venv/bin/python bench/lut_cache_effect.py [--runtime tflite|onnxruntime] [--resolution 224]
+        [--subnets 4] [--rounds 60] [--space ofa_mbv3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from profiler.export import export_block, export_network, format_for_runtime  # noqa: E402
+from supernet.space import get_space  # noqa: E402
+
+
+def _session(path: Path, runtime: str):
+    """(invoke callable) for a model file, one thread, a fixed random input."""
+    if runtime == "tflite":
+        from ai_edge_litert.interpreter import Interpreter
+
+        it = Interpreter(str(path), num_threads=1)
+        it.allocate_tensors()
+        d = it.get_input_details()[0]
+        x = np.random.default_rng(0).standard_normal(d["shape"]).astype(np.float32)
+        it.set_tensor(d["index"], x)
+        return it.invoke
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    i = s.get_inputs()[0]
+    x = np.random.default_rng(0).standard_normal(i.shape).astype(np.float32)
+    return lambda: s.run(None, {i.name: x})
+
+
+def _median_ms(fn, rounds: int) -> float:
+    for _ in range(5):
+        fn()
+    ts = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e3
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runtime", default="tflite", choices=("tflite", "onnxruntime"))
+    ap.add_argument("--space", default="ofa_mbv3")
+    ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--subnets", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    space = get_space(args.space)
+    fmt = format_for_runtime(args.runtime)
+    rng = random.Random(args.seed)
+    out = {"bench": "lut_cache_effect", "runtime": args.runtime, "space": space.name, "resolution": args.resolution,
+           "rounds": args.rounds, "load_avg_1m_start": round(os.getloadavg()[0], 2), "subnets": []}
+    with tempfile.TemporaryDirectory(prefix="hwnas-cache-") as tmp:
+        for n in range(args.subnets):
+            cfg = space.sample(rng, resolutions=[args.resolution])
+            blocks = space.blocks(cfg)
+            fns = []
+            for i, b in enumerate(blocks):
+                p = Path(tmp) / f"{n}-{i}.{fmt}"
+                export_block(b, fmt, p)
+                fns.append(_session(p, args.runtime))
+            net = Path(tmp) / f"{n}-net.{fmt}"
+            export_network(space, cfg, fmt, net)
+            net_fn = _session(net, args.runtime)
+            warm = sum(_median_ms(f, args.rounds) for f in fns)
+            for f in fns:
+                f()
+            per = [[] for _ in fns]
+            for _ in range(args.rounds):
+                for i, f in enumerate(fns):
+                    t = time.perf_counter()
+                    f()
+                    per[i].append(time.perf_counter() - t)
+            rr = sum(statistics.median(p) for p in per) * 1e3
+            network = _median_ms(net_fn, args.rounds)
+            out["subnets"].append({"subnet": cfg.to_dict(), "blocks": len(blocks), "warm_sum_ms": round(warm, 3),
+                                   "round_robin_sum_ms": round(rr, 3), "network_ms": round(network, 3),
+                                   "warm_over_network": round(warm / network, 3),
+                                   "round_robin_over_network": round(rr / network, 3)})
+            print(json.dumps(out["subnets"][-1]), file=sys.stderr)
+    for k in ("warm_over_network", "round_robin_over_network"):
+        out[f"median_{k}"] = round(float(np.median([s[k] for s in out["subnets"]])), 3)
+    out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
