@@ -139,7 +139,10 @@ class _Model:
                 feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
             self.feeds = feeds
             names = [o.name for o in self.sess.get_outputs()]
-            self.run = lambda: self.sess.run(names, feeds)
+            sess = self.sess  # not self: a closure over self is a reference cycle that keeps every
+            # session (tens of MB for a 224-px network) alive until the cyclic collector runs, and a
+            # runner that measured many models grew and slowed down measurement after measurement
+            self.run = lambda: sess.run(names, feeds)
         else:
             raise ValueError(f"unknown runtime {runtime!r} (known: tflite, onnxruntime)")
 

@@ -90,3 +90,29 @@ def test_a_microsecond_block_sends_a_reply_that_fits_the_line_cap(monkeypatch):
     line = json.dumps(reply)  # as the runner writes it
     assert len(line.encode()) < transport.MAX_LINE_BYTES
     assert transport.validate_reply(json.loads(line))["count"] == len(reply["samples_ms"])
+
+
+@pytest.mark.parametrize("runtime, fmt", [("onnxruntime", "onnx"), ("tflite", "tflite")])
+def test_a_measured_model_is_freed_at_once(tmp_path, artifact_cache, runtime, fmt):
+    """A runner measures hundreds of models in one process: each model (an onnxruntime session
+    holds tens of MB for a 224-px network) must go when its measurement ends, not when the
+    cyclic garbage collector gets round to it (a closure over the model object was a cycle, and
+    a long runner grew and slowed down)."""
+    import gc
+    import weakref
+
+    from profiler import runner
+    from profiler.export import ArtifactCache
+    from supernet.space import TINY
+
+    key = str(TINY.all_blocks([32])[1])
+    path = ArtifactCache(artifact_cache).ensure([(key, fmt)], progress=False)[(key, fmt)].path
+    gc.disable()
+    try:
+        m = runner._Model(str(path), runtime, 1)
+        m.run()
+        ref = weakref.ref(m)
+        del m
+        assert ref() is None
+    finally:
+        gc.enable()
