@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {out} ({len(done)} measurement(s) made, kept in {outputs['.validate.csv']})",
                       file=sys.stderr)
                 return 1
-            results[rt] = out
+            results[rt] = (np.atleast_2d(out[0]), out[1])  # passes x networks, one pass too
         return _report(args, device, models, space, subnets, preds, resolutions, results, done, outputs)
     except OSError as exc:
         print(f"error: cannot write the report beside {args.lut}: {exc}", file=sys.stderr)

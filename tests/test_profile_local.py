@@ -205,6 +205,13 @@ def test_fidelity_report(tmp_path, artifact_cache):
     assert m.calibration == (cal["a"], cal["b"])
     assert m.latency([cfg])[0] == pytest.approx(cal["a"] * m.raw_sum(cfg) + cal["b"])
 
+    # one pass: no repeat agreement to report
+    one = run_cli("profiler.validate", "--space", "tiny", "--lut", lut, "--subnets", "2", "--passes", "1",
+                  "--cache", artifact_cache, "--no-progress", "--json")
+    assert one.returncode == 0, one.stderr
+    s1 = json.loads(one.stdout)
+    assert s1["passes"] == 1 and s1["n"] == 2 and "repeat_within_10pct" not in s1  # no second pass, no floor
+
 
 def test_kill_9_during_export_leaves_no_converter_running(tmp_path):
     """Export workers die with the profiler, so no conversion runs beside the next run's timing."""
