@@ -91,9 +91,13 @@ class CostModel:
 
     def raw_sum(self, cfg: SubnetConfig) -> float:
         """The uncalibrated cost: the blocks' costs and the once-per-network part."""
-        per_block = self.block_costs(cfg)
+        return self.sum_of(self.block_costs(cfg), cfg.r)
+
+    def sum_of(self, per_block: list[tuple[BlockSpec, float]], r: int) -> float:
+        """The uncalibrated cost of a network from its ``block_costs``: their sum and the
+        once-per-network part; raises MissingKeysError."""
         try:
-            extra = self.network_cost(per_block[0][0], cfg.r)
+            extra = self.network_cost(per_block[0][0], r)
         except KeyError as exc:
             raise MissingKeysError([_missing_key(exc, per_block[0][0])], self.where) from None
         return float(sum(c for _, c in per_block) + extra)
@@ -193,6 +197,7 @@ class LatencyModel(CostModel):
         self.runtime = runtime
         self.device = device
         self.overhead_requested = overhead
+        self.calibration_skipped = ""  # from_lut(calibration="auto"): why the file beside the LUT was not applied
         super().__init__(space, self._lookup, calibration, where)
 
     def _table(self, r: int) -> tuple[dict[str, float], bool]:
@@ -216,18 +221,13 @@ class LatencyModel(CostModel):
         t, use = self._table(r)
         return t[str(overhead_probe(first))] if use else 0.0
 
-    def overhead_ms(self, block: BlockSpec, r: int) -> float:
-        """The overhead probe's time at ``block``'s input shape (0 without probes)."""
-        t, use = self._table(r)
-        return t[str(overhead_probe(block))] if use else 0.0
-
     @classmethod
     def from_lut(cls, path: Path | str, space: SearchSpace | None = None, runtime: str | None = None,
                  calibration: tuple[float, float] | str | Path | None = None,
                  stat: str = "median", overhead: bool = True) -> "LatencyModel":
         """Load a LUT CSV.  ``calibration``: (a, b), a calibration JSON path, ``"auto"`` (use
         ``<lut>.calibration.json`` when present and fitted for this runtime and this kind
-        of sum), or None."""
+        of sum; why one was not applied is then in ``calibration_skipped``), or None."""
         from .lut import LutTable, calibration_path, check_space
 
         lut = LutTable.load(path)
@@ -241,8 +241,8 @@ class LatencyModel(CostModel):
             if cp.exists():
                 try:
                     model.calibration = read_calibration(cp, rt, overhead=use)
-                except CalibrationMismatch:
-                    pass  # another runtime's, or fitted on the other kind of sum: not ours
+                except CalibrationMismatch as exc:  # another runtime's, or the other kind of sum
+                    model.calibration_skipped = str(exc)
         elif isinstance(calibration, (str, Path)):
             model.calibration = read_calibration(Path(calibration), rt, overhead=use)
         else:

@@ -51,15 +51,11 @@ def with_overhead_probes(specs: list[BlockSpec]) -> list[BlockSpec]:
     shape (``supernet.space.overhead_probe``): measured among the blocks it corrects, under
     the same conditions."""
     out: list[BlockSpec] = []
-    seen: set[BlockSpec] = set()
     for s in specs:
         if s.kind != "overhead":
-            p = overhead_probe(s)
-            if p not in seen:
-                seen.add(p)
-                out.append(p)
+            out.append(overhead_probe(s))
         out.append(s)
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(out))  # each probe stays where its shape first appears
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -260,10 +260,11 @@ def _report_csv(subnets: list[SubnetConfig], preds: dict[str, np.ndarray], rows:
     return buf.getvalue()
 
 
-def _summary_for(model, plain, subnets, meas: np.ndarray) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+def _summary_for(model, plain, subnets, pred: np.ndarray, meas: np.ndarray) -> tuple[dict[str, Any], np.ndarray,
+                                                                                      np.ndarray]:
     """Summary of one runtime (``meas``: passes x networks); returns it with the pooled
     (prediction, measurement) pairs."""
-    pred, raw = model.latency(subnets), plain.latency(subnets)
+    raw = plain.latency(subnets)
     ok = ~np.isnan(meas)
     p_all = np.concatenate([pred[o] for o in ok])
     m_all = np.concatenate([m[o] for m, o in zip(meas, ok)])
@@ -286,7 +287,7 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
             print(f"error: no subnet could be measured with {rt}: "
                   + "; ".join(r["error"] for r in rows if r["error"] and r["runtime"] == rt)[:500], file=sys.stderr)
             return 1
-        s, p_all, m_all = _summary_for(*models[rt], subnets, meas)
+        s, p_all, m_all = _summary_for(*models[rt], subnets, preds[rt], meas)
         s.update({"device": device.name, "runtime": rt, "lut": str(args.lut), "space": space.name,
                   "seed": args.seed, "resolutions": resolutions, "failed": int(np.isnan(meas).any(axis=0).sum()),
                   "load_avg_median": _median_load([r for r in rows if r["runtime"] == rt]),

@@ -617,23 +617,6 @@ def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, laten
     return records
 
 
-def auto_calibration(lut: Path, runtime: str, overhead: bool = False) -> tuple[float, float] | None:
-    """The profiler's fitted (a, b) from ``<lut>.calibration.json`` when it exists and was
-    fitted for ``runtime`` on the same kind of sum (``overhead``: the latency model subtracts
-    the LUT's invocation overhead); otherwise None (the plain LUT sum), said on stderr."""
-    from profiler.costmodel import CalibrationMismatch, read_calibration
-    from profiler.lut import calibration_path
-
-    path = calibration_path(lut)
-    if not path.is_file():
-        return None
-    try:
-        return read_calibration(path, runtime, overhead=overhead)
-    except CalibrationMismatch as exc:
-        print(f"note: {exc}: using the plain LUT sum", file=sys.stderr)
-        return None
-
-
 @contextlib.contextmanager
 def _stdout_to_stderr():
     """Send stdout (Python's and file descriptor 1) to stderr inside the block."""
@@ -711,9 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         latency = None
         if args.lut:
             cal = _calibration_arg(args.calibration)
-            latency = LatencyModel.from_lut(args.lut, space, args.runtime, calibration=None if cal == "auto" else cal)
-            if cal == "auto":
-                latency.calibration = auto_calibration(Path(args.lut), latency.runtime, latency.uses_overhead())
+            latency = LatencyModel.from_lut(args.lut, space, args.runtime, calibration=cal)
+            if latency.calibration_skipped:
+                print(f"note: {latency.calibration_skipped}: using the plain LUT sum", file=sys.stderr)
         model = {"latency-ms": latency, "macs-m": MacsModel(space), "params-m": ParamsModel(space)}[flag]
         res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else None
         wid = [float(x) for x in args.widths.split(",")] if args.widths else None

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.calibrated and model.calibration is None:
             raise ValueError(f"{args.lut}: --calibrated given but no calibration file beside it (run profiler.validate)")
         per_block = model.block_costs(cfg)
-        raw = model.raw_sum(cfg)
+        raw = model.sum_of(per_block, cfg.r)
     except MissingKeysError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

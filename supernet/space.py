@@ -238,11 +238,6 @@ def overhead_probe(block: BlockSpec) -> BlockSpec:
     return BlockSpec("overhead", block.in_h, block.in_w, block.in_c, block.in_h, block.in_w, block.in_c, act="relu")
 
 
-def overhead_probes(blocks: Iterable[BlockSpec]) -> list[BlockSpec]:
-    """The distinct probes of ``blocks``' input shapes, in first-seen order."""
-    return list(dict.fromkeys(overhead_probe(b) for b in blocks if b.kind != "overhead"))
-
-
 # --------------------------------------------------------------------------- SearchSpace
 
 
@@ -743,7 +738,7 @@ def parse_subnet(text: str, space: SearchSpace, r: int | None = None, w: float |
 
 __all__ = [
     "ACTIVATIONS", "KINDS", "BlockSpec", "SearchSpace", "StageSpec", "SubnetConfig", "Widths", "effective_kernel",
-    "overhead_probe", "overhead_probes",
+    "overhead_probe",
     "OFA_MBV3", "TINY", "make_divisible", "se_channels", "conv_out", "get_space",
     "register_space", "space_names", "parse_subnet",
 ]
