@@ -135,3 +135,12 @@ def test_profiler_never_imports_search():
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("text", ['{"runtimes": [1, 2]}', '{"runtimes": {"onnxruntime": 3}}', "[]", "{"])
+def test_a_corrupt_calibration_file_is_an_error_naming_it(tmp_path, text):
+    path = tmp_path / "l.calibration.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="not a calibration file") as exc:
+        read_calibration(path, "onnxruntime")
+    assert str(path) in str(exc.value) and not isinstance(exc.value, CalibrationMismatch)

@@ -129,3 +129,15 @@ def test_predictor_unwritable_out_is_one_line_before_training(tmp_path):
     p = run_cli("search.predictor", "--data", data, "--space", "tiny", "--out", blocker / "p.pt", "--epochs", "1")
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "cannot write the --out folder" in p.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--passes", "0"], "--passes must be at least 1"),
+    (["--runtime", "onnxruntime,tvm"], "unknown runtime 'tvm'"),
+])
+def test_validate_refuses_bad_passes_and_runtimes_before_measuring(tmp_path, extra, message):
+    lut = full_lut(tmp_path / "l.csv")
+    p = validate_cli(tmp_path, lut, "--subnets", "2", *extra)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert message in last_error_line(p)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "l.validate.csv").exists()
