@@ -1,7 +1,7 @@
 """Cost models over ``space.blocks(subnet)``: LUT latency (optionally calibrated), MACs, params.
 
 The one latency model of hwnas: ``profiler.validate`` checks it against whole networks,
-``search.latency`` prints it, ``search.evolve`` and ``search.gradient`` search with it.  It
+``search.latency`` prints it, ``search.evolve`` and ``search.proxyless`` search with it.  It
 lives here, below both, so that nothing in ``profiler/`` imports ``search/``.
 
 A subnet's cost is the sum of its blocks' costs.  Every elastic block slot's shape depends
@@ -122,19 +122,20 @@ class CostModel:
         slot = np.zeros((nb, nk, ne))
         base = 0.0
         missing: list[str] = []
-        full_d = (sp.max_depth,) * len(sp.stages)
+        full_d = sp.full_depths  # slots a stage can never reach stay at cost 0
         for ki, k in enumerate(sp.kernels):
             for ei, x in enumerate(sp.expands):
                 blocks = sp._blocks(r, w, (k,) * nb, (x,) * nb, full_d)
-                # blocks: first_conv, first block, nb elastic blocks, 4 head blocks
+                # blocks: first_conv, first block, the reachable elastic slots, the head
+                slots = [i * sp.max_depth + j for i, d in enumerate(full_d) for j in range(d)]
                 for i, b in enumerate(blocks):
                     try:
                         c = self._block_cost(b, r)
                     except KeyError as exc:
                         missing.append(_missing_key(exc, b))
                         continue
-                    if 2 <= i < 2 + nb:
-                        slot[i - 2, ki, ei] = c
+                    if 2 <= i < 2 + len(slots):
+                        slot[slots[i - 2], ki, ei] = c
                     elif ki == 0 and ei == 0:
                         base += c
                 if ki == 0 and ei == 0:

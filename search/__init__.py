@@ -1,1 +1,1 @@
-"""hwnas search: latency model, accuracy predictor, evolutionary and gradient search."""
+"""hwnas search: latency model, accuracy predictor, evolutionary search, ProxylessNAS, relaxation search."""

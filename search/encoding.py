@@ -68,7 +68,7 @@ class Population:
 
     Column blocks (views, writable): ``k``, ``e``: (N, num_blocks) indices into
     ``space.kernels`` / ``space.expands``; ``d``: (N, num_stages) indices into
-    ``space.depths``; ``r``, ``w``: (N,) indices into ``choices.resolutions`` /
+    ``space.depths`` (a stage with fewer depths takes a prefix of them); ``r``, ``w``: (N,) indices into ``choices.resolutions`` /
     ``choices.widths``.  All choice lists are ascending, so a lower index is a smaller choice.
     """
 
@@ -178,7 +178,8 @@ def gene_sizes(choices: Choices) -> np.ndarray:
     """Number of choices per gene column (for uniform redraws)."""
     sp = choices.space
     return np.array([len(sp.kernels)] * sp.num_blocks + [len(sp.expands)] * sp.num_blocks
-                    + [len(sp.depths)] * len(sp.stages) + [len(choices.resolutions), len(choices.widths)])
+                    + [len(sp.stage_depths(i)) for i in range(len(sp.stages))]
+                    + [len(choices.resolutions), len(choices.widths)])
 
 
 def depth_values(pop: Population, space: SearchSpace) -> np.ndarray:

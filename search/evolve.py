@@ -166,6 +166,8 @@ class CostArrays:
         min_slot = flat.min(axis=-1).reshape(nr, nw, ns, md)
         cums = np.cumsum(min_slot, axis=-1)                  # cost of the first j+1 slots
         depth_cost = cums[..., np.asarray(sp.depths) - 1]     # (nr, nw, ns, n_depths)
+        allowed = np.array([[d in sp.stage_depths(i) for d in sp.depths] for i in range(ns)])
+        depth_cost = np.where(allowed, depth_cost, np.inf)   # a stage capped below a depth
         di = depth_cost.argmin(axis=-1)                      # (nr, nw, ns)
         total = self.base + depth_cost.min(axis=-1).sum(axis=-1)
         ri, wi = np.unravel_index(int(np.argmin(self.a * total)), total.shape)
@@ -578,28 +580,12 @@ def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, laten
     if args.verify:
         if latency is None:
             raise SystemExit("error: --verify needs --lut (the device to measure on is the LUT's)")
-        from profiler.devices import DEFAULT_DEVICES_FILE, load_devices, select_devices
-        from profiler.export import ArtifactCache, format_for_runtime
-        from profiler.validate import measure_networks
-
-        device_name = (latency.device or "").split(",")[0]
         try:
-            device = select_devices(load_devices(DEFAULT_DEVICES_FILE), device_name, DEFAULT_DEVICES_FILE)[0]
+            measured = verify_on_device(latency, space, [r.subnet for r in results], progress=not args.json)
         except ValueError as exc:
-            raise SystemExit(f"error: --verify: the LUT's device {device_name!r}: {exc}") from None
-        fmt = format_for_runtime(latency.runtime)
-        cache = ArtifactCache(None)
-        out = measure_networks(device, latency.runtime, space, [r.subnet for r in results], fmt,
-                               cache.root / "networks" / fmt / cache.version(fmt), progress=not args.json)
-        if isinstance(out, str):
-            raise SystemExit(f"error: --verify: {out}")
-        meas, rows = out
-        for res, rec, m, row in zip(results, records, meas, rows):
-            pred_ms = float(latency.latency([res.subnet])[0])
-            rec.update({"device": device.name, "runtime": latency.runtime, "predicted_latency_ms": round(pred_ms, 4),
-                        "measured_latency_ms": None if np.isnan(m) else round(float(m), 4),
-                        "error_pct": None if np.isnan(m) else round((pred_ms - m) / m * 100, 2),
-                        "measure_error": row["error"] or None})
+            raise SystemExit(f"error: --verify: {exc}") from None
+        for rec, m in zip(records, measured):
+            rec.update(m)
     atomic_write_text(out_dir / "deploy.json", json.dumps(records, indent=2) + "\n")
     if not args.json:
         for rec in records:
@@ -614,6 +600,38 @@ def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, laten
                                 else f"measurement failed: {rec['measure_error']}"))
             print(" ".join(parts))
         print(f"wrote {out_dir / 'deploy.json'}")
+    return records
+
+
+def verify_on_device(latency, space: SearchSpace, subnets: Sequence[SubnetConfig],
+                     progress: bool = True) -> list[dict[str, Any]]:
+    """Export ``subnets`` as whole networks and measure them on the LUT's device and runtime
+    (the profiler's fidelity path, ``profiler.validate.measure_networks``).  One record per
+    subnet: device, runtime, predicted and measured ms, error %, the measurement's error.
+    Raises ValueError when the device is unknown or cannot be reached."""
+    from profiler.devices import DEFAULT_DEVICES_FILE, load_devices, select_devices
+    from profiler.export import ArtifactCache, format_for_runtime
+    from profiler.validate import measure_networks
+
+    device_name = (latency.device or "").split(",")[0]
+    try:
+        device = select_devices(load_devices(DEFAULT_DEVICES_FILE), device_name, DEFAULT_DEVICES_FILE)[0]
+    except ValueError as exc:
+        raise ValueError(f"the LUT's device {device_name!r}: {exc}") from None
+    fmt = format_for_runtime(latency.runtime)
+    cache = ArtifactCache(None)
+    out = measure_networks(device, latency.runtime, space, list(subnets), fmt,
+                           cache.root / "networks" / fmt / cache.version(fmt), progress=progress)
+    if isinstance(out, str):
+        raise ValueError(out)
+    meas, rows = out
+    records = []
+    for cfg, m, row in zip(subnets, meas, rows):
+        pred_ms = float(latency.latency([cfg])[0])
+        records.append({"device": device.name, "runtime": latency.runtime, "predicted_latency_ms": round(pred_ms, 4),
+                        "measured_latency_ms": None if np.isnan(m) else round(float(m), 4),
+                        "error_pct": None if np.isnan(m) else round((pred_ms - m) / m * 100, 2),
+                        "measure_error": row["error"] or None})
     return records
 
 
@@ -657,9 +675,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto (use <lut>.calibration.json when present), none, or a calibration JSON")
     ap.add_argument("--resolutions", help="resolutions to search, comma separated (default: all the LUT covers)")
     ap.add_argument("--widths", help="width multipliers to search (default: all the LUT and predictor cover)")
-    ap.add_argument("--method", choices=["evolution", "gradient"], default="evolution",
-                    help="evolution (OFA's) or gradient (ProxylessNAS-style relaxation, search.gradient)")
-    ap.add_argument("--steps", type=int, default=300, help="gradient method: Adam steps per resolution/width")
+    ap.add_argument("--method", choices=["evolution", "relaxation"], default="evolution",
+                    help="evolution (OFA's) or relaxation (a softmax relaxation over the predictor, "
+                         "search.relaxation; ProxylessNAS itself is search.proxyless)")
+    ap.add_argument("--steps", type=int, default=300, help="relaxation method: Adam steps per resolution/width")
     ap.add_argument("--population", type=int, default=100)
     ap.add_argument("--parent-ratio", type=float, default=0.25)
     ap.add_argument("--mutation-prob", type=float, default=0.1)
@@ -725,9 +744,9 @@ def main(argv: list[str] | None = None) -> int:
     for i, b in enumerate(budgets):
         rng = np.random.default_rng([args.seed, i])
         desc = f"{args.method} <= {b:g} {report.UNITS[flag]}"
-        if args.method == "gradient":
-            from .gradient import gradient_search
-            results.append(gradient_search(b, costs, pred, rng, steps=args.steps, progress=None if not args.json else False, desc=desc))
+        if args.method == "relaxation":
+            from .relaxation import relaxation_search
+            results.append(relaxation_search(b, costs, pred, rng, steps=args.steps, progress=None if not args.json else False, desc=desc))
         else:
             results.append(evolve(b, costs, score, params, rng, progress=None if not args.json else False, desc=desc))
     context = report.random_context(choices, costs, score, args.samples, np.random.default_rng([args.seed, 999]))

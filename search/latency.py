@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lut", required=True, help="LUT CSV")
     ap.add_argument("--subnet", required=True, help="max, min, a JSON object, a JSON file, or a search result "
                     "(budget_*ms.json)")
-    ap.add_argument("--space", default=None, help="search space name (default: ofa_mbv3)")
+    ap.add_argument("--space", default=None, help="search space name (default: the one the LUT's .space.json "
+                    "records, else ofa_mbv3)")
     ap.add_argument("--runtime", default=None, help="runtime to use when the LUT holds several")
     ap.add_argument("--resolution", type=int, default=None, help="override the subnet's resolution")
     ap.add_argument("--width", type=float, default=None, help="override the subnet's width multiplier")
@@ -51,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     try:
-        space = get_space(args.space) if args.space else OFA_MBV3
+        from profiler.lut import lut_spaces
+
+        recorded = lut_spaces(Path(args.lut))
+        space = get_space(args.space) if args.space else (get_space(recorded[0]) if len(recorded) == 1 else OFA_MBV3)
         cfg = parse_subnet(_unwrap_result(args.subnet), space, r=args.resolution, w=args.width)
         model = LatencyModel.from_lut(args.lut, space, args.runtime,
                                       calibration="auto" if args.calibrated else None, stat=args.stat,

@@ -11,7 +11,7 @@ Two sources:
   for the OFA MobileNetV3 supernet at width multiplier 1.2.
 
 Searches call ``predict_population`` (a numpy forward pass over a whole population); the
-gradient search uses ``module`` (torch).
+relaxation search uses ``module`` (torch).
 
 CLI (train)::
 

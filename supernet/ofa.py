@@ -122,6 +122,11 @@ class OFASupernet(nn.Module):
         super().__init__()
         if bn not in BN_MODES:
             raise ValueError(f"bn mode {bn!r} is not one of {', '.join(BN_MODES)}")
+        if not space.has_feature_mix or space.full_depths != (space.max_depth,) * len(space.stages):
+            raise ValueError(
+                f"search space {space.name!r} is a ProxylessNAS-style space (no feature-mix conv or a stage "
+                "capped below the space's depth); the OFA supernet holds OFA MobileNetV3 spaces only "
+                "(search it with python -m search.proxyless)")
         self.space = space
         self.bn_mode = bn
         self.dropout = space.dropout if dropout is None else dropout

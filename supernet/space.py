@@ -81,7 +81,7 @@ _KEY_RE = re.compile(
     r"-input:(?P<ih>\d+)x(?P<iw>\d+)x(?P<ic>\d+)"
     r"-output:(?P<oh>\d+)x(?P<ow>\d+)x(?P<oc>\d+)"
     r"-mid:(?P<mid>\d+)-kernel:(?P<k>\d+)-stride:(?P<s>\d+)"
-    r"-res:(?P<res>[01])-se:(?P<se>[01])-act:(?P<act>[a-z]+)$"
+    r"-res:(?P<res>[01])-se:(?P<se>[01])-act:(?P<act>[a-z0-9]+)$"
 )
 
 
@@ -244,12 +244,14 @@ def overhead_probe(block: BlockSpec) -> BlockSpec:
 @dataclass(frozen=True)
 class StageSpec:
     """One elastic stage: base width (at width multiplier 1.0), first-block stride,
-    activation and squeeze-excite."""
+    activation and squeeze-excite; ``max_depth`` (0: the space's) caps the depths this stage
+    may take to the space's depths up to it (ProxylessNAS's last stage is one block)."""
 
     width: int
     stride: int
     act: str
     se: bool
+    max_depth: int = 0
 
 
 @dataclass(frozen=True)
@@ -308,11 +310,40 @@ class SearchSpace:
         for s in self.stages:
             if s.act not in ACTIVATIONS:
                 fail(f"stage activation {s.act!r} is not one of {ACTIVATIONS}")
+            if s.max_depth and s.max_depth < min(self.depths):
+                fail(f"a stage's max_depth {s.max_depth} is below the smallest depth {min(self.depths)}")
+        if self.feature_mix_width < 0:
+            fail("feature_mix_width must be >= 0 (0: no feature-mix conv)")
 
     # shape of the space ------------------------------------------------------------
     @property
     def max_depth(self) -> int:
         return max(self.depths)
+
+    def stage_depths(self, i: int) -> tuple[int, ...]:
+        """The depths stage ``i`` may take: the space's depths up to the stage's ``max_depth``
+        (a prefix of ``depths``, so a depth index means the same in every stage)."""
+        cap = self.stages[i].max_depth
+        return tuple(d for d in self.depths if not cap or d <= cap)
+
+    def stage_max_depth(self, i: int) -> int:
+        return max(self.stage_depths(i))
+
+    @property
+    def full_depths(self) -> tuple[int, ...]:
+        """Every stage at its deepest."""
+        return tuple(self.stage_max_depth(i) for i in range(len(self.stages)))
+
+    @property
+    def has_feature_mix(self) -> bool:
+        """OFA MobileNetV3's head has a 1x1 feature-mix conv after pooling; ProxylessNAS's
+        (``feature_mix_width == 0``) goes from pooling straight to the classifier."""
+        return self.feature_mix_width > 0
+
+    @property
+    def head_width(self) -> int:
+        """Base width of the classifier's input (feature mix, else final expand)."""
+        return self.feature_mix_width if self.has_feature_mix else self.final_expand_width
 
     @property
     def num_blocks(self) -> int:
@@ -344,17 +375,21 @@ class SearchSpace:
     def size(self) -> int:
         """Number of distinct architectures (kernel x expand per active block, depth, r, w)."""
         per_block = len(self.kernels) * len(self.expands)
-        per_stage = sum(per_block**d for d in self.depths)
-        return per_stage ** len(self.stages) * len(self.resolutions) * len(self.width_mults)
+        total = len(self.resolutions) * len(self.width_mults)
+        for i in range(len(self.stages)):
+            total *= sum(per_block**d for d in self.stage_depths(i))
+        return total
 
     # subnets ---------------------------------------------------------------------------
     def uniform_subnet(self, kernel: int, expand: float, depth: int,
                        r: int | None = None, w: float | None = None) -> "SubnetConfig":
-        """The same kernel, expand and depth everywhere (validated against the space)."""
+        """The same kernel, expand and depth everywhere (validated against the space; a stage
+        that cannot be ``depth`` deep takes its deepest)."""
         return SubnetConfig(
             ks=(kernel,) * self.num_blocks,
             e=(expand,) * self.num_blocks,
-            d=(depth,) * len(self.stages),
+            d=tuple(depth if depth in self.stage_depths(i) else self.stage_max_depth(i)
+                    for i in range(len(self.stages))),
             r=self.default_resolution if r is None else r,
             w=self.default_width if w is None else w,
         ).validated(self)
@@ -375,7 +410,7 @@ class SearchSpace:
         return SubnetConfig(
             ks=tuple(rng.choice(self.kernels) for _ in range(self.num_blocks)),
             e=tuple(rng.choice(self.expands) for _ in range(self.num_blocks)),
-            d=tuple(rng.choice(self.depths) for _ in self.stages),
+            d=tuple(rng.choice(self.stage_depths(i)) for i in range(len(self.stages))),
             r=rng.choice(list(resolutions or self.resolutions)),
             w=rng.choice(list(widths or (self.default_width,))),
         )
@@ -474,9 +509,11 @@ class SearchSpace:
                 h, c = ho, oc
         out.append(BlockSpec("final_expand", h, h, c, h, h, wd.final_expand, act=self.head_act))
         out.append(BlockSpec("pool", h, h, wd.final_expand, 1, 1, wd.final_expand))
-        out.append(BlockSpec("feature_mix", 1, 1, wd.final_expand, 1, 1, wd.feature_mix,
-                             act=self.head_act))
-        out.append(BlockSpec("classifier", 1, 1, wd.feature_mix, 1, 1, self.num_classes))
+        c = wd.final_expand
+        if self.has_feature_mix:
+            out.append(BlockSpec("feature_mix", 1, 1, c, 1, 1, wd.feature_mix, act=self.head_act))
+            c = wd.feature_mix
+        out.append(BlockSpec("classifier", 1, 1, c, 1, 1, self.num_classes))
         return out
 
     def all_blocks(
@@ -508,7 +545,7 @@ class SearchSpace:
                 # (kernel, expand) everywhere covers all blocks; interleaving the lists keeps
                 # network order.
                 per_choice = [
-                    self._blocks(r, w, (k,) * nb, (x,) * nb, (self.max_depth,) * len(self.stages))
+                    self._blocks(r, w, (k,) * nb, (x,) * nb, self.full_depths)
                     for k in self.kernels
                     for x in self.expands
                 ]
@@ -521,7 +558,7 @@ class SearchSpace:
     def summary(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "stages": [vars(s) for s in self.stages],
+            "stages": [{k: v for k, v in vars(s).items() if k != "max_depth" or v} for s in self.stages],
             "kernels": list(self.kernels),
             "expands": [_fmt_num(x) for x in self.expands],
             "depths": list(self.depths),
@@ -624,7 +661,6 @@ class SubnetConfig:
         for name, values, allowed in (
             ("ks", self.ks, space.kernels),
             ("e", self.e, space.expands),
-            ("d", self.d, space.depths),
         ):
             for idx, v in enumerate(values):
                 if v not in allowed:
@@ -632,6 +668,13 @@ class SubnetConfig:
                         f"subnet {name}[{idx}] = {_fmt_num(v)} is not in {where} "
                         f"(allowed: {', '.join(str(_fmt_num(a)) for a in allowed)})"
                     )
+        for idx, v in enumerate(self.d):
+            allowed = space.stage_depths(idx)
+            if v not in allowed:
+                raise ValueError(
+                    f"subnet d[{idx}] = {v} is not in {where} "
+                    f"(allowed for stage {idx}: {', '.join(map(str, allowed))})"
+                )
         if self.r not in space.resolutions:
             raise ValueError(
                 f"subnet resolution {self.r} is not in {where} (allowed: {_ranges(space.resolutions)})"
@@ -767,3 +810,67 @@ FMNIST = register_space(SearchSpace(
     num_classes=10,
 ))
 __all__.append("FMNIST")
+
+
+# --------------------------------------------------------------------------- ProxylessNAS
+# The ProxylessNAS mobile space (Cai, Zhu, Han, "ProxylessNAS: Direct Neural Architecture
+# Search on Target Task and Hardware", ICLR 2019, Sec. 4 and its released mobile LUT): MBConv
+# blocks with ReLU6 and no squeeze-excite, kernels 3/5/7, expand ratios 3/6, and a zero
+# (skip) candidate in every block whose input and output shapes match, i.e. every block but
+# the first of a stage.  Stages of 4 blocks at widths 24/40/80/96/192 and one block of 320;
+# the stem is a 3x3 stride-2 conv to 32 channels and a fixed 3x3 MBConv1 to 16; the head is
+# a 1x1 conv to 1280, pooling and the classifier (no feature-mix conv).  A stage's depth is
+# its number of non-zero blocks: the blocks after the first all have the same shapes, so
+# the zeros' positions do not change the network (``supernet.proxyless`` derives depth and
+# the kept blocks in order).
+PROXYLESS_MOBILE = register_space(SearchSpace(
+    name="proxyless_mobile",
+    stages=(
+        StageSpec(24, 2, "relu6", False),
+        StageSpec(40, 2, "relu6", False),
+        StageSpec(80, 2, "relu6", False),
+        StageSpec(96, 1, "relu6", False),
+        StageSpec(192, 2, "relu6", False),
+        StageSpec(320, 1, "relu6", False, max_depth=1),
+    ),
+    kernels=(3, 5, 7),
+    expands=(3, 6),
+    depths=(1, 2, 3, 4),
+    resolutions=(224,),
+    width_mults=(1.0,),
+    first_conv_width=32,
+    first_conv_act="relu6",
+    first_block_width=16,
+    first_block_act="relu6",
+    final_expand_width=1280,
+    feature_mix_width=0,
+    head_act="relu6",
+))
+
+# Its small version for Fashion-MNIST (demos, tests, the README's search): the same kinds of
+# choices at 32 to 48 px, one input channel, ten classes, stages of up to 3 blocks.
+PROXYLESS_FMNIST = register_space(SearchSpace(
+    name="proxyless_fmnist",
+    stages=(
+        StageSpec(16, 2, "relu6", False),
+        StageSpec(24, 2, "relu6", False),
+        StageSpec(40, 2, "relu6", False),
+        StageSpec(48, 1, "relu6", False),
+        StageSpec(64, 1, "relu6", False, max_depth=1),
+    ),
+    kernels=(3, 5, 7),
+    expands=(3, 6),
+    depths=(1, 2, 3),
+    resolutions=(32, 40, 48),
+    width_mults=(1.0,),
+    first_conv_width=16,
+    first_conv_act="relu6",
+    first_block_width=8,
+    first_block_act="relu6",
+    final_expand_width=256,
+    feature_mix_width=0,
+    head_act="relu6",
+    in_channels=1,
+    num_classes=10,
+))
+__all__ += ["PROXYLESS_MOBILE", "PROXYLESS_FMNIST"]

@@ -93,7 +93,7 @@ def test_profiler_run_records_the_space_it_measured(tmp_path, artifact_cache):
                 "--lut", lut, "--cache", artifact_cache, "--no-progress", "--export-workers", "1")
     assert p.returncode == 0, p.stderr
     assert json.loads((tmp_path / "local.space.json").read_text()) == {"spaces": ["tiny"]}
-    p = run_cli("search.latency", "--lut", lut, "--subnet", "max")  # default space: ofa_mbv3
+    p = run_cli("search.latency", "--lut", lut, "--subnet", "max", "--space", "ofa_mbv3")  # the default is the recorded one
     assert p.returncode == 2 and "a LUT of space tiny" in last_error_line(p), p.stderr
 
 

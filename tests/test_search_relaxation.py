@@ -8,7 +8,7 @@ import pytest
 
 from search.encoding import Choices
 from search.evolve import CostArrays, InfeasibleBudget
-from search.gradient import expected_features_and_cost, gradient_search
+from search.relaxation import expected_features_and_cost, relaxation_search
 from search.latency import LatencyModel
 from supernet.space import TINY
 
@@ -53,7 +53,7 @@ def test_results_fit_and_are_real_predictions(setup):
     all_cost, all_acc = costs(everything), pred.predict_population(everything, ch)
     floor, _ = costs.cheapest()
     for i, budget in enumerate((floor * 1.0001, float(np.quantile(all_cost, 0.3)), float(all_cost.max()))):
-        res = gradient_search(budget, costs, pred, np.random.default_rng(i), steps=30, samples=64, progress=False)
+        res = relaxation_search(budget, costs, pred, np.random.default_rng(i), steps=30, samples=64, progress=False)
         res.subnet.validate(TINY)
         assert model.latency([res.subnet])[0] <= budget + 1e-12
         assert res.accuracy == pytest.approx(pred.predict([res.subnet], TINY)[0], abs=1e-6)
@@ -66,4 +66,4 @@ def test_infeasible_budget_is_refused(setup):
     _, costs, pred, _ = setup
     floor, _ = costs.cheapest()
     with pytest.raises(InfeasibleBudget):
-        gradient_search(floor * 0.9, costs, pred, np.random.default_rng(0), steps=2)
+        relaxation_search(floor * 0.9, costs, pred, np.random.default_rng(0), steps=2)

@@ -1,5 +1,10 @@
-"""ProxylessNAS-style gradient search: a differentiable relaxation over the accuracy predictor
-with the expected LUT latency as a penalty.
+"""Relaxation search: a differentiable relaxation over the accuracy predictor with the
+expected LUT latency as a penalty (``search.evolve --method relaxation``).
+
+This is not ProxylessNAS: no network is trained and no path is sampled; it optimises
+categorical distributions against an already-trained predictor (and MLP(E[x]) is not
+E[MLP(x)]).  ProxylessNAS itself, binarized paths trained on the target task with a latency
+loss, is ``search.proxyless``.
 
 For each (resolution, width) the search holds categorical distributions (logits) over every
 slot's kernel and expand ratio and every stage's depth.  A slot is active with probability
@@ -20,12 +25,13 @@ final temperature, half at twice it); when none of them fits,
 the argmax is shrunk until it fits (``search.evolve._shrink_until_fits``).  So every result
 satisfies the budget, and its accuracy is a real prediction, never the relaxed one.
 
-CLI: ``python -m search.gradient`` takes the same options as ``python -m search.evolve`` and
+CLI: ``python -m search.relaxation`` takes the same options as ``python -m search.evolve`` and
 writes the same files and JSON.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Sequence
@@ -36,10 +42,15 @@ from .encoding import Choices, Population
 from .evolve import CostArrays, InfeasibleBudget, MemoScore, SearchResult, _canonical, _shrink_until_fits
 
 
-def _probabilities(logits, tau):
+def _probabilities(logits, tau, depth_mask=None):
+    """Softmax of each logit table at temperature ``tau``; ``depth_mask`` (ns, n_depths) adds
+    -inf where a stage cannot take a depth (``SearchSpace.stage_depths``)."""
     import torch
 
-    return [torch.softmax(x / tau, dim=-1) for x in logits]
+    out = [torch.softmax(x / tau, dim=-1) for x in logits]
+    if depth_mask is not None:
+        out[2] = torch.softmax(logits[2] / tau + depth_mask, dim=-1)
+    return out
 
 
 def expected_features_and_cost(pk, pe, pd, ri: int, wi: int, choices: Choices, encoder, costs: CostArrays):
@@ -67,7 +78,7 @@ def expected_features_and_cost(pk, pe, pd, ri: int, wi: int, choices: Choices, e
     return torch.cat(parts)[None, :], cost
 
 
-def gradient_search(
+def relaxation_search(
     budget: float,
     costs: CostArrays,
     pred,
@@ -110,9 +121,11 @@ def gradient_search(
     memo = MemoScore(lambda p: pred.predict_population(p, choices))
     proposals: list[Population] = []
     pairs = [(ri, wi) for ri in range(len(choices.resolutions)) for wi in range(len(choices.widths))]
-    bar = tqdm(total=len(pairs) * steps, desc=desc or f"gradient <= {budget:g}", leave=False,
+    bar = tqdm(total=len(pairs) * steps, desc=desc or f"relaxation <= {budget:g}", leave=False,
                disable=(None if progress is None else not progress))
     history: list[float] = []
+    depth_mask = torch.tensor([[0.0 if d in sp.stage_depths(i) else -math.inf for d in sp.depths]
+                               for i in range(len(sp.stages))], dtype=torch.float64)
     with one_torch_thread():
         for ri, wi in pairs:
             logits = [(0.01 * torch.randn(shape, generator=gen, dtype=torch.float64)).requires_grad_(True)
@@ -122,7 +135,7 @@ def gradient_search(
             lam = 1.0
             for step in range(steps):
                 t = tau[0] * (tau[1] / tau[0]) ** (step / max(1, steps - 1))
-                pk, pe, pd = _probabilities(logits, t)
+                pk, pe, pd = _probabilities(logits, t, depth_mask)
                 x, cost = expected_features_and_cost(pk, pe, pd, ri, wi, choices, pred.encoder, costs)
                 acc = net(x.float())[0, 0].double() + pred.offset
                 over = torch.relu(cost / budget - 1.0)
@@ -134,7 +147,7 @@ def gradient_search(
                 bar.update(1)
             with torch.no_grad():  # sample at the final temperature and at a warmer one
                 for t in (tau[1], 2 * tau[1]):
-                    pk, pe, pd = (p.numpy() for p in _probabilities(logits, t))
+                    pk, pe, pd = (p.numpy() for p in _probabilities(logits, t, depth_mask))
                     proposals.append(_proposals(pk, pe, pd, ri, wi, samples // 2, choices, rng))
             history.append(float(acc.detach()))
     bar.close()
@@ -180,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .evolve import main as evolve_main
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    return evolve_main(argv + ["--method", "gradient"])
+    return evolve_main(argv + ["--method", "relaxation"])
 
 
 if __name__ == "__main__":
