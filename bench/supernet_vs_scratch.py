@@ -29,24 +29,20 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from search.latency import _unwrap_result  # noqa: E402
 from supernet.atomic import atomic_open, atomic_write_text  # noqa: E402
-from supernet.data import eval_batches, resize, steps_per_epoch, train_batches  # noqa: E402
-from supernet.device import place, to_device  # noqa: E402
-from supernet.evaluation import load_run, top1  # noqa: E402
+from supernet.evaluation import load_run  # noqa: E402
 from supernet.ops import build_network, count_params  # noqa: E402
 from supernet.space import SubnetConfig, parse_subnet  # noqa: E402
-from supernet.trainer import make_optimizer  # noqa: E402
+from supernet.standalone import Recipe, train_standalone  # noqa: E402
 from supernet.presets import TrainConfig  # noqa: E402
 
 
@@ -71,48 +67,12 @@ def subnets_to_compare(space, spec: str, search: Path | None) -> list[tuple[str,
 
 def train_alone(space, cfg: SubnetConfig, rc: TrainConfig, data, seconds: float, device, seed: int) -> dict:
     """``cfg`` built fresh and trained with the run's first-phase recipe for ``seconds`` of
-    wall time; returns parameters, steps, epochs, images/s and held-out top-1."""
-    torch.manual_seed(seed)
-    net = place(build_network(space, cfg), device, rc.channels_last).train()
-    phase = rc.phases[0]
-    opt = make_optimizer(net, rc, phase.lr)
-    spe = steps_per_epoch(len(data.train), rc.batch_size)
-    warm = round(phase.warmup_epochs * spe)
-    probe = 12  # steps timed (after 3 untimed ones) to size the schedule to the time budget
-    step, t0, t_probe, total, epoch = 0, time.time(), None, None, 0
-
-    def lr_at(s: int) -> float:  # the run's first phase: linear warm-up, then cosine to 0
-        if s < warm:
-            return phase.lr * (s + 1) / warm
-        if total is None:
-            return phase.lr
-        return phase.lr * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
-
-    while total is None or step < total:
-        for _s, x, y in train_batches(data.train, rc.batch_size, seed, epoch):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            x = to_device(resize(to_device(x, device), cfg.r), device, rc.channels_last)
-            y = to_device(y, device)
-            loss = F.cross_entropy(net(x), y, label_smoothing=rc.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            if step == 3:
-                t_probe = time.time()
-            elif step == 3 + probe:
-                per_step = (time.time() - t_probe) / probe
-                total = max(step + 1, step + int((seconds - (time.time() - t0)) / per_step))
-            if total is not None and step >= total:
-                break
-        epoch += 1
-    wall = time.time() - t0
-    net.eval()
-    acc = top1(net, ((to_device(resize(to_device(x, device), cfg.r), device, rc.channels_last), to_device(y, device))
-                     for x, y in eval_batches(data.valid, 500)))
-    return {"params_m": round(count_params(net) / 1e6, 4), "steps": step, "epochs": round(step / spe, 3),
-            "seconds": round(wall, 1), "images_per_s": round(step * rc.batch_size / wall, 1), "top1": round(acc, 3)}
+    wall time (``supernet.standalone.train_standalone``); returns parameters, steps, epochs,
+    images/s and held-out top-1."""
+    net = build_network(space, cfg)
+    out = train_standalone(net, data, cfg.r, Recipe.from_train_config(rc), device, seed=seed,
+                           desc=f"alone r{cfg.r}", seconds=seconds)
+    return {"params_m": round(count_params(net) / 1e6, 4), **out}
 
 
 def main() -> None:

@@ -31,14 +31,25 @@ class Recipe:
     weight_decay: float = 3e-5
     label_smoothing: float = 0.1
     channels_last: bool = True
+    nesterov: bool = True
+
+    @classmethod
+    def from_train_config(cls, rc, epochs: float = 3.0) -> "Recipe":
+        """A supernet run's own recipe: its first phase's peak rate and warm-up, its batch,
+        momentum, Nesterov, weight decay, label smoothing and memory format."""
+        phase = rc.phases[0]
+        return cls(epochs=epochs, batch_size=rc.batch_size, lr=phase.lr, warmup_epochs=phase.warmup_epochs,
+                   momentum=rc.momentum, weight_decay=rc.weight_decay, label_smoothing=rc.label_smoothing,
+                   channels_last=rc.channels_last, nesterov=rc.nesterov)
 
 
-def sgd(params: list[tuple[str, nn.Parameter]], lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    """SGD with Nesterov momentum; no weight decay on 1-d parameters (BN, biases)."""
+def sgd(params: list[tuple[str, nn.Parameter]], lr: float, momentum: float, weight_decay: float,
+        nesterov: bool = True) -> torch.optim.SGD:
+    """SGD (Nesterov momentum by default); no weight decay on 1-d parameters (BN, biases)."""
     decay = [p for _, p in params if p.dim() > 1]
     no_decay = [p for _, p in params if p.dim() <= 1]
     return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum, nesterov=True)
+                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum, nesterov=nesterov)
 
 
 def cosine_lr(base: float, step: int, total: int, warmup: int) -> float:
@@ -56,23 +67,28 @@ def evaluate(net: nn.Module, data: Data, r: int, device: torch.device, channels_
 
 
 def train_standalone(net: nn.Module, data: Data, r: int, recipe: Recipe, device: torch.device,
-                     seed: int = 0, progress: bool = True, desc: str = "retrain") -> dict:
-    """Train ``net`` (fresh weights) for ``recipe.epochs`` epochs of the training split at
-    resolution ``r``; returns steps, epochs, seconds, images/s and held-out top-1 (%)."""
+                     seed: int = 0, progress: bool = True, desc: str = "retrain",
+                     seconds: float | None = None) -> dict:
+    """Train ``net`` (fresh weights) at resolution ``r`` for ``recipe.epochs`` epochs of the
+    training split or, with ``seconds``, for as many steps as fit in that wall time (timed on
+    steps 4 to 15; the cosine schedule then spans them).  Returns steps, epochs, seconds,
+    images/s and held-out top-1 (%)."""
     from tqdm import tqdm
 
     torch.manual_seed(seed)
     net = place(net, device, recipe.channels_last).train()
-    opt = sgd(list(net.named_parameters()), recipe.lr, recipe.momentum, recipe.weight_decay)
+    opt = sgd(list(net.named_parameters()), recipe.lr, recipe.momentum, recipe.weight_decay, recipe.nesterov)
     spe = steps_per_epoch(len(data.train), recipe.batch_size)
-    total = max(1, round(recipe.epochs * spe))
+    total = None if seconds else max(1, round(recipe.epochs * spe))
     warm = max(1, round(recipe.warmup_epochs * spe))
+    probe = 12  # with ``seconds``: steps timed, after 3 untimed ones, to size the schedule
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
-    step, epoch, t0 = 0, 0, time.time()
-    while step < total:
+    step, epoch, t0, t_probe = 0, 0, time.time(), None
+    while total is None or step < total:
         for _s, x, y in train_batches(data.train, recipe.batch_size, seed, epoch):
+            lr = recipe.lr if total is None and step >= warm else cosine_lr(recipe.lr, step, total or warm, warm)
             for g in opt.param_groups:
-                g["lr"] = cosine_lr(recipe.lr, step, total, warm)
+                g["lr"] = lr
             x = to_device(resize(to_device(x, device), r), device, recipe.channels_last)
             loss = F.cross_entropy(net(x), to_device(y, device), label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
@@ -80,7 +96,14 @@ def train_standalone(net: nn.Module, data: Data, r: int, recipe: Recipe, device:
             opt.step()
             step += 1
             bar.update(1)
-            if step >= total:
+            if seconds and step == 3:
+                t_probe = time.time()
+            elif seconds and step == 3 + probe:
+                per_step = (time.time() - t_probe) / probe
+                total = max(step + 1, step + int((seconds - (time.time() - t0)) / per_step))
+                bar.total = total
+                bar.refresh()
+            if total is not None and step >= total:
                 break
         epoch += 1
     bar.close()
