@@ -532,11 +532,25 @@ def spread_budgets(lo: float, hi: float, n: int = 4) -> list[float]:
 
 def default_predictor(space: str | None = None) -> str:
     """``ofa`` (OFA's published predictor) for the ``ofa_mbv3`` space, otherwise the newest
-    ``runs/*/predictor.pt``; raises ValueError when there is none."""
+    ``runs/*/predictor.pt`` of ``space``; raises ValueError when there is none (for a
+    ProxylessNAS space, naming the commands that search it instead)."""
     if space == "ofa_mbv3":
         return "ofa"
-    found = sorted(Path("runs").glob("*/predictor.pt"), key=lambda p: p.stat().st_mtime)
+    from .predictor import load_predictor
+
+    found = []
+    for p in sorted(Path("runs").glob("*/predictor.pt"), key=lambda p: p.stat().st_mtime):
+        try:
+            if space is None or load_predictor(p).space_name in (space, ""):
+                found.append(p)
+        except ValueError:
+            continue  # a corrupt or foreign file is not a default; named when given explicitly
     if not found:
+        if space and space.startswith("proxyless"):
+            raise ValueError(
+                f"no accuracy predictor for space {space!r}: ProxylessNAS spaces are searched on the target task, "
+                "not in a trained supernet. Search with python -m search.proxyless --lut LUT --latency-ms T "
+                "[--data imagefolder:PATH]; price architectures with python -m search.latency --lut LUT --subnet max|min|FILE")
         raise ValueError(f"no --predictor given and no runs/*/predictor.pt found for space {space or 'unknown'!r} "
                          "(train one with python -m search.predictor; --predictor ofa for the ofa_mbv3 space)")
     return str(found[-1])

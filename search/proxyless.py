@@ -3,7 +3,8 @@
     python -m search.proxyless --lut luts/local_pf.csv --latency-ms 0.5 [--space proxyless_fmnist]
         [--data fmnist] [--resolution R] [--warmup-epochs 2] [--search-epochs 1]
         [--grad-mode binaryconnect|reinforce] [--latency-loss target|add] [--retrain-epochs 3]
-        [--verify] [--out runs/proxyless-...]
+        [--verify] [--out runs/proxyless-...] [--resume | --force]
+    python -m search.proxyless --lut luts/pixel1.csv --latency-ms 80 --data imagefolder:PATH   # the Pixel 1 table
 
 Cai, Zhu, Han, "ProxylessNAS" (ICLR 2019).  The over-parameterized network
 (``supernet.proxyless``) holds every candidate path of every block with its own weights and
@@ -30,7 +31,15 @@ space, JSON), trained from scratch (``--retrain-epochs``), evaluated on the held
 exported to ONNX and TFLite, and with ``--verify`` measured as a whole network on the LUT's
 device.  Writes into ``--out``: ``search.csv`` (the search's history: E[latency] beside the
 derived architecture's LUT latency), ``search.png``, ``alphas.json``, ``arch.json``,
-``result.json``, ``subnet.onnx`` and ``subnet.tflite``.
+``result.json``, ``subnet.onnx`` and ``subnet.tflite``; ``search.ckpt.pt`` holds the search's
+state every ``--checkpoint-every`` steps (atomic), and ``--resume`` continues a killed search
+from it with the same flags, reaching the same architecture.
+
+A dataset is fitted to a space whose LUT fixes the network's input and classifier: a
+1-channel dataset (Fashion-MNIST) is repeated to 3 channels, and a dataset with fewer
+classes trains the first N outputs of the space's classifier (kept, so the deployed network
+is the one the LUT priced): ``--lut luts/pixel1.csv`` runs on Fashion-MNIST at 224 px on a
+fresh clone (slow on a CPU; a GPU, or ``--train-limit``, for a demo).
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+CKPT_FORMAT = "hwnas-proxyless-search-1"
 HISTORY_FIELDS = ["step", "phase", "epoch", "lr", "train_ce", "arch_ce", "expected_ms", "derived_ms",
                   "derived_zero_blocks", "seconds", "derived"]
 
@@ -216,11 +226,62 @@ class Search:
         self.history.append(row)
         return row
 
-    def run(self, progress: bool = True) -> None:
-        """Warm-up (weight steps only), then alternating weight and architecture steps."""
+    # checkpoints ----------------------------------------------------------------------
+    def state(self, step: int, epoch: int, a_order, a_pos: int, elapsed: float) -> dict[str, Any]:
+        """Everything the loop needs to continue exactly where it was (plain tensors and
+        numbers only, so it loads with ``torch.load(weights_only=True)``)."""
+        from dataclasses import asdict
+
+        import torch
+
+        return {"format": CKPT_FORMAT, "config": asdict(self.cfg), "space": self.space.name, "r": self.r,
+                "step": step, "epoch": epoch, "a_order": a_order, "a_pos": a_pos, "elapsed": elapsed,
+                "net": self.net.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
+                "gen": self.gen.get_state(), "baseline": self.baseline, "history": self.history,
+                # dropout draws from the global generators: without them a resumed run diverges
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None}
+
+    def restore(self, path: Path) -> dict[str, Any]:
+        """Load a checkpoint ``state()`` wrote; raises ValueError naming the file when it is not
+        one, or is one of another search (space, resolution or settings differ)."""
+        from dataclasses import asdict
+
+        import torch
+
+        try:
+            st = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - unpickling errors vary; all mean the same here
+            raise ValueError(f"{path}: not a search.proxyless checkpoint ({type(exc).__name__})") from None
+        if not isinstance(st, dict) or st.get("format") != CKPT_FORMAT:
+            raise ValueError(f"{path}: not a search.proxyless checkpoint")
+        mine = asdict(self.cfg)
+        diff = sorted(k for k in mine if st["config"].get(k) != mine[k])
+        if st["space"] != self.space.name or st["r"] != self.r or diff:
+            what = ", ".join(diff) or f"space/resolution {st['space']} {st['r']}"
+            raise ValueError(f"{path}: a search with other settings ({what}); use the same flags, or --force")
+        self.net.load_state_dict(st["net"])
+        self.w_opt.load_state_dict(st["w_opt"])
+        self.a_opt.load_state_dict(st["a_opt"])
+        self.gen.set_state(st["gen"])
+        torch.set_rng_state(st["rng"])
+        if st.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(st["cuda_rng"])
+        self.baseline, self.history = st["baseline"], list(st["history"])
+        return st
+
+    def run(self, progress: bool = True, checkpoint: Path | None = None, every: int = 200,
+            resume: dict[str, Any] | None = None, stop_after: int | None = None) -> bool:
+        """Warm-up (weight steps only), then alternating weight and architecture steps.
+
+        With ``checkpoint``, the state is written there atomically every ``every`` steps (and
+        at the end of the warm-up); ``resume`` (from ``restore``) continues from it, reaching
+        the same weights and alphas as an uninterrupted run.  ``stop_after`` stops after that
+        many steps (tests).  Returns True when the search is complete."""
         import torch
         from tqdm import tqdm
 
+        from supernet.trainer import atomic_save
         from supernet.data import epoch_order, steps_per_epoch
         from supernet.standalone import cosine_lr
 
@@ -230,12 +291,18 @@ class Search:
         warm = round(cfg.warmup_epochs * spe)
         total = warm + max(1, round(cfg.search_epochs * spe))
         a_order = torch.randperm(len(arch), generator=torch.Generator().manual_seed(cfg.seed + 7))
-        a_pos = 0
-        bar = tqdm(total=total, desc="proxyless", disable=not progress)
-        t0, step, epoch, last_arch = time.time(), 0, 0, None
+        a_pos, step, epoch, last_arch, done_before = 0, 0, 0, None, 0.0
+        if resume is not None:
+            step, epoch, a_order, a_pos, done_before = (resume["step"], resume["epoch"], resume["a_order"],
+                                                        resume["a_pos"], resume["elapsed"])
+            rows = [r for r in self.history if r["arch_ce"] != ""]
+            last_arch = rows[-1]["arch_ce"] if rows else None
+        bar = tqdm(total=total, initial=step, desc="proxyless", disable=not progress)
+        t0 = time.time() - done_before
+        skip = step - epoch * (len(train) // cfg.batch_size)  # steps of this epoch already done
         while step < total:
             order = epoch_order(len(train), cfg.seed, epoch)
-            for s in range(len(order) // cfg.batch_size):
+            for s in range(skip, len(order) // cfg.batch_size):
                 if step >= total:
                     break
                 idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
@@ -260,8 +327,18 @@ class Search:
                         tqdm.write(f"step {step:>5}  E[latency] {row['expected_ms']:.4f} ms  derived "
                                    f"{row['derived_ms']:.4f} ms  zero blocks {row['derived_zero_blocks']}  "
                                    f"arch CE {row['arch_ce']}", file=sys.stderr)
+                at_end_of_epoch = s + 1 == len(order) // cfg.batch_size
+                if checkpoint is not None and (step % every == 0 or step == warm or step == total
+                                               or (stop_after is not None and step >= stop_after)):
+                    atomic_save(self.state(step, epoch + at_end_of_epoch, a_order, a_pos,
+                                          time.time() - t0), checkpoint)
+                if stop_after is not None and step >= stop_after and step < total:
+                    bar.close()
+                    return False
             epoch += 1
+            skip = 0
         bar.close()
+        return True
 
     def split(self):
         """(weight-step split, architecture-step split) of the training images."""
@@ -349,6 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--log-every", type=int, default=SearchConfig.log_every, help="history row every N steps")
     ap.add_argument("--out", type=Path, help="output folder (default: runs/proxyless-<lut>-<T>ms)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    ap.add_argument("--resume", action="store_true", help="continue the search of an existing --out from its "
+                    "checkpoint (same flags; the retraining after it is redone)")
+    ap.add_argument("--checkpoint-every", type=int, default=200, help="search steps between checkpoints")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = ap.parse_args(argv)
@@ -400,18 +480,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.threads:
             torch.set_num_threads(args.threads)
         data = load_data(args.data, valid_size=args.valid_size, train_limit=args.train_limit, seed=0)
-        if (data.channels, data.num_classes) != (space.in_channels, space.num_classes):
-            raise ValueError(f"dataset {args.data!r} has {data.channels} channel(s) and {data.num_classes} classes; "
-                             f"space {space.name!r} takes {space.in_channels} and {space.num_classes}")
+        adapted = adapt_data_note(data, space, args.data)
+        data = data.with_channels(space.in_channels)
     except MissingKeysError as exc:
         return fail(str(exc))
     except (ValueError, LutError, DataError) as exc:
         return fail(str(exc))
     target = args.latency_ms
     out = args.out or Path("runs") / f"proxyless-{Path(args.lut).stem}-{f'{target:g}ms' if target else 'add'}"
-    if out.exists() and any(out.iterdir()) and not args.force:
-        return fail(f"{out}: already exists (use --force to overwrite, or another --out)")
-    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "search.ckpt.pt"
+    if args.resume and args.force:
+        return fail("--resume and --force exclude each other")
+    if args.resume and not ckpt.is_file():
+        return fail(f"{out}: no search checkpoint to resume (search.ckpt.pt); start without --resume")
+    if out.exists() and any(out.iterdir()) and not (args.force or args.resume):
+        return fail(f"{out}: already exists (--resume to continue its search, --force to start over, or another --out)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if args.force and ckpt.exists():
+            ckpt.unlink()
+    except OSError as exc:
+        return fail(f"{out}: cannot write there ({exc.strerror or exc})")
 
     cfg = SearchConfig(latency_ms=target, latency_loss=loss_form, beta=args.beta,
                        lambda_latency=args.lambda_latency or 0.0, grad_mode=args.grad_mode,
@@ -424,9 +513,19 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"[{model.runtime}], loss {loss_form}"
           + (f" (T = {target:g} ms, beta {cfg.beta:g})" if loss_form == "target" else f" (lambda {cfg.lambda_latency:g}/ms)"),
           file=sys.stderr)
+    if adapted:
+        print(f"note: {adapted}", file=sys.stderr)
     t0 = time.time()
     search = Search(space, r, data, model, cfg, device)
-    search.run(progress)
+    state = None
+    if args.resume:
+        try:
+            state = search.restore(ckpt)
+        except ValueError as exc:
+            return fail(str(exc))
+        print(f"search.proxyless: resuming {ckpt} at step {state['step']}", file=sys.stderr)
+        t0 -= state["elapsed"]
+    search.run(progress, checkpoint=ckpt, every=args.checkpoint_every, resume=state)
     search_s = time.time() - t0
     write_history(out / "search.csv", search.history)
     plot_history(out / "search.png", search.history, target)
@@ -480,6 +579,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print_table(result, out)
     return 0
+
+
+def adapt_data_note(data, space, spec: str) -> str | None:
+    """How a dataset is fitted to a space whose LUT fixes the network's input channels and
+    classifier (e.g. Fashion-MNIST on the Pixel 1 table's 3-channel, 1000-class network): a
+    grayscale dataset is repeated to 3 channels; a dataset with fewer classes trains the
+    first N outputs of the space's classifier, which is kept so that the deployed network is
+    the one the LUT priced.  Raises ValueError for what cannot be fitted."""
+    notes = []
+    if data.channels != space.in_channels:
+        if data.channels != 1:
+            raise ValueError(f"dataset {spec!r} has {data.channels} channels; space {space.name!r} takes "
+                             f"{space.in_channels}")
+        notes.append(f"the 1-channel images repeated to the space's {space.in_channels} channels")
+    if data.num_classes > space.num_classes:
+        raise ValueError(f"dataset {spec!r} has {data.num_classes} classes; space {space.name!r} has "
+                         f"{space.num_classes} outputs")
+    if data.num_classes < space.num_classes:
+        notes.append(f"its {data.num_classes} classes trained on the first {data.num_classes} of the space's "
+                     f"{space.num_classes} outputs (the classifier the LUT priced is kept)")
+    return f"dataset {spec!r}: " + "; ".join(notes) if notes else None
 
 
 def print_table(result: dict[str, Any], out: Path) -> None:

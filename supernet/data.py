@@ -52,6 +52,7 @@ class TensorSplit:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.pad, self.flip = pad, flip
+        self.repeat = 1  # channel copies per batch (grayscale fed to an RGB network)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -92,7 +93,16 @@ class TensorSplit:
             x = xp[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1),
                    rows.to(dev).view(n, 1, h, 1), cols.to(dev).view(n, 1, 1, w)]
         x = (x.float().div_(255.0) - self.mean) / self.std
+        if self.repeat > 1:
+            x = x.repeat(1, self.repeat, 1, 1)
         return x, self.labels[idx]
+
+    def with_repeat(self, repeat: int) -> "TensorSplit":
+        """The same split with each batch's channels repeated ``repeat`` times."""
+        out = TensorSplit.__new__(TensorSplit)
+        out.__dict__.update(self.__dict__)
+        out.repeat = repeat
+        return out
 
 
 class FolderSplit:
@@ -143,6 +153,17 @@ class Data:
     recal: TensorSplit | FolderSplit
     channels: int
     num_classes: int
+
+    def with_channels(self, channels: int) -> "Data":
+        """A grayscale dataset fed to a network of ``channels`` inputs: each batch's one
+        channel repeated (torchvision's ``Grayscale(num_output_channels=3)``)."""
+        if channels == self.channels:
+            return self
+        if self.channels != 1 or not isinstance(self.train, TensorSplit):
+            raise DataError(f"dataset {self.source!r} has {self.channels} channels; a network of {channels} "
+                            "can take only a 1-channel dataset, repeated")
+        return Data(self.name, self.source, self.train.with_repeat(channels), self.valid.with_repeat(channels),
+                    self.recal.with_repeat(channels), channels, self.num_classes)
 
 
 # --------------------------------------------------------------------------- readers

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -312,3 +313,87 @@ def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
     assert "--lambda-latency" in err("--lut", lut)
     assert "search.evolve" in err("--lut", REPO / "luts" / "note10.csv", "--latency-ms", "20", "--out", tmp_path / "x")
     assert "lacks" in err("--lut", lut, "--latency-ms", "2", "--resolution", "48", "--out", tmp_path / "y")
+
+
+def test_grayscale_data_is_fitted_to_the_pixel1_network(small_data):
+    """Fashion-MNIST on the Pixel 1 table's space: each batch's channel repeated to 3, the
+    10 classes on the first 10 of the 1000 outputs the table priced; what cannot be fitted
+    is refused with a line naming it."""
+    from search.proxyless import adapt_data_note
+    from supernet.data import DataError, train_batches
+
+    space = get_space("proxyless_mobile")
+    note = adapt_data_note(small_data, space, "fmnist")
+    assert "3 channels" in note and "first 10 of the space's 1000 outputs" in note
+    rgb = small_data.with_channels(3)
+    assert rgb.channels == 3 and rgb.num_classes == 10 and small_data.channels == 1
+    _, x, _ = next(iter(train_batches(rgb.train, 8, 0, 0)))
+    _, x1, _ = next(iter(train_batches(small_data.train, 8, 0, 0)))
+    assert x.shape[1] == 3 and torch.equal(x[:, 0], x[:, 2]) and torch.equal(x[:, :1], x1)
+    assert adapt_data_note(small_data, PF, "fmnist") is None
+    with pytest.raises(DataError, match="1-channel"):
+        rgb.with_channels(4)
+    wide = get_space("proxyless_fmnist")
+    ten = type(small_data)(**{**small_data.__dict__, "num_classes": 11})
+    with pytest.raises(ValueError, match="11 classes"):
+        adapt_data_note(ten, wide, "x")
+
+
+def test_search_evolve_on_the_pixel1_table_names_what_searches_it(tmp_path):
+    """The design card's ``search.evolve --lut luts/pixel1.csv`` on a fresh clone: no
+    supernet or predictor of that space exists, so one line names the commands that use
+    the table (and a predictor of another space in runs/ is not taken for it)."""
+    from search.evolve import default_predictor
+
+    proc = run_cli("search.evolve", "--lut", REPO / "luts" / "pixel1.csv", cwd=tmp_path)
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "proxyless_mobile" in line and "search.proxyless" in line and "search.latency" in line
+    (tmp_path / "runs" / "other").mkdir(parents=True)
+    from test_search_evolve import random_predictor
+
+    random_predictor().save(tmp_path / "runs" / "other" / "predictor.pt")  # a real one, of another space
+    (tmp_path / "runs" / "corrupt").mkdir()
+    (tmp_path / "runs" / "corrupt" / "predictor.pt").write_bytes(b"not a predictor")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(ValueError, match="search.proxyless"):
+            default_predictor("proxyless_mobile")
+        assert default_predictor("tiny") == str(Path("runs") / "other" / "predictor.pt")
+    finally:
+        os.chdir(cwd)
+
+
+def test_a_killed_search_resumes_to_the_same_architecture(small_data, tmp_path):
+    """Checkpoints every few steps; a search stopped mid-way and restored into a fresh
+    process state ends with the same alphas and weights as an uninterrupted one; a
+    checkpoint of other settings or a corrupt one is refused naming the file."""
+    from profiler.costmodel import LatencyModel
+    from search.proxyless import Search, SearchConfig
+
+    model = LatencyModel(PF, pseudo_latency(PF, [32]))
+    cfg = SearchConfig(warmup_epochs=0.1, search_epochs=0.2, batch_size=32, arch_images=320, log_every=5,
+                       latency_loss="target", latency_ms=0.5)
+    whole = Search(PF, 32, small_data, model, cfg, torch.device("cpu"))
+    assert whole.run(progress=False)
+    ck = tmp_path / "search.ckpt.pt"
+    first = Search(PF, 32, small_data, model, cfg, torch.device("cpu"))
+    assert not first.run(progress=False, checkpoint=ck, every=3, stop_after=7)  # warm-up ends at step 4
+    again = Search(PF, 32, small_data, model, cfg, torch.device("cpu"))
+    state = again.restore(ck)
+    assert state["step"] == 7
+    assert again.run(progress=False, checkpoint=ck, every=3, resume=state)
+    for a, b in zip(whole.net.arch_parameters(), again.net.arch_parameters()):
+        assert torch.equal(a, b)
+    for (n, a), (_, b) in zip(whole.net.state_dict().items(), again.net.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert [r["step"] for r in again.history] == [r["step"] for r in whole.history]
+    other = Search(PF, 32, small_data, model, SearchConfig(**{**cfg.__dict__, "seed": 1}), torch.device("cpu"))
+    with pytest.raises(ValueError, match="other settings.*seed"):
+        other.restore(ck)
+    ck.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a search.proxyless checkpoint"):
+        other.restore(ck)
