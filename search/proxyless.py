@@ -37,9 +37,10 @@ from it with the same flags, reaching the same architecture.
 
 A dataset is fitted to a space whose LUT fixes the network's input and classifier: a
 1-channel dataset (Fashion-MNIST) is repeated to 3 channels, and a dataset with fewer
-classes trains the first N outputs of the space's classifier (kept, so the deployed network
-is the one the LUT priced): ``--lut luts/pixel1.csv`` runs on Fashion-MNIST at 224 px on a
-fresh clone (slow on a CPU; a GPU, or ``--train-limit``, for a demo).
+classes uses the first N outputs of the space's classifier (softmax and argmax over all of
+them; the classifier is kept, so the deployed network is the one the LUT priced):
+``--lut luts/pixel1.csv`` runs on Fashion-MNIST at 224 px on a fresh clone (slow on a CPU:
+a GPU, or ``--train-limit``, for a demo).
 """
 
 from __future__ import annotations
@@ -584,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def adapt_data_note(data, space, spec: str) -> str | None:
     """How a dataset is fitted to a space whose LUT fixes the network's input channels and
     classifier (e.g. Fashion-MNIST on the Pixel 1 table's 3-channel, 1000-class network): a
-    grayscale dataset is repeated to 3 channels; a dataset with fewer classes trains the
+    grayscale dataset is repeated to 3 channels; a dataset with fewer classes uses the
     first N outputs of the space's classifier, which is kept so that the deployed network is
     the one the LUT priced.  Raises ValueError for what cannot be fitted."""
     notes = []
@@ -597,8 +598,9 @@ def adapt_data_note(data, space, spec: str) -> str | None:
         raise ValueError(f"dataset {spec!r} has {data.num_classes} classes; space {space.name!r} has "
                          f"{space.num_classes} outputs")
     if data.num_classes < space.num_classes:
-        notes.append(f"its {data.num_classes} classes trained on the first {data.num_classes} of the space's "
-                     f"{space.num_classes} outputs (the classifier the LUT priced is kept)")
+        notes.append(f"its {data.num_classes} classes are the first {data.num_classes} of the space's "
+                     f"{space.num_classes} outputs (trained and evaluated over all of them: the classifier "
+                     f"the LUT priced is kept)")
     return f"dataset {spec!r}: " + "; ".join(notes) if notes else None
 
 
