@@ -1,7 +1,7 @@
 """ProxylessNAS's derived architectures against baselines of the same LUT latency (issue 9).
 
     .venv/bin/python bench/proxyless_vs_baselines.py --lut LUT --budgets 0.12,0.2 --seeds 0,1
-        [--retrain-epochs 3] [--search-args '...'] [--evolve RESULT.json ...] --out DIR
+        [--retrain-epochs 3] [--search-args '...'] [--ofa-run RUN --ofa-lut LUT] --out DIR
 
 For every budget and seed: ``search.proxyless`` (its defaults, the given budget as target,
 the seed) derives an architecture and retrains it from scratch; then, at that architecture's
@@ -13,8 +13,14 @@ and seed (``supernet.standalone``):
   with latency <= L;
 - ``random``: a random architecture of the space with latency in [0.9 L, L] (seeded).
 
-``--evolve FILE`` adds rows for subnets ``search.evolve`` found in the OFA supernet for the
-same budgets (its ``budget_*ms.json`` files), printed beside them.  Top-1 is on the same held-out split for every row.  Writes ``DIR/rows.csv``,
+``--ofa-run RUN --ofa-lut LUT`` adds what ``search.evolve`` finds for the same budget in a
+trained OFA supernet of Fashion-MNIST (e.g. the main job's ``out/supernet`` and
+``out/luts/local.csv``, a LUT measured on the same device and runtime as ``--lut``), with the
+run's predictor and the seed: ``ofa evolve (supernet)`` is that subnet's top-1 taken from the
+supernet after BN recalibration (how OFA deploys it), ``ofa evolve (retrained)`` the same
+architecture trained from scratch with the recipe of every other row.  Top-1 is on the same
+held-out split for every row (the supernet row: its run's split, the same when the run's
+split seed is 0, as the presets' is).  Writes ``DIR/rows.csv``,
 ``DIR/rows.json`` and ``DIR/summary.png``; resumable (finished rows are kept and skipped).
 """
 
@@ -68,6 +74,40 @@ def random_near(space, r, model, limit, seed, tries=20000):
     return None
 
 
+class OfaRows:
+    """What ``search.evolve`` picks for a budget in a trained OFA supernet, and its top-1."""
+
+    NAMES = ("ofa evolve (supernet)", "ofa evolve (retrained)")
+
+    def __init__(self, run: Path, lut: str, predictor: str | None, runtime: str, out: Path):
+        from supernet.evaluation import load_run
+
+        self.run, self.lut, self.runtime, self.out = run, lut, runtime, out
+        self.predictor = predictor or str(run / "predictor.pt")
+        self.net, self.ev, _ = load_run(run, device="cpu")
+        self.space = self.net.space
+        self.model = LatencyModel.from_lut(lut, self.space, runtime, calibration="auto")  # as for --lut
+
+    def search(self, budget: float, seed: int):
+        """(subnet, its LUT latency) that search.evolve finds for ``budget`` ms."""
+        from search.evolve import main as evolve_main
+        from supernet.space import SubnetConfig
+
+        folder = self.out / f"evolve-{budget:g}ms-seed{seed}"
+        path = folder / f"budget_{budget:g}ms.json"
+        if not path.exists():
+            code = evolve_main(["--lut", self.lut, "--runtime", self.runtime, "--predictor", self.predictor,
+                                "--latency-ms", f"{budget:g}", "--seed", str(seed), "--out", str(folder)])
+            if code:
+                raise SystemExit(f"search.evolve failed ({code}) for {budget} ms seed {seed}")
+        res = json.loads(path.read_text())
+        cfg = SubnetConfig.from_dict(res["subnet"]).validated(self.space)
+        return cfg, float(self.model.cost([cfg])[0])
+
+    def from_supernet(self, cfg) -> float:
+        return round(self.ev.evaluate(cfg), 3)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lut", required=True)
@@ -75,7 +115,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--retrain-epochs", type=float, default=3.0)
     ap.add_argument("--search-args", default="", help="extra arguments for search.proxyless")
-    ap.add_argument("--evolve", nargs="*", default=[], help="search.evolve budget_*ms.json files (with --export)")
+    ap.add_argument("--ofa-run", type=Path, help="a supernet.train run of the fmnist space (with predictor.pt)")
+    ap.add_argument("--ofa-lut", help="a LUT of the OFA run's space on the same device and runtime as --lut")
+    ap.add_argument("--ofa-predictor", help="predictor for search.evolve (default: OFA-RUN/predictor.pt)")
     ap.add_argument("--k3e3", action="store_true", help="also the uniform kernel 3 / expand 3 baseline")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
@@ -90,6 +132,9 @@ def main() -> None:
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else []
     done = {(r["budget_ms"], r["seed"], r["model"]) for r in rows}
     data = load_data("fmnist", valid_size=5000, seed=0)
+    if bool(args.ofa_run) != bool(args.ofa_lut):
+        raise SystemExit("error: --ofa-run and --ofa-lut go together")
+    ofa = OfaRows(args.ofa_run, args.ofa_lut, args.ofa_predictor, model.runtime, args.out) if args.ofa_run else None
 
     def save():
         atomic_write_text(rows_path, json.dumps(rows, indent=1) + "\n")
@@ -98,8 +143,8 @@ def main() -> None:
             lines.append(",".join(json.dumps(r[f]) if f == "subnet" else str(r[f]) for f in FIELDS).replace('"', "'"))
         atomic_write_text(args.out / "rows.csv", "\n".join(lines) + "\n")
 
-    def add(budget, seed, name, cfg, ms, res):
-        blocks = space.blocks(cfg)
+    def add(budget, seed, name, cfg, ms, res, sp=space):
+        blocks = sp.blocks(cfg)
         rows.append({"budget_ms": budget, "seed": seed, "model": name, "lut_ms": round(ms, 5),
                      "params": sum(b.params() for b in blocks), "macs": sum(b.macs() for b in blocks),
                      "top1": res["top1"], "epochs": res.get("epochs"), "seconds": res.get("seconds"),
@@ -138,9 +183,15 @@ def main() -> None:
                                        Recipe(epochs=args.retrain_epochs), torch.device("cpu"), seed=seed,
                                        progress=False)
                 add(budget, seed, name, cfg, ms, res)
-    for f in args.evolve:
-        res = json.loads(Path(f).read_text())
-        print(f"evolve: {f}: {res.get('subnet')}")
+            if ofa is not None and not {(budget, seed, n) for n in OfaRows.NAMES} <= done:
+                cfg, ms = ofa.search(budget, seed)
+                if (budget, seed, OfaRows.NAMES[0]) not in done:
+                    add(budget, seed, OfaRows.NAMES[0], cfg, ms, {"top1": ofa.from_supernet(cfg)}, ofa.space)
+                if (budget, seed, OfaRows.NAMES[1]) not in done:
+                    res = train_standalone(build_network(ofa.space, cfg), data, cfg.r,
+                                           Recipe(epochs=args.retrain_epochs), torch.device("cpu"), seed=seed,
+                                           progress=False)
+                    add(budget, seed, OfaRows.NAMES[1], cfg, ms, res, ofa.space)
     plot(rows, args.out / "summary.png")
 
 
@@ -151,7 +202,8 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, marker in (("proxylessnas", "*"), ("uniform k3 e3", "o"), ("uniform closest", "s"), ("random", "^")):
+    for name, marker in (("proxylessnas", "*"), ("uniform k3 e3", "o"), ("uniform closest", "s"), ("random", "^"),
+                         (OfaRows.NAMES[0], "D"), (OfaRows.NAMES[1], "v")):
         pts = [(r["lut_ms"], r["top1"]) for r in rows if r["model"] == name]
         if pts:
             ax.scatter(*zip(*pts), marker=marker, s=80 if marker == "*" else 40, label=name)

@@ -3,11 +3,14 @@ Fashion-MNIST, at equal training budgets (subnet passes), plus the largest netwo
 alone; and shared against switchable BN at the smallest width.  Prints a table and one JSON
 object.
 
-    .venv/bin/python bench/ps_vs_naive.py [--preset tiny] [--subnets 20] [--out DIR]
+    .venv/bin/python bench/ps_vs_naive.py [--preset tiny] [--seeds 0,1,2] [--subnets 20] [--out DIR]
 
-For every method: train from scratch with ``supernet.trainer.train``, then top-1 on the
-held-out split of 20 fixed random subnets (seed 0, default width) after BN recalibration;
-mean, standard deviation, min and max, plus the largest and smallest subnets.  The BN
+For every method and seed: train from scratch with ``supernet.trainer.train`` (the seed is
+the run's: weights, batches, sampled subnets and the held-out split), then top-1 on that
+run's held-out split of 20 fixed random subnets (drawn with seed 0, default width) after BN
+recalibration; mean, standard deviation, min and max, plus the largest and smallest subnets.
+With several seeds the table gives each figure's mean over seeds and the per-seed means.
+Resumable: a finished run (``OUT/<method>-seed<S>/supernet.pt``) is evaluated, not retrained.  The BN
 comparison trains the sandwich rule with the width multiplier elastic (1.0 and 1.5) once
 with shared and once with switchable BN and reports the 20 subnets at width 1.0 (the
 smallest), with and without recalibration.
@@ -42,6 +45,7 @@ def stats(xs):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds")
     p.add_argument("--subnets", type=int, default=20)
     p.add_argument("--eval-images", type=int, default=2000)
     p.add_argument("--out", type=Path, default=Path("runs/ps_vs_naive"))
@@ -62,39 +66,49 @@ def main() -> None:
     }
     if args.only:
         runs = {k: v for k, v in runs.items() if k in args.only.split(",")}
-    data = load_data(base.data, base.valid_size, base.recal_images, base.train_limit, base.seed)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     results = {}
-    for name, cfg in runs.items():
-        out = args.out / name
-        t = time.time()
-        if not (out / "supernet.pt").is_file():
-            train(cfg, out, resume=True, progress=False)
-        wall = time.time() - t
-        net, _ = load_supernet(out / "supernet.pt")
-        ev = Evaluator(net, data, base.recal_images, args.eval_images)
-        rng = random.Random(0)
-        subnets = [net.space.sample(rng) for _ in range(args.subnets)]
-        accs = [ev.evaluate(c) for c in subnets]
-        row = {"budget_subnet_epochs": cfg.budget(), "train_wall_s": round(wall, 1), "random": stats(accs),
-               "largest": round(ev.evaluate(net.space.max_subnet()), 2),
-               "smallest": round(ev.evaluate(net.space.min_subnet()), 2), "top1": [round(a, 2) for a in accs]}
-        if name.startswith("bn_"):
-            row["random_no_recal"] = stats([ev.evaluate(c, recalibrate=False) for c in subnets])
-        results[name] = row
-        print(f"{name}: {row['random']} largest {row['largest']} smallest {row['smallest']} "
-              f"({row['train_wall_s']} s)", file=sys.stderr)
+    for seed in seeds:
+        data = load_data(base.data, base.valid_size, base.recal_images, base.train_limit, seed)
+        for name, cfg in runs.items():
+            cfg = replace(cfg, seed=seed)
+            out = args.out / f"{name}-seed{seed}"
+            t = time.time()
+            if not (out / "supernet.pt").is_file():
+                train(cfg, out, resume=True, progress=False)
+            wall = time.time() - t
+            net, _ = load_supernet(out / "supernet.pt")
+            ev = Evaluator(net, data, base.recal_images, args.eval_images)
+            rng = random.Random(0)
+            subnets = [net.space.sample(rng) for _ in range(args.subnets)]
+            accs = [ev.evaluate(c) for c in subnets]
+            row = {"seed": seed, "budget_subnet_epochs": cfg.budget(), "train_wall_s": round(wall, 1),
+                   "random": stats(accs), "largest": round(ev.evaluate(net.space.max_subnet()), 2),
+                   "smallest": round(ev.evaluate(net.space.min_subnet()), 2), "top1": [round(a, 2) for a in accs]}
+            if name.startswith("bn_"):
+                row["random_no_recal"] = stats([ev.evaluate(c, recalibrate=False) for c in subnets])
+            results.setdefault(name, []).append(row)
+            print(f"{name} seed {seed}: {row['random']} largest {row['largest']} smallest {row['smallest']} "
+                  f"({row['train_wall_s']} s)", file=sys.stderr)
 
-    lines = ["| method | budget (subnet-epochs) | 20 random: mean ± std [min, max] | largest | smallest |",
-             "|---|---|---|---|---|"]
-    for name, r in results.items():
-        s = r["random"]
-        extra = f" (no recal: {r['random_no_recal']['mean']:.2f} ± {r['random_no_recal']['std']:.2f})" \
-            if "random_no_recal" in r else ""
-        lines.append(f"| {name} | {r['budget_subnet_epochs']:g} | {s['mean']:.2f} ± {s['std']:.2f} "
-                     f"[{s['min']:.2f}, {s['max']:.2f}]{extra} | {r['largest']:.2f} | {r['smallest']:.2f} |")
+    def mean(xs):
+        return statistics.mean(xs)
+
+    lines = [f"| method | budget (subnet-epochs) | {args.subnets} random: mean ± std [min, max] (averaged over seeds) | per-seed means "
+             "| largest | smallest |", "|---|---|---|---|---|---|"]
+    for name, rs in results.items():
+        s = {k: mean([r["random"][k] for r in rs]) for k in ("mean", "std", "min", "max")}
+        extra = ""
+        if "random_no_recal" in rs[0]:
+            nr = [r["random_no_recal"] for r in rs]
+            extra = f" (no recal: {mean([x['mean'] for x in nr]):.2f} ± {mean([x['std'] for x in nr]):.2f})"
+        per_seed = ", ".join(f"{r['random']['mean']:.2f}" for r in rs)
+        lines.append(f"| {name} | {rs[0]['budget_subnet_epochs']:g} | {s['mean']:.2f} ± {s['std']:.2f} "
+                     f"[{s['min']:.2f}, {s['max']:.2f}]{extra} | {per_seed} | {mean([r['largest'] for r in rs]):.2f} "
+                     f"| {mean([r['smallest'] for r in rs]):.2f} |")
     print("\n".join(lines), file=sys.stderr)
     out = {"bench": "ps_vs_naive", "preset": args.preset, "subnets": args.subnets,
-           "eval_images": args.eval_images, "recal_images": base.recal_images, "threads": torch.get_num_threads(),
+           "seeds": seeds, "eval_images": args.eval_images, "recal_images": base.recal_images, "threads": torch.get_num_threads(),
            "load_avg": os.getloadavg(), "results": results, "table": lines}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(out, indent=2) + "\n")
