@@ -71,7 +71,7 @@ def main() -> None:
     for seed in seeds:
         data = load_data(base.data, base.valid_size, base.recal_images, base.train_limit, seed)
         for name, cfg in runs.items():
-            cfg = replace(cfg, seed=seed)
+            cfg = replace(cfg, seed=seed, threads=args.threads)
             out = args.out / f"{name}-seed{seed}"
             t = time.time()
             if not (out / "supernet.pt").is_file():

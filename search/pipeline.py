@@ -13,7 +13,8 @@
 6. a table and a plot: the architecture chosen for each runtime and budget, with its latency
    under *both* runtimes' LUTs, so where the runtimes' costs differ the choices differ.
 
-Every stage is the project's own command line, run as a subprocess with a timeout (its own
+Every stage is the project's own command line, run as a subprocess with a timeout
+(`--stage-timeout`, 4 hours by default: a guard against a hung stage; its own
 progress bar streams through).  ``OUT/config.json`` (the resolved settings) is written first;
 ``OUT/stages.json`` records each finished stage's command and wall time, and a rerun skips a
 stage recorded with the same command whose outputs exist, unless an earlier stage ran again
@@ -81,9 +82,10 @@ class Stages:
         self.done[name] = {"cmd": _portable(cmd), "seconds": round(seconds, 1), "skipped": False}
         atomic_write_text(self.path, json.dumps({"stages": self.done}, indent=2) + "\n")
 
-    def run(self, name: str, cmd: list[str], outputs: list[Path], timeout_s: float) -> float:
+    def run(self, name: str, cmd: list[str], outputs: list[Path], timeout_s: float | None) -> float:
         """Run one stage's command (its own progress bars stream through) unless finished;
-        exit with one error line on failure.  Returns the wall time (0 when skipped)."""
+        exit with one error line on failure.  ``timeout_s`` None: no limit.  Returns the wall
+        time (0 when skipped)."""
         self.number += 1
         head = f"[pipeline {self.number}] {name}"
         if self.finished(name, cmd, outputs):
@@ -92,10 +94,17 @@ class Stages:
         print(f"{head}: {' '.join(cmd)}", flush=True)
         self.dirty = True
         t0 = time.time()
+        # its own process group, so that a stage stopped for its time (or by Ctrl-C here) is
+        # stopped with every process it started (the profiler's export workers)
+        proc = subprocess.Popen(cmd, process_group=0, preexec_fn=_die_with_parent)
         try:
-            proc = subprocess.run(cmd, timeout=timeout_s, preexec_fn=_die_with_parent)
-        except subprocess.TimeoutExpired:
-            raise fail(f"pipeline stage {name} exceeded {timeout_s:.0f} s") from None
+            proc.wait(timeout=timeout_s)
+        except BaseException as exc:
+            _stop_group(proc)
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
+            raise fail(f"pipeline stage {name} exceeded --stage-timeout {timeout_s:g} s; rerun the same "
+                       "command to continue it (finished work is kept), or raise --stage-timeout (0: no limit)") from None
         if proc.returncode != 0:
             raise fail(f"pipeline stage {name} failed (exit code {proc.returncode}; its message is above)")
         missing = [str(p) for p in outputs if not p.exists()]
@@ -105,6 +114,28 @@ class Stages:
         self.record(name, cmd, dt)
         print(f"{head}: done in {dt:.0f} s", flush=True)
         return dt
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to a stage's process group; after ``grace_s``, SIGKILL to whatever of the
+    group is left (the leader or the workers it started)."""
+    import os
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:  # the whole group is gone
+        proc.wait()
+        return
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _die_with_parent() -> None:
@@ -198,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--population", type=int, default=100)
     ap.add_argument("--samples", type=int, default=1000, help="random subnets in each search plot")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stage-timeout", type=float, default=4 * 3600,
+                    help="seconds one stage may run before the pipeline stops it (default 4 h: a guard "
+                         "against a hung stage, far above any preset's time on 2 cores; 0: no limit)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--force", action="store_true", help="redo every stage")
     return ap
@@ -233,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
             raise fail(f"--{name.replace('_', '-')} must be at least 1")
     if args.subnets < 5:
         raise fail("--subnets must be at least 5 (the predictor holds some rows out)")
+    if not args.stage_timeout >= 0:  # also refuses nan
+        raise fail(f"--stage-timeout must be 0 (no limit) or a number of seconds, got {args.stage_timeout:g}")
+    limit = args.stage_timeout or None
     check_data(args.data)
 
     py = sys.executable
@@ -264,14 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     for flag, v in (("--repeats", args.repeats), ("--min-time", args.min_time)):
         if v is not None:
             cmd += [flag, str(v)]
-    times["profile"] = stages.run("profile", cmd, [lut], 3600)
+    times["profile"] = stages.run("profile", cmd, [lut], limit)
     # 1b. fidelity of the LUT (both runtimes, every network measured twice): the line beside
     # the final table, and the calibration the searches apply
     cmd = [py, "-m", "profiler.validate", "--device", "local", "--runtime", ",".join(runtimes), "--space",
            args.space, "--lut", str(lut), "--subnets", str(args.validate_subnets), "--seed", seed, *quiet]
     if cache is not None:
         cmd += ["--cache", str(cache)]
-    times["validate"] = stages.run("validate", cmd, [lut.with_name("local.validate.json")], 3600)
+    times["validate"] = stages.run("validate", cmd, [lut.with_name("local.validate.json")], limit)
     # 2. train
     cmd = [py, "-m", "supernet.train", "--preset", args.preset, "--space", args.space, "--data", args.data,
            "--out", str(run), "--seed", seed, *quiet]
@@ -281,15 +318,15 @@ def main(argv: list[str] | None = None) -> int:
         cmd.append("--resume")  # a killed training continues from its last checkpoint
     elif (run / "config.yaml").exists():
         cmd.append("--force")  # the stage runs again (an earlier stage changed): start over
-    times["train"] = stages.run("train", cmd, [run / "supernet.pt"], 3600)
+    times["train"] = stages.run("train", cmd, [run / "supernet.pt"], limit)
     # 3. collect (resumes by itself: rows already evaluated are kept)
     cmd = [py, "-m", "search.collect", "--run", str(run), "--subnets", str(args.subnets), "--resolutions", res_arg,
            "--widths", w_arg, "--eval-images", str(args.eval_images), "--seed", seed]
-    times["collect"] = stages.run("collect", cmd, [run / "accuracy.csv"], 3600)
+    times["collect"] = stages.run("collect", cmd, [run / "accuracy.csv"], limit)
     # 4. predictor
     cmd = [py, "-m", "search.predictor", "--data", str(run / "accuracy.csv"), "--space", args.space,
            "--out", str(run / "predictor.pt"), "--epochs", str(args.predictor_epochs), "--seed", seed]
-    times["predictor"] = stages.run("predictor", cmd, [run / "predictor.pt"], 1800)
+    times["predictor"] = stages.run("predictor", cmd, [run / "predictor.pt"], limit)
     # 5. search per runtime, budgets spread over each runtime's own latency range
     searches = {}
     for rt in runtimes:
@@ -303,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                "--latency-ms", ",".join(map(str, budgets)), "--generations", str(args.generations),
                "--population", str(args.population), "--samples", str(args.samples), "--seed", seed,
                "--out", str(dest)]
-        times[f"search {rt}"] = stages.run(f"search {rt}", cmd, [dest / "search.json"], 1800)
+        times[f"search {rt}"] = stages.run(f"search {rt}", cmd, [dest / "search.json"], limit)
         searches[rt] = {"budgets": budgets, "cheapest_ms": lo, "largest_ms": hi,
                         "summary": json.loads((dest / "search.json").read_text())}
 

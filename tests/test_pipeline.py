@@ -92,3 +92,23 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
     assert json.loads((out / "summary.json").read_text())["rows"] == rows
     assert time.time() - t1 < first
 
+
+
+def test_a_stage_over_its_timeout_is_one_error_line_and_a_rerun_continues(tmp_path, artifact_cache):
+    """--stage-timeout stops a stage with one line that says how to go on; the stage is not
+    recorded as finished, and a bad value is refused before any work."""
+    out = tmp_path / "run"
+    bad = run_cli("search.pipeline", "--out", out, "--stage-timeout", "-5", timeout=120)
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert bad.returncode != 0 and lines == ["error: --stage-timeout must be 0 (no limit) or a number of "
+                                             "seconds, got -5"], bad.stderr
+    assert not out.exists()
+    # a fresh cache: the profile stage exports blocks for far longer than 0.5 s
+    p = run_cli("search.pipeline", "--out", out, "--space", "tiny", "--resolutions", "32", "--preset", "test",
+                "--cache", tmp_path / "cache", "--stage-timeout", "0.5", "--no-progress", timeout=300)
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert p.returncode != 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert errors == ["error: pipeline stage profile exceeded --stage-timeout 0.5 s; rerun the same command to "
+                      "continue it (finished work is kept), or raise --stage-timeout (0: no limit)"], p.stderr[-2000:]
+    stages = json.loads((out / "stages.json").read_text())["stages"] if (out / "stages.json").exists() else {}
+    assert "profile" not in stages
