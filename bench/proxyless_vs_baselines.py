@@ -82,7 +82,7 @@ class OfaRows:
     def __init__(self, run: Path, lut: str, predictor: str | None, runtime: str, out: Path):
         from supernet.evaluation import load_run
 
-        self.run, self.lut, self.runtime, self.out = run, lut, runtime, out
+        self.lut, self.runtime, self.out = lut, runtime, out
         self.predictor = predictor or str(run / "predictor.pt")
         self.net, self.ev, _ = load_run(run, device="cpu")
         self.space = self.net.space
@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    if bool(args.ofa_run) != bool(args.ofa_lut):
+        raise SystemExit("error: --ofa-run and --ofa-lut go together")
     torch.set_num_threads(args.threads)
     from search.proxyless import main as proxyless_main
 
@@ -132,8 +134,6 @@ def main() -> None:
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else []
     done = {(r["budget_ms"], r["seed"], r["model"]) for r in rows}
     data = load_data("fmnist", valid_size=5000, seed=0)
-    if bool(args.ofa_run) != bool(args.ofa_lut):
-        raise SystemExit("error: --ofa-run and --ofa-lut go together")
     ofa = OfaRows(args.ofa_run, args.ofa_lut, args.ofa_predictor, model.runtime, args.out) if args.ofa_run else None
 
     def save():
@@ -151,6 +151,11 @@ def main() -> None:
                      "subnet": cfg.to_dict()})
         save()
         print(f"{budget:g} ms seed {seed} {name:<18} {ms:.4f} ms  {res['top1']:.2f}%", flush=True)
+
+    def retrain(sp, cfg, seed):
+        """Every trained-from-scratch row's recipe: the same data, epochs and seed."""
+        return train_standalone(build_network(sp, cfg), data, cfg.r, Recipe(epochs=args.retrain_epochs),
+                                torch.device("cpu"), seed=seed, progress=False)
 
     for budget in [float(b) for b in args.budgets.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -179,19 +184,13 @@ def main() -> None:
                 if (budget, seed, name) in done or found is None:
                     continue
                 cfg, ms = found
-                res = train_standalone(build_network(space, cfg), data, r,
-                                       Recipe(epochs=args.retrain_epochs), torch.device("cpu"), seed=seed,
-                                       progress=False)
-                add(budget, seed, name, cfg, ms, res)
+                add(budget, seed, name, cfg, ms, retrain(space, cfg, seed))
             if ofa is not None and not {(budget, seed, n) for n in OfaRows.NAMES} <= done:
                 cfg, ms = ofa.search(budget, seed)
                 if (budget, seed, OfaRows.NAMES[0]) not in done:
                     add(budget, seed, OfaRows.NAMES[0], cfg, ms, {"top1": ofa.from_supernet(cfg)}, ofa.space)
                 if (budget, seed, OfaRows.NAMES[1]) not in done:
-                    res = train_standalone(build_network(ofa.space, cfg), data, cfg.r,
-                                           Recipe(epochs=args.retrain_epochs), torch.device("cpu"), seed=seed,
-                                           progress=False)
-                    add(budget, seed, OfaRows.NAMES[1], cfg, ms, res, ofa.space)
+                    add(budget, seed, OfaRows.NAMES[1], cfg, ms, retrain(ofa.space, cfg, seed), ofa.space)
     plot(rows, args.out / "summary.png")
 
 

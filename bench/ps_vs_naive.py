@@ -10,8 +10,8 @@ the run's: weights, batches, sampled subnets and the held-out split), then top-1
 run's held-out split of 20 fixed random subnets (drawn with seed 0, default width) after BN
 recalibration; mean, standard deviation, min and max, plus the largest and smallest subnets.
 With several seeds the table gives each figure's mean over seeds and the per-seed means.
-Resumable: a finished run (``OUT/<method>-seed<S>/supernet.pt``) is evaluated, not retrained.  The BN
-comparison trains the sandwich rule with the width multiplier elastic (1.0 and 1.5) once
+Resumable: a finished run (``OUT/<method>-seed<S>/supernet.pt``) is evaluated, not retrained.
+The BN comparison trains the sandwich rule with the width multiplier elastic (1.0 and 1.5) once
 with shared and once with switchable BN and reports the 20 subnets at width 1.0 (the
 smallest), with and without recalibration.
 """
@@ -91,11 +91,9 @@ def main() -> None:
             print(f"{name} seed {seed}: {row['random']} largest {row['largest']} smallest {row['smallest']} "
                   f"({row['train_wall_s']} s)", file=sys.stderr)
 
-    def mean(xs):
-        return statistics.mean(xs)
-
-    lines = [f"| method | budget (subnet-epochs) | {args.subnets} random: mean ± std [min, max] (averaged over seeds) | per-seed means "
-             "| largest | smallest |", "|---|---|---|---|---|---|"]
+    mean = statistics.mean
+    lines = [f"| method | budget (subnet-epochs) | {args.subnets} random: mean ± std [min, max] (averaged over seeds) "
+             "| per-seed means | largest | smallest |", "|---|---|---|---|---|---|"]
     for name, rs in results.items():
         s = {k: mean([r["random"][k] for r in rs]) for k in ("mean", "std", "min", "max")}
         extra = ""

@@ -39,6 +39,8 @@ import argparse
 import csv
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -99,12 +101,13 @@ class Stages:
         proc = subprocess.Popen(cmd, process_group=0, preexec_fn=_die_with_parent)
         try:
             proc.wait(timeout=timeout_s)
-        except BaseException as exc:
+        except subprocess.TimeoutExpired:
             _stop_group(proc)
-            if not isinstance(exc, subprocess.TimeoutExpired):
-                raise
             raise fail(f"pipeline stage {name} exceeded --stage-timeout {timeout_s:g} s; rerun the same "
                        "command to continue it (finished work is kept), or raise --stage-timeout (0: no limit)") from None
+        except BaseException:  # Ctrl-C or any error here: the stage's processes go too
+            _stop_group(proc)
+            raise
         if proc.returncode != 0:
             raise fail(f"pipeline stage {name} failed (exit code {proc.returncode}; its message is above)")
         missing = [str(p) for p in outputs if not p.exists()]
@@ -119,9 +122,6 @@ class Stages:
 def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """SIGTERM to a stage's process group; after ``grace_s``, SIGKILL to whatever of the
     group is left (the leader or the workers it started)."""
-    import os
-    import signal
-
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:  # the whole group is gone
@@ -143,7 +143,6 @@ def _die_with_parent() -> None:
     (a killed pipeline or a timed-out test leaves no stage running)."""
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):

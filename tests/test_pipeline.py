@@ -93,10 +93,11 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
     assert time.time() - t1 < first
 
 
-
-def test_a_stage_over_its_timeout_is_one_error_line_and_a_rerun_continues(tmp_path, artifact_cache):
+def test_a_stage_over_its_timeout_is_stopped_with_its_workers_in_one_error_line(tmp_path):
     """--stage-timeout stops a stage with one line that says how to go on; the stage is not
-    recorded as finished, and a bad value is refused before any work."""
+    recorded as finished, and a bad value is refused before any work.  run_cli returns only
+    when every holder of the stage's output pipe has exited: an export worker left running
+    (as before the stage's process group was stopped) makes it time out."""
     out = tmp_path / "run"
     bad = run_cli("search.pipeline", "--out", out, "--stage-timeout", "-5", timeout=120)
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
