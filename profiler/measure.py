@@ -115,41 +115,57 @@ class ExportBroker:
         self.exported = 0
 
     def submit(self, key: str, fmt: str) -> "Future[ExportResult]":
-        from .export import _export_task
+        return self.submit_many([(key, fmt)])[(key, fmt)]
 
+    def submit_many(self, items: Sequence[tuple[str, str]]) -> "dict[tuple[str, str], Future[ExportResult]]":
+        """A future per item; what is neither cached nor already asked for is converted in
+        the tasks of ``export.plan_tasks`` (TFLite blocks in chunks, one litert-torch call
+        each)."""
+        from .export import _export_tasks, plan_tasks
+
+        out: dict[tuple[str, str], Future] = {}
+        new: list[tuple[str, str]] = []
         with self._lock:
-            fut = self._futures.get((key, fmt))
-            if fut is not None:
-                return fut
-            path = self.cache.path(key, fmt)
-            out: Future = Future()
-            self._futures[(key, fmt)] = out
-            if path.is_file() and path.stat().st_size > 0:
-                out.set_result(ExportResult(key, fmt, path))
-                return out
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if self.workers <= 0:
-                _, _, err = _export_task(key, fmt, str(path))
-                self._finish(out, key, fmt, path, err)
-                return out
-            if self._pool is None:
+            for key, fmt in dict.fromkeys(items):
+                fut = self._futures.get((key, fmt))
+                if fut is None:
+                    path = self.cache.path(key, fmt)
+                    fut = self._futures[(key, fmt)] = Future()
+                    if path.is_file() and path.stat().st_size > 0:
+                        fut.set_result(ExportResult(key, fmt, path))
+                    else:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        new.append((key, fmt))
+                out[(key, fmt)] = fut
+            tasks = [[(k, f, str(self.cache.path(k, f))) for k, f in task]
+                     for task in plan_tasks(new, self.workers)]
+            if tasks and self.workers > 0 and self._pool is None:
                 import multiprocessing as mp
 
                 from .export import _worker_init
 
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                                  initializer=_worker_init)
-            inner = self._pool.submit(_export_task, key, fmt, str(path))
-
-        def done(f: Future) -> None:
-            try:
-                err = f.result()[2]
-            except BaseException as exc:  # noqa: BLE001 - a dead worker is this block's failure
-                err = f"export worker failed: {exc.__class__.__name__}: {exc}"
-            self._finish(out, key, fmt, path, err)
-
-        inner.add_done_callback(done)
+            for task in tasks:
+                if self.workers <= 0:
+                    self._finish_task(task, _export_tasks(task))
+                else:
+                    inner = self._pool.submit(_export_tasks, task)
+                    inner.add_done_callback(lambda f, task=task: self._task_done(f, task))
         return out
+
+    def _task_done(self, f: Future, task: list[tuple[str, str, str]]) -> None:
+        try:
+            results = f.result()
+        except BaseException as exc:  # noqa: BLE001 - a dead worker is each of its blocks' failure
+            results = [(k, fmt, f"export worker failed: {exc.__class__.__name__}: {exc}") for k, fmt, _ in task]
+        self._finish_task(task, results)
+
+    def _finish_task(self, task: list[tuple[str, str, str]], results: list[tuple[str, str, str]]) -> None:
+        errors = {(k, fmt): err for k, fmt, err in results}
+        for key, fmt, path in task:
+            err = errors.get((key, fmt), "export worker returned no result for this block")
+            self._finish(self._futures[(key, fmt)], key, fmt, Path(path), err)
 
     def _finish(self, out: Future, key: str, fmt: str, path: Path, err: str) -> None:
         if err:
@@ -164,7 +180,7 @@ class ExportBroker:
         """Submit every item and wait for all of them."""
         from tqdm import tqdm
 
-        futures = {it: self.submit(*it) for it in dict.fromkeys(items)}
+        futures = self.submit_many(items)
         pending_n = sum(1 for f in futures.values() if not f.done())
         bar = tqdm(total=pending_n, desc=desc, unit="block", disable=not progress or not pending_n,
                    dynamic_ncols=True)
@@ -301,7 +317,8 @@ def profile_device(
         futures: list[tuple[BlockSpec, Future]] = []
         if device.transport == "local":
             broker.ensure([(str(s), fmt) for s in todo], progress=progress, desc=f"{device.name} export {fmt}")
-            futures = [(s, broker.submit(str(s), fmt)) for s in todo]
+            submitted = broker.submit_many([(str(s), fmt) for s in todo])
+            futures = [(s, submitted[(str(s), fmt)]) for s in todo]
             res.export_s = time.perf_counter() - t0
 
         # run -------------------------------------------------------------------------------
@@ -336,7 +353,8 @@ def profile_device(
             context.update(host=res.host, host_cpu=res.host_cpu)
             req_base = request_base(device, runtime)
             if not futures:
-                futures = [(s, broker.submit(str(s), fmt)) for s in todo]
+                submitted = broker.submit_many([(str(s), fmt) for s in todo])
+                futures = [(s, submitted[(str(s), fmt)]) for s in todo]
             for spec, fut in futures:
                 t_wait = time.perf_counter()
                 built = fut.result()

@@ -44,7 +44,7 @@ import numpy as np
 from supernet.space import SearchSpace, SubnetConfig, get_space, space_names
 
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
-from .export import ArtifactCache, export_network, format_for_runtime
+from .export import ArtifactCache, export_networks, format_for_runtime
 from supernet.atomic import atomic_open, atomic_write_text, ensure_writable_folder
 
 from .costmodel import LatencyModel, write_calibration
@@ -342,19 +342,16 @@ def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[Sub
     from .measure import Session, connect, measure_artifact, request_base
     from .transport import TransportError, make_transport
 
-    paths: list[Path | None] = []
-    errors: list[str] = []
-    for cfg in tqdm(subnets, desc=f"export {fmt} networks", unit="net", disable=not progress):
-        h = hashlib.sha1(f"{space.name}:{cfg.to_json()}".encode()).hexdigest()[:16]
-        path = net_dir / f"{space.name}-r{cfg.r}-{h}.{fmt}"
-        try:
-            if not path.is_file():
-                export_network(space, cfg, fmt, path)
-            paths.append(path)
-            errors.append("")
-        except Exception as exc:  # noqa: BLE001 - a failed export is a failed row
-            paths.append(None)
-            errors.append(f"export: {exc}"[:500])
+    paths = [net_dir / f"{space.name}-r{cfg.r}-{hashlib.sha1(f'{space.name}:{cfg.to_json()}'.encode()).hexdigest()[:16]}.{fmt}"
+             for cfg in subnets]
+    todo = [i for i, p in enumerate(paths) if not p.is_file()]
+    errors = [""] * len(subnets)
+    if todo:
+        with tqdm(total=len(todo), desc=f"export {fmt} networks", unit="net", disable=not progress) as bar:
+            errs = export_networks(space, [subnets[i] for i in todo], fmt, [paths[i] for i in todo], done=bar.update)
+            for i, err in zip(todo, errs):
+                errors[i] = err
+    paths = [None if err else p for p, err in zip(paths, errors)]
     meas = np.full((passes, len(subnets)), np.nan)
     loads: list[float | None] = [None] * len(subnets)
     req = request_base(device, runtime)

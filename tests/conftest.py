@@ -32,6 +32,13 @@ def pytest_configure(config):
     """One artifact cache for the whole session (every module, through HWNAS_TEST_CACHE),
     fresh each run so exports are really exercised; an explicit HWNAS_TEST_CACHE is kept."""
     global _OWN_CACHE
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        # one xdist worker a core: torch's default of one thread a core in each worker (and
+        # in the commands a test starts without --threads) oversubscribes the machine
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(1)
     if "HWNAS_TEST_CACHE" not in os.environ:
         import tempfile
 

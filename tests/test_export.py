@@ -3,6 +3,8 @@ TRANSPOSE, and the on-disk cache (issue 2, section 3)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,112 @@ def test_failed_export_is_a_result_not_a_crash(tmp_path, monkeypatch):
     for r in res.values():
         assert r.path is None and "converter exploded" in r.error
     assert not list(tmp_path.rglob("*.onnx"))  # nothing half-written left behind
+
+
+def test_blocks_converted_together_equal_each_converted_alone(exported, tmp_path):
+    """The fixture converted the TFLite blocks in one litert-torch call and split the result
+    (``TFLITE_BATCH``): each part has the operators of the block converted on its own and
+    gives bit-identical outputs."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from profiler.export import batchable, export_block
+    from profiler.tflite_split import operator_names
+
+    cache, results = exported
+    joint = [b for b in BLOCKS if batchable(str(b), "tflite")]
+    assert len(joint) >= 6
+    for spec in (next(b for b in joint if b.se), joint[-1]):
+        together = results[(str(spec), "tflite")].path.read_bytes()
+        alone = export_block(spec, "tflite", tmp_path / "alone.tflite").read_bytes()
+        assert operator_names(together) == operator_names(alone), spec
+        x = np.random.default_rng(2).standard_normal(spec.input_shape).astype(np.float32).transpose(0, 2, 3, 1)
+        outs = []
+        for model in (together, alone):
+            runner = Interpreter(model_content=model, num_threads=1).get_signature_runner()
+            outs.append(runner(args_0=np.ascontiguousarray(x))["output_0"])
+        assert np.array_equal(outs[0], outs[1]), spec
+
+
+def test_networks_that_fail_together_are_exported_one_by_one(tmp_path, monkeypatch):
+    """export_networks (profiler.validate's TFLite networks): one joint conversion; when it
+    fails, network by network, so the network that cannot be converted is the one error."""
+    import profiler.export as ex
+    from supernet.space import get_space
+
+    space = get_space("tiny")
+    cfgs = [space.max_subnet(r=32), space.min_subnet(r=32), space.max_subnet(r=32)]
+    calls = []
+
+    def joint_ok(modules, examples, paths, what="blocks"):
+        calls.append(len(modules))
+        for p in paths:
+            Path(p).write_bytes(b"joint")
+
+    def joint_fails(modules, examples, paths, what="blocks"):
+        raise RuntimeError("joint conversion exploded")
+
+    def alone(space_, cfg, fmt, path, module=None):
+        if cfg == cfgs[1]:
+            raise RuntimeError("this network cannot be converted")
+        Path(path).write_bytes(b"alone")
+        return path
+
+    monkeypatch.setattr(ex, "export_network", alone)
+    monkeypatch.setattr(ex, "export_tflite_many", joint_ok)
+    paths = [tmp_path / f"n{i}.tflite" for i in range(3)]
+    done = []
+    assert ex.export_networks(space, cfgs, "tflite", paths, done=done.append) == ["", "", ""]
+    assert calls == [3] and sum(done) == 3 and all(p.read_bytes() == b"joint" for p in paths)
+    monkeypatch.setattr(ex, "export_tflite_many", joint_fails)
+    errs = ex.export_networks(space, cfgs, "tflite", paths)
+    assert errs[0] == errs[2] == "" and "cannot be converted" in errs[1]
+    assert paths[0].read_bytes() == b"alone"
+    # ONNX networks are exported one by one from the start
+    monkeypatch.setattr(ex, "export_tflite_many", joint_ok)
+    calls.clear()
+    assert ex.export_networks(space, cfgs, "onnx", [tmp_path / f"n{i}.onnx" for i in range(3)])[1].startswith("export:")
+    assert calls == []
+
+
+def test_a_chunk_that_fails_together_is_converted_block_by_block(tmp_path, monkeypatch):
+    import profiler.export as ex
+
+    def joint_fails(specs, paths):
+        raise RuntimeError("joint conversion exploded")
+
+    def alone(spec, fmt, path):
+        if spec.kind == "classifier":
+            raise RuntimeError("this block cannot be converted")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"model of " + str(spec).encode())
+        return path
+
+    monkeypatch.setattr(ex, "export_tflite_blocks", joint_fails)
+    monkeypatch.setattr(ex, "export_block", alone)
+    blocks = [b for b in BLOCKS if b.kind != "pool"]
+    assert len(ex.plan_tasks([(str(b), "tflite") for b in blocks], workers=1)) == 1  # one chunk
+    res = ArtifactCache(tmp_path).ensure([(str(b), "tflite") for b in blocks], workers=1, progress=False)
+    for b in blocks:
+        r = res[(str(b), "tflite")]
+        if b.kind == "classifier":
+            assert r.path is None and "cannot be converted" in r.error
+        else:
+            assert r.path.read_bytes() == b"model of " + str(b).encode()
+
+
+def test_split_refuses_a_model_whose_outputs_are_not_independent(tmp_path):
+    import litert_torch
+    import torch
+
+    from profiler.tflite_split import SplitError, split_model
+
+    class Crossed(torch.nn.Module):
+        def forward(self, a, b):
+            return torch.relu(a), a * b
+
+    path = tmp_path / "crossed.tflite"
+    litert_torch.convert(Crossed().eval(), (torch.randn(1, 4, 4, 3), torch.randn(1, 4, 4, 3))).export(str(path))
+    with pytest.raises(SplitError, match="output_1 reads"):
+        split_model(path.read_bytes(), 2)
+    with pytest.raises(SplitError, match="signature"):
+        split_model(path.read_bytes(), 3)

@@ -272,8 +272,8 @@ def _search(small_data, **kw):
 
 @pytest.mark.slow
 def test_a_larger_latency_weight_derives_a_faster_architecture(small_data):
-    _, free = _search(small_data, latency_loss="add", lambda_latency=0.0)
-    s, heavy = _search(small_data, latency_loss="add", lambda_latency=20.0)
+    _, free = _search(small_data, latency_loss="add", lambda_latency=0.0, search_epochs=0.3)
+    s, heavy = _search(small_data, latency_loss="add", lambda_latency=20.0, search_epochs=0.3)
     assert heavy < free
     assert s.history[-1]["expected_ms"] < s.history[0]["expected_ms"]
 
