@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Bench-only environment with OFA's reference code (PyPI `ofa`), for bench/search_vs_ofa.py.
+# Bench-only environment with OFA's reference code (PyPI `ofa`), for bench/search_vs_ofa.py,
+# pymoo (its NSGA-II, for bench/search_vs_ofa.py --pareto) and timm (bench/gpu_step.py).
 #
 #   bash bench/make_ref_env.sh        # creates or reuses bench/.venv-ref (gitignored)
 #
@@ -37,6 +38,16 @@ if ! "$REF/bin/python" -c 'import gdown' >/dev/null 2>&1; then
   echo "make_ref_env: installing gdown (imported by ofa.model_zoo)" >&2
   "$REF/bin/python" -m pip install -q gdown
 fi
-"$REF/bin/python" -c 'import ofa.tutorial.evolution_finder, ofa.tutorial.accuracy_predictor, ofa.tutorial.latency_table' \
+PYMOO_VERSION=0.6.2
+if ! "$REF/bin/python" -c 'import pymoo' >/dev/null 2>&1; then
+  echo "make_ref_env: installing pymoo==$PYMOO_VERSION (NSGA-II for bench/search_vs_ofa.py --pareto)" >&2
+  "$REF/bin/python" -m pip install -q "pymoo==$PYMOO_VERSION"
+fi
+TIMM_VERSION=1.0.29
+if ! "$REF/bin/python" -c 'import timm' >/dev/null 2>&1; then
+  echo "make_ref_env: installing timm==$TIMM_VERSION (mobilenetv3_large_100 for bench/gpu_step.py)" >&2
+  "$REF/bin/python" -m pip install -q "timm==$TIMM_VERSION"
+fi
+"$REF/bin/python" -c 'import ofa.tutorial.evolution_finder, ofa.tutorial.accuracy_predictor, ofa.tutorial.latency_table, pymoo.algorithms.moo.nsga2, timm' \
   || { echo "error: $REF cannot import ofa.tutorial (see the traceback above)" >&2; exit 1; }
 echo "make_ref_env: ready: $REF/bin/python" >&2

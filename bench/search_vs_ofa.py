@@ -23,6 +23,17 @@ population and generations.  Wall time and best predicted accuracy, several seed
   every hwnas result is checked against the budget.
 
 Prints a table and writes ``results.json`` (all runs) and ``summary.json`` beside a PNG.
+
+``--pareto``: the whole front instead of one subnet per budget.  ``search.pareto`` (the
+search behind ``search.evolve --pareto``) against pymoo's NSGA-II (``bench/.venv-ref``,
+pymoo 0.6.2, its documented set-up for integer variables: ``IntegerRandomSampling``, SBX and
+polynomial mutation with ``RoundingRepair``, duplicates eliminated, population 100), the
+same predictor and the same LUT costs, each with its own budget of predictor evaluations
+(``--pareto-evals``, ``--nsga2-evals``), several seeds.  Hypervolume of the front of every
+subnet each method evaluated, reference point (the dearest subnet's LUT latency, the
+cheapest subnet's predicted accuracy), normalized by the hypervolume of the best front any
+run found; and the wall time of the search call.  Writes ``pareto.json`` and
+``pareto.png`` (fronts, and hypervolume against evaluations).
 """
 
 from __future__ import annotations
@@ -84,6 +95,198 @@ def ofa_worker(args: argparse.Namespace) -> None:
                         "subnet": {"ks": sample["ks"], "e": sample["e"], "d": sample["d"], "r": sample["r"][0]}})
             print(json.dumps(out[-1]), file=sys.stderr, flush=True)
     print(json.dumps(out))
+
+
+# --------------------------------------------------------------------------- fronts
+
+
+def _front_setup(args: argparse.Namespace, lut_csv: Path):
+    import torch
+
+    torch.set_num_threads(1)
+    from search.evolve import CostArrays, covered_choices
+    from search.latency import LatencyModel
+    from search.predictor import load_predictor
+    from supernet.space import OFA_MBV3
+
+    pred = load_predictor(f"ofa:{args.predictor}", OFA_MBV3)
+    lat = LatencyModel.from_lut(lut_csv, OFA_MBV3, calibration=None)
+    choices = covered_choices(lat, OFA_MBV3, pred.supports)
+    costs = CostArrays(lat, choices)
+    score = lambda p: pred.predict_population(p, choices)  # noqa: E731
+    lo, cheapest = costs.cheapest()
+    ref = (float(costs.dearest()), float(score(cheapest)[0]))
+    return costs, score, ref
+
+
+def _curve(cost, acc, ref, step: int = 50) -> list[list[float]]:
+    """(evaluations, hypervolume) of the first n evaluated points, every ``step``."""
+    from search.pareto import hypervolume
+
+    n = len(acc)
+    marks = sorted(set(list(range(step, n, step)) + [n]))
+    return [[m, hypervolume(cost[:m], acc[:m], *ref)] for m in marks]
+
+
+def nsga2_worker(args: argparse.Namespace) -> None:
+    """Runs inside bench/.venv-ref (pymoo); hwnas's predictor and LUT costs."""
+    import numpy as np
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.core.problem import Problem
+    from pymoo.operators.crossover.sbx import SBX
+    from pymoo.operators.mutation.pm import PM
+    from pymoo.operators.repair.rounding import RoundingRepair
+    from pymoo.operators.sampling.rnd import IntegerRandomSampling
+    from pymoo.optimize import minimize
+
+    sys.path.insert(0, str(REPO))
+    from search.encoding import Population, gene_sizes
+    from search.pareto import hypervolume, nondominated
+
+    costs, score, ref = _front_setup(args, Path(args.lut))
+    choices = costs.choices
+    sizes = gene_sizes(choices)
+    nb, ns = choices.space.num_blocks, len(choices.space.stages)
+    out = []
+    for seed in args.seeds:
+        for n_eval in args.nsga2_evals:
+            seen_c, seen_a = [], []
+
+            class Front(Problem):
+                def __init__(self):
+                    super().__init__(n_var=len(sizes), n_obj=2, xl=np.zeros(len(sizes)), xu=sizes - 1.0, vtype=int)
+
+                def _evaluate(self, x, out_, *a, **k):
+                    pop = Population(np.asarray(np.round(x), dtype=np.int64), nb, ns)
+                    c, acc = costs(pop), score(pop)
+                    seen_c.extend(c.tolist())
+                    seen_a.extend(acc.tolist())
+                    out_["F"] = np.column_stack([c, -acc])
+
+            algo = NSGA2(pop_size=100, sampling=IntegerRandomSampling(),
+                         crossover=SBX(prob=1.0, eta=3.0, vtype=float, repair=RoundingRepair()),
+                         mutation=PM(prob=1.0, eta=3.0, vtype=float, repair=RoundingRepair()),
+                         eliminate_duplicates=True)
+            t0 = time.perf_counter()
+            minimize(Front(), algo, ("n_eval", n_eval), seed=seed, verbose=False)
+            dt = time.perf_counter() - t0
+            c, a = np.asarray(seen_c), np.asarray(seen_a)
+            f = nondominated(c, a)
+            out.append({"method": "nsga2", "seed": seed, "budget_evals": n_eval, "evaluations": len(a),
+                        "seconds": dt, "hv": hypervolume(c, a, *ref), "front": [[float(c[i]), float(a[i])] for i in f],
+                        "curve": _curve(c, a, ref)})
+            print(json.dumps({k: v for k, v in out[-1].items() if k not in ("front", "curve")}), file=sys.stderr, flush=True)
+    print(json.dumps({"ref": ref, "runs": out}))
+
+
+def run_pareto_hwnas(args: argparse.Namespace, lut_csv: Path) -> tuple[list[dict], tuple[float, float]]:
+    import numpy as np
+
+    from search.pareto import ParetoParams, hypervolume, pareto_front
+
+    costs, score, ref = _front_setup(args, lut_csv)
+    out = []
+    for seed in args.seeds:
+        for n_eval in args.pareto_evals:
+            t0 = time.perf_counter()
+            res = pareto_front(costs, score, ParetoParams(evaluations=n_eval), np.random.default_rng(seed),
+                               ref_accuracy=ref[1], progress=False)
+            dt = time.perf_counter() - t0
+            out.append({"method": "hwnas", "seed": seed, "budget_evals": n_eval, "evaluations": res.evaluations,
+                        "seconds": dt, "hv": hypervolume(res.cost, res.accuracy, *ref),
+                        "front": [[float(c), float(a)] for c, a in zip(res.cost, res.accuracy)],
+                        "curve": [[e, h] for e, h in res.history], "notes": res.notes})
+            print(json.dumps({k: v for k, v in out[-1].items() if k not in ("front", "curve")}), file=sys.stderr, flush=True)
+    return out, ref
+
+
+def pareto_main(args: argparse.Namespace, lut_csv: Path, out: Path) -> int:
+    import numpy as np
+
+    from search.pareto import hypervolume, nondominated
+
+    print("hwnas search.pareto ...", file=sys.stderr)
+    ours, ref = run_pareto_hwnas(args, lut_csv)
+    print(f"pymoo NSGA-II ({REF_PY.relative_to(REPO)}) ...", file=sys.stderr)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    cmd = [str(REF_PY), str(Path(__file__).resolve()), "--nsga2-worker", "--seeds", ",".join(map(str, args.seeds)),
+           "--nsga2-evals", ",".join(map(str, args.nsga2_evals)), "--predictor", args.predictor, "--lut", str(lut_csv)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, cwd=REPO, timeout=6 * 3600, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"error: NSGA-II worker failed with exit code {proc.returncode}")
+    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert np.allclose(theirs["ref"], ref), (theirs["ref"], ref)
+    runs = ours + theirs["runs"]
+    pts = np.array([p for r in runs for p in r["front"]])
+    best = hypervolume(pts[:, 0], pts[:, 1], *ref)
+    for r in runs:
+        r["hv_norm"] = r["hv"] / best
+    rows = []
+    for method, budgets in (("hwnas", args.pareto_evals), ("nsga2", args.nsga2_evals)):
+        for b in budgets:
+            rs = [r for r in runs if r["method"] == method and r["budget_evals"] == b]
+            rows.append({"method": method, "budget_evals": b,
+                         "evaluations_mean": float(np.mean([r["evaluations"] for r in rs])),
+                         "hv_norm_mean": float(np.mean([r["hv_norm"] for r in rs])),
+                         "hv_norm_min": float(np.min([r["hv_norm"] for r in rs])),
+                         "hv_norm_max": float(np.max([r["hv_norm"] for r in rs])),
+                         "seconds_mean": float(np.mean([r["seconds"] for r in rs])),
+                         "front_size_mean": float(np.mean([len(r["front"]) for r in rs]))})
+    meta = {"ref_point": {"latency_ms": ref[0], "accuracy": ref[1]}, "best_known_hv": best, "seeds": args.seeds,
+            "predictor": args.predictor, "lut": str(lut_csv), "host_cpus": os.cpu_count(),
+            "load_avg": os.getloadavg()[0]}
+    (out / "pareto.json").write_text(json.dumps({"meta": meta, "rows": rows, "runs": runs}, indent=2) + "\n")
+    _plot_pareto(runs, out / "pareto.png", best)
+    print(f"reference point: {ref[0]:.2f} ms, {100 * ref[1]:.2f}%; hypervolume normalized by the best front "
+          f"of all runs ({best:.4f} ms x accuracy)")
+    head = f"{'method':>6} | {'evals (budget)':>14} | {'HV norm (mean, min-max)':>24} | {'seconds':>8} | {'front':>5}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['method']:>6} | {r['evaluations_mean']:>7.0f} ({r['budget_evals']:>5}) | "
+              f"{r['hv_norm_mean']:.4f} ({r['hv_norm_min']:.4f}-{r['hv_norm_max']:.4f}) | "
+              f"{r['seconds_mean']:>8.2f} | {r['front_size_mean']:>5.0f}")
+    print(json.dumps({"meta": meta, "rows": rows}))
+    print(f"wrote {out / 'pareto.json'} and {out / 'pareto.png'}", file=sys.stderr)
+    return 0
+
+
+def _plot_pareto(runs: list[dict], path: Path, best: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
+    colors = {"hwnas": "tab:red", "nsga2": "tab:blue"}
+    shown = set()
+    for r in runs:
+        if r["seed"] != runs[0]["seed"]:
+            continue
+        f = r["front"]
+        label = f"{r['method']} ({r['budget_evals']} evals)"
+        a1.step([p[0] for p in f], [100 * p[1] for p in f], where="post", label=label, alpha=0.8,
+                color=colors[r["method"]], linestyle="-" if r["budget_evals"] == max(
+                    x["budget_evals"] for x in runs if x["method"] == r["method"]) else ":")
+    for r in runs:
+        key = (r["method"], r["budget_evals"])
+        c = r["curve"]
+        a2.plot([p[0] for p in c], [p[1] / best for p in c], color=colors[r["method"]], alpha=0.5,
+                label=None if key in shown else f"{r['method']} ({r['budget_evals']} evals)")
+        shown.add(key)
+    a1.set_xlabel("Note10 latency (ms, LUT)")
+    a1.set_ylabel("predicted ImageNet top-1 (%)")
+    a1.set_title("fronts, seed " + str(runs[0]["seed"]))
+    a1.legend(fontsize=7)
+    a1.grid(alpha=0.3)
+    a2.set_xscale("log")
+    a2.set_xlabel("predictor evaluations")
+    a2.set_ylabel("hypervolume / best known")
+    a2.legend(fontsize=7)
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 # --------------------------------------------------------------------------- hwnas side
@@ -201,12 +404,22 @@ def main() -> int:
     ap.add_argument("--predictor", default=None, help="OFA's predictor (default: search.predictor.OFA_PREDICTOR)")
     ap.add_argument("--note10", default=str(NOTE10))
     ap.add_argument("--out", default="out/bench/search_vs_ofa")
+    ap.add_argument("--pareto", action="store_true", help="compare whole fronts: search.pareto against NSGA-II")
+    ap.add_argument("--pareto-evals", default="400,2000", help="--pareto: hwnas's evaluation budgets")
+    ap.add_argument("--nsga2-evals", default="2000,10000", help="--pareto: NSGA-II's evaluation budgets")
     ap.add_argument("--ofa-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--nsga2-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--lut", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.budgets = [float(b) for b in args.budgets.split(",")]
+    args.pareto_evals = [int(b) for b in args.pareto_evals.split(",")]
+    args.nsga2_evals = [int(b) for b in args.nsga2_evals.split(",")]
     if args.ofa_worker:
         ofa_worker(args)
+        return 0
+    if args.nsga2_worker:
+        nsga2_worker(args)
         return 0
 
     sys.path.insert(0, str(REPO))
@@ -226,6 +439,8 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "profiler.import_lut", "--format", "ofa",
                     *sorted(str(p) for p in Path(args.note10).glob("*_lookup_table.yaml")),
                     "--out", str(lut_csv), "--device", "note10", "--force"], check=True, cwd=REPO, timeout=300)
+    if args.pareto:
+        return pareto_main(args, lut_csv, out)
 
     # hwnas runs before and after OFA's (same seeds, same answers); its time is the mean of the
     # two passes, so a change in machine load during the long OFA runs does not favour either

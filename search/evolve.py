@@ -23,6 +23,7 @@ CLI (contract)::
 
     python -m search.evolve --lut PATH [--predictor ofa|RUN_OR_FILE|ofa:PATH] [--latency-ms 15,20] \
         [--seed S] [--json]
+    python -m search.evolve --lut PATH --pareto [--evaluations 2000]   # the whole front in one run
 
 Without ``--predictor``, a LUT of the ``ofa_mbv3`` space (as its ``.space.json`` records) is
 searched with OFA's published predictor (``ofa``, shipped in ``search/data``), any other
@@ -692,6 +693,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", choices=["evolution", "relaxation"], default="evolution",
                     help="evolution (OFA's) or relaxation (a softmax relaxation over the predictor, "
                          "search.relaxation; ProxylessNAS itself is search.proxyless)")
+    ap.add_argument("--pareto", action="store_true",
+                    help="the whole Pareto front of (predicted accuracy, cost) over the LUT's range in one run "
+                         "(search.pareto), instead of one subnet per budget")
+    ap.add_argument("--evaluations", type=int, default=2000,
+                    help="--pareto: predictor evaluations (distinct subnets) at most")
     ap.add_argument("--steps", type=int, default=300, help="relaxation method: Adam steps per resolution/width")
     ap.add_argument("--population", type=int, default=100)
     ap.add_argument("--parent-ratio", type=float, default=0.25)
@@ -716,6 +722,14 @@ def main(argv: list[str] | None = None) -> int:
         if len(given) != 1:
             raise ValueError("give exactly one of --latency-ms, --macs-m, --params-m")
         flag, text = given[0]
+        if args.pareto:
+            if text:
+                raise ValueError(f"--pareto searches the whole range: give no budget (--{flag} {text})")
+            if args.method != "evolution" or args.export or args.verify:
+                raise ValueError("--pareto takes neither --method relaxation nor --export/--verify "
+                                 "(search a budget from the front for those)")
+            if args.evaluations < 2:
+                raise ValueError(f"--evaluations must be >= 2, got {args.evaluations}")
         budgets = parse_budgets(text, f"--{flag}") if text else []  # none: spread over the LUT's range
         if flag == "latency-ms" and not args.lut:
             raise ValueError("--latency-ms needs --lut")
@@ -754,6 +768,21 @@ def main(argv: list[str] | None = None) -> int:
         ap.exit(2, f"error: {exc}\n")
 
     score = lambda p: pred.predict_population(p, choices)  # noqa: E731
+    if args.pareto:
+        from .pareto import ParetoParams, pareto_front
+
+        pp = ParetoParams(evaluations=args.evaluations, init=min(ParetoParams.init, args.evaluations))
+        front = pareto_front(costs, score, pp, np.random.default_rng([args.seed, 7]),
+                             progress=None if not args.json else False)
+        context = report.random_context(choices, costs, score, args.samples, np.random.default_rng([args.seed, 999]))
+        latency_costs = CostArrays(latency, choices) if latency is not None else None
+        summary = report.write_front(out_dir, front, flag, latency_costs, pred, choices, context, pp,
+                                     args.seed, lut=args.lut)
+        if args.json:
+            print(json.dumps(summary))
+        else:
+            report.print_front(summary)
+        return 0
     results = []
     for i, b in enumerate(budgets):
         rng = np.random.default_rng([args.seed, i])

@@ -166,6 +166,14 @@ def plot_search(path: Path, results: Sequence, flag: str, context: dict[str, np.
     ax.plot(xs, ys, "-o", color="tab:red", label="chosen subnet per budget")
     for r in results:
         ax.annotate(f"{r.budget:g}", (r.cost, 100 * r.accuracy), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    return _save_plot(fig, ax, path, flag, title)
+
+
+def _save_plot(fig, ax, path: Path, flag: str, title: str) -> Path:
+    """Axis labels, title, legend and grid of an accuracy-against-cost plot; write the PNG
+    atomically and close the figure."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel(f"predicted {NAMES[flag]} ({UNITS[flag]})")
     ax.set_ylabel("predicted accuracy (%)")
     if title:
@@ -208,3 +216,121 @@ def print_search(summary: dict[str, Any]) -> None:
 
 def _e(x: float) -> str:
     return f"e{int(x)}" if float(x).is_integer() else f"e{x:g}"
+
+
+# --------------------------------------------------------------------------- whole fronts
+
+
+def write_front(out_dir: Path, front, flag: str, latency_costs, pred, choices: Choices,
+                context: dict[str, np.ndarray], params, seed: int, lut: str | None = None) -> dict[str, Any]:
+    """Write ``front.csv`` (one row per non-dominated subnet, by ascending cost),
+    ``front.json`` (the same with the run's settings: the ``--json`` object) and
+    ``front.png``; return the summary."""
+    from dataclasses import asdict
+
+    from .latency import MacsModel, ParamsModel
+    from .pareto import hypervolume
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sp = choices.space
+    model = latency_costs.model if latency_costs is not None else None
+    pop = Population.from_subnets(front.subnets, choices)
+    lat = latency_costs(pop) if latency_costs is not None else [None] * len(pop)
+    raw = latency_costs.raw(pop) if latency_costs is not None else [None] * len(pop)
+    macs = MacsModel(sp).cost(front.subnets)
+    prm = ParamsModel(sp).cost(front.subnets)
+    rows = [{"subnet": c.to_dict(), "predicted_accuracy": _round(a, 5), "cost": _round(k),
+             "predicted_latency_ms": _round(lt), "lut_sum_ms": _round(rw), "macs_m": _round(m, 2),
+             "params_m": _round(p, 3)}
+            for c, a, k, lt, rw, m, p in zip(front.subnets, front.accuracy, front.cost, lat, raw, macs, prm)]
+    cal = None
+    if latency_costs is not None and (latency_costs.a, latency_costs.b) != (1.0, 0.0):
+        cal = {"a": latency_costs.a, "b": latency_costs.b}
+    lo, hi = front.cost_range
+    summary: dict[str, Any] = {
+        "method": "pareto",
+        "constraint": NAMES[flag], "unit": UNITS[flag], "lut": lut,
+        "device": getattr(model, "device", None), "runtime": getattr(model, "runtime", None),
+        "calibration": cal, "space": sp.name,
+        "resolutions": list(choices.resolutions), "widths": list(choices.widths),
+        "predictor": {"source": pred.source, "path": pred.path, "description": pred.describe(),
+                      "metrics": pred.metrics},
+        "params": asdict(params), "seed": seed,
+        "cost_range": [lo, hi],
+        "hypervolume": {"value": hypervolume(front.cost, front.accuracy, hi, front.ref_accuracy),
+                        "reference": {"cost": hi, "accuracy": front.ref_accuracy}},
+        "evaluations": front.evaluations, "rounds": front.rounds, "seconds": round(front.seconds, 3),
+        "notes": front.notes,
+        "front": rows,
+    }
+    csv_path = out_dir / "front.csv"
+    cols = ["predicted_accuracy", "cost", "unit", "predicted_latency_ms", "lut_sum_ms", "macs_m", "params_m",
+            "r", "w", "d", "subnet"]
+    with atomic_open(csv_path, "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(cols)
+        for row in rows:
+            s = row["subnet"]
+            wr.writerow([row["predicted_accuracy"], row["cost"], UNITS[flag], row["predicted_latency_ms"],
+                         row["lut_sum_ms"], row["macs_m"], row["params_m"], s["r"], s["w"],
+                         "-".join(map(str, s["d"])), json.dumps(s, separators=(",", ":"))])
+    png = plot_front(out_dir / "front.png", front, flag, context,
+                     title=f"{summary['device'] or lut or flag} ({summary['runtime'] or NAMES[flag]}), "
+                           f"{pred.source} predictor, {front.evaluations} predictions")
+    summary["files"] = {"front_csv": str(csv_path), "plot": str(png), "summary": str(out_dir / "front.json")}
+    atomic_write_text(out_dir / "front.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def plot_front(path: Path, front, flag: str, context: dict[str, np.ndarray], title: str = "") -> Path:
+    """PNG of predicted accuracy (%) against cost: random subnets (grey), the front (red)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if len(context["cost"]):
+        ax.scatter(context["cost"], 100 * context["acc"], s=4, c="0.75", label=f"{len(context['cost'])} random subnets")
+    ax.step(front.cost, 100 * np.asarray(front.accuracy), where="post", color="tab:red", lw=1.2)
+    ax.scatter(front.cost, 100 * np.asarray(front.accuracy), s=10, color="tab:red",
+               label=f"Pareto front ({len(front.subnets)} subnets)")
+    return _save_plot(fig, ax, path, flag, title)
+
+
+def print_front(summary: dict[str, Any], shown: int = 15) -> None:
+    """The front as a table: at most ``shown`` rows spread over its cost range (every row is
+    in front.csv)."""
+    unit = summary["unit"]
+    rows = summary["front"]
+    print(f"{summary['predictor']['description']}")
+    where = summary.get("lut") or summary["constraint"]
+    cal = summary.get("calibration")
+    cal_txt = f", calibrated {cal['a']:.3f}*sum{cal['b']:+.3f} ms" if cal else ""
+    lo, hi = summary["cost_range"]
+    print(f"space {summary['space']}, {summary['constraint']} from {where}"
+          f"{' [' + str(summary['runtime']) + ']' if summary.get('runtime') else ''}{cal_txt}, "
+          f"resolutions {','.join(map(str, summary['resolutions']))}, widths {','.join(f'{w:g}' for w in summary['widths'])}")
+    hv = summary["hypervolume"]
+    print(f"Pareto front: {len(rows)} subnets over {lo:.2f}-{hi:.2f} {unit}, {summary['evaluations']} predictions "
+          f"in {summary['seconds']:.2f} s; hypervolume {hv['value']:.4f} (reference {hv['reference']['cost']:.2f} "
+          f"{unit}, {100 * hv['reference']['accuracy']:.2f}%)")
+    idx = np.unique(np.linspace(0, len(rows) - 1, min(shown, len(rows))).round().astype(int)) if rows else []
+    head = f"{unit:>8} {'pred.acc%':>9} {'MACs M':>8} {'params M':>8} {'r':>4} {'w':>4}  {'depths':<10} {'kernels / expands (active)':<30}"
+    print(head)
+    print("-" * len(head))
+    for i in idx:
+        row = rows[i]
+        s = row["subnet"]
+        nb = len(s["ks"]) // len(s["d"])
+        act = [a * nb + j for a, d in enumerate(s["d"]) for j in range(d)]
+        ke = " ".join(f"{s['ks'][a]}{_e(s['e'][a])}" for a in act)
+        print(f"{row['cost']:>8.2f} {100 * row['predicted_accuracy']:>9.2f} {row['macs_m']:>8.1f} {row['params_m']:>8.2f} "
+              f"{s['r']:>4} {s['w']:>4g}  {'-'.join(map(str, s['d'])):<10} {ke:<30}")
+    if len(idx) < len(rows):
+        print(f"({len(idx)} of {len(rows)} rows shown)")
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    f = summary["files"]
+    print(f"wrote {f['summary']}, {f['front_csv']} and {f['plot']}")
