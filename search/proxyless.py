@@ -526,7 +526,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(str(exc))
         print(f"search.proxyless: resuming {ckpt} at step {state['step']}", file=sys.stderr)
         t0 -= state["elapsed"]
-    search.run(progress, checkpoint=ckpt, every=args.checkpoint_every, resume=state)
+    from supernet.dynamic import fast_depthwise
+
+    with fast_depthwise(search.net):  # the supernet's depthwise weight-gradient kernel on CPUs
+        search.run(progress, checkpoint=ckpt, every=args.checkpoint_every, resume=state)
     search_s = time.time() - t0
     write_history(out / "search.csv", search.history)
     plot_history(out / "search.png", search.history, target)

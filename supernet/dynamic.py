@@ -21,6 +21,10 @@ for the same ``BlockSpec`` (``load_into``): that is how ``extract`` works.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import math
+import time
 from typing import Sequence
 
 import torch
@@ -123,6 +127,124 @@ class DynamicConvBNAct(nn.Module):
             self.bn.load_into(static.bn, bn_idx)
 
 
+FAST_WGRAD_MIN_KERNEL = 5  # 3x3: oneDNN's own weight gradient is 3-7x faster than the forward form
+# (batch, channels, height, width, kernel, stride) -> the weight-gradient kernel found faster
+# for that shape on this machine (``wgrad_choice``)
+_WGRAD_CHOICE: dict[tuple[int, ...], str] = {}
+DETERMINISTIC_FAST_MAX_PIXELS = 64  # the fixed rule under torch.use_deterministic_algorithms
+
+
+def depthwise_weight_grad(x: torch.Tensor, gy: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
+    """The weight gradient of a depthwise convolution (``F.conv2d(x, w, None, stride,
+    padding, 1, C)``, ``w`` of shape ``(C, 1, kernel, kernel)``) given its output gradient
+    ``gy``, computed as one depthwise convolution *forward*:
+
+        dw[c, i, j] = sum over b, h, w of gy[b, c, h, w] * xpad[b, c, stride*h + i, stride*w + j]
+
+    is, for every (b, c), the correlation of the padded input with the output gradient, i.e.
+    a convolution of ``x`` (``B*C`` channels, batch 1) with ``gy`` as a ``B*C``-channel
+    depthwise kernel of size ``Ho x Wo``, dilated by the stride, then summed over the batch.
+    The same sums in another order (float32: about 1e-6 relative to the kernel's own)."""
+    b, c, h, w = x.shape
+    ho, wo = gy.shape[-2:]
+    xin = x.contiguous().view(1, b * c, h, w)
+    kern = gy.contiguous().view(b * c, 1, ho, wo)
+    out = F.conv2d(xin, kern, None, 1, padding, stride, b * c)
+    return out.view(b, c, out.size(-2), out.size(-1))[:, :, :kernel, :kernel].sum(0).unsqueeze(1)
+
+
+def _own_grads(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, s: int, p: int, mask: list[bool]):
+    return torch.ops.aten.convolution_backward(gy, x, w, None, [s, s], [p, p], [1, 1], False, [0, 0], x.size(1),
+                                               mask + [False])
+
+
+def wgrad_choice(x: torch.Tensor, gy: torch.Tensor, w: torch.Tensor, s: int, p: int) -> str:
+    """``"forward"`` (``depthwise_weight_grad``) or ``"own"`` (PyTorch's kernel) for this
+    shape.  Neither wins everywhere on this machine's oneDNN (bench/depthwise_grad.py: the
+    forward form 1.4-20x faster on most 5x5 and 7x7 layers, 0.6x on some 12x12 maps), so the
+    first backward of each shape times both (the fastest of three runs each) and the choice is
+    kept for the process.  Under ``torch.use_deterministic_algorithms`` a fixed rule decides
+    instead (output maps of at most ``DETERMINISTIC_FAST_MAX_PIXELS``), so a resumed run
+    computes exactly what an uninterrupted one did."""
+    key = (*x.shape, w.size(-1), s)
+    choice = _WGRAD_CHOICE.get(key)
+    if choice is not None:
+        return choice
+    if torch.are_deterministic_algorithms_enabled():
+        return "forward" if gy.size(-2) * gy.size(-1) <= DETERMINISTIC_FAST_MAX_PIXELS else "own"
+    k = w.size(-1)
+    runs = {"forward": lambda: depthwise_weight_grad(x, gy, k, s, p),
+            "own": lambda: _own_grads(x, gy, w, s, p, [False, True])}
+    best = {}
+    for _ in range(3):
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            best[name] = min(best.get(name, math.inf), time.perf_counter() - t)
+    choice = _WGRAD_CHOICE[key] = min(best, key=best.get)
+    return choice
+
+
+class _DepthwiseConv2d(torch.autograd.Function):
+    """``F.conv2d`` of a depthwise convolution whose backward takes the weight gradient from
+    ``depthwise_weight_grad`` or PyTorch's own kernel, whichever ``wgrad_choice`` says."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, w, None, stride, padding, 1, x.size(1))
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        x, w = ctx.saved_tensors
+        s, p = ctx.stride, ctx.padding
+        need_x, need_w = ctx.needs_input_grad[:2]
+        if need_w and wgrad_choice(x, gy, w, s, p) == "forward":
+            gx = _own_grads(x, gy, w, s, p, [True, False])[0] if need_x else None
+            return gx, depthwise_weight_grad(x, gy, w.size(-1), s, p), None, None
+        gx, gw, _ = _own_grads(x, gy, w, s, p, [need_x, need_w])
+        return gx, gw, None, None
+
+
+def depthwise_conv2d(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    """A depthwise convolution (``w``: ``(C, 1, k, k)``).  On the CPU in float32, when a
+    weight gradient is needed and the kernel is 5x5 or larger, the backward picks the faster
+    weight-gradient kernel for the shape (``wgrad_choice``): oneDNN's own depthwise weight
+    gradient is several times slower than a forward convolution on most of this project's
+    training shapes (the largest part of a training step of the Fashion-MNIST space)."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+            and w.size(-1) >= FAST_WGRAD_MIN_KERNEL and torch.is_grad_enabled() and w.requires_grad
+            and not torch.is_autocast_enabled("cpu")):
+        return _DepthwiseConv2d.apply(x, w, stride, padding)
+    return F.conv2d(x, w, None, stride, padding, 1, x.size(1))
+
+
+@contextlib.contextmanager
+def fast_depthwise(net: nn.Module):
+    """Within the block, every depthwise ``nn.Conv2d`` of ``net`` (a static network, e.g. one
+    trained alone) runs through ``depthwise_conv2d``, as the supernet's depthwise op does,
+    so that a network trained alone gets the same weight-gradient kernel; restored on exit
+    (an exported module is plain ``nn.Conv2d``)."""
+    patched = []
+    for m in net.modules():
+        if (type(m) is nn.Conv2d and m.groups == m.in_channels == m.out_channels and m.kernel_size[0] > 1
+                and m.kernel_size[0] == m.kernel_size[1] and m.bias is None and m.dilation == (1, 1)
+                and m.stride[0] == m.stride[1] and m.padding == (m.kernel_size[0] // 2,) * 2
+                and m.padding_mode == "zeros"):
+            m.forward = functools.partial(_depthwise_forward, m)
+            patched.append(m)
+    try:
+        yield net
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def _depthwise_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return depthwise_conv2d(x, conv.weight, conv.stride[0], conv.padding[0])
+
+
 class DynamicDepthwiseConv2d(nn.Module):
     """Depthwise convolution with elastic kernel size and channel count.
 
@@ -156,8 +278,7 @@ class DynamicDepthwiseConv2d(nn.Module):
         return w
 
     def forward(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        c = x.size(1)
-        return F.conv2d(x, self.weight(c, k), None, self.stride, k // 2, 1, c)
+        return depthwise_conv2d(x, self.weight(x.size(1), k), self.stride, k // 2)
 
 
 class DynamicSE(nn.Module):

@@ -10,24 +10,26 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
+
+import pytest
 
 from conftest import REPO
 
 SCRIPT = REPO / "bench" / "gpu_step.py"
 
 
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
+def bench():
+    spec = importlib.util.spec_from_file_location("gpu_step", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def test_gpu_step_runs_small_on_the_cpu_and_prints_its_json():
-    proc = run("--device", "cpu", "--batch", "2", "--res", "64", "--amp", "off", "--steps", "1", "--reps", "2",
-               "--warmup", "1", "--random", "1", "--threads", "1")
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
+def test_gpu_step_runs_small_on_the_cpu_and_prints_its_json(capsys):
+    code = bench().main(["--device", "cpu", "--batch", "2", "--res", "64", "--amp", "off", "--steps", "1",
+                         "--reps", "2", "--warmup", "1", "--random", "1", "--threads", "1"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
     assert out["bench"] == "gpu_step" and out["device"].startswith("cpu") and out["amp"] == "off"
     assert out["batch"] == 2 and out["resolution"] == 64 and out["channels_last"] is True
     rows = {r["name"]: r for r in out["rows"]}
@@ -46,9 +48,11 @@ def test_gpu_step_runs_small_on_the_cpu_and_prints_its_json():
         assert len(timm_rows) == 1
 
 
-def test_gpu_step_refuses_bad_flags_in_one_line():
-    for args, message in ((["--batch", "0"], "must be >= 1"), (["--device", "tpu"], "tpu")):
-        proc = run(*args, "--device" if "--device" not in args else "--amp", "cpu" if "--device" not in args else "off")
-        assert proc.returncode == 2, proc.stderr
-        err = proc.stderr.strip().splitlines()
+def test_gpu_step_refuses_bad_flags_in_one_line(capsys):
+    main = bench().main
+    for args, message in ((["--batch", "0", "--device", "cpu"], "must be >= 1"), (["--device", "tpu"], "tpu")):
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("gpu_step: error:") and message in err[0], err

@@ -219,3 +219,115 @@ def test_switchable_bn_each_width_uses_its_own_bn():
     y_narrow2, y_wide2 = outputs()
     assert torch.equal(y_narrow, y_narrow2)
     assert (y_wide - y_wide2).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "nchw"])
+@pytest.mark.parametrize("b,c,hw,k,s", [(4, 8, 6, 7, 1), (3, 5, 7, 5, 2), (2, 6, 12, 3, 1), (2, 4, 3, 7, 1),
+                                        (2, 4, 8, 7, 2), (1, 3, 16, 5, 1)])
+def test_depthwise_conv_gradients_equal_pytorchs(b, c, hw, k, s, fmt):
+    """``depthwise_conv2d`` (the supernet's depthwise op; its weight gradient computed as a
+    forward convolution over the batch on small maps) has F.conv2d's output and both
+    gradients, for odd and even maps, strides 1 and 2, both memory formats, and a weight
+    that is a view (the supernet slices and transforms its kernels)."""
+    from supernet.dynamic import _DepthwiseConv2d, depthwise_conv2d, depthwise_weight_grad
+
+    g = torch.Generator().manual_seed(hw * 10 + k)
+    mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    x0 = torch.randn(b, c, hw, hw, generator=g).contiguous(memory_format=mf)
+    big = torch.randn(c + 2, 1, k + 2, k + 2, generator=g)
+    gy = None
+    grads = []
+    for op in ("ours", "torch"):
+        x = x0.clone().requires_grad_()
+        w_full = big.clone().requires_grad_()
+        w = w_full[:c, :, 1:k + 1, 1:k + 1] * 1.5  # a non-leaf view-derived weight
+        y = (depthwise_conv2d(x, w, s, k // 2) if op == "ours"
+             else torch.nn.functional.conv2d(x, w, None, s, k // 2, 1, c))
+        if gy is None:
+            gy = torch.randn(y.shape, generator=g)
+        (y * gy).sum().backward()
+        grads.append((y.detach(), x.grad, w_full.grad))
+    for a, t in zip(*grads):
+        torch.testing.assert_close(a, t, rtol=1e-5, atol=1e-5)
+    # the weight gradient itself, through the autograd Function on any map size
+    x = x0.clone().requires_grad_()
+    w = big[:c, :, :k, :k].clone().requires_grad_()
+    _DepthwiseConv2d.apply(x, w, s, k // 2).backward(gy)
+    ref = torch.ops.aten.convolution_backward(gy, x0, w.detach(), None, [s, s], [k // 2] * 2, [1, 1], False, [0, 0],
+                                              c, [True, True, False])
+    torch.testing.assert_close(w.grad, ref[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, ref[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(depthwise_weight_grad(x0, gy, k, s, k // 2), ref[1], rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_conv_takes_the_custom_backward_only_where_it_should():
+    """5x5 and larger kernels on the CPU with a weight that needs a gradient take the custom
+    backward; no grad, a frozen weight, 1x1 and 3x3 kernels take F.conv2d as it is."""
+    from supernet.dynamic import depthwise_conv2d
+
+    w = torch.randn(4, 1, 5, 5, requires_grad=True)
+    for hw in (8, 40):
+        assert depthwise_conv2d(torch.randn(2, 4, hw, hw), w, 1, 2).grad_fn.name() == "_DepthwiseConv2dBackward"
+    small = torch.randn(2, 4, 8, 8)
+    assert depthwise_conv2d(small, w.detach(), 1, 2).grad_fn is None
+    with torch.no_grad():
+        assert depthwise_conv2d(small, w, 1, 2).grad_fn is None
+    for k in (1, 3):  # below FAST_WGRAD_MIN_KERNEL
+        assert depthwise_conv2d(small, torch.randn(4, 1, k, k, requires_grad=True), 1, k // 2).grad_fn.name() != \
+            "_DepthwiseConv2dBackward"
+
+
+def test_depthwise_weight_gradient_choice_is_made_once_per_shape_and_both_agree(monkeypatch):
+    """The first backward of a shape times both weight-gradient kernels and keeps the faster;
+    either choice gives the same gradients; under deterministic algorithms a fixed rule
+    decides (nothing timed, nothing kept)."""
+    from supernet import dynamic
+
+    monkeypatch.setattr(dynamic, "_WGRAD_CHOICE", {})
+    x = torch.randn(3, 6, 10, 10)
+    w = torch.randn(6, 1, 7, 7)
+    gy = torch.randn(3, 6, 10, 10)
+    grads = {}
+    for forced in ("own", "forward"):
+        dynamic._WGRAD_CHOICE[(3, 6, 10, 10, 7, 1)] = forced
+        xx, ww = x.clone().requires_grad_(), w.clone().requires_grad_()
+        dynamic.depthwise_conv2d(xx, ww, 1, 3).backward(gy)
+        grads[forced] = (xx.grad, ww.grad)
+    torch.testing.assert_close(grads["own"][0], grads["forward"][0])
+    torch.testing.assert_close(grads["own"][1], grads["forward"][1], rtol=1e-5, atol=1e-5)
+    dynamic._WGRAD_CHOICE.clear()
+    assert dynamic.wgrad_choice(x, gy, w, 1, 3) in ("own", "forward")
+    assert list(dynamic._WGRAD_CHOICE) == [(3, 6, 10, 10, 7, 1)]
+    dynamic._WGRAD_CHOICE.clear()
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    small, large = torch.randn(3, 6, 8, 8), torch.randn(3, 6, 9, 9)
+    assert dynamic.wgrad_choice(small, torch.randn(3, 6, 8, 8), w, 1, 3) == "forward"  # 64 pixels
+    assert dynamic.wgrad_choice(large, torch.randn(3, 6, 9, 9), w, 1, 3) == "own"
+    assert not dynamic._WGRAD_CHOICE
+
+
+def test_fast_depthwise_patches_a_static_network_only_inside_the_block():
+    """A network trained alone (``supernet.standalone``) gets the supernet's depthwise op
+    while it trains: same outputs and gradients, and plain ``nn.Conv2d`` again afterwards."""
+    from supernet.dynamic import fast_depthwise
+
+    space = get_space("tiny")
+    torch.manual_seed(0)
+    net = ops.build_network(space, space.max_subnet())
+    x = torch.randn(2, space.in_channels, 32, 32)
+    torch.manual_seed(1)  # the same dropout mask both times
+    ref_out = net(x)
+    ref_out.sum().backward()
+    ref_grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad(set_to_none=True)
+    dws = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert dws
+    with fast_depthwise(net):
+        assert all("forward" in vars(m) for m in dws)
+        torch.manual_seed(1)
+        out = net(x)
+        out.sum().backward()
+    assert not any("forward" in vars(m) for m in net.modules())
+    torch.testing.assert_close(out, ref_out)
+    for p, g in zip(net.parameters(), ref_grads):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
