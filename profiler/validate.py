@@ -339,9 +339,6 @@ def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[Sub
 
     from tqdm import tqdm
 
-    from .measure import Session, connect, measure_artifact, request_base
-    from .transport import TransportError, make_transport
-
     paths = [net_dir / f"{space.name}-r{cfg.r}-{hashlib.sha1(f'{space.name}:{cfg.to_json()}'.encode()).hexdigest()[:16]}.{fmt}"
              for cfg in subnets]
     todo = [i for i, p in enumerate(paths) if not p.is_file()]
@@ -352,11 +349,27 @@ def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[Sub
             for i, err in zip(todo, errs):
                 errors[i] = err
     paths = [None if err else p for p, err in zip(paths, errors)]
-    meas = np.full((passes, len(subnets)), np.nan)
-    loads: list[float | None] = [None] * len(subnets)
+    return measure_paths(device, runtime, paths, errors, progress, on_row, passes)
+
+
+def measure_paths(device, runtime: str, paths: list[Path | None], errors: list[str], progress: bool,
+                  on_row: Callable[[dict[str, Any]], None] | None = None, passes: int = 1,
+                  desc: str = "networks"):
+    """Measure already exported whole networks (``paths``; None where ``errors`` says why)
+    on ``device`` with ``runtime`` as ``measure_networks`` does: the profiler's own loop
+    (reconnects, retries, the runner's summaries), ``passes`` times interleaved.  Returns
+    (measured ms: N, or passes x N; the last pass's rows) or an error string."""
+    from tqdm import tqdm
+
+    from .measure import Session, connect, measure_artifact, request_base
+    from .transport import TransportError, make_transport
+
+    errors = list(errors)
+    meas = np.full((passes, len(paths)), np.nan)
+    loads: list[float | None] = [None] * len(paths)
     req = request_base(device, runtime)
     session = Session(make_transport(device))
-    bar = tqdm(total=passes * len(paths), desc=f"{device.name} {runtime} networks", unit="net", disable=not progress)
+    bar = tqdm(total=passes * len(paths), desc=f"{device.name} {runtime} {desc}", unit="net", disable=not progress)
     try:
         connect(session, device)
         for k in range(passes):

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
+FMNIST_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 
 
@@ -189,13 +190,15 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
-def read_fmnist(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fashion-MNIST training images (N x 1 x 28 x 28 uint8) and labels from idx.gz files."""
+def read_fmnist(root: Path, test: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST training (or, with ``test``, test) images (N x 1 x 28 x 28 uint8) and
+    labels from idx.gz files."""
     if not root.is_dir():
         raise DataError(f"Fashion-MNIST directory {root} does not exist "
                         "(install Debian's dataset-fashion-mnist or pass --data fmnist:PATH)")
-    images = _read_idx(root / FMNIST_FILES[0], 0x803, 3)
-    labels = _read_idx(root / FMNIST_FILES[1], 0x801, 1)
+    files = FMNIST_TEST_FILES if test else FMNIST_FILES
+    images = _read_idx(root / files[0], 0x803, 3)
+    labels = _read_idx(root / files[1], 0x801, 1)
     if len(images) != len(labels):
         raise DataError(f"Fashion-MNIST in {root}: {len(images)} images but {len(labels)} labels")
     if labels.max(initial=0) > 9:
@@ -215,14 +218,15 @@ class _CifarUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def read_cifar10(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10 training images (N x 3 x 32 x 32 uint8) from the python batches directory."""
+def read_cifar10(root: Path, test: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-10 training (or, with ``test``, test) images (N x 3 x 32 x 32 uint8) from the
+    python batches directory."""
     if not root.is_dir():
         raise DataError(f"CIFAR-10 directory {root} does not exist (expected the python batches "
                         "directory with data_batch_1 .. data_batch_5)")
     xs, ys = [], []
-    for i in range(1, 6):
-        path = root / f"data_batch_{i}"
+    for name in (["test_batch"] if test else [f"data_batch_{i}" for i in range(1, 6)]):
+        path = root / name
         if not path.is_file():
             raise DataError(f"missing CIFAR-10 file {path}")
         try:
@@ -313,6 +317,37 @@ def load_data(spec: str = "fmnist", valid_size: int = 10000, recal_size: int = 2
     return Data(kind, spec, full.subset(train), full.subset(valid), full.subset(recal), channels, classes)
 
 
+def load_test(spec: str = "fmnist", base_resolution: int = 224, channels: int | None = None) -> TensorSplit | FolderSplit:
+    """The dataset's own test split, for a final report only (training, search and every
+    evaluation during them use the held-out split of the training set): Fashion-MNIST's
+    t10k files, CIFAR-10's ``test_batch``, ImageFolder's ``val/`` (or ``test/``) folder
+    (decoded at ``base_resolution``).  ``channels``: a 1-channel dataset repeated for a
+    network of more input channels, as ``Data.with_channels`` does.
+
+    Raises:
+        DataError: the dataset has no test split there, or its files are missing or malformed.
+    """
+    kind, _, path = spec.partition(":")
+    if kind == "fmnist":
+        images, labels = read_fmnist(Path(path) if path else FMNIST_DIR, test=True)
+        split = TensorSplit(images, labels, (0.2860,), (0.3530,), pad=2, flip=True)
+        return split.with_repeat(channels) if channels and channels != 1 else split
+    if kind == "cifar10" and path:
+        images, labels = read_cifar10(Path(path), test=True)
+        return TensorSplit(images, labels, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), pad=4, flip=True)
+    if kind == "imagefolder" and path:
+        root = Path(path)
+        _, names = scan_imagefolder(root)
+        for sub in ("val", "test"):
+            if (root / sub).is_dir():
+                samples, test_names = scan_imagefolder(root / sub)
+                if test_names != names:
+                    raise DataError(f"{root / sub}: classes {test_names[:5]}... differ from the training set's")
+                return FolderSplit(samples, base_resolution)
+        raise DataError(f"{root}: no val/ or test/ folder (the ImageFolder test split)")
+    raise DataError(f"no test split for dataset {spec!r}")
+
+
 # --------------------------------------------------------------------------- iteration
 
 
@@ -371,5 +406,5 @@ def resize(x: torch.Tensor, r: int) -> torch.Tensor:
     return F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=r < x.shape[-1])
 
 
-__all__ = ["DataError", "Data", "load_data", "read_fmnist", "read_cifar10", "scan_imagefolder",
+__all__ = ["DataError", "Data", "load_data", "load_test", "read_fmnist", "read_cifar10", "scan_imagefolder",
            "train_batches", "eval_batches", "epoch_order", "steps_per_epoch", "resize", "FMNIST_DIR"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from supernet.data import DataError, epoch_order, load_data, resize, train_batches
+from supernet.data import DataError, epoch_order, load_data, load_test, resize, train_batches
 from supernet_fakes import class_images, write_cifar10, write_fmnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +87,41 @@ def test_imagefolder_reader(tmp_path):
     with pytest.raises(DataError, match="no class subdirectories"):
         (tmp_path / "empty").mkdir()
         load_data(f"imagefolder:{tmp_path / 'empty'}")
+
+
+def test_test_splits_are_the_datasets_own(tmp_path):
+    """load_test reads the split training never sees: t10k, test_batch, val/ (or test/)."""
+    import pickle
+
+    from PIL import Image
+
+    if Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file():
+        t = load_test("fmnist")
+        assert len(t) == 10000 and set(t.labels.unique().tolist()) == set(range(10))
+        assert load_test("fmnist", channels=3).batch(torch.arange(2), train=False)[0].shape == (2, 3, 28, 28)
+    root = write_fmnist(tmp_path / "fm")
+    with pytest.raises(DataError, match="t10k-images"):
+        load_test(f"fmnist:{root}")
+    c10 = write_cifar10(tmp_path / "c10", per_batch=5)
+    with pytest.raises(DataError, match="test_batch"):
+        load_test(f"cifar10:{c10}")
+    x, y = class_images(7, 32, 3, seed=9)
+    with open(c10 / "test_batch", "wb") as f:
+        pickle.dump({b"data": x.reshape(7, -1), b"labels": [int(v) for v in y]}, f)
+    t = load_test(f"cifar10:{c10}")
+    assert len(t) == 7 and torch.equal(t.labels, torch.as_tensor(y, dtype=torch.long))
+    x, y = class_images(12, 32, 3)
+    for split in ("train", "val"):
+        for i, (im, c) in enumerate(zip(x, y)):
+            d = tmp_path / "inet" / split / f"class{c % 3}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(im.transpose(1, 2, 0)).save(d / f"{i}.png")
+    assert len(load_test(f"imagefolder:{tmp_path / 'inet'}", base_resolution=32)) == 12
+    (tmp_path / "inet" / "val" / "class0").rename(tmp_path / "inet" / "val" / "other")
+    with pytest.raises(DataError, match="differ from the training set"):
+        load_test(f"imagefolder:{tmp_path / 'inet'}", base_resolution=32)
+    with pytest.raises(DataError, match="no test split"):
+        load_test("bogus")
 
 
 def test_unknown_spec_and_resize():

@@ -1,0 +1,175 @@
+"""bench/vs_handpicked.py (issue 15): hand-picked torchvision models adapted to the dataset,
+the budget-fitting loop, the per-model comparison, and one small end-to-end run on a real
+supernet run, LUT and device (``local``) with a resume."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def vh():
+    spec = importlib.util.spec_from_file_location("vs_handpicked", REPO / "bench" / "vs_handpicked.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["vs_handpicked"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_space_stride_sets_the_stem(vh):
+    from supernet.space import get_space
+
+    assert vh.space_stride(get_space("fmnist")) == 16
+    assert vh.space_stride(get_space("ofa_mbv3")) == 32
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2_0.35", "mobilenet_v3_small_1", "mobilenet_v3_large_0.75", "mnasnet_0.5"])
+def test_handpicked_models_take_the_datasets_input(vh, name):
+    """One input channel, ten classes, stride-1 stem: a 48-px image leaves a 3x3 map at the
+    head (16x, as the fmnist space), where torchvision's own stem would leave 2x2."""
+    net = vh.handpicked_model(name, in_channels=1, num_classes=10, stem_stride=1).eval()
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].in_channels == 1 and convs[0].stride == (1, 1)
+    shapes = []
+    hook = convs[-1].register_forward_hook(lambda m, i, o: shapes.append(o.shape))
+    with torch.no_grad():
+        out = net(torch.zeros(2, 1, 48, 48))
+    hook.remove()
+    assert out.shape == (2, 10)
+    assert shapes[-1][-2:] == (3, 3)
+    base = vh.handpicked_model(name, in_channels=1, num_classes=10, stem_stride=2).eval()
+    shapes.clear()
+    convs2 = [m for m in base.modules() if isinstance(m, nn.Conv2d)]
+    convs2[-1].register_forward_hook(lambda m, i, o: shapes.append(o.shape))
+    with torch.no_grad():
+        base(torch.zeros(1, 1, 48, 48))
+    assert shapes[-1][-2:] == (2, 2)
+
+
+def test_every_listed_model_builds_and_widths_grow(vh):
+    from supernet.ops import count_params
+
+    assert len(vh.HANDPICKED) == 13
+    by_family: dict[str, list[tuple[float, int]]] = {}
+    for name, (fam, w) in vh.HANDPICKED.items():
+        by_family.setdefault(fam, []).append((w, count_params(vh.handpicked_model(name, 1, 10, 1))))
+    for fam, sizes in by_family.items():
+        sizes.sort()
+        assert [p for _, p in sizes] == sorted(p for _, p in sizes), fam
+    with pytest.raises(ValueError, match="unknown hand-picked model"):
+        vh.handpicked_model("resnet50", 1, 10)
+
+
+def test_fit_to_latency_lowers_the_budget_until_the_measurement_fits(vh):
+    """A device 25% slower than the model: the budget shrinks by the excess until the
+    measured subnet is under the target; a candidate never fitting is returned as it is."""
+    budgets = []
+
+    def search(b):
+        budgets.append(b)
+        return b
+
+    got, ms, budget, tries = vh.fit_to_latency(1.0, search, lambda c: 1.25 * c, tries=4)
+    assert ms <= 1.0 and tries == 2 and budget == pytest.approx(1.0 / 1.25 * 0.99)
+    assert budgets == [1.0, pytest.approx(0.792)]
+    got, ms, budget, tries = vh.fit_to_latency(1.0, search, lambda c: 5.0, tries=3)
+    assert tries == 3 and ms == 5.0
+    got, ms, budget, tries = vh.fit_to_latency(1.0, lambda b: None, lambda c: 0.5)
+    assert got is None and tries == 1
+
+
+def test_compare_needs_both_latency_and_accuracy(vh):
+    rows = [
+        {"side": "hand-picked", "model": "a", "onnxruntime_ms": 1.0, "heldout_top1": 90.0, "test_top1": 89.0},
+        {"side": "hand-picked", "model": "a", "onnxruntime_ms": 1.0, "heldout_top1": 92.0, "test_top1": 91.0},
+        {"side": "hwnas extracted", "model": "a", "onnxruntime_ms": 0.9, "heldout_top1": 91.0, "test_top1": 90.0,
+         "subnet": "{}"},
+        {"side": "hwnas fine-tuned", "model": "a", "onnxruntime_ms": 0.9, "heldout_top1": 91.5, "test_top1": 90.5},
+        {"side": "hand-picked", "model": "b", "onnxruntime_ms": 0.5, "heldout_top1": 80.0, "test_top1": 80.0},
+        {"side": "hwnas extracted", "model": "b", "onnxruntime_ms": 0.6, "heldout_top1": 85.0, "test_top1": 85.0,
+         "subnet": "{}"},
+    ]
+    a, b = vh.compare(rows, "onnxruntime")
+    assert a["theirs_heldout_top1"] == 91.0 and a["seeds"] == 2
+    assert a["extracted_heldout_delta_pp"] == 0.0 and a["finetuned_heldout_delta_pp"] == 0.5
+    assert a["ours_fits"] and a["at_least_theirs"]
+    assert not b["ours_fits"] and not b["at_least_theirs"]  # more accurate, but slower: not a win
+
+
+def _image_folder(root: Path, per_class: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        d = root / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray((rng.random((32, 32, 3)) * 60 + 20 * c).astype(np.uint8)).save(d / f"{i}.png")
+
+
+@pytest.mark.slow
+def test_end_to_end_on_a_real_run_lut_and_device_then_resume(vh, tmp_path, artifact_cache, monkeypatch, capsys):
+    from test_search_evolve import random_predictor
+
+    from supernet.space import TINY, SubnetConfig
+
+    data = tmp_path / "images"
+    _image_folder(data / "train", 12)
+    _image_folder(data / "val", 3)
+    run = tmp_path / "run"
+    p = run_cli("supernet.train", "--preset", "test", "--space", "tiny", "--data", f"imagefolder:{data}",
+                "--out", run, "--no-progress", timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    random_predictor(TINY).save(run / "predictor.pt")
+    lut = tmp_path / "local.csv"
+    p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--runtime",
+                "onnxruntime", "--lut", lut, "--cache", artifact_cache, "--repeats", "3", "--min-time", "0.005",
+                "--no-progress", timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "vs"
+    argv = ["--run", str(run), "--lut", str(lut), "--runtimes", "onnxruntime", "--models",
+            "mobilenet_v3_small_0.5,mnasnet_0.5", "--epochs", "0.5", "--seeds", "0,1", "--multi-seed-below-ms", "1000",
+            "--generations", "3", "--passes", "1", "--out", str(out), "--no-progress"]
+    assert vh.main(argv) == 0
+    capsys.readouterr()
+    doc = json.loads((out / "vs_handpicked.json").read_text())
+    rows = doc["rows"]
+    assert (out / "vs_handpicked.png").stat().st_size > 0
+    with (out / "vs_handpicked.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    for side, n in (("hand-picked", 4), ("hwnas extracted", 2), ("hwnas fine-tuned", 4)):
+        assert sum(r["side"] == side for r in rows) == n, side
+    for r in rows:
+        assert 0 <= float(r["heldout_top1"]) <= 100 and 0 <= float(r["test_top1"]) <= 100
+        assert float(r["onnxruntime_ms"]) > 0
+    for r in (r for r in rows if r["side"] != "hand-picked"):
+        cfg = SubnetConfig.from_json(r["subnet"])
+        assert cfg.r == 32  # the only resolution the LUT covers
+        theirs = next(h for h in rows if h["side"] == "hand-picked" and h["model"] == r["model"])
+        assert float(r["onnxruntime_ms"]) <= float(theirs["onnxruntime_ms"]) or "measured over" in r["note"]
+    assert {t["model"] for t in doc["comparison"]} == {"mobilenet_v3_small_0.5", "mnasnet_0.5"}
+    assert doc["stem_stride"] == 1 and doc["test_images"] == 30
+    # a resumed run trains nothing again and writes the same rows
+    before = (out / "vs_handpicked.csv").read_text()
+    assert vh.main(argv + ["--resume"]) == 0
+    assert (out / "vs_handpicked.csv").read_text() == before
+    # bad input: one clear line, exit 2
+    with pytest.raises(SystemExit) as exc:
+        vh.main(argv[:-1] + ["--models", "resnet50"])
+    assert exc.value.code == 2
+    assert "unknown hand-picked model" in capsys.readouterr().err
