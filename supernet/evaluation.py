@@ -112,6 +112,15 @@ class Evaluator:
         net = self._place(self.supernet.extract(cfg))
         return recalibrate_bn(net, (self._at(x, cfg.r) for x, _ in self._base("recal")), self._amp)
 
+    def recalibrate(self, net: nn.Module, r: int) -> nn.Module:
+        """Recalibrate any static network already on the evaluation device (e.g. one trained
+        alone) on the same images at resolution ``r`` as the extracted subnets; eval mode."""
+        return recalibrate_bn(net, (self._at(x, r) for x, _ in self._base("recal")), self._amp)
+
+    def top1(self, net: nn.Module, r: int) -> float:
+        """Top-1 (percent) of a static network on the held-out split at resolution ``r``."""
+        return top1(net, ((self._at(x, r), y) for x, y in self._base("valid")), self._amp)
+
     def evaluate(self, cfg: SubnetConfig, recalibrate: bool = True) -> float:
         """Top-1 (percent) of ``cfg`` on the held-out split; ``recalibrate=False`` keeps the
         supernet's own (shared or switchable) BN statistics."""

@@ -157,6 +157,8 @@ def test_end_to_end_on_a_real_run_lut_and_device_then_resume(vh, tmp_path, artif
     for r in rows:
         assert 0 <= float(r["heldout_top1"]) <= 100 and 0 <= float(r["test_top1"]) <= 100
         assert float(r["onnxruntime_ms"]) > 0
+        # trained networks are evaluated after BN recalibration, as extracted subnets are
+        assert (r.get("heldout_top1_running_bn") not in ("", None)) == (r["side"] != "hwnas extracted")
     for r in (r for r in rows if r["side"] != "hand-picked"):
         cfg = SubnetConfig.from_json(r["subnet"])
         assert cfg.r == 32  # the only resolution the LUT covers
