@@ -225,8 +225,8 @@ def fronts_png(path: Path, rows: list[dict[str, Any]], runtimes: list[str]) -> N
 
 
 FIELDS = ["side", "model", "family", "width", "r", "seed", "params", "macs", "heldout_top1", "test_top1",
-          "heldout_top1_running_bn", "epochs", "train_seconds", "images_per_s", "budget_ms", "predicted_ms", "predicted_top1", "searches",
-          "subnet", "note"]
+          "heldout_top1_running_bn", "epochs", "train_seconds", "images_per_s", "budget_ms", "predicted_ms",
+          "predicted_top1", "searches", "subnet", "note"]
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

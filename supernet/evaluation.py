@@ -109,8 +109,7 @@ class Evaluator:
 
     def subnet(self, cfg: SubnetConfig) -> nn.Module:
         """The extracted, recalibrated static subnet (on the evaluation device)."""
-        net = self._place(self.supernet.extract(cfg))
-        return recalibrate_bn(net, (self._at(x, cfg.r) for x, _ in self._base("recal")), self._amp)
+        return self.recalibrate(self._place(self.supernet.extract(cfg)), cfg.r)
 
     def recalibrate(self, net: nn.Module, r: int) -> nn.Module:
         """Recalibrate any static network already on the evaluation device (e.g. one trained
@@ -125,7 +124,7 @@ class Evaluator:
         """Top-1 (percent) of ``cfg`` on the held-out split; ``recalibrate=False`` keeps the
         supernet's own (shared or switchable) BN statistics."""
         net = self.subnet(cfg) if recalibrate else self._place(self.supernet.extract(cfg)).eval()
-        return top1(net, ((self._at(x, cfg.r), y) for x, y in self._base("valid")), self._amp)
+        return self.top1(net, cfg.r)
 
 
 # --------------------------------------------------------------------------- runs

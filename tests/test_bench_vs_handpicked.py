@@ -145,6 +145,16 @@ def test_end_to_end_on_a_real_run_lut_and_device_then_resume(vh, tmp_path, artif
     argv = ["--run", str(run), "--lut", str(lut), "--runtimes", "onnxruntime", "--models",
             "mobilenet_v3_small_0.5,mnasnet_0.5", "--epochs", "0.5", "--seeds", "0,1", "--multi-seed-below-ms", "1000",
             "--generations", "3", "--passes", "1", "--out", str(out), "--no-progress"]
+    from supernet.evaluation import Evaluator
+
+    recalibrated = []
+    real = Evaluator.recalibrate
+
+    def spy(self, net, r):
+        recalibrated.append(type(net).__module__)
+        return real(self, net, r)
+
+    monkeypatch.setattr(Evaluator, "recalibrate", spy)
     assert vh.main(argv) == 0
     capsys.readouterr()
     doc = json.loads((out / "vs_handpicked.json").read_text())
@@ -154,6 +164,11 @@ def test_end_to_end_on_a_real_run_lut_and_device_then_resume(vh, tmp_path, artif
         assert len(list(csv.DictReader(f))) == len(rows)
     for side, n in (("hand-picked", 4), ("hwnas extracted", 2), ("hwnas fine-tuned", 4)):
         assert sum(r["side"] == side for r in rows) == n, side
+    # trained networks are evaluated with recalibrated BN, as extracted subnets are: each of
+    # the 4 hand-picked ones once after training; our 2 subnets 3 times each as extracted
+    # (subnet, held-out, test) and each of the 4 fine-tuned ones before and after training
+    assert sum(m.startswith("torchvision.") for m in recalibrated) == 4
+    assert len(recalibrated) == 4 + 2 * 3 + 4 * 2, recalibrated
     for r in rows:
         assert 0 <= float(r["heldout_top1"]) <= 100 and 0 <= float(r["test_top1"]) <= 100
         assert float(r["onnxruntime_ms"]) > 0
