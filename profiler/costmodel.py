@@ -18,9 +18,14 @@ probe rows for its runtime the latency model prices a block as ``LUT(block) -
 LUT(probe(block's input))`` and adds the network input's probe once.  LUTs without probe rows
 (imported tables, older LUTs) are summed as they are; ``overhead=False`` forces that.
 
-**Calibration** (``profiler.validate`` fits it): ``measured ~ a * sum + b`` per runtime, in
-``<lut>.calibration.json``, recorded with whether the sums it was fitted on used the
-overhead model (a calibration only applies to the same kind of sum).
+**Calibration** (``profiler.validate`` fits it): ``measured ~ a * sum + b`` per runtime (and
+precision: an int8 fit is recorded as ``<runtime>-int8``), in ``<lut>.calibration.json``,
+recorded with whether the sums it was fitted on used the overhead model (a calibration only
+applies to the same kind of sum).
+
+**Precision** (issue 16): a model prices one precision from that precision's rows only
+(``precision="int8"``: the LUT's int8 rows and int8 overhead probes; a block without an int8
+row is a missing key, never priced from its fp32 row).
 """
 
 from __future__ import annotations
@@ -189,7 +194,7 @@ class LatencyModel(CostModel):
 
     def __init__(self, space: SearchSpace, table: dict[str, float] | Callable[[int], dict[str, float]],
                  calibration: tuple[float, float] | None = None, where: str = "LUT",
-                 runtime: str = "", device: str = "", overhead: bool = True):
+                 runtime: str = "", device: str = "", overhead: bool = True, precision: str = "fp32"):
         """``table``: latency by key, or a function of the resolution returning one (for
         LUTs imported per input size).  ``overhead``: use the LUT's overhead probes when it
         has them (False: sum the rows as they are)."""
@@ -197,6 +202,7 @@ class LatencyModel(CostModel):
         self._by_r: dict[int, tuple[dict[str, float], bool]] = {}
         self.runtime = runtime
         self.device = device
+        self.precision = precision
         self.overhead_requested = overhead
         self.calibration_skipped = ""  # from_lut(calibration="auto"): why the file beside the LUT was not applied
         super().__init__(space, self._lookup, calibration, where)
@@ -225,33 +231,44 @@ class LatencyModel(CostModel):
     @classmethod
     def from_lut(cls, path: Path | str, space: SearchSpace | None = None, runtime: str | None = None,
                  calibration: tuple[float, float] | str | Path | None = None,
-                 stat: str = "median", overhead: bool = True) -> "LatencyModel":
+                 stat: str = "median", overhead: bool = True, precision: str = "fp32") -> "LatencyModel":
         """Load a LUT CSV.  ``calibration``: (a, b), a calibration JSON path, ``"auto"`` (use
-        ``<lut>.calibration.json`` when present and fitted for this runtime and this kind
-        of sum; why one was not applied is then in ``calibration_skipped``), or None."""
+        ``<lut>.calibration.json`` when present and fitted for this runtime, precision and
+        kind of sum; why one was not applied is then in ``calibration_skipped``), or None.
+        ``precision``: price from the LUT's rows of that precision only (LutError when it
+        has none for the runtime)."""
         from .lut import LutTable, calibration_path, check_space
 
         lut = LutTable.load(path)
         check_space(path, (space or OFA_MBV3).name)
         rt = lut.pick_runtime(runtime)
-        model = cls(space or OFA_MBV3, lambda r: lut.table(rt, stat, resolution=r), None, where=str(path),
-                    runtime=rt, device=",".join(lut.devices), overhead=overhead)
+        lut.check_precision(rt, precision)
+        model = cls(space or OFA_MBV3, lambda r: lut.table(rt, stat, resolution=r, precision=precision), None,
+                    where=str(path) if precision == "fp32" else f"{path} ({precision} rows)",
+                    runtime=rt, device=",".join(lut.devices), overhead=overhead, precision=precision)
         use = model.uses_overhead()
+        key = calibration_key(rt, precision)
         if calibration == "auto":
             cp = calibration_path(Path(path))
             if cp.exists():
                 try:
-                    model.calibration = read_calibration(cp, rt, overhead=use)
+                    model.calibration = read_calibration(cp, key, overhead=use)
                 except CalibrationMismatch as exc:  # another runtime's, or the other kind of sum
                     model.calibration_skipped = str(exc)
         elif isinstance(calibration, (str, Path)):
-            model.calibration = read_calibration(Path(calibration), rt, overhead=use)
+            model.calibration = read_calibration(Path(calibration), key, overhead=use)
         else:
             model.calibration = calibration
         return model
 
     def latency(self, subnets: Sequence[SubnetConfig]) -> np.ndarray:
         return self.cost(subnets)
+
+
+def calibration_key(runtime: str, precision: str = "fp32") -> str:
+    """The entry of a calibration file for ``runtime`` in ``precision``: the runtime's name
+    for fp32 (as files written before int8 tables have it), ``<runtime>-int8`` for int8."""
+    return runtime if precision == "fp32" else f"{runtime}-{precision}"
 
 
 class CalibrationMismatch(ValueError):
@@ -289,7 +306,7 @@ def read_calibration(path: Path, runtime: str | None = None, overhead: bool | No
     entries = calibration_entries(path)
     if runtime and runtime in entries:
         data = entries[runtime]
-    elif "" in entries and len(entries) == 1:  # an old file that names no runtime
+    elif "" in entries and len(entries) == 1 and not (runtime or "").endswith("-int8"):  # an old file that names no runtime
         data = entries[""]
     elif not runtime and len(entries) == 1:
         data = next(iter(entries.values()))
@@ -348,4 +365,4 @@ class ParamsModel(CostModel):
 
 
 __all__ = ["CalibrationMismatch", "CostModel", "LatencyModel", "MacsModel", "MissingKeysError", "ParamsModel",
-           "calibration_entries", "has_overhead_rows", "read_calibration", "write_calibration"]
+           "calibration_entries", "calibration_key", "has_overhead_rows", "read_calibration", "write_calibration"]

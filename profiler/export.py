@@ -14,6 +14,9 @@
   one model per block (``profiler.tflite_split``): the same operators, weights and outputs
   as converting each alone, at a fraction of the time.
 
+int8 artifacts (formats ``onnx-int8`` and ``tflite-int8``, issue 16) are quantized from the
+block's fp32 artifact by ``profiler.quantize``; their version adds the quantizer's.
+
 Artifacts are cached by block key, format and exporter version
 (``<cache>/<format>/<version>/<key>.<ext>``): a second run exports nothing.  Each file is
 written to a temporary name and renamed, so a killed export never leaves a half file.
@@ -37,7 +40,7 @@ from supernet.atomic import mode_for
 from supernet.space import BlockSpec, SearchSpace, SubnetConfig
 
 EXPORTER_REV = 1
-FORMATS = ("onnx", "tflite")
+FORMATS = ("onnx", "tflite", "onnx-int8", "tflite-int8")
 RUNTIME_FORMAT = {"onnxruntime": "onnx", "tflite": "tflite"}
 ONNX_OPSET = 18
 ONNX_EXPORTER = "torchscript"  # or "dynamo" (torch.onnx.export(dynamo=True)); see the docstring
@@ -52,17 +55,27 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HWNAS_CACHE", "cache")) / "artifacts"
 
 
-def format_for_runtime(runtime: str) -> str:
+def format_for_runtime(runtime: str, precision: str = "fp32") -> str:
+    """The artifact format ``runtime`` runs in ``precision`` (fp32 or int8)."""
     try:
-        return RUNTIME_FORMAT[runtime]
+        fmt = RUNTIME_FORMAT[runtime]
     except KeyError:
         raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIME_FORMAT)})") from None
+    if precision == "fp32":
+        return fmt
+    if precision == "int8":
+        return f"{fmt}-int8"
+    raise ValueError(f"unknown precision {precision!r} (known: fp32, int8)")
 
 
 def exporter_version(fmt: str) -> str:
     """A string that changes whenever an artifact of ``fmt`` could change."""
     from importlib.metadata import version
 
+    if fmt.endswith("-int8") and fmt in FORMATS:
+        from .quantize import base_format, quantizer_version
+
+        return f"{exporter_version(base_format(fmt))}-{quantizer_version(fmt)}"
     torch_v = version("torch")
     if fmt == "onnx":
         return f"torch{torch_v}-{ONNX_EXPORTER}-opset{ONNX_OPSET}-rev{EXPORTER_REV}"
@@ -79,8 +92,19 @@ def _file_stem(key: str) -> str:
 
 
 def artifact_path(cache_dir: Path, key: str, fmt: str, version: str | None = None) -> Path:
+    """``<cache>/<format>/<version>/<key>.<ext>``; the extension is the runtime's (``.tflite``
+    for ``tflite-int8`` too)."""
     version = version or exporter_version(fmt)
-    return Path(cache_dir) / fmt / version / f"{_file_stem(key)}.{fmt}"
+    return Path(cache_dir) / fmt / version / f"{_file_stem(key)}.{fmt.split('-', 1)[0]}"
+
+
+def fp32_twin(path: Path, key: str, fmt: str) -> Path:
+    """The fp32 artifact in the same cache that the int8 artifact ``path`` (of ``key`` and
+    ``fmt``) is quantized from."""
+    path = Path(path)
+    if path.parents[1].name != fmt:
+        raise ValueError(f"{path}: not an artifact of format {fmt} in a cache")
+    return artifact_path(path.parents[2], key, fmt.split("-", 1)[0])
 
 
 @contextlib.contextmanager
@@ -121,6 +145,20 @@ def _seed_for(key: str) -> int:
     return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "little")
 
 
+def _random_bn_statistics(module) -> None:
+    """Non-trivial BN statistics, so that a test comparing outputs exercises them, and so that
+    no two folded biases are equal: at the default statistics every BN of a width folds to the
+    same zero bias, the exporter shares one initializer between those convolutions, and
+    onnxruntime's QDQ quantizer then leaves them in float (measured: 15 of 50 convolutions of a
+    48-px fmnist network, 3x the int8 block sum)."""
+    import torch
+
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+
+
 def block_module(spec: BlockSpec):
     """The block's module in eval mode, with deterministic weights and BN statistics."""
     import torch
@@ -130,11 +168,7 @@ def block_module(spec: BlockSpec):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed_for(str(spec)))
         module = build_block(spec).eval()
-        # Non-trivial BN statistics, so that a test comparing outputs exercises them.
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
+        _random_bn_statistics(module)
     return module
 
 
@@ -287,8 +321,9 @@ def export_tflite_blocks(specs: Sequence[BlockSpec], paths: Sequence[Path]) -> N
 
 
 def batchable(key: str, fmt: str) -> bool:
-    """Whether (key, fmt) may be converted together with others (``export_tflite_blocks``)."""
-    return fmt == "tflite" and BlockSpec.parse(key).kind != "pool"
+    """Whether (key, fmt) may be converted together with others (``export_tflite_blocks``;
+    an int8 TFLite block's fp32 model is converted that way)."""
+    return fmt in ("tflite", "tflite-int8") and BlockSpec.parse(key).kind != "pool"
 
 
 def plan_tasks(items: Sequence[tuple[str, str]], workers: int) -> list[list[tuple[str, str]]]:
@@ -313,7 +348,9 @@ def network_module(space: SearchSpace, cfg: SubnetConfig):
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed_for(cfg.to_json()))
-        return build_network(space, cfg).eval()
+        module = build_network(space, cfg).eval()
+        _random_bn_statistics(module)
+        return module
 
 
 def export_network(space: SearchSpace, cfg: SubnetConfig, fmt: str, path: Path, module=None) -> Path:
@@ -333,12 +370,38 @@ def export_network(space: SearchSpace, cfg: SubnetConfig, fmt: str, path: Path, 
 
 
 def export_networks(space: SearchSpace, cfgs: Sequence[SubnetConfig], fmt: str, paths: Sequence[Path],
-                    done: Callable[[int], None] | None = None) -> list[str]:
+                    done: Callable[[int], None] | None = None,
+                    fp32_paths: Sequence[Path] | None = None) -> list[str]:
     """Export each subnet to its path as ``export_network`` does; TFLite networks in chunks of
     up to ``TFLITE_BATCH`` (one litert-torch call each, split afterwards), a chunk that fails
     network by network.  ``done(n)`` hears of every n networks finished.  Returns one error
-    string per network ('' when it was written)."""
+    string per network ('' when it was written).
+
+    An int8 ``fmt`` quantizes each network's fp32 model (``fp32_paths``, exported there
+    first where missing; default: beside ``paths``) the way blocks are
+    (``profiler.quantize``), recording the output error without a bound."""
     import torch
+
+    if fmt.endswith("-int8"):
+        from .quantize import NETWORK_KIND, quantize_model
+
+        base = fmt.split("-", 1)[0]
+        twins = [Path(p) for p in fp32_paths] if fp32_paths is not None else \
+            [Path(p).with_name(Path(p).stem + ".fp32." + base) for p in paths]
+        need = [i for i, t in enumerate(twins) if not t.is_file()]
+        errors = [""] * len(cfgs)
+        for i, err in zip(need, export_networks(space, [cfgs[i] for i in need], base, [twins[i] for i in need])):
+            errors[i] = err
+        for i, cfg in enumerate(cfgs):
+            if not errors[i]:
+                try:
+                    quantize_model(fmt, twins[i], Path(paths[i]), (1, space.in_channels, cfg.r, cfg.r),
+                                   f"{space.name}:{cfg.to_json()}", NETWORK_KIND)
+                except Exception as exc:  # noqa: BLE001 - a failed quantization is a failed row
+                    errors[i] = f"int8: {exc}"[:500]
+            if done is not None:
+                done(1)
+        return errors
 
     written: set[int] = set()
     if fmt == "tflite" and len(cfgs) > 1:
@@ -389,7 +452,65 @@ def _export_task(key: str, fmt: str, path: str) -> tuple[str, str, str]:
 def _export_tasks(items: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
     """Worker body for a task of ``plan_tasks``: ``(key, fmt, path)`` items, all TFLite when
     there are several.  A chunk whose joint conversion fails is converted block by block, so
-    each block gets its own result and error."""
+    each block gets its own result and error.  int8 items are quantized from their fp32
+    artifacts (``fp32_twin``), which are exported first where the cache lacks them."""
+    from .quantize import precision_of
+
+    fp32 = [it for it in items if precision_of(it[1]) == "fp32"]
+    int8 = [it for it in items if precision_of(it[1]) == "int8"]
+    results = _export_fp32_tasks(fp32) if fp32 else []
+    if int8:
+        twins = [(k, f.split("-", 1)[0], str(fp32_twin(Path(p), k, f))) for k, f, p in int8]
+        need = [t for t in twins if not (Path(t[2]).is_file() and Path(t[2]).stat().st_size > 0)]
+        errors = {(k, f): e for k, f, e in _export_fp32_tasks(need)} if need else {}
+        for (key, fmt, path), (tk, tf, tp) in zip(int8, twins):
+            err = errors.get((tk, tf), "")
+            results.append((key, fmt, f"fp32 export: {err}"[:2000]) if err else _quantize_task(key, fmt, path, tp))
+    return results
+
+
+def _quantize_task(key: str, fmt: str, path: str, fp32_path: str) -> tuple[str, str, str]:
+    """Quantize one block from its fp32 artifact.  LiteRT's int8 overhead probe is quantized
+    from a 1x1 max pool instead of the fp32 probe's ReLU: alone, an int8 RELU is not
+    delegated to XNNPACK here and costs 11 us at 16x16x16 (106 us at 28x28x48) against 0.5-0.9
+    us for the int8 max pool, an identity XNNPACK runs; the probe must price the invocation,
+    not a kernel no network runs (in a network the ReLU is fused into its convolution)."""
+    import torch
+
+    from .quantize import quantize_model
+
+    try:
+        spec = BlockSpec.parse(key)
+        if spec.kind == "overhead" and fmt == "tflite-int8":
+            with tempfile.TemporaryDirectory(prefix="hwnas-probe-") as tmp:
+                src = Path(tmp) / "probe.tflite"
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(_seed_for(key) + 1)
+                    example = torch.randn(spec.input_shape)
+                export_tflite(_MaxPoolProbe.make(), example, src)
+                quantize_model(fmt, src, Path(path), spec.input_shape, key, spec.kind)
+        else:
+            quantize_model(fmt, Path(fp32_path), Path(path), spec.input_shape, key, spec.kind)
+        return key, fmt, ""
+    except Exception as exc:  # noqa: BLE001 - a failed quantization is a result
+        return key, fmt, f"{exc.__class__.__name__}: {exc}"[:2000]
+
+
+class _MaxPoolProbe:  # built lazily so that torch is imported only when exporting
+    @staticmethod
+    def make():
+        import torch
+
+        class MaxPoolProbe(torch.nn.Module):
+            """A 1x1 max pool: the identity, as an operator LiteRT's XNNPACK delegate runs in int8."""
+
+            def forward(self, x):
+                return torch.nn.functional.max_pool2d(x, 1)
+
+        return MaxPoolProbe().eval()
+
+
+def _export_fp32_tasks(items: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
     if len(items) > 1:
         try:
             export_tflite_blocks([BlockSpec.parse(k) for k, _, _ in items], [Path(p) for _, _, p in items])

@@ -52,6 +52,7 @@ def run_farm(
     progress: bool = True,
     transport_factory: Callable[[Device], Transport] | None = None,
     on_result: Callable[[ProfileResult], None] | None = None,
+    precisions: Sequence[str] = ("fp32",),
 ) -> FarmResult:
     """Profile every device (each with ``runtimes`` or its own runtime) concurrently.
 
@@ -65,6 +66,8 @@ def run_farm(
         progress: progress bars, one line per device.
         transport_factory: builds each device's transport (default: from its entry).
         on_result: called (from the worker thread) with each finished ``ProfileResult``.
+        precisions: ``fp32`` and/or ``int8``, each measured for every runtime into the same
+            LUT (rows differ by precision), fp32 first.
 
     Returns:
         A ``FarmResult``: results in device order, and per-device errors.
@@ -79,13 +82,13 @@ def run_farm(
 
     def work(i: int, device: Device) -> None:
         out: list[ProfileResult] = []
-        for runtime in runtimes or [device.runtime]:
+        for runtime, precision in [(rt, p) for rt in runtimes or [device.runtime] for p in precisions]:
             lut_path = lut or default_lut_path(device, runtime, lut_folder)
             guard = local_lock if device.transport == "local" and len(devices) > 1 else _NoLock()
             try:
                 with guard:
                     res = profile_device(device, specs, runtime, lut_path, cache, progress=progress, position=i,
-                                         broker=broker,
+                                         broker=broker, precision=precision,
                                          transport=transport_factory(device) if transport_factory else None)
             except (LutError, ValueError, OSError) as exc:
                 with lock:
@@ -99,8 +102,8 @@ def run_farm(
 
     try:
         if len(devices) > 1 and any(d.transport == "local" for d in devices):
-            items = [(str(s), format_for_runtime(rt)) for d in devices for rt in (runtimes or [d.runtime])
-                     for s in specs]
+            items = [(str(s), format_for_runtime(rt, p)) for d in devices for rt in (runtimes or [d.runtime])
+                     for p in precisions for s in specs]
             broker.ensure(items, progress=progress, desc="export (before local timing)")
         if len(devices) == 1:
             work(0, devices[0])

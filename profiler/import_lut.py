@@ -143,7 +143,7 @@ def import_files(files: list[Path], fmt: str, device: str, runtime: str) -> list
                     "key": str(spec), "kind": spec.kind, "runtime": runtime, "status": "ok",
                     "resolution": resolution,
                     "mean_ms": mean * share, "std_ms": (std * share) if std is not None else "",
-                    "count": count, "device": device, "measured_at": now, "noisy": False,
+                    "count": count, "device": device, "measured_at": now, "noisy": False, "precision": "fp32",
                     "source": f"{fmt}:{Path(path).name}:{key}" + ("" if share else " (time in classifier row)"),
                 })
                 rid = (row["key"], runtime, resolution)

@@ -30,9 +30,14 @@ COLUMNS = [
     "key", "kind", "runtime", "resolution", "status", "median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms",
     "max_ms", "iqr_ms", "count", "noisy", "load_avg", "threads", "runtime_version", "provider", "device",
     "host", "host_cpu", "measured_at", "exporter", "attempts", "source", "error",
+    # issue 16: the precision the block ran in (fp32 for rows of LUTs written before it) and,
+    # for int8 rows, the quantized block's relative output error against its fp32 model, the
+    # bound it had to meet (per block kind) and the inputs its activations were calibrated on
+    "precision", "quant_error", "quant_bound", "quant_calibration",
 ]
 FLOAT_COLUMNS = ("median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms", "max_ms", "iqr_ms")
-OTHER_FLOAT_COLUMNS = ("load_avg",)
+OTHER_FLOAT_COLUMNS = ("load_avg", "quant_error", "quant_bound")
+PRECISIONS = ("fp32", "int8")
 INT_COLUMNS = ("count", "threads", "attempts", "resolution")
 REQUIRED = ("key", "runtime", "status")
 TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in FLOAT_COLUMNS + OTHER_FLOAT_COLUMNS + INT_COLUMNS + ("noisy",))
@@ -83,6 +88,9 @@ def _normalise(row: dict[str, Any], where: str) -> dict[str, Any]:
         out[c] = _num(row.get(c, ""), float, where, c, MAX_MS)
     for c in INT_COLUMNS:
         out[c] = _num(row.get(c, ""), int, where, c, 1e9)
+    out["precision"] = out["precision"] or "fp32"
+    if out["precision"] not in PRECISIONS:
+        raise LutError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {out['precision'][:40]!r}")
     if out["status"] not in ("ok", "error"):
         raise LutError(f"{where}: status must be ok or error, got {out['status']!r}")
     if out["status"] == "ok" and out["median_ms"] is None and out["mean_ms"] is None:
@@ -118,7 +126,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             row = _normalise(raw, where)
             first = seen.setdefault(row_id(row), reader.line_num)
             if first != reader.line_num:
-                raise LutError(f"{where}: duplicate row for key {row['key']} ({row['runtime']}"
+                raise LutError(f"{where}: duplicate row for key {row['key']} ({row['runtime']}, {row['precision']}"
                                f"{', r=' + str(row['resolution']) if row['resolution'] != '' else ''}), "
                                f"first on line {first}")
             rows.append(row)
@@ -233,20 +241,21 @@ def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return str(a.get("measured_at", "")) >= str(b.get("measured_at", ""))
 
 
-def row_id(row: dict[str, Any]) -> tuple[str, str, Any]:
-    """Rows are unique per (key, runtime, resolution).  ``resolution`` is empty for measured
-    rows (a block's cost does not depend on the network it sits in); imported per-resolution
-    tables (OFA publishes one file per input size) tag each row with its table's size, since
-    the same head block appears, measured separately, in every file."""
-    return row["key"], row["runtime"], row.get("resolution", "")
+def row_id(row: dict[str, Any]) -> tuple[str, str, Any, str]:
+    """Rows are unique per (key, runtime, resolution, precision).  ``resolution`` is empty for
+    measured rows (a block's cost does not depend on the network it sits in); imported
+    per-resolution tables (OFA publishes one file per input size) tag each row with its
+    table's size, since the same head block appears, measured separately, in every file.
+    ``precision`` is fp32 or int8 (empty, in a LUT written before int8 tables, reads fp32)."""
+    return row["key"], row["runtime"], row.get("resolution", ""), row.get("precision") or "fp32"
 
 
 @dataclass
 class LutTable:
-    """A LUT in memory: rows by (key, runtime)."""
+    """A LUT in memory: rows by ``row_id`` (key, runtime, resolution, precision)."""
 
     path: Path | None = None
-    rows: dict[tuple[str, str, Any], dict[str, Any]] = field(default_factory=dict)
+    rows: dict[tuple[str, str, Any, str], dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
     @classmethod
@@ -276,18 +285,23 @@ class LutTable:
     # queries -------------------------------------------------------------------------
     @property
     def runtimes(self) -> list[str]:
-        return sorted({rt for _, rt, _ in self.rows})
+        return sorted({rt for _, rt, _, _ in self.rows})
+
+    def precisions(self, runtime: str | None = None) -> list[str]:
+        """Precisions with rows (of ``runtime``, or of any), fp32 first."""
+        have = {p for _, rt, _, p in self.rows if runtime is None or rt == runtime}
+        return [p for p in PRECISIONS if p in have]
 
     @property
     def devices(self) -> list[str]:
         return sorted({r["device"] for r in self.rows.values() if r.get("device")})
 
-    def ok(self, key: str, runtime: str) -> bool:
-        r = self.rows.get((key, runtime, ""))
+    def ok(self, key: str, runtime: str, precision: str = "fp32") -> bool:
+        r = self.rows.get((key, runtime, "", precision))
         return r is not None and r["status"] == "ok"
 
-    def get(self, key: str, runtime: str) -> dict[str, Any] | None:
-        return self.rows.get((key, runtime, ""))
+    def get(self, key: str, runtime: str, precision: str = "fp32") -> dict[str, Any] | None:
+        return self.rows.get((key, runtime, "", precision))
 
     def pick_runtime(self, runtime: str | None = None) -> str:
         rts = self.runtimes
@@ -302,9 +316,21 @@ class LutTable:
             raise LutError(f"{self.path or 'LUT'}: no rows for runtime {runtime!r} (has: {', '.join(rts) or 'none'})")
         return runtime
 
+    def check_precision(self, runtime: str, precision: str) -> None:
+        """Raise LutError (one line) when the LUT has no rows of ``precision`` for ``runtime``."""
+        if precision not in PRECISIONS:
+            raise LutError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+        have = self.precisions(runtime)
+        if precision not in have:
+            hint = (f"profile it with python -m profiler.run --runtime {runtime} --precision {precision}"
+                    if precision == "int8" else "")
+            raise LutError(f"{self.path or 'LUT'}: no {precision} rows for runtime {runtime} "
+                           f"(has: {', '.join(have) or 'none'}){': ' + hint if hint else ''}")
+
     def table(self, runtime: str | None = None, stat: str = "median",
-              resolution: int | None = None) -> dict[str, float]:
-        """Latency in ms by block key, from the ``ok`` rows of one runtime.
+              resolution: int | None = None, precision: str = "fp32") -> dict[str, float]:
+        """Latency in ms by block key, from the ``ok`` rows of one runtime and one precision
+        (never another's: an int8 table prices from int8 rows only).
 
         ``stat``: median (falling back to the mean for rows without one, as in imported OFA
         tables) or mean.  ``resolution``: for tables imported per input size, prefer rows of
@@ -312,8 +338,8 @@ class LutTable:
         rt = self.pick_runtime(runtime)
         first, second = ("median_ms", "mean_ms") if stat == "median" else ("mean_ms", "median_ms")
         best: dict[str, tuple[tuple[int, int], float]] = {}
-        for (key, r_rt, res), row in self.rows.items():
-            if r_rt != rt or row["status"] != "ok":
+        for (key, r_rt, res, prec), row in self.rows.items():
+            if r_rt != rt or prec != precision or row["status"] != "ok":
                 continue
             if res == "":
                 rank = (1, 0)
@@ -327,7 +353,7 @@ class LutTable:
         return {k: v for k, (_, v) in best.items()}
 
     def sorted_rows(self) -> list[dict[str, Any]]:
-        return [self.rows[k] for k in sorted(self.rows, key=lambda k: (k[1], k[0], str(k[2])))]
+        return [self.rows[k] for k in sorted(self.rows, key=lambda k: (k[1], k[3], k[0], str(k[2])))]
 
 
 class LutWriter:

@@ -51,6 +51,7 @@ class ProfileResult:
     host: str = ""
     host_cpu: str = ""
     runtime_version: str = ""
+    precision: str = "fp32"
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -69,11 +70,12 @@ def default_lut_path(device: Device, runtime: str, folder: Path = Path("luts")) 
     return folder / (f"{device.name}.csv" if runtime == device.runtime else f"{device.name}-{runtime}.csv")
 
 
-def pending(writer: LutWriter, specs: Sequence[BlockSpec], runtime: str, max_attempts: int) -> tuple[list[BlockSpec], int]:
+def pending(writer: LutWriter, specs: Sequence[BlockSpec], runtime: str, max_attempts: int,
+            precision: str = "fp32") -> tuple[list[BlockSpec], int]:
     """Blocks still to measure: not ``ok`` and not failed ``max_attempts`` times already."""
     todo, skipped = [], 0
     for s in specs:
-        row = writer.table.get(str(s), runtime)
+        row = writer.table.get(str(s), runtime, precision)
         if row is None:
             todo.append(s)
         elif row["status"] == "ok":
@@ -87,7 +89,7 @@ def pending(writer: LutWriter, specs: Sequence[BlockSpec], runtime: str, max_att
 
 def check_threads(writer: LutWriter, runtime: str, threads: int) -> None:
     """A LUT holds one thread count per runtime: mixing them would make a meaningless table."""
-    other = {r["threads"] for (k, rt, res), r in writer.table.rows.items()
+    other = {r["threads"] for (k, rt, res, _prec), r in writer.table.rows.items()
              if rt == runtime and r["status"] == "ok" and r.get("threads") not in ("", None)}
     other.discard(threads)
     if other:
@@ -261,6 +263,7 @@ def profile_device(
     position: int = 0,
     transport: Transport | None = None,
     broker: ExportBroker | None = None,
+    precision: str = "fp32",
 ) -> ProfileResult:
     """Measure every block of ``specs`` on ``device`` with ``runtime`` into ``lut_path``.
 
@@ -275,6 +278,8 @@ def profile_device(
         progress: show progress bars; ``position`` is this device's bar line.
         transport: use this transport instead of ``make_transport(device)``.
         broker: a shared ``ExportBroker`` (the device farm passes one for all devices).
+        precision: ``fp32`` or ``int8`` (blocks quantized by ``profiler.quantize``; their
+            rows carry the precision, the int8 output error, its bound and the calibration).
 
     Returns:
         A ``ProfileResult``; ``device_lost`` is set when the device could not be reached
@@ -283,23 +288,24 @@ def profile_device(
     from tqdm import tqdm
 
     t_start = time.perf_counter()
-    fmt = format_for_runtime(runtime)
-    res = ProfileResult(device.name, runtime, str(lut_path))
+    fmt = format_for_runtime(runtime, precision)
+    res = ProfileResult(device.name, runtime, str(lut_path), precision=precision)
     writer = LutWriter(lut_path)
     own_broker = broker is None
     broker = broker or ExportBroker(cache, export_workers)
     try:
         check_threads(writer, runtime, device.threads)
-        todo, res.skipped = pending(writer, specs, runtime, device.max_attempts)
+        todo, res.skipped = pending(writer, specs, runtime, device.max_attempts, precision)
         res.todo = len(todo)
         if not todo:
             return res
         context = {
             "device": device.name, "threads": device.threads, "exporter": cache.version(fmt),
+            "precision": precision,
         }
 
         def attempts(spec: BlockSpec) -> int:
-            row = writer.table.get(str(spec), runtime)
+            row = writer.table.get(str(spec), runtime, precision)
             return (row.get("attempts") or 1) + 1 if row is not None and row["status"] == "error" else 1
 
         def fail(spec: BlockSpec, message: str) -> None:
@@ -370,6 +376,8 @@ def profile_device(
                 else:
                     reply = outcome
                     ctx = dict(context, measured_at=_now(), attempts=attempts(spec))
+                    if precision == "int8":
+                        ctx.update(quant_record(built.path))
                     if "samples_ms" in reply:
                         writer.add(stats_row(str(spec), runtime, reply, ctx), samples=reply["samples_ms"])
                     else:
@@ -392,6 +400,15 @@ def profile_device(
             broker.close()
         writer.close()
         res.wall_s = time.perf_counter() - t_start
+
+
+def quant_record(artifact: Path) -> dict[str, Any]:
+    """The LUT columns of an int8 artifact's record (``profiler.quantize``)."""
+    from .quantize import read_meta
+
+    meta = read_meta(artifact)
+    return {"quant_error": meta.get("error", ""), "quant_bound": meta.get("bound", "") or "",
+            "quant_calibration": str(meta.get("calibration", ""))}
 
 
 def connect(session: Session, device: Device, reconnect: bool = False) -> None:

@@ -1,7 +1,7 @@
 """Build latency lookup tables: every block of the search space, measured on a device.
 
     python -m profiler.run --device local [--runtime onnxruntime|tflite|onnxruntime,tflite]
-        [--resolutions 160,224] [--widths 1.0] [--threads N] [--limit N] [--lut PATH]
+        [--precision fp32|int8|fp32,int8] [--resolutions 160,224] [--widths 1.0] [--threads N] [--limit N] [--lut PATH]
         [--space ofa_mbv3] [--devices devices.yaml] [--cache DIR] [--export-workers N]
         [--no-overhead-probes] [--json]
 
@@ -11,6 +11,9 @@ device's own), its raw-sample journal, and a run summary ``<lut>.run.json``.  A 
 what is measured; a killed run resumes where it stopped.  Beside the blocks it measures an
 ``overhead`` probe at each input shape (the runtime's fixed cost of one invocation, which the
 latency model takes off every block and charges a network once; ``profiler.costmodel``).
+``--precision int8`` (or ``fp32,int8``) measures post-training-quantized blocks too
+(``profiler.quantize``): their rows sit in the same LUT with ``precision`` int8, and their
+summary goes to ``<lut>.run-int8.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from supernet.space import BlockSpec, get_space, overhead_probe, space_names
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
 from .export import ArtifactCache, default_cache_dir
 from .farm import run_farm
-from .lut import lut_sibling, record_space
+from .lut import PRECISIONS, lut_sibling, record_space
 from .measure import ProfileResult
 
 
@@ -63,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="local", help="device name from devices.yaml, a comma list, or all (default: local)")
     ap.add_argument("--devices", type=Path, default=DEFAULT_DEVICES_FILE, help="device inventory (default: ./devices.yaml)")
     ap.add_argument("--runtime", default=None, help="onnxruntime, tflite, or both comma-separated (default: the device's)")
+    ap.add_argument("--precision", default="fp32",
+                    help="fp32, int8, or both comma-separated (int8: blocks quantized from their fp32 models; "
+                         "default fp32)")
     ap.add_argument("--space", default="ofa_mbv3", help=f"search space ({', '.join(space_names())})")
     ap.add_argument("--resolutions", type=lambda t: _int_list(t, "--resolutions"), default=None,
                     help="input resolutions to cover (default: all of the space)")
@@ -96,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             bad = [r for r in runtimes if r not in RUNTIMES]
             if bad:
                 raise ValueError(f"unknown runtime {', '.join(map(repr, bad))} (known: {', '.join(RUNTIMES)})")
+        precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+        bad = [p for p in precisions if p not in PRECISIONS]
+        if bad or not precisions:
+            raise ValueError(f"unknown precision {', '.join(map(repr, bad)) or repr(args.precision)} "
+                             f"(known: {', '.join(PRECISIONS)})")
+        precisions = [p for p in PRECISIONS if p in precisions]  # fp32 first: int8 is quantized from it
         specs = space.all_blocks(args.resolutions, args.widths)
         if args.limit is not None:
             if args.limit < 1:
@@ -119,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                                     ("min_time_s", args.min_time)) if v is not None}
     devices = [replace(d, **overrides) for d in devices]
     farm = run_farm(devices, specs, cache, runtimes=runtimes, lut=args.lut, export_workers=args.export_workers,
-                    progress=not args.no_progress, on_result=lambda res: _write_summary(res, space.name))
+                    progress=not args.no_progress, on_result=lambda res: _write_summary(res, space.name),
+                    precisions=precisions)
     for err in farm.errors:
         print(f"error: {err}", file=sys.stderr)
     for res in farm.results:
@@ -130,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_summary(res: ProfileResult, space: str) -> None:
-    atomic_write_text(lut_sibling(Path(res.lut), ".run.json"), json.dumps(res.as_dict(), indent=2) + "\n")
+    suffix = ".run.json" if res.precision == "fp32" else f".run-{res.precision}.json"
+    atomic_write_text(lut_sibling(Path(res.lut), suffix), json.dumps(res.as_dict(), indent=2) + "\n")
     record_space(Path(res.lut), space)
 
 
@@ -160,10 +174,10 @@ def _print(results: list[ProfileResult], as_json: bool) -> None:
     if as_json:
         print(json.dumps({"runs": [r.as_dict() for r in results]}))
         return
-    print(f"{'device':<10} {'runtime':<12} {'measured':>8} {'failed':>6} {'skipped':>7} {'export s':>8} "
-          f"{'measure s':>9} {'timed s':>7}  lut")
+    print(f"{'device':<10} {'runtime':<12} {'precision':<9} {'measured':>8} {'failed':>6} {'skipped':>7} "
+          f"{'export s':>8} {'measure s':>9} {'timed s':>7}  lut")
     for r in results:
-        print(f"{r.device:<10} {r.runtime:<12} {r.measured:>8} {r.failed:>6} {r.skipped:>7} {r.export_s:>8.1f} "
+        print(f"{r.device:<10} {r.runtime:<12} {r.precision:<9} {r.measured:>8} {r.failed:>6} {r.skipped:>7} {r.export_s:>8.1f} "
               f"{r.measure_s:>9.1f} {r.timed_s:>7.1f}  {r.lut}")
         for e in r.errors[:5]:
             print(f"  failed: {e}")

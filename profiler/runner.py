@@ -116,8 +116,13 @@ class _Model:
             self.interp.allocate_tensors()
             self.inputs = []
             for d in self.interp.get_input_details():
-                data = rng.standard_normal(tuple(d["shape"])).astype(d["dtype"])
-                self.interp.set_tensor(d["index"], data)
+                data = rng.standard_normal(tuple(d["shape"])).astype(np.float32)
+                dtype = np.dtype(d["dtype"])
+                if dtype.kind in "iu":  # an int8 model: its input quantized with its own scale and zero point
+                    scale, zero = d["quantization"]
+                    info = np.iinfo(dtype)
+                    data = np.clip(np.round(data / (scale or 1.0)) + zero, info.min, info.max)
+                self.interp.set_tensor(d["index"], data.astype(dtype))
             self.run = self.interp.invoke
             self.provider = "xnnpack" if "ai_edge_litert" in self.module or "tflite" in self.module else ""
         elif runtime == "onnxruntime":

@@ -1,7 +1,7 @@
 """Fidelity report: how well does the LUT sum predict whole networks on the device?
 
     python -m profiler.validate --device local --runtime onnxruntime[,tflite] --lut luts/local.csv \
-        --subnets 20 [--passes 2] [--seed 0] [--space ofa_mbv3] [--json]
+        --subnets 20 [--passes 2] [--seed 0] [--space ofa_mbv3] [--precision fp32|int8] [--json]
 
 Samples N random subnets at resolutions the LUT covers completely, exports each whole
 network with the same exporter as the blocks, measures it end to end on the same device and
@@ -23,6 +23,10 @@ validated on the same networks, one after the other.  Writes next to the LUT:
 - ``<lut>.calibration.json``: ``{"runtimes": {runtime: {a, b, overhead, ...}}}``, what the
   latency model applies with calibration on (other runtimes' entries are kept);
 - ``<lut>.validate.png``: measured against predicted, one panel per runtime.
+
+``--precision int8`` validates the LUT's int8 rows: every network is quantized whole, the
+way its blocks were (``profiler.quantize``, from the network's fp32 model), and the report
+files are ``<lut>.validate-int8.*``; its calibration is the ``<runtime>-int8`` entry.
 
 The numbers are what they are; nothing is tuned to look good.
 """
@@ -47,7 +51,7 @@ from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_dev
 from .export import ArtifactCache, export_networks, format_for_runtime
 from supernet.atomic import atomic_open, atomic_write_text, ensure_writable_folder
 
-from .costmodel import LatencyModel, write_calibration
+from .costmodel import LatencyModel, calibration_key, write_calibration
 from .lut import LutError, calibration_path, lut_sibling
 
 
@@ -133,13 +137,13 @@ def _median_load(rows: list[dict[str, Any]]) -> float | None:
     return float(np.median(loads)) if loads else None
 
 
-def _lut_load(lut: Path, runtime: str) -> float | None:
+def _lut_load(lut: Path, runtime: str, precision: str = "fp32") -> float | None:
     """Median device load while the LUT's rows were measured: compare it with the load during
     validation before trusting a calibration (a busy machine measures slow)."""
     from .lut import LutTable
 
-    loads = [r["load_avg"] for (_, rt, _), r in LutTable.load(lut).rows.items()
-             if rt == runtime and r["status"] == "ok" and r.get("load_avg") not in ("", None)]
+    loads = [r["load_avg"] for (_, rt, _, prec), r in LutTable.load(lut).rows.items()
+             if rt == runtime and prec == precision and r["status"] == "ok" and r.get("load_avg") not in ("", None)]
     return float(np.median(loads)) if loads else None
 
 
@@ -182,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--space", default="ofa_mbv3", help=f"search space ({', '.join(space_names())})")
     ap.add_argument("--width", type=float, default=None, help="width multiplier (default: the space's first)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                    help="validate the LUT's rows of this precision (int8: networks quantized whole as the blocks were)")
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -200,15 +206,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.passes < 1:
             raise ValueError("--passes must be at least 1")
         w = args.width if args.width is not None else space.default_width
-        models = {rt: (LatencyModel.from_lut(args.lut, space, rt), LatencyModel.from_lut(args.lut, space, rt,
-                                                                                          overhead=False))
+        prec = args.precision
+        models = {rt: (LatencyModel.from_lut(args.lut, space, rt, precision=prec),
+                       LatencyModel.from_lut(args.lut, space, rt, overhead=False, precision=prec))
                   for rt in runtimes}
         resolutions = sorted(set.intersection(*(set(covered_resolutions(m, space, w)) for m, _ in models.values())))
         if not resolutions:
             raise ValueError(f"{args.lut}: no resolution of space {space.name!r} at width {w:g} is fully "
                              f"covered by the {' and '.join(runtimes)} rows; run profiler.run first")
         ensure_writable_folder(Path(args.lut).parent, "LUT folder (the report goes beside the LUT)")
-        outputs = {s: lut_sibling(args.lut, s) for s in (".validate.csv", ".validate.json", ".validate.png")}
+        tag = "" if prec == "fp32" else f"-{prec}"
+        outputs = {s: lut_sibling(args.lut, s.replace(".validate", ".validate" + tag))
+                   for s in (".validate.csv", ".validate.json", ".validate.png")}
         outputs[".calibration.json"] = calibration_path(args.lut)
         for p in outputs.values():
             if p.exists() and not p.is_file():
@@ -229,10 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     try:
         for rt in runtimes:
-            fmt = format_for_runtime(rt)
+            fmt, base = format_for_runtime(rt, args.precision), format_for_runtime(rt)
             net_dir = cache.root / "networks" / fmt / cache.version(fmt)
             out = measure_networks(device, rt, space, subnets, fmt, net_dir, progress=not args.no_progress,
-                                   on_row=lambda row, rt=rt: keep(dict(row, runtime=rt)), passes=args.passes)
+                                   on_row=lambda row, rt=rt: keep(dict(row, runtime=rt)), passes=args.passes,
+                                   fp32_dir=cache.root / "networks" / base / cache.version(base))
             if isinstance(out, str):
                 print(f"error: {out} ({len(done)} measurement(s) made, kept in {outputs['.validate.csv']})",
                       file=sys.stderr)
@@ -288,19 +298,20 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
                   + "; ".join(r["error"] for r in rows if r["error"] and r["runtime"] == rt)[:500], file=sys.stderr)
             return 1
         s, p_all, m_all = _summary_for(*models[rt], subnets, preds[rt], meas)
-        s.update({"device": device.name, "runtime": rt, "lut": str(args.lut), "space": space.name,
+        s.update({"device": device.name, "runtime": rt, "precision": args.precision, "lut": str(args.lut),
+                  "space": space.name,
                   "seed": args.seed, "resolutions": resolutions, "failed": int(np.isnan(meas).any(axis=0).sum()),
                   "load_avg_median": _median_load([r for r in rows if r["runtime"] == rt]),
-                  "lut_load_avg_median": _lut_load(args.lut, rt),
+                  "lut_load_avg_median": _lut_load(args.lut, rt, args.precision),
                   "validated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         s["n"] = len(subnets) - s["failed"]
         summaries[rt] = s
-        panels.append((f"{device.name} / {rt} / {space.name}", p_all, m_all, s))
+        panels.append((f"{device.name} / {rt} {args.precision} / {space.name}", p_all, m_all, s))
     atomic_write_text(outputs[".validate.csv"], _report_csv(subnets, preds, rows))
     doc = next(iter(summaries.values())) if len(summaries) == 1 else {"runtimes": summaries}
     atomic_write_text(outputs[".validate.json"], json.dumps(doc, indent=2) + "\n")
     for rt, s in summaries.items():
-        write_calibration(outputs[".calibration.json"], rt, {
+        write_calibration(outputs[".calibration.json"], calibration_key(rt, args.precision), {
             "a": s["a"], "b": s["b"], "overhead": s["overhead_model"], "device": device.name, "n": s["n"],
             "fitted_at": s["validated_at"]})
     _plot(outputs[".validate.png"], panels)
@@ -315,7 +326,7 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
         for i, cfg in enumerate(subnets):
             ms = " ".join(f"{m:>10.3f}" if not np.isnan(m) else f"{'failed':>10}" for m in meas[:, i])
             print(f"{'':{len(rt) + 2}}{i:>6} {cfg.r:>4} {pred[i]:>12.3f} {ms}")
-        print(f"\n{device.name} / {fidelity_line(rt, s)}")
+        print(f"\n{device.name} / {fidelity_line(rt if args.precision == 'fp32' else f'{rt} {args.precision}', s)}")
         print(f"  within 5%: {s['within_5pct'] * 100:.0f}%, LUT model / measured (median) {s['sum_over_measured']:.3f}, "
               f"overhead model {'on' if s['overhead_model'] else 'off (the LUT has no overhead probes)'}")
         if s["load_avg_median"] is not None and s["lut_load_avg_median"] is not None:
@@ -323,29 +334,36 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
                   f"{s['load_avg_median']:.2f} during validation")
         print(f"  calibration: measured ~ {s['a']:.4f} * model + {s['b']:.4f} ms -> median |error| "
               f"{s['calibrated_median_abs_error_pct']:.1f}%, within 10%: {s['calibrated_within_10pct'] * 100:.0f}%\n")
-    print(f"wrote {outputs['.validate.csv']}, .validate.json, .validate.png and {outputs['.calibration.json']}")
+    print(f"wrote {outputs['.validate.csv']}, {outputs['.validate.json'].name}, {outputs['.validate.png'].name} "
+          f"and {outputs['.calibration.json']}")
     return 0
 
 
 def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[SubnetConfig], fmt: str,
                      net_dir: Path, progress: bool, on_row: Callable[[dict[str, Any]], None] | None = None,
-                     passes: int = 1):
+                     passes: int = 1, fp32_dir: Path | None = None):
     """Export every network (all before the first measurement), then measure each, ``passes``
     times interleaved (every network, then every network again); ``on_row`` receives each
     measurement's row (``index``, ``pass``, ``measured_ms``, ``error``, ``load_avg``) as soon
     as it is known.  Returns (measured ms: an array of N with NaN for failures for one pass,
-    passes x N for more; the last pass's per-subnet rows) or an error string."""
+    passes x N for more; the last pass's per-subnet rows) or an error string.  An int8 ``fmt``
+    quantizes each network from its fp32 model, kept under ``fp32_dir`` (default: beside)."""
     import hashlib
 
     from tqdm import tqdm
 
-    paths = [net_dir / f"{space.name}-r{cfg.r}-{hashlib.sha1(f'{space.name}:{cfg.to_json()}'.encode()).hexdigest()[:16]}.{fmt}"
-             for cfg in subnets]
+    def name(cfg: SubnetConfig, ext: str) -> str:
+        return f"{space.name}-r{cfg.r}-{hashlib.sha1(f'{space.name}:{cfg.to_json()}'.encode()).hexdigest()[:16]}.{ext}"
+
+    ext = fmt.split("-", 1)[0]
+    paths = [net_dir / name(cfg, ext) for cfg in subnets]
+    twins = [fp32_dir / name(cfg, ext) for cfg in subnets] if fp32_dir is not None and fmt != ext else None
     todo = [i for i, p in enumerate(paths) if not p.is_file()]
     errors = [""] * len(subnets)
     if todo:
         with tqdm(total=len(todo), desc=f"export {fmt} networks", unit="net", disable=not progress) as bar:
-            errs = export_networks(space, [subnets[i] for i in todo], fmt, [paths[i] for i in todo], done=bar.update)
+            errs = export_networks(space, [subnets[i] for i in todo], fmt, [paths[i] for i in todo], done=bar.update,
+                                   fp32_paths=None if twins is None else [twins[i] for i in todo])
             for i, err in zip(todo, errs):
                 errors[i] = err
     paths = [None if err else p for p, err in zip(paths, errors)]

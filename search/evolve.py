@@ -633,7 +633,7 @@ def verify_on_device(latency, space: SearchSpace, subnets: Sequence[SubnetConfig
         device = select_devices(load_devices(DEFAULT_DEVICES_FILE), device_name, DEFAULT_DEVICES_FILE)[0]
     except ValueError as exc:
         raise ValueError(f"the LUT's device {device_name!r}: {exc}") from None
-    fmt = format_for_runtime(latency.runtime)
+    fmt = format_for_runtime(latency.runtime, getattr(latency, "precision", "fp32"))
     cache = ArtifactCache(None)
     out = measure_networks(device, latency.runtime, space, list(subnets), fmt,
                            cache.root / "networks" / fmt / cache.version(fmt), progress=progress)
@@ -643,7 +643,8 @@ def verify_on_device(latency, space: SearchSpace, subnets: Sequence[SubnetConfig
     records = []
     for cfg, m, row in zip(subnets, meas, rows):
         pred_ms = float(latency.latency([cfg])[0])
-        records.append({"device": device.name, "runtime": latency.runtime, "predicted_latency_ms": round(pred_ms, 4),
+        records.append({"device": device.name, "runtime": latency.runtime,
+                        "precision": getattr(latency, "precision", "fp32"), "predicted_latency_ms": round(pred_ms, 4),
                         "measured_latency_ms": None if np.isnan(m) else round(float(m), 4),
                         "error_pct": None if np.isnan(m) else round((pred_ms - m) / m * 100, 2),
                         "measure_error": row["error"] or None})
@@ -686,6 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params-m", help="parameter budget(s) in millions instead of latency")
     ap.add_argument("--space", help="search space (default: the LUT's, else the predictor's)")
     ap.add_argument("--runtime", help="LUT runtime, when the LUT holds several")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                    help="price from the LUT's rows of this precision only (int8: profiler.run --precision int8)")
     ap.add_argument("--calibration", default="auto",
                     help="auto (use <lut>.calibration.json when present), none, or a calibration JSON")
     ap.add_argument("--resolutions", help="resolutions to search, comma separated (default: all the LUT covers)")
@@ -741,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         latency = None
         if args.lut:
             cal = _calibration_arg(args.calibration)
-            latency = LatencyModel.from_lut(args.lut, space, args.runtime, calibration=cal)
+            latency = LatencyModel.from_lut(args.lut, space, args.runtime, calibration=cal, precision=args.precision)
             if latency.calibration_skipped:
                 print(f"note: {latency.calibration_skipped}: using the plain LUT sum", file=sys.stderr)
         model = {"latency-ms": latency, "macs-m": MacsModel(space), "params-m": ParamsModel(space)}[flag]
@@ -764,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.out) if args.out else Path("out/search") / (Path(args.lut).stem if args.lut else flag), "--out folder")
     except MissingKeysError as exc:
         ap.exit(2, "error: " + str(exc).replace("\n", " ") + "\n")
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # LutError is a ValueError
         ap.exit(2, f"error: {exc}\n")
 
     score = lambda p: pred.predict_population(p, choices)  # noqa: E731

@@ -8,7 +8,7 @@ The model sums the subnet's blocks' LUT rows; with the LUT's overhead probes (me
 CLI::
 
     python -m search.latency --lut luts/local.csv --subnet max|min|<json>|FILE|budget_*ms.json [--runtime R]
-                             [--space NAME] [--calibrated] [--no-overhead] [--per-block] [--json]
+                             [--precision fp32|int8] [--space NAME] [--calibrated] [--no-overhead] [--per-block] [--json]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _unwrap_result(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from profiler.lut import LutError
+    from profiler.lut import PRECISIONS, LutError
 
     ap = argparse.ArgumentParser(prog="python -m search.latency", description=__doc__.split("\n\n")[0])
     ap.add_argument("--lut", required=True, help="LUT CSV")
@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--space", default=None, help="search space name (default: the one the LUT's .space.json "
                     "records, else ofa_mbv3)")
     ap.add_argument("--runtime", default=None, help="runtime to use when the LUT holds several")
+    ap.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                    help="price from the LUT's rows of this precision (int8: profiler.run --precision int8)")
     ap.add_argument("--resolution", type=int, default=None, help="override the subnet's resolution")
     ap.add_argument("--width", type=float, default=None, help="override the subnet's width multiplier")
     ap.add_argument("--calibrated", action="store_true", help="apply <lut>.calibration.json (a*sum+b)")
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_subnet(_unwrap_result(args.subnet), space, r=args.resolution, w=args.width)
         model = LatencyModel.from_lut(args.lut, space, args.runtime,
                                       calibration="auto" if args.calibrated else None, stat=args.stat,
-                                      overhead=not args.no_overhead)
+                                      overhead=not args.no_overhead, precision=args.precision)
         if args.calibrated and model.calibration is None:
             raise ValueError(f"{args.lut}: --calibrated given but no calibration file beside it (run profiler.validate)")
         per_block = model.block_costs(cfg)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     total = float(model.calibrate(raw))
     overhead = model.uses_overhead(cfg.r)
     out = {
-        "lut": str(args.lut), "runtime": model.runtime, "device": model.device,
+        "lut": str(args.lut), "runtime": model.runtime, "precision": model.precision, "device": model.device,
         "subnet": cfg.to_dict(), "latency_ms": round(total, 4), "lut_sum_ms": round(raw, 4),
         "calibration": list(model.calibration) if model.calibration else None,
         "blocks": len(per_block), "overhead_model": overhead,
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         cal = f" (calibrated from {raw:.2f} ms LUT sum)" if model.calibration else ""
         ovh = (f", blocks less their invocation overhead + {out['network_overhead_ms']:.3f} ms once"
                if overhead else "")
-        print(f"{total:.2f} ms{cal}  [{out['runtime']}, {len(per_block)} blocks{ovh}, {args.lut}]")
+        print(f"{total:.2f} ms{cal}  [{out['runtime']} {out['precision']}, {len(per_block)} blocks{ovh}, {args.lut}]")
     return 0
 
 

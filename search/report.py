@@ -103,6 +103,7 @@ def write_search(out_dir: Path, results: Sequence, flag: str, costs, latency_cos
         "lut": lut,
         "device": getattr(model, "device", None),
         "runtime": getattr(model, "runtime", None),
+        "precision": getattr(model, "precision", None),
         "calibration": rows[0]["calibration"] if rows else None,
         "space": choices.space.name,
         "resolutions": list(choices.resolutions),
@@ -187,6 +188,14 @@ def _save_plot(fig, ax, path: Path, flag: str, title: str) -> Path:
     return Path(path)
 
 
+def _runtime_tag(summary: dict[str, Any]) -> str:
+    """`` [tflite]``, `` [tflite int8]`` for an int8 table, or nothing without a LUT."""
+    if not summary.get("runtime"):
+        return ""
+    prec = summary.get("precision")
+    return f" [{summary['runtime']}{' ' + prec if prec and prec != 'fp32' else ''}]"
+
+
 def print_search(summary: dict[str, Any]) -> None:
     """The Pareto table and where the files are."""
     unit = summary["unit"]
@@ -195,7 +204,7 @@ def print_search(summary: dict[str, Any]) -> None:
     cal = summary.get("calibration")
     cal_txt = f", calibrated {cal['a']:.3f}*sum{cal['b']:+.3f} ms" if cal else ""
     print(f"space {summary['space']}, {summary['constraint']} from {where}"
-          f"{' [' + str(summary['runtime']) + ']' if summary.get('runtime') else ''}{cal_txt}, "
+          f"{_runtime_tag(summary)}{cal_txt}, "
           f"resolutions {','.join(map(str, summary['resolutions']))}, widths {','.join(f'{w:g}' for w in summary['widths'])}")
     head = f"{'budget':>10} {'pred.acc%':>9} {'latency ms':>10} {'MACs M':>8} {'params M':>8} {'r':>4} {'w':>4}  {'depths':<10} {'kernels / expands (active)':<30} {'s':>5}"
     print(head)
@@ -252,7 +261,7 @@ def write_front(out_dir: Path, front, flag: str, latency_costs, pred, choices: C
         "method": "pareto",
         "constraint": NAMES[flag], "unit": UNITS[flag], "lut": lut,
         "device": getattr(model, "device", None), "runtime": getattr(model, "runtime", None),
-        "calibration": cal, "space": sp.name,
+        "precision": getattr(model, "precision", None), "calibration": cal, "space": sp.name,
         "resolutions": list(choices.resolutions), "widths": list(choices.widths),
         "predictor": {"source": pred.source, "path": pred.path, "description": pred.describe(),
                       "metrics": pred.metrics},
@@ -310,7 +319,7 @@ def print_front(summary: dict[str, Any], shown: int = 15) -> None:
     cal_txt = f", calibrated {cal['a']:.3f}*sum{cal['b']:+.3f} ms" if cal else ""
     lo, hi = summary["cost_range"]
     print(f"space {summary['space']}, {summary['constraint']} from {where}"
-          f"{' [' + str(summary['runtime']) + ']' if summary.get('runtime') else ''}{cal_txt}, "
+          f"{_runtime_tag(summary)}{cal_txt}, "
           f"resolutions {','.join(map(str, summary['resolutions']))}, widths {','.join(f'{w:g}' for w in summary['widths'])}")
     hv = summary["hypervolume"]
     print(f"Pareto front: {len(rows)} subnets over {lo:.2f}-{hi:.2f} {unit}, {summary['evaluations']} predictions "

@@ -75,7 +75,7 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, artif
     finally:
         proc.wait(timeout=30)
     before = LutTable.load(lut)
-    measured_before = {k: r["measured_at"] for (k, _, _), r in before.rows.items()}
+    measured_before = {k: r["measured_at"] for (k, _, _, _), r in before.rows.items()}
     total = len(_keys(10))  # 10 blocks and their shapes' overhead probes
     assert 3 <= len(measured_before) < total
     p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "10",

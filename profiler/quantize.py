@@ -1,0 +1,283 @@
+"""int8 artifacts (issue 16): post-training static quantization of the fp32 blocks and networks.
+
+Phones and microcontroller-class devices run int8 models, and whether int8 pays depends on
+the device and the block (on this x86 host XNNPACK leaves int8 HARD_SWISH on a slow kernel:
+README, "int8 tables").  Each int8 artifact is made from the block's (or network's) fp32
+artifact of the same exporter, so the two precisions price the same graph:
+
+- TFLite: ai-edge-quantizer's ``static_wi8_ai8`` recipe (int8 weights, per channel, and int8
+  activations, min/max calibration): an all-int8 graph, int8 input and output tensors with
+  the model's own scale and zero point, int32 biases, no QUANTIZE or DEQUANTIZE.  The runner
+  feeds it inputs quantized with those parameters.
+- ONNX: onnxruntime's ``quantize_static`` in QDQ form (uint8 activations, int8 weights per
+  channel, min/max calibration), float input and output; onnxruntime fuses the
+  QuantizeLinear/DequantizeLinear pairs around each operator into integer kernels where it
+  has them.  A lone ReLU is not quantized by it, so the overhead probe's int8 model is written
+  directly as what an int8 block pays on entry and exit: QuantizeLinear then
+  DequantizeLinear at the probe's shape.
+
+Calibration: ``CALIB_SAMPLES`` seeded standard-normal inputs of the block's input shape (the
+seed is the block key's).  Latency does not depend on the values an int8 kernel computes, so
+random calibration prices a block as real data would; the row says which inputs were used
+(``quant_calibration``).  Every int8 block's output is compared with its fp32 model's on a
+further seeded input (relative L2 error); a block above its kind's bound (``ERROR_BOUND``) is
+a failed export (an error row), never an int8 row.  The error, the bound and the calibration
+go into a JSON file beside the artifact and from there into the LUT row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .export import _seed_for as seed_for
+
+QUANT_REV = 1
+CALIB_SAMPLES = 8
+# Relative L2 output error of an int8 block against its fp32 model, per block kind.  Measured
+# on the fmnist space's 143 blocks and probes at 32 and 48 px (2026-12-04): median 1.4-1.6%,
+# maxima 4.9% (onnxruntime) and 10.5% (LiteRT: an h-swish mbconv on a 3x3 map; the 10-value
+# classifier 8.2%): small maps and outputs make a relative error of few values large.  The
+# bounds sit about 1.5x above those maxima: a broken quantization (a wrong scale, a float
+# island fed int8 data: 30% to 100% here) fails, min/max calibration on random weights passes.
+ERROR_BOUND = {
+    "first_conv": 0.10,
+    "mbconv": 0.15,
+    "final_expand": 0.10,
+    "pool": 0.08,
+    "feature_mix": 0.10,
+    "classifier": 0.15,
+    "overhead": 0.08,
+}
+NETWORK_KIND = "network"  # whole networks (profiler.validate): the error is recorded, not bounded
+
+
+class QuantizationError(RuntimeError):
+    """An int8 model that could not be made, or whose output is too far from fp32's."""
+
+
+def base_format(fmt: str) -> str:
+    """``tflite-int8`` -> ``tflite``; an fp32 format is its own base."""
+    return fmt.split("-", 1)[0]
+
+
+def precision_of(fmt: str) -> str:
+    return "int8" if fmt.endswith("-int8") else "fp32"
+
+
+def int8_format(fmt: str) -> str:
+    return f"{base_format(fmt)}-int8"
+
+
+def quantizer_version(fmt: str) -> str:
+    """What makes the int8 artifacts of ``fmt`` (part of their cache version)."""
+    from importlib.metadata import version
+
+    base = base_format(fmt)
+    if base == "tflite":
+        return f"ai_edge_quantizer{version('ai-edge-quantizer')}-static_wi8_ai8-q{QUANT_REV}"
+    if base == "onnx":
+        return f"onnxruntime{version('onnxruntime')}-qdq_u8s8pc-q{QUANT_REV}"
+    raise ValueError(f"no int8 quantizer for format {fmt!r}")
+
+
+def calibration_inputs(shape_nchw: Sequence[int], seed: int, n: int = CALIB_SAMPLES) -> list[np.ndarray]:
+    """``n`` seeded standard-normal NCHW float32 inputs."""
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(tuple(shape_nchw)).astype(np.float32) for _ in range(n)]
+
+
+def calibration_label(seed: int, n: int = CALIB_SAMPLES) -> str:
+    return f"random-normal n={n} seed={seed}"
+
+
+# --------------------------------------------------------------------------- TFLite
+
+
+def _tflite_signature(model_path: Path) -> tuple[str, str]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    sigs = Interpreter(model_path=str(model_path)).get_signature_list()
+    if len(sigs) != 1:
+        raise QuantizationError(f"{model_path}: expected one signature, found {len(sigs)}")
+    key, sig = next(iter(sigs.items()))
+    if len(sig["inputs"]) != 1:
+        raise QuantizationError(f"{model_path}: expected one input, found {len(sig['inputs'])}")
+    return key, sig["inputs"][0]
+
+
+def quantize_tflite(fp32: Path, out: Path, calib_nchw: list[np.ndarray]) -> None:
+    """ai-edge-quantizer ``static_wi8_ai8`` on an NHWC-input fp32 .tflite, written to ``out``."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    key, name = _tflite_signature(fp32)
+    data = [{name: x.transpose(0, 2, 3, 1).copy() if x.ndim == 4 else x} for x in calib_nchw]
+    qt = quantizer.Quantizer(str(fp32))
+    qt.load_quantization_recipe(recipe.static_wi8_ai8())
+    result = qt.quantize(qt.calibrate({key: data}, num_threads=1), enable_progress_report=False)
+    Path(out).write_bytes(bytes(result.quantized_model))
+
+
+def quantize_input(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
+    """``x`` as the integer input tensor ``detail`` (an interpreter's input detail) expects,
+    with the model's own scale and zero point; a float input is returned as it is."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind == "f":
+        return x.astype(dtype)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def run_tflite(path: Path, x_nchw: np.ndarray) -> np.ndarray:
+    """The model's output (dequantized to float) for one NCHW input (fed NHWC, quantized
+    when the model's input is integer)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path), num_threads=1)
+    interp.allocate_tensors()
+    ind, outd = interp.get_input_details()[0], interp.get_output_details()[0]
+    x = x_nchw.transpose(0, 2, 3, 1) if x_nchw.ndim == 4 else x_nchw
+    interp.set_tensor(ind["index"], quantize_input(np.ascontiguousarray(x), ind))
+    interp.invoke()
+    y = interp.get_tensor(outd["index"])
+    if np.dtype(outd["dtype"]).kind != "f":
+        scale, zero = outd["quantization"]
+        y = (y.astype(np.float32) - zero) * scale
+    return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
+
+
+def tflite_types(path: Path) -> tuple[set[str], set[str]]:
+    """(operator names, tensor dtypes) of a .tflite file, read from the file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    ops = {d["op_name"] for d in interp._get_ops_details()}  # noqa: SLF001 - the only listing of operators
+    dtypes = {np.dtype(d["dtype"]).name for d in interp.get_tensor_details()}
+    return ops, dtypes
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def quantize_onnx(fp32: Path, out: Path, calib_nchw: list[np.ndarray]) -> None:
+    """onnxruntime ``quantize_static``, QDQ, uint8 activations, int8 per-channel weights."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter([{name: x} for x in calib_nchw])
+
+        def get_next(self):
+            return next(self._it, None)
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def qdq_probe_onnx(fp32: Path, out: Path, calib_nchw: list[np.ndarray]) -> None:
+    """The int8 overhead probe for onnxruntime: QuantizeLinear then DequantizeLinear (uint8,
+    zero point 0, scale from the calibration inputs' maximum: the quantized ReLU the fp32
+    probe is) at the probe's input shape, with the fp32 probe's input and output names."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    src = onnx.load(str(fp32))
+    inp, outp = src.graph.input[0], src.graph.output[0]
+    scale = max(float(max(x.max() for x in calib_nchw)), 1e-8) / 255.0
+    zero = 0
+    nodes = [helper.make_node("QuantizeLinear", [inp.name, "scale", "zero"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "scale", "zero"], [outp.name])]
+    inits = [helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
+             helper.make_tensor("zero", TensorProto.UINT8, [], [zero])]
+    graph = helper.make_graph(nodes, "overhead_int8", [inp], [outp], inits)
+    model = helper.make_model(graph, opset_imports=list(src.opset_import), producer_name="hwnas")
+    model.ir_version = src.ir_version
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+
+
+def run_onnx(path: Path, x_nchw: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x_nchw})[0]
+
+
+# --------------------------------------------------------------------------- both
+
+
+def relative_error(y: np.ndarray, ref: np.ndarray) -> float:
+    """||y - ref|| / ||ref|| (0 when both are zero)."""
+    den = float(np.linalg.norm(ref))
+    num = float(np.linalg.norm(np.asarray(y, dtype=np.float64) - ref))
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
+def meta_path(artifact: Path) -> Path:
+    """The JSON beside an int8 artifact: error, bound, calibration, quantizer."""
+    return Path(str(artifact) + ".json")
+
+
+def read_meta(artifact: Path) -> dict[str, Any]:
+    """The int8 artifact's record ({} when there is none or it cannot be read)."""
+    try:
+        data = json.loads(meta_path(artifact).read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def quantize_model(fmt: str, fp32: Path, out: Path, input_shape_nchw: Sequence[int], name: str,
+                   kind: str) -> dict[str, Any]:
+    """Quantize the fp32 artifact ``fp32`` of format ``base_format(fmt)`` to ``out`` (written
+    atomically, its record beside it first), calibrated on seeded inputs of ``name``'s seed,
+    and check its output against fp32's on another seeded input.  ``kind``: the block kind
+    whose bound applies (``NETWORK_KIND``: record the error, no bound).  Raises
+    QuantizationError; returns the record."""
+    from supernet.atomic import atomic_write_text
+
+    from .export import _write_atomic, quiet_fds
+
+    base = base_format(fmt)
+    seed = seed_for(name)
+    calib = calibration_inputs(input_shape_nchw, seed)
+    check = calibration_inputs(input_shape_nchw, seed + 1, n=1)[0]
+    record: dict[str, Any] = {"precision": "int8", "quantizer": quantizer_version(fmt),
+                              "calibration": calibration_label(seed), "kind": kind}
+
+    def write(tmp: Path) -> None:
+        try:
+            with quiet_fds():
+                if base == "tflite":
+                    quantize_tflite(fp32, tmp, calib)
+                elif kind == "overhead":
+                    qdq_probe_onnx(fp32, tmp, calib)
+                else:
+                    quantize_onnx(fp32, tmp, calib)
+        except Exception as exc:  # noqa: BLE001 - the quantizer's own errors, named
+            raise QuantizationError(f"int8 quantization ({record['quantizer']}) failed: "
+                                    f"{exc.__class__.__name__}: {str(exc)[:300]}") from None
+        run = run_tflite if base == "tflite" else run_onnx
+        try:
+            err = relative_error(run(tmp, check), run(fp32, check))
+        except Exception as exc:  # noqa: BLE001
+            raise QuantizationError(f"int8 model does not run on the host: {exc.__class__.__name__}: {exc}") from None
+        bound = ERROR_BOUND.get(kind)
+        record.update(error=round(err, 6), bound=bound)
+        if not np.isfinite(err) or (bound is not None and err > bound):
+            raise QuantizationError(f"int8 output differs from fp32 by {err:.1%} (relative L2), above the "
+                                    f"{bound:.0%} bound for {kind} blocks")
+        atomic_write_text(meta_path(out), json.dumps(record) + "\n")
+
+    _write_atomic(Path(out), write)
+    return record

@@ -1,0 +1,195 @@
+"""int8 lookup tables (issue 16): quantized blocks read back from their files, inputs quantized
+with the model's own parameters, LUTs holding both precisions, a search that prices int8 from
+int8 rows only, and bad input as one clear line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from profiler.costmodel import LatencyModel, MissingKeysError
+from profiler.export import ArtifactCache
+from profiler.lut import COLUMNS, LutError, LutTable, LutWriter, read_rows, record_space
+from profiler.quantize import ERROR_BOUND, read_meta, tflite_types
+from supernet.space import TINY, overhead_probe
+
+from conftest import last_error_line, run_cli
+
+BLOCKS = TINY.all_blocks([32])
+MB = next(b for b in BLOCKS if b.kind == "mbconv" and b.act == "hswish" and b.se)
+FIRST = next(b for b in BLOCKS if b.kind == "first_conv")
+
+
+@pytest.fixture(scope="module")
+def int8_artifacts(artifact_cache):
+    """One SE/h-swish block and its overhead probe, quantized for both runtimes."""
+    cache = ArtifactCache(artifact_cache)
+    items = [(str(b), fmt) for b in (MB, overhead_probe(MB)) for fmt in ("tflite-int8", "onnx-int8")]
+    results = cache.ensure(items, workers=1, progress=False)
+    for it, res in results.items():
+        assert res.path is not None, (it, res.error)
+    return {it: res.path for it, res in results.items()}
+
+
+def test_tflite_int8_block_is_all_int8_read_from_the_file(int8_artifacts):
+    path = int8_artifacts[(str(MB), "tflite-int8")]
+    assert path.suffix == ".tflite"
+    ops, dtypes = tflite_types(path)
+    assert "CONV_2D" in ops and "DEPTHWISE_CONV_2D" in ops and "HARD_SWISH" in ops
+    assert not ops & {"QUANTIZE", "DEQUANTIZE"}, ops  # no float island in the graph
+    assert dtypes <= {"int8", "int32"}, dtypes  # int8 tensors, int32 biases
+    fp32_ops, fp32_dtypes = tflite_types(path.parents[2] / "tflite" / path.parent.name.split("-ai_edge")[0]
+                                         / path.name)
+    assert "float32" in fp32_dtypes  # the fp32 model it was quantized from is beside it, in the cache
+    meta = read_meta(path)
+    assert meta["precision"] == "int8" and 0 < meta["error"] <= meta["bound"] == ERROR_BOUND["mbconv"]
+    assert meta["calibration"].startswith("random-normal")
+
+
+def test_onnx_int8_block_is_qdq_with_int8_weights(int8_artifacts):
+    import onnx
+
+    model = onnx.load(str(int8_artifacts[(str(MB), "onnx-int8")]))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    dtypes = {onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name for t in model.graph.initializer}
+    assert "int8" in dtypes and "uint8" in dtypes  # s8 weights, u8 activation zero points
+    # the probe: what an int8 block pays on entry and exit (quantize, dequantize), nothing else
+    probe = onnx.load(str(int8_artifacts[(str(overhead_probe(MB)), "onnx-int8")]))
+    assert [n.op_type for n in probe.graph.node] == ["QuantizeLinear", "DequantizeLinear"]
+
+
+def test_runner_feeds_int8_models_inputs_quantized_with_their_own_parameters(int8_artifacts):
+    from profiler import runner
+
+    path = int8_artifacts[(str(MB), "tflite-int8")]
+    model = runner._Model(str(path), "tflite", 1)
+    detail = model.interp.get_input_details()[0]
+    assert detail["dtype"] == np.int8
+    scale, zero = detail["quantization"]
+    assert scale > 0
+    fed = model.interp.get_tensor(detail["index"])
+    x = np.random.default_rng(0).standard_normal(tuple(detail["shape"])).astype(np.float32)
+    expected = np.clip(np.round(x / scale) + zero, -128, 127).astype(np.int8)
+    np.testing.assert_array_equal(fed, expected)
+    assert len(np.unique(fed)) > 20  # not a cast of N(0, 1) to int8 (-3..3)
+    reply = runner.measure(str(path), "tflite", threads=1, warmup=2, repeats=5)
+    assert reply["ok"] and reply["count"] >= 5
+
+
+def _row(key, ms, runtime="tflite", precision="fp32", at="2026-01-01T00:00:00"):
+    return {"key": key, "runtime": runtime, "status": "ok", "median_ms": ms, "mean_ms": ms, "std_ms": 0.0,
+            "p90_ms": ms, "min_ms": ms, "max_ms": ms, "iqr_ms": 0.0, "count": 10, "threads": 1,
+            "device": "local", "measured_at": at, "precision": precision,
+            **({"quant_error": 0.01, "quant_bound": 0.08, "quant_calibration": "random-normal n=8 seed=1"}
+               if precision == "int8" else {})}
+
+
+def _both_precisions(path, keys, drop_int8=()):
+    with LutWriter(path) as w:
+        for i, k in enumerate(keys):
+            w.add(_row(k, 0.1 + 0.01 * i))
+            if k not in drop_int8:
+                w.add(_row(k, 2 * (0.1 + 0.01 * i), precision="int8"))
+    record_space(path, TINY.name)
+
+
+def test_a_lut_with_both_precisions_round_trips(tmp_path):
+    path = tmp_path / "l.csv"
+    keys = [str(b) for b in BLOCKS[:4]]
+    _both_precisions(path, keys)
+    rows = read_rows(path)
+    assert len(rows) == 8 and {r["precision"] for r in rows} == {"fp32", "int8"}
+    int8 = [r for r in rows if r["precision"] == "int8"]
+    assert all(r["quant_error"] == 0.01 and r["quant_bound"] == 0.08 for r in int8)
+    table = LutTable.load(path)
+    assert table.precisions("tflite") == ["fp32", "int8"]
+    assert table.table("tflite", precision="int8")[keys[1]] == pytest.approx(2 * table.table("tflite")[keys[1]])
+    # the CSV written back (and the journal replayed) gives the same rows
+    LutWriter(path).close()
+    assert read_rows(path) == rows
+
+
+def test_an_old_lut_without_the_precision_column_reads_as_fp32(tmp_path):
+    path = tmp_path / "old.csv"
+    old = [c for c in COLUMNS if c not in ("precision", "quant_error", "quant_bound", "quant_calibration")]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=old, lineterminator="\n")
+    w.writeheader()
+    w.writerow({c: v for c, v in _row(str(BLOCKS[0]), 0.5).items() if c in old})
+    path.write_text(buf.getvalue())
+    (row,) = read_rows(path)
+    assert row["precision"] == "fp32"
+    table = LutTable.load(path)
+    assert table.table("tflite") == {str(BLOCKS[0]): 0.5}
+    with pytest.raises(LutError, match="no int8 rows for runtime tflite.*--precision int8"):
+        table.check_precision("tflite", "int8")
+
+
+def test_an_unknown_precision_in_a_lut_names_file_and_line(tmp_path):
+    path = tmp_path / "l.csv"
+    _both_precisions(path, [str(BLOCKS[0])])
+    text = path.read_text().replace(",int8,", ",int4,")
+    path.write_text(text)
+    (tmp_path / "l.raw.jsonl").unlink()
+    with pytest.raises(LutError, match=r"l.csv:3: precision must be one of fp32, int8, got 'int4'"):
+        read_rows(path)
+
+
+def _all_keys(cfg):
+    """Every block of the space at the subnet's resolution, and their overhead probes."""
+    keys = []
+    for b in TINY.all_blocks([cfg.r]):
+        keys += [str(b), str(overhead_probe(b))]
+    return list(dict.fromkeys(keys))
+
+
+def test_an_int8_search_prices_from_int8_rows_only(tmp_path):
+    cfg = TINY.max_subnet(r=32)
+    keys = _all_keys(cfg)
+    path = tmp_path / "l.csv"
+    _both_precisions(path, keys)
+    fp32 = LatencyModel.from_lut(path, TINY, "tflite")
+    int8 = LatencyModel.from_lut(path, TINY, "tflite", precision="int8")
+    assert int8.precision == "int8"
+    assert float(int8.latency([cfg])[0]) == pytest.approx(2 * float(fp32.latency([cfg])[0]))
+    # an int8 row missing for one block: a missing key, never that block's fp32 row
+    missing = next(k for k in keys if k.startswith("mbconv"))
+    path2 = tmp_path / "m.csv"
+    _both_precisions(path2, keys, drop_int8={missing})
+    with pytest.raises(MissingKeysError) as exc:
+        LatencyModel.from_lut(path2, TINY, "tflite", precision="int8").latency([cfg])
+    assert exc.value.keys == [missing] and "int8 rows" in str(exc.value)
+    assert LatencyModel.from_lut(path2, TINY, "tflite").latency([cfg])[0] > 0  # fp32 still prices
+
+
+def test_cli_int8_pricing_and_bad_precision_are_one_clear_line(tmp_path):
+    cfg = TINY.max_subnet(r=32)
+    keys = _all_keys(cfg)
+    path = tmp_path / "l.csv"
+    _both_precisions(path, keys)
+    p = run_cli("search.latency", "--lut", path, "--subnet", "max", "--resolution", "32", "--space", "tiny",
+                "--precision", "int8", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["precision"] == "int8"
+    q = run_cli("search.latency", "--lut", path, "--subnet", "max", "--resolution", "32", "--space", "tiny", "--json")
+    assert out["latency_ms"] == pytest.approx(2 * json.loads(q.stdout)["latency_ms"], rel=1e-3)
+    # a LUT with no int8 rows
+    fp32_only = tmp_path / "f.csv"
+    with LutWriter(fp32_only) as w:
+        for k in keys:
+            w.add(_row(k, 0.1))
+    p = run_cli("search.latency", "--lut", fp32_only, "--subnet", "max", "--resolution", "32", "--space", "tiny",
+                "--precision", "int8")
+    assert p.returncode == 2
+    assert last_error_line(p).startswith(f"error: {fp32_only}: no int8 rows for runtime tflite")
+    # a precision no runtime can do
+    p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--precision", "int4", "--lut",
+                tmp_path / "x.csv")
+    assert p.returncode == 2 and "unknown precision 'int4' (known: fp32, int8)" in p.stderr
+    assert not (tmp_path / "x.csv").exists()
