@@ -11,7 +11,10 @@
 5. search two or three latency budgets per runtime (search.evolve), the budgets spread over
    each runtime's own range (``--fractions`` of the way from its cheapest to its largest subnet);
 6. a table and a plot: the architecture chosen for each runtime and budget, with its latency
-   under *both* runtimes' LUTs, so where the runtimes' costs differ the choices differ.
+   under *both* runtimes' LUTs, so where the runtimes' costs differ the choices differ, and
+   (``--precision fp32,int8``, the default) its int8 latency under each runtime's int8 rows,
+   with a line per runtime saying where int8 is slower than fp32 on this device and which
+   block kinds cause it (``profiler.int8_report``; issue 16).
 
 Every stage is the project's own command line, run as a subprocess with a timeout
 (`--stage-timeout`, 4 hours by default: a guard against a hung stage; its own
@@ -211,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--resolutions", default="32,48", help="demo resolutions (profiled, sampled, searched)")
     ap.add_argument("--width", default="1.0", help="width multiplier (profiled, sampled, searched)")
     ap.add_argument("--runtimes", default=",".join(RUNTIMES), help="runtimes to profile and search for")
+    ap.add_argument("--precision", default="fp32,int8",
+                    help="fp32, or fp32,int8 (default): also profile int8 blocks and price the chosen subnets in int8")
     ap.add_argument("--cache", type=Path, default=None,
                     help="artifact cache shared by every stage and run (default: the profiler's, cache/artifacts)")
     ap.add_argument("--export-workers", type=int, default=2)
@@ -259,6 +264,10 @@ def main(argv: list[str] | None = None) -> int:
                    f"({', '.join(map(str, space.width_mults))})")
     if not runtimes or any(r not in RUNTIMES for r in runtimes):
         raise fail(f"--runtimes: known runtimes are {', '.join(RUNTIMES)}, got {args.runtimes!r}")
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if precisions not in (["fp32"], ["fp32", "int8"], ["int8", "fp32"]):
+        raise fail(f"--precision: fp32 or fp32,int8 (the search runs on fp32 rows), got {args.precision!r}")
+    int8 = "int8" in precisions
     if not fractions or any(not 0 <= f <= 1 for f in fractions):
         raise fail(f"--fractions must lie in 0..1, got {args.fractions!r}")
     for name in ("subnets", "generations", "population", "predictor_epochs"):
@@ -281,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     # the resolved configuration, written first
     resolved = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 "resolutions": resolutions, "width": widths[0], "fractions": fractions, "runtimes": runtimes,
+                "precisions": ["fp32", "int8"] if int8 else ["fp32"],
                 "python": py, "cwd": str(Path.cwd()), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     atomic_write_text(out / "config.json", json.dumps(resolved, indent=2) + "\n")
     stages = Stages(out, args.force)
@@ -293,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. profile (the profiler itself also resumes: a killed run keeps the blocks measured)
     cmd = [py, "-m", "profiler.run", "--device", "local", "--runtime", ",".join(runtimes), "--space", args.space,
-           "--resolutions", res_arg, "--widths", w_arg, "--lut", str(lut),
+           "--precision", "fp32,int8" if int8 else "fp32", "--resolutions", res_arg, "--widths", w_arg, "--lut", str(lut),
            "--export-workers", str(args.export_workers), *quiet]
     if cache is not None:
         cmd += ["--cache", str(cache)]
@@ -345,21 +355,31 @@ def main(argv: list[str] | None = None) -> int:
 
     # 6. cross-runtime table and plot
     t0 = time.time()
-    rows = cross_table(searches, lut, space)
+    rows = cross_table(searches, lut, space, runtimes if int8 else [])
     quality = accuracy_quality(run)
     fidelity = json.loads(lut.with_name("local.validate.json").read_text())
-    write_summary(out, rows, searches, runtimes, stages, time.time() - t_start, quality, fidelity)
+    int8_summary = None
+    if int8:
+        from profiler.int8_report import report, write
+
+        rep = report(lut, runtimes)
+        write(lut, rep)
+        int8_summary = rep["runtimes"]
+    write_summary(out, rows, searches, runtimes, stages, time.time() - t_start, quality, fidelity, int8_summary)
     stages.record("summary", None, time.time() - t0)
     return 0
 
 
-def cross_table(searches: dict, lut: Path, space) -> list[dict]:
+def cross_table(searches: dict, lut: Path, space, int8_runtimes: list[str] | tuple = ()) -> list[dict]:
     """One row per (runtime searched for, budget): the chosen subnet and its predicted
-    latency under every runtime's LUT."""
-    from search.latency import LatencyModel
+    latency under every runtime's LUT (and, for ``int8_runtimes``, under their int8 rows:
+    ``<runtime>_int8_ms``)."""
+    from search.latency import LatencyModel, MissingKeysError
     from supernet.space import SubnetConfig
 
     models = {rt: LatencyModel.from_lut(lut, space, rt, calibration="auto") for rt in searches}
+    models.update({f"{rt}_int8": LatencyModel.from_lut(lut, space, rt, calibration="auto", precision="int8")
+                   for rt in int8_runtimes})
     rows = []
     for rt, s in searches.items():
         for level, res in enumerate(s["summary"]["results"]):
@@ -367,7 +387,10 @@ def cross_table(searches: dict, lut: Path, space) -> list[dict]:
             row = {"searched_for": rt, "level": level, "budget_ms": res["budget"],
                    "predicted_accuracy": res["predicted_accuracy"], "subnet": res["subnet"]}
             for other, m in models.items():
-                row[f"{other}_ms"] = round(float(m.latency([cfg])[0]), 4)
+                try:
+                    row[f"{other}_ms"] = round(float(m.latency([cfg])[0]), 4)
+                except MissingKeysError:  # an int8 block that failed (its error row says why)
+                    row[f"{other}_ms"] = None
             row["fits"] = row[f"{rt}_ms"] <= res["budget"] + 1e-9
             rows.append(row)
     return rows
@@ -444,19 +467,23 @@ def quality_lines(q: dict) -> list[str]:
 
 
 def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[str], stages: Stages,
-                  seconds: float, quality: dict | None = None, fidelity: dict | None = None) -> None:
+                  seconds: float, quality: dict | None = None, fidelity: dict | None = None,
+                  int8: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from profiler.int8_report import verdict
+
+    cols = [*runtimes, *([f"{rt}_int8" for rt in runtimes] if int8 else [])]
     with atomic_open(out / "summary.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["searched_for", "level", "budget_ms", "predicted_accuracy", *[f"{rt}_ms" for rt in runtimes],
+        w.writerow(["searched_for", "level", "budget_ms", "predicted_accuracy", *[f"{c}_ms" for c in cols],
                     "fits", "arch", "subnet"])
         for r in rows:
             w.writerow([r["searched_for"], r["level"], r["budget_ms"], r["predicted_accuracy"],
-                        *[r[f"{rt}_ms"] for rt in runtimes], r["fits"], _short(r["subnet"]),
+                        *[r[f"{c}_ms"] for c in cols], r["fits"], _short(r["subnet"]),
                         json.dumps(r["subnet"], separators=(",", ":"))])
     levels = sorted({r["level"] for r in rows})
     by = {(r["searched_for"], r["level"]): r for r in rows}
@@ -467,7 +494,8 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
                "architectures_differ_per_budget_level": differs,
                "budgets": {rt: searches[rt]["budgets"] for rt in runtimes},
                "latency_range_ms": {rt: [searches[rt]["cheapest_ms"], searches[rt]["largest_ms"]] for rt in runtimes},
-               "accuracy": quality or {}, "fidelity": fidelity_summary(fidelity or {})}
+               "accuracy": quality or {}, "fidelity": fidelity_summary(fidelity or {}),
+               "int8": int8 or {}}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
     fig, axes = plt.subplots(1, len(runtimes), figsize=(5.5 * len(runtimes), 4.2), dpi=120, squeeze=False)
@@ -488,16 +516,24 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
     plt.close(fig)
 
     print(f"{'searched for':>12} {'budget ms':>9} {'pred.acc%':>9} "
-          + " ".join(f"{rt + ' ms':>14}" for rt in runtimes) + "  architecture")
+          + " ".join(f"{c.replace('_int8', ' int8') + ' ms':>{19 if c.endswith('_int8') else 14}}" for c in cols)
+          + "  architecture")
     for r in rows:
         print(f"{r['searched_for']:>12} {r['budget_ms']:>9.3f} {100 * r['predicted_accuracy']:>9.2f} "
-              + " ".join(f"{r[f'{rt}_ms']:>14.3f}" for rt in runtimes) + f"  {_short(r['subnet'])}")
+              + " ".join(f"{r[f'{c}_ms']:>{19 if c.endswith('_int8') else 14}.3f}" if r[f"{c}_ms"] is not None
+                         else f"{'n/a':>{19 if c.endswith('_int8') else 14}}" for c in cols)
+              + f"  {_short(r['subnet'])}")
     if len(runtimes) > 1:
         print(f"architectures differ between runtimes at budget levels {fractions_str(differs)}")
     for line in quality_lines(quality or {}):
         print(line)
     for rt, f in summary["fidelity"].items():
         print("LUT fidelity, " + fidelity_line(rt, f) + f" ({f['n']} networks x {f['passes']} passes)")
+    for rt, s in (int8 or {}).items():
+        print("int8 blocks against fp32, " + verdict(rt, s))
+    if int8 and any(r[f"{c}_ms"] is None for r in rows for c in cols):
+        print(f"n/a: a block of that subnet has no int8 row (its quantization failed; the error rows of "
+              f"{out / 'luts' / 'local.csv'} say why)")
     print("stage wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_s.items())
           + f"; this invocation {seconds / 60:.1f} min")
     print(f"wrote {out / 'summary.json'}, {out / 'summary.csv'}, {out / 'summary.png'}")

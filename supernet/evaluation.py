@@ -120,6 +120,29 @@ class Evaluator:
         """Top-1 (percent) of a static network on the held-out split at resolution ``r``."""
         return top1(net, ((self._at(x, r), y) for x, y in self._base("valid")), self._amp)
 
+    def int8_top1(self, cfg: SubnetConfig, runtime: str = "tflite", calib_images: int = 128) -> dict:
+        """Top-1 (percent) of ``cfg`` extracted, BN recalibrated and post-training quantized to
+        int8 as the profiler quantizes for a device (``profiler.quantize.quantized_top1``:
+        calibrated on ``calib_images`` of the recalibration images, run image by image with
+        ``runtime`` on this host), on the same held-out images as ``evaluate``; with the fp32
+        top-1 of the PyTorch subnet (``torch_top1``) and of the runtime's fp32 model.  The
+        quantizer is the profiler's (imported here only, lazily: the int8 path of an
+        evaluation command, not a layer of ``supernet``)."""
+        from profiler.quantize import quantized_top1
+
+        net = self.subnet(cfg)
+        torch_top1 = self.top1(net, cfg.r)
+
+        def nchw(x: torch.Tensor) -> "np.ndarray":
+            return self._at(x, cfg.r).float().cpu().contiguous().numpy()
+
+        calib = torch.cat([x for x, _ in self._base("recal")])[:calib_images]
+        valid = self._base("valid")
+        images = torch.cat([x for x, _ in valid])
+        labels = torch.cat([y for _, y in valid]).cpu().numpy()
+        out = quantized_top1(net.float().cpu().eval(), nchw(calib), nchw(images), labels, runtime)
+        return {"torch_top1": torch_top1, **out, "drop_pp": torch_top1 - out["int8_top1"]}
+
     def evaluate(self, cfg: SubnetConfig, recalibrate: bool = True) -> float:
         """Top-1 (percent) of ``cfg`` on the held-out split; ``recalibrate=False`` keeps the
         supernet's own (shared or switchable) BN statistics."""

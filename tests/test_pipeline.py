@@ -83,6 +83,17 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
     for rt, f in summary["fidelity"].items():
         assert f["n"] == 3 and f["passes"] == 2 and f["overhead_model"] and "repeat_within_10pct" in f
         assert f"LUT fidelity, {rt}: LUT median |error|" in p.stdout
+    # both precisions (issue 16): every chosen subnet priced from each runtime's int8 rows, and
+    # where int8 is slower than fp32 said per runtime
+    assert cfg["precisions"] == ["fp32", "int8"]
+    for rt in ("onnxruntime", "tflite"):
+        int8_model = LatencyModel.from_lut(lut, space, rt, calibration="auto", precision="int8")
+        for r in rows:
+            assert r[f"{rt}_int8_ms"] == pytest.approx(
+                float(int8_model.latency([SubnetConfig.from_dict(r["subnet"])])[0]), abs=1e-3)
+        assert summary["int8"][rt]["blocks"] > 0
+        assert f"int8 blocks against fp32, {rt}: int8 / fp32 median" in p.stdout
+    assert (out / "luts" / "local.int8.csv").is_file()
 
     # a rerun skips every finished stage and writes the same table
     t1 = time.time()

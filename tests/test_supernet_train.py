@@ -57,6 +57,24 @@ def test_run_folder_and_eval_cli(full_run):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["tflite", "onnxruntime"])
+def test_eval_int8_quantizes_the_extracted_subnet_and_reports_the_drop(full_run, runtime):
+    """Issue 16: --precision int8 runs the subnet quantized as the profiler quantizes for a
+    device, on the same held-out images: the runtime's fp32 model must agree with PyTorch's
+    top-1 (same images, same preprocessing), the int8 one stay near it."""
+    out = _run(["-m", "supernet.eval", "--run", str(full_run), "--subnet", "max", "--precision", "int8",
+                "--runtime", runtime, "--calib-images", "16", "--json"]).stdout
+    res = json.loads(out)
+    q = res["int8"]
+    assert q["runtime"] == runtime and q["images"] == res["held_out_images"] > 0
+    assert q["torch_top1"] == pytest.approx(res["top1"], abs=1e-3)
+    assert abs(q["fp32_top1"] - q["torch_top1"]) <= 100.0 / q["images"] + 1e-9  # at most one image flips
+    assert abs(q["int8_top1"] - q["fp32_top1"]) <= 25.0
+    assert q["drop_pp"] == pytest.approx(q["torch_top1"] - q["int8_top1"])
+    assert q["calibration"] == "16 real images"
+
+
+@pytest.mark.slow
 def test_resume_after_kill_reaches_same_weights(full_run, fake_fmnist, tmp_path):
     out = tmp_path / "killed"
     # 4 steps per phase: global step 11 is step 3 of the third phase (sampling 2 subnets per

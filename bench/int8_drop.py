@@ -1,0 +1,113 @@
+"""The fp32 -> int8 accuracy drop of subnets of a trained supernet (issue 16).
+
+    .venv/bin/python bench/int8_drop.py --run RUN [--subnets 20] [--runtime tflite,onnxruntime]
+        [--resolutions 32,48] [--seed 0] [--eval-images N] [--calib-images 128] [--out DIR]
+
+Subnet ``i`` is ``search.collect``'s subnet ``i`` of the same seed (plus the largest and the
+smallest at the space's largest resolution first), extracted, BN recalibrated, evaluated in
+PyTorch fp32, then post-training quantized per runtime the way the profiler quantizes blocks
+for a device (``profiler.quantize``: LiteRT's ``static_wi8_ai8`` all-int8 graph, onnxruntime's
+QDQ u8/s8 per channel; calibrated on real training images) and run image by image on the same
+held-out images.  Writes ``DIR/int8_drop.csv`` (one row per subnet and runtime) and
+``DIR/int8_drop.json`` (per runtime: mean, median, min and max drop, and the Kendall tau
+between the fp32 and int8 accuracies: whether int8 preserves the fp32 ranking the predictor is
+trained on) and prints that JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FIELDS = ["index", "subnet", "r", "runtime", "torch_top1", "fp32_top1", "int8_top1", "drop_pp", "seconds"]
+
+
+def kendall_tau(a: list[float], b: list[float]) -> float | None:
+    from scipy.stats import kendalltau
+
+    if len(a) < 3:
+        return None
+    tau = kendalltau(a, b).statistic
+    return None if tau != tau else float(tau)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import numpy as np
+
+    from search.collect import subnet_at
+    from supernet.atomic import atomic_write_text
+    from supernet.evaluation import CheckpointError, load_run
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--subnets", type=int, default=20, help="subnets (the largest and smallest among them)")
+    ap.add_argument("--runtime", default="tflite,onnxruntime")
+    ap.add_argument("--resolutions", default=None, help="default: the space's")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-images", type=int, default=None, help="held-out images (default: all)")
+    ap.add_argument("--calib-images", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=None, help="default: RUN/int8")
+    args = ap.parse_args(argv)
+    runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
+    try:
+        bad = [r for r in runtimes if r not in ("tflite", "onnxruntime")]
+        if bad or not runtimes:
+            raise ValueError(f"--runtime: tflite and/or onnxruntime, got {args.runtime!r}")
+        if args.subnets < 2:
+            raise ValueError("--subnets must be at least 2 (the largest and the smallest)")
+        net, evaluator, _ = load_run(args.run, device="cpu", amp="off")
+    except (CheckpointError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.eval_images:
+        evaluator.eval_images = args.eval_images
+    space = net.space
+    res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else list(space.resolutions)
+    r_max = max(res)
+    cfgs = [space.max_subnet(r_max), space.min_subnet(r_max)]
+    cfgs += [subnet_at(space, args.seed, i, res, [space.default_width]) for i in range(args.subnets - 2)]
+    out_dir = args.out or args.run / "int8"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, cfg in enumerate(cfgs):
+        for rt in runtimes:
+            t0 = time.perf_counter()
+            q = evaluator.int8_top1(cfg, rt, args.calib_images)
+            rows.append({"index": i, "subnet": cfg.to_json(), "r": cfg.r, "runtime": rt,
+                         "torch_top1": round(q["torch_top1"], 3), "fp32_top1": round(q["fp32_top1"], 3),
+                         "int8_top1": round(q["int8_top1"], 3), "drop_pp": round(q["drop_pp"], 3),
+                         "seconds": round(time.perf_counter() - t0, 1)})
+            print(f"[{i + 1}/{len(cfgs)}] {rt:<11} r={cfg.r} fp32 {q['torch_top1']:.2f}% int8 {q['int8_top1']:.2f}% "
+                  f"drop {q['drop_pp']:+.2f} pp", file=sys.stderr)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out_dir / "int8_drop.csv", buf.getvalue())
+    summary = {"bench": "int8_drop", "run": str(args.run), "subnets": len(cfgs), "seed": args.seed,
+               "held_out_images": min(evaluator.eval_images or len(evaluator.data.valid), len(evaluator.data.valid)),
+               "calib_images": args.calib_images, "runtimes": {}}
+    for rt in runtimes:
+        rs = [r for r in rows if r["runtime"] == rt]
+        drops = np.array([r["drop_pp"] for r in rs])
+        summary["runtimes"][rt] = {
+            "mean_drop_pp": round(float(drops.mean()), 3), "median_drop_pp": round(float(np.median(drops)), 3),
+            "min_drop_pp": round(float(drops.min()), 3), "max_drop_pp": round(float(drops.max()), 3),
+            "std_drop_pp": round(float(drops.std(ddof=1)), 3) if len(drops) > 1 else None,
+            "fp32_runtime_vs_torch_max_abs_pp": round(max(abs(r["fp32_top1"] - r["torch_top1"]) for r in rs), 3),
+            "kendall_tau_fp32_vs_int8": kendall_tau([r["torch_top1"] for r in rs], [r["int8_top1"] for r in rs])}
+    atomic_write_text(out_dir / "int8_drop.json", json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
