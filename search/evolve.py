@@ -225,6 +225,8 @@ class SearchResult:
     ranked: int                        # subnets ranked (initial population + all children)
     seconds: float
     notes: list[str] = field(default_factory=list)
+    precision: str = ""                # --precision fp32,int8: the precision to deploy it in
+    alternative: dict | None = None    # and the other precision's best under the same budget
 
 
 def _mutate(parents: Population, prob: float, choices: Choices, rng: np.random.Generator) -> Population:
@@ -666,6 +668,62 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
+def int8_drop(arg: str | None, predictor_path: str | None, runtime: str) -> tuple[float, str]:
+    """(drop in points, where it came from): ``arg`` as a number or an ``int8_drop.json``
+    (``search.int8_drop``), else the predictor's run folder's ``int8_drop.json``, its mean
+    drop for ``runtime``.  Raises ValueError naming what is missing."""
+    if arg is not None:
+        try:
+            value = float(arg)
+        except ValueError:
+            path = Path(arg)
+        else:
+            if not math.isfinite(value) or abs(value) > 100:
+                raise ValueError(f"--int8-drop: points between -100 and 100, got {arg!r}")
+            return value, "--int8-drop"
+    else:
+        path = Path(predictor_path).parent / "int8_drop.json" if predictor_path else None
+    if path is None or not path.is_file():
+        raise ValueError(f"no measured int8 accuracy drop{' at ' + str(path) if path else ''}: run python -m "
+                         f"search.int8_drop --run RUN (RUN: the predictor's run folder), or give --int8-drop POINTS")
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))["runtimes"][runtime]
+        value = float(entry["mean_drop_pp"])
+    except KeyError:
+        raise ValueError(f"{path}: no int8 drop measured for runtime {runtime} (search.int8_drop --runtime "
+                         f"{runtime})") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: not an int8_drop.json ({exc.__class__.__name__}: {exc})") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{path}: mean_drop_pp for {runtime} is not a number")
+    return value, str(path)
+
+
+def evolve_both(budget: float, costs: CostArrays, costs8: CostArrays, score, drop_pp: float,
+                params: EvolutionParams, rng: np.random.Generator, quiet: bool, desc: str) -> SearchResult:
+    """The better of an fp32 and an int8 search under ``budget``: each with its precision's
+    LUT costs, int8 candidates scored at the predicted accuracy less ``drop_pp`` (the measured
+    drop model); the higher predicted accuracy wins, a tie the lower latency.  The result
+    carries the precision to deploy it in and the other precision's best as ``alternative``
+    (None where that precision has no subnet under the budget)."""
+    score8 = lambda p: score(p) - drop_pp / 100.0  # noqa: E731
+    found = {}
+    for prec, c, sc in (("fp32", costs, score), ("int8", costs8, score8)):
+        if budget >= c.cheapest()[0]:
+            found[prec] = evolve(budget, c, sc, params, rng, progress=None if not quiet else False,
+                                 desc=f"{desc} {prec}")
+    order = sorted(found, key=lambda p: (-round(found[p].accuracy, 9), found[p].cost))
+    chosen = found[order[0]]
+    chosen.precision = order[0]
+    other = found.get(order[1]) if len(order) > 1 else None
+    chosen.alternative = None if other is None else {
+        "precision": order[1], "subnet": other.subnet.to_dict(), "predicted_accuracy": round(float(other.accuracy), 5),
+        "predicted_latency_ms": round(float(other.cost), 4)}
+    if other is None:
+        chosen.notes.append(f"{'int8' if order[0] == 'fp32' else 'fp32'}: no subnet under {budget:g} ms")
+    return chosen
+
+
 def _calibration_arg(text: str):
     return {"auto": "auto", "none": None}.get(text, text)
 
@@ -687,8 +745,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params-m", help="parameter budget(s) in millions instead of latency")
     ap.add_argument("--space", help="search space (default: the LUT's, else the predictor's)")
     ap.add_argument("--runtime", help="LUT runtime, when the LUT holds several")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
-                    help="price from the LUT's rows of this precision only (int8: profiler.run --precision int8)")
+    ap.add_argument("--precision", default="fp32",
+                    help="fp32, int8 (price from the LUT's rows of that precision only), or fp32,int8: per budget "
+                         "the better of an fp32 and an int8 search and the precision to deploy it in")
+    ap.add_argument("--int8-drop", default=None,
+                    help="the int8 accuracy drop (points) that ranks int8 against fp32 candidates: a number, or "
+                         "an int8_drop.json of search.int8_drop (default: the predictor's run folder's)")
     ap.add_argument("--calibration", default="auto",
                     help="auto (use <lut>.calibration.json when present), none, or a calibration JSON")
     ap.add_argument("--resolutions", help="resolutions to search, comma separated (default: all the LUT covers)")
@@ -736,6 +798,13 @@ def main(argv: list[str] | None = None) -> int:
         budgets = parse_budgets(text, f"--{flag}") if text else []  # none: spread over the LUT's range
         if flag == "latency-ms" and not args.lut:
             raise ValueError("--latency-ms needs --lut")
+        precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+        if not precisions or any(p not in ("fp32", "int8") for p in precisions) or len(set(precisions)) < len(precisions):
+            raise ValueError(f"--precision: fp32, int8 or fp32,int8, got {args.precision!r}")
+        both = len(precisions) == 2
+        if both and (flag != "latency-ms" or args.pareto or args.method != "evolution"):
+            raise ValueError("--precision fp32,int8 compares latencies: it needs --lut, the evolution method and "
+                             "no --pareto (search each precision's front with --precision fp32 or int8)")
         lut_space = lut_spaces(Path(args.lut)) if args.lut else []
         space_name = args.space or (lut_space[0] if len(lut_space) == 1 else None)
         pred = load_predictor(args.predictor or default_predictor(space_name))
@@ -744,15 +813,25 @@ def main(argv: list[str] | None = None) -> int:
         latency = None
         if args.lut:
             cal = _calibration_arg(args.calibration)
-            latency = LatencyModel.from_lut(args.lut, space, args.runtime, calibration=cal, precision=args.precision)
+            latency = LatencyModel.from_lut(args.lut, space, args.runtime, calibration=cal,
+                                            precision="fp32" if both else precisions[0])
             if latency.calibration_skipped:
                 print(f"note: {latency.calibration_skipped}: using the plain LUT sum", file=sys.stderr)
+        latency8, drop = None, None
+        if both:
+            latency8 = LatencyModel.from_lut(args.lut, space, args.runtime, calibration=cal, precision="int8")
+            drop = int8_drop(args.int8_drop, pred.path, latency.runtime)
         model = {"latency-ms": latency, "macs-m": MacsModel(space), "params-m": ParamsModel(space)}[flag]
         res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else None
         wid = [float(x) for x in args.widths.split(",")] if args.widths else None
         choices = covered_choices(latency or model, space, pred.supports, res, wid)
         costs = CostArrays(model, choices)
         floor, _ = costs.cheapest()
+        costs8 = CostArrays(latency8, choices) if both else None
+        if both:  # the budgets span both precisions' ranges; a budget one of them cannot meet is the other's
+            floor8 = costs8.cheapest()[0]
+            budgets = budgets or spread_budgets(min(floor, floor8), max(costs.dearest(), costs8.dearest()))
+            floor = min(floor, floor8)
         budgets = budgets or spread_budgets(floor, costs.dearest())
         low = [b for b in budgets if b < floor]
         if low:
@@ -793,12 +872,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.method == "relaxation":
             from .relaxation import relaxation_search
             results.append(relaxation_search(b, costs, pred, rng, steps=args.steps, progress=None if not args.json else False, desc=desc))
+        elif both:
+            results.append(evolve_both(b, costs, costs8, score, drop[0], params, rng, args.json, desc))
         else:
             results.append(evolve(b, costs, score, params, rng, progress=None if not args.json else False, desc=desc))
     context = report.random_context(choices, costs, score, args.samples, np.random.default_rng([args.seed, 999]))
     latency_costs = CostArrays(latency, choices) if latency is not None else None
     summary = report.write_search(out_dir, results, flag, costs, latency_costs, pred, choices, context,
-                                  params, args.seed, lut=args.lut, method=args.method)
+                                  params, args.seed, lut=args.lut, method=args.method, latency_costs_int8=costs8)
+    if both:
+        summary["precision"] = "fp32,int8"
+        summary["int8_drop"] = {"pp": drop[0], "source": drop[1]}
+        atomic_write_text(out_dir / "search.json", json.dumps(summary, indent=2) + "\n")
     if not args.json:
         report.print_search(summary)
     if args.export or args.verify:

@@ -42,10 +42,15 @@ def _round(x: float | None, nd: int = 4):
     return None if x is None else round(float(x), nd)
 
 
-def result_row(res, flag: str, choices: Choices, latency_costs, pred) -> dict[str, Any]:
-    """The machine-readable record of one budget's result (the contract's ``results`` entry)."""
+def result_row(res, flag: str, choices: Choices, latency_costs, pred, latency_costs_int8=None) -> dict[str, Any]:
+    """The machine-readable record of one budget's result (the contract's ``results`` entry);
+    a result of ``search.evolve --precision fp32,int8`` is priced in its own precision and
+    carries ``precision`` and ``alternative``."""
     from .latency import MacsModel, ParamsModel
 
+    precision = getattr(res, "precision", "")
+    if precision == "int8" and latency_costs_int8 is not None:
+        latency_costs = latency_costs_int8
     sp = choices.space
     cfg = res.subnet
     pop = Population.from_subnets([cfg], choices)
@@ -70,12 +75,13 @@ def result_row(res, flag: str, choices: Choices, latency_costs, pred) -> dict[st
         "evaluations": res.evaluations,
         "seconds": round(res.seconds, 3),
         "notes": res.notes,
+        **({"precision": precision, "alternative": res.alternative} if precision else {}),
     }
 
 
 def write_search(out_dir: Path, results: Sequence, flag: str, costs, latency_costs, pred,
                  choices: Choices, context: dict[str, np.ndarray], params, seed: int,
-                 lut: str | None = None, method: str = "evolution") -> dict[str, Any]:
+                 lut: str | None = None, method: str = "evolution", latency_costs_int8=None) -> dict[str, Any]:
     """Write the JSON per budget, the Pareto CSV and PNG and ``search.json``; return the
     summary object (the ``--json`` output).
 
@@ -95,7 +101,7 @@ def write_search(out_dir: Path, results: Sequence, flag: str, costs, latency_cos
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = latency_costs.model if latency_costs is not None else None
-    rows = [result_row(r, flag, choices, latency_costs, pred) for r in results]
+    rows = [result_row(r, flag, choices, latency_costs, pred, latency_costs_int8) for r in results]
     summary: dict[str, Any] = {
         "method": method,
         "constraint": NAMES[flag],
@@ -206,7 +212,9 @@ def print_search(summary: dict[str, Any]) -> None:
     print(f"space {summary['space']}, {summary['constraint']} from {where}"
           f"{_runtime_tag(summary)}{cal_txt}, "
           f"resolutions {','.join(map(str, summary['resolutions']))}, widths {','.join(f'{w:g}' for w in summary['widths'])}")
-    head = f"{'budget':>10} {'pred.acc%':>9} {'latency ms':>10} {'MACs M':>8} {'params M':>8} {'r':>4} {'w':>4}  {'depths':<10} {'kernels / expands (active)':<30} {'s':>5}"
+    prec = any(row.get("precision") for row in summary["results"])
+    head = (f"{'budget':>10} {'pred.acc%':>9} {'latency ms':>10}{' precision' if prec else ''} {'MACs M':>8} "
+            f"{'params M':>8} {'r':>4} {'w':>4}  {'depths':<10} {'kernels / expands (active)':<30} {'s':>5}")
     print(head)
     print("-" * len(head))
     for row in summary["results"]:
@@ -215,10 +223,18 @@ def print_search(summary: dict[str, Any]) -> None:
         nb = len(s["ks"]) // len(s["d"])
         act = [i * nb + j for i, d in enumerate(s["d"]) for j in range(d)]
         ke = " ".join(f"{s['ks'][i]}{_e(s['e'][i])}" for i in act)
-        print(f"{row['budget']:>7g} {unit:<2} {100 * row['predicted_accuracy']:>9.2f} {lat:>10} {row['macs_m']:>8.1f} "
+        pcol = f" {row.get('precision', ''):>9}" if prec else ""
+        print(f"{row['budget']:>7g} {unit:<2} {100 * row['predicted_accuracy']:>9.2f} {lat:>10}{pcol} {row['macs_m']:>8.1f} "
               f"{row['params_m']:>8.2f} {s['r']:>4} {s['w']:>4g}  {'-'.join(map(str, s['d'])):<10} {ke:<30} {row['seconds']:>5.2f}")
         for note in row["notes"]:
             print(f"{'':>10} note: {note}")
+        alt = row.get("alternative")
+        if alt:
+            print(f"{'':>10} best {alt['precision']}: {100 * alt['predicted_accuracy']:.2f}% at "
+                  f"{alt['predicted_latency_ms']:.3f} ms")
+    if summary.get("int8_drop"):
+        d = summary["int8_drop"]
+        print(f"int8 candidates ranked at the predicted accuracy minus the int8 drop ({d['pp']:+.2f} points: {d['source']})")
     f = summary["files"]
     print(f"wrote {f['summary']}, {f['pareto_csv']}, {f['plot']} and {len(f['per_budget'])} per-budget JSON files")
 

@@ -193,3 +193,33 @@ def test_cli_int8_pricing_and_bad_precision_are_one_clear_line(tmp_path):
                 tmp_path / "x.csv")
     assert p.returncode == 2 and "unknown precision 'int4' (known: fp32, int8)" in p.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_int8_report_groups_blocks_and_names_the_slower_kinds(tmp_path):
+    """profiler.int8_report: int8 / fp32 per block, grouped by kind, the slower kinds named."""
+    from profiler.int8_report import main as report_main
+
+    path = tmp_path / "l.csv"
+    blocks = [b for b in BLOCKS if b.kind != "overhead"]
+    with LutWriter(path) as w:
+        for b in blocks + [overhead_probe(blocks[0])]:
+            slow = b.act == "hswish"  # h-swish blocks twice as slow in int8, the rest half
+            w.add(_row(str(b), 0.1))
+            w.add(_row(str(b), 0.2 if slow else 0.05, precision="int8"))
+    assert report_main(["--lut", str(path), "--json"]) == 0
+    rep = json.loads((tmp_path / "l.int8.json").read_text())["runtimes"]["tflite"]
+    assert rep["blocks"] == len(blocks)  # the probe is no block of a network
+    by = {g["group"]: g for g in rep["groups"]}
+    for b in blocks:
+        g = next(v for k, v in by.items() if k.startswith(b.kind) and (b.kind != "mbconv" or f"k{b.kernel} " in k))
+        assert g["median_ratio"] in (pytest.approx(2.0), pytest.approx(0.5))
+    assert all(by[g]["median_ratio"] == pytest.approx(2.0) for g in rep["slower_groups"])
+    assert {g for g in by if "hswish" in g} == set(rep["slower_groups"])
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "l.int8.csv").read_text())))
+    assert len(rows) == len(blocks) and {r["runtime"] for r in rows} == {"tflite"}
+    # a LUT with one precision only: one clear line
+    fp32_only = tmp_path / "f.csv"
+    with LutWriter(fp32_only) as w:
+        w.add(_row(str(blocks[0]), 0.1))
+    p = run_cli("profiler.int8_report", "--lut", fp32_only)
+    assert p.returncode == 2 and last_error_line(p).startswith(f"error: {fp32_only}: no runtime has both fp32 and int8")

@@ -302,3 +302,64 @@ def test_verify_measures_the_chosen_subnet_on_the_luts_device(files, capsys, tmp
     rec = json.loads(out.out)["deploy"][0]
     assert rec["device"] == "local" and rec["runtime"] == "onnxruntime"
     assert rec["measured_latency_ms"] and rec["measured_latency_ms"] > 0, rec
+
+
+def _two_precision_lut(path, int8_factor):
+    """The synthetic table in fp32 and, scaled by ``int8_factor``, in int8."""
+    from profiler.lut import write_rows_atomic
+
+    rows = []
+    for k, v in synthetic_table().items():
+        rows.append({"key": k, "runtime": "onnxruntime", "status": "ok", "median_ms": v, "device": "local",
+                     "precision": "fp32"})
+        rows.append({"key": k, "runtime": "onnxruntime", "status": "ok", "median_ms": v * int8_factor,
+                     "device": "local", "precision": "int8"})
+    write_rows_atomic(path, rows)
+    return path
+
+
+@pytest.mark.parametrize("int8_factor, drop, expected", [(0.5, 0.0, "int8"), (2.0, 0.0, "fp32"),
+                                                           (0.5, 100.0, "fp32")])
+def test_search_across_precisions_picks_the_precision_per_budget(files, capsys, tmp_path, model,
+                                                                  int8_factor, drop, expected):
+    """Issue 16: --precision fp32,int8 searches each precision with its own LUT rows; int8 wins
+    where it is cheaper at no accuracy cost, fp32 where int8 is dearer or its measured drop is
+    large; each result is priced in the precision it is to be deployed in."""
+    d, _, pred = files
+    lut = _two_precision_lut(tmp_path / "two.csv", int8_factor)
+    floor, _ = CostArrays(model, CH).cheapest()
+    budget = round(floor * 2.5, 4)  # both precisions have subnets under it
+    code, out = run_cli(capsys, "--lut", lut, "--predictor", pred, "--latency-ms", budget, "--precision", "fp32,int8",
+                        "--int8-drop", drop, "--generations", 40, "--population", 20, "--samples", 10,
+                        "--out", tmp_path / "o", "--json")
+    assert code == 0, out.err
+    (row,) = json.loads(out.out)["results"]
+    assert row["precision"] == expected
+    from supernet.space import SubnetConfig
+
+    cfg = SubnetConfig.from_dict(row["subnet"])
+    factor = int8_factor if expected == "int8" else 1.0
+    assert row["predicted_latency_ms"] == pytest.approx(factor * float(model.latency([cfg])[0]), abs=1e-4)
+    assert row["predicted_latency_ms"] <= budget + 1e-9
+    alt = row["alternative"]
+    assert alt["precision"] != expected
+    assert row["predicted_accuracy"] >= alt["predicted_accuracy"] - drop / 100 - 1e-9  # the better one won
+    # an int8 budget below int8's cheapest subnet: fp32 alone, said in a note
+    if int8_factor == 2.0:
+        code, out = run_cli(capsys, "--lut", lut, "--predictor", pred, "--latency-ms", round(floor * 1.2, 4),
+                            "--precision", "fp32,int8", "--int8-drop", 0, "--generations", 3, "--population", 10,
+                            "--samples", 10, "--out", tmp_path / "o2", "--json")
+        (row,) = json.loads(out.out)["results"]
+        assert row["precision"] == "fp32" and row["alternative"] is None
+        assert any("int8: no subnet under" in n for n in row["notes"])
+
+
+def test_search_across_precisions_without_a_drop_model_is_one_clear_line(files, capsys, tmp_path):
+    d, _, pred = files
+    lut = _two_precision_lut(tmp_path / "two.csv", 0.5)
+    with pytest.raises(SystemExit) as exc:
+        run_cli(capsys, "--lut", lut, "--predictor", pred, "--latency-ms", 1.0, "--precision", "fp32,int8",
+                "--out", tmp_path / "o")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no measured int8 accuracy drop" in err[0] and "search.int8_drop" in err[0]

@@ -75,6 +75,26 @@ def test_eval_int8_quantizes_the_extracted_subnet_and_reports_the_drop(full_run,
 
 
 @pytest.mark.slow
+def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path):
+    """search.int8_drop: per runtime the measured fp32 -> int8 drop, in the file that
+    search.evolve --precision fp32,int8 reads from the predictor's run folder."""
+    from search.evolve import int8_drop
+
+    out = tmp_path / "drop"
+    proc = _run(["-m", "search.int8_drop", "--run", str(full_run), "--subnets", "2", "--runtime", "tflite",
+                 "--calib-images", "8", "--out", str(out)])
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    rt = summary["runtimes"]["tflite"]
+    assert summary["subnets"] == 2 and rt["fp32_runtime_vs_torch_max_abs_pp"] <= 100.0 / summary["held_out_images"]
+    rows = (out / "int8_drop.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].startswith("index,subnet,r,runtime")
+    value, source = int8_drop(None, str(out / "predictor.pt"), "tflite")
+    assert value == rt["mean_drop_pp"] and source == str(out / "int8_drop.json")
+    with pytest.raises(ValueError, match="no int8 drop measured for runtime onnxruntime"):
+        int8_drop(None, str(out / "predictor.pt"), "onnxruntime")
+
+
+@pytest.mark.slow
 def test_resume_after_kill_reaches_same_weights(full_run, fake_fmnist, tmp_path):
     out = tmp_path / "killed"
     # 4 steps per phase: global step 11 is step 3 of the third phase (sampling 2 subnets per
