@@ -25,11 +25,11 @@ stage recorded with the same command whose outputs exist, unless an earlier stag
 training continues from its checkpoint; ``--force`` redoes everything).  Bad input (a missing
 dataset, a resolution the space lacks) is one ``error:`` line before any work.
 
-Defaults (two resolutions, the ``main`` preset, 100 subnets on 2,500 held-out images, 100
-generations) measured 14.8 minutes on 2 cores with a cold artifact cache (profile 3.0,
-validate 3.5, train 5.9, collect 2.1 minutes; issue 13's target is 20; an earlier, slower
-host took 18.2 without the validate stage); keep ``--cache`` across runs to skip the 286
-block and probe exports of the profile stage and the 40 network exports of validate.
+Defaults (two resolutions, both precisions, the ``main`` preset, 100 subnets on 2,500
+held-out images, 100 generations) measured 14.9 minutes on 2 cores with a cold artifact cache
+(2026-12-04: profile 3.2, validate 2.4, train 7.2, collect 1.9 minutes; issue 13's target is
+20); keep ``--cache`` across runs to skip the block and probe exports of the profile stage and
+the network exports of validate.
 
 Outputs: ``OUT/config.json``, ``OUT/stages.json``, ``OUT/luts/local.csv`` (both runtimes),
 ``OUT/supernet/`` (the training run, accuracy.csv, predictor.pt), ``OUT/search-<runtime>/``,
