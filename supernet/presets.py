@@ -289,7 +289,7 @@ PRESETS: dict[str, TrainConfig] = {
     # day; the 64 run also had issue 17's collapsed kernels): 89.04% / 87.02% in 367 s against
     # 88.06% / 86.04% in 298 s.  Full 2.4 and expand 0.7 instead of 1.9 and 0.55 (2026-12-04,
     # fresh-clone main jobs, same seed): 89.80% / 87.72% in 419 s against 88.92% / 86.52% in
-    # 282 s, the whole job 14.9 against 12.1 minutes (issue 13: 89 / 86 in 20 minutes).
+    # 273 s of training, the whole job 14.9 against 12.1 minutes (issue 13: 89 / 86 in 20 minutes).
     "main": TrainConfig(preset="main", phases=sandwich_ps(full=2.4, kernel=0.06, depth=0.08, expand=0.7,
                                                           fine=(0.03, 0.03, 0.03), full_end=0.03,
                                                           kernel_warmup=0.03),
