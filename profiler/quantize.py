@@ -300,35 +300,47 @@ def quantized_top1(module, calib_nchw: np.ndarray, images_nchw: np.ndarray, labe
 
     import torch
 
-    from .export import _write_atomic, export_onnx, export_tflite, quiet_fds
+    from .export import export_onnx, export_tflite
 
     base = {"tflite": "tflite", "onnxruntime": "onnx"}.get(runtime)
     if base is None:
         raise ValueError(f"int8 accuracy needs runtime tflite or onnxruntime, got {runtime!r}")
-    calib = [np.ascontiguousarray(calib_nchw[i:i + 1], dtype=np.float32) for i in range(len(calib_nchw))]
     with tempfile.TemporaryDirectory(prefix="hwnas-int8-eval-") as tmp:
         fp32, int8 = Path(tmp) / f"fp32.{base}", Path(tmp) / f"int8.{base}"
-        example = torch.from_numpy(calib[0])
+        example = torch.from_numpy(np.ascontiguousarray(calib_nchw[:1], dtype=np.float32))
         if base == "tflite":
             export_tflite(module.eval(), example, fp32)
         else:
             export_onnx(module.eval(), example, fp32)
-
-        def write(path: Path) -> None:
-            with quiet_fds():
-                (quantize_tflite if base == "tflite" else quantize_onnx)(fp32, path, calib)
-
-        try:
-            _write_atomic(int8, write)
-        except Exception as exc:  # noqa: BLE001 - the quantizer's own errors, named
-            raise QuantizationError(f"int8 quantization failed: {exc.__class__.__name__}: {str(exc)[:300]}") from None
-        out = {}
-        for name, path in (("fp32", fp32), ("int8", int8)):
-            predict = _predictor(path, base)
-            hits = sum(int(np.argmax(predict(images_nchw[i:i + 1])) == int(labels[i])) for i in range(len(labels)))
-            out[f"{name}_top1"] = 100.0 * hits / max(1, len(labels))
-    return {**out, "runtime": runtime, "images": int(len(labels)), "calibration": f"{len(calib)} real images",
+        quantize_with_data(fp32, int8, calib_nchw)
+        out = {f"{name}_top1": file_top1(path, images_nchw, labels) for name, path in (("fp32", fp32), ("int8", int8))}
+    return {**out, "runtime": runtime, "images": int(len(labels)), "calibration": f"{len(calib_nchw)} real images",
             "quantizer": quantizer_version(base)}
+
+
+def quantize_with_data(fp32: Path, out: Path, calib_nchw: np.ndarray) -> None:
+    """Quantize a trained network's fp32 .tflite or .onnx (batch 1) to ``out`` (atomically)
+    the way the profiler quantizes blocks, calibrated on real images (one per sample)."""
+    from .export import _write_atomic, quiet_fds
+
+    base = Path(fp32).suffix.lstrip(".")
+    calib = [np.ascontiguousarray(calib_nchw[i:i + 1], dtype=np.float32) for i in range(len(calib_nchw))]
+
+    def write(path: Path) -> None:
+        with quiet_fds():
+            (quantize_tflite if base == "tflite" else quantize_onnx)(Path(fp32), path, calib)
+
+    try:
+        _write_atomic(Path(out), write)
+    except Exception as exc:  # noqa: BLE001 - the quantizer's own errors, named
+        raise QuantizationError(f"int8 quantization failed: {exc.__class__.__name__}: {str(exc)[:300]}") from None
+
+
+def file_top1(path: Path, images_nchw: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 (percent) of a batch-1 .tflite or .onnx classifier, image by image."""
+    predict = _predictor(Path(path), Path(path).suffix.lstrip("."))
+    hits = sum(int(np.argmax(predict(images_nchw[i:i + 1])) == int(labels[i])) for i in range(len(labels)))
+    return 100.0 * hits / max(1, len(labels))
 
 
 def _predictor(path: Path, base: str):

@@ -560,18 +560,24 @@ def default_predictor(space: str | None = None) -> str:
 
 
 def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, latency, args,
-                      out_dir: Path) -> list[dict[str, Any]]:
+                      out_dir: Path, latency8=None) -> list[dict[str, Any]]:
     """``--export``: each chosen subnet extracted from the supernet run (``--run``), its BN
-    recalibrated, its held-out top-1 measured, written as ONNX and TFLite.  ``--verify``: each
-    chosen subnet exported and measured end to end on the LUT's device and runtime (the
-    profiler's fidelity path), printed against the predicted latency.
+    recalibrated, its held-out top-1 measured, written as ONNX and TFLite; a subnet to deploy
+    in int8 (``--precision int8``, or chosen so by ``fp32,int8``) also as ``.int8.tflite`` and
+    ``.int8.onnx``, quantized as the profiler quantizes blocks but calibrated on 128 real
+    training images, with the int8 model's held-out top-1 in the LUT's runtime.  ``--verify``:
+    each chosen subnet exported and measured end to end on the LUT's device and runtime in its
+    precision (the profiler's fidelity path), printed against the predicted latency.
 
     Returns one record per budget (paths, measured top-1, measured latency)."""
     from tqdm import tqdm
 
     from profiler.export import export_network
 
-    records: list[dict[str, Any]] = [{"budget": r.budget, "subnet": r.subnet.to_dict()} for r in results]
+    default = getattr(latency, "precision", "fp32") if latency is not None else "fp32"
+    precisions = [r.precision or default for r in results]
+    records: list[dict[str, Any]] = [{"budget": r.budget, "subnet": r.subnet.to_dict(), "precision": p}
+                                     for r, p in zip(results, precisions)]
     if args.export:
         if not args.run:
             raise SystemExit("error: --export needs --run RUN (the supernet run folder to extract the subnets from)")
@@ -594,15 +600,21 @@ def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, laten
                 except Exception as exc:  # noqa: BLE001 - one failed format is reported, not fatal
                     rec[fmt] = None
                     rec[f"{fmt}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            if rec["precision"] == "int8":
+                _export_int8(rec, evaluator, cfg, out_dir / f"subnet_{res.budget:g}",
+                             getattr(latency, "runtime", None) or "tflite")
     if args.verify:
         if latency is None:
             raise SystemExit("error: --verify needs --lut (the device to measure on is the LUT's)")
-        try:
-            measured = verify_on_device(latency, space, [r.subnet for r in results], progress=not args.json)
-        except ValueError as exc:
-            raise SystemExit(f"error: --verify: {exc}") from None
-        for rec, m in zip(records, measured):
-            rec.update(m)
+        for prec in dict.fromkeys(precisions):
+            model = latency8 if prec == "int8" and latency8 is not None else latency
+            idx = [i for i, p in enumerate(precisions) if p == prec]
+            try:
+                measured = verify_on_device(model, space, [results[i].subnet for i in idx], progress=not args.json)
+            except ValueError as exc:
+                raise SystemExit(f"error: --verify: {exc}") from None
+            for i, m in zip(idx, measured):
+                records[i].update(m)
     atomic_write_text(out_dir / "deploy.json", json.dumps(records, indent=2) + "\n")
     if not args.json:
         for rec in records:
@@ -610,6 +622,9 @@ def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, laten
             if "held_out_top1" in rec:
                 parts.append(f"held-out top-1 {rec['held_out_top1']:.2f}% (predicted {100 * rec['predicted_accuracy']:.2f}%),"
                              f" onnx {rec.get('onnx') or 'failed'}, tflite {rec.get('tflite') or 'failed'}")
+            if rec.get("int8_held_out_top1") is not None:
+                parts.append(f"int8 ({rec['int8_runtime']}) top-1 {rec['int8_held_out_top1']:.2f}%, "
+                             f"{rec.get('int8_tflite') or 'tflite failed'}, {rec.get('int8_onnx') or 'onnx failed'}")
             if "predicted_latency_ms" in rec:
                 m = rec["measured_latency_ms"]
                 parts.append(f"{rec['device']}/{rec['runtime']}: predicted {rec['predicted_latency_ms']:.2f} ms, "
@@ -618,6 +633,27 @@ def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, laten
             print(" ".join(parts))
         print(f"wrote {out_dir / 'deploy.json'}")
     return records
+
+
+def _export_int8(rec: dict[str, Any], evaluator, cfg: SubnetConfig, stem: Path, runtime: str) -> None:
+    """Quantize the record's fp32 exports to ``<stem>.int8.tflite`` / ``.int8.onnx`` on real
+    calibration images and measure the ``runtime`` one's held-out top-1 (into ``rec``)."""
+    from profiler.quantize import file_top1, quantize_with_data
+
+    calib = evaluator.calibration_array(cfg.r)
+    rec.update(int8_calibration=f"{len(calib)} real images", int8_runtime=runtime, int8_held_out_top1=None)
+    for fmt in ("tflite", "onnx"):
+        if not rec.get(fmt):
+            continue
+        path = Path(f"{stem}.int8.{fmt}")
+        try:
+            quantize_with_data(Path(rec[fmt]), path, calib)
+            rec[f"int8_{fmt}"] = str(path)
+            if fmt == {"tflite": "tflite", "onnxruntime": "onnx"}.get(runtime, "tflite"):
+                rec["int8_held_out_top1"] = round(file_top1(path, *evaluator.held_out_arrays(cfg.r)), 3)
+        except Exception as exc:  # noqa: BLE001 - one failed format is reported, not fatal
+            rec[f"int8_{fmt}"] = None
+            rec[f"int8_{fmt}_error"] = f"{type(exc).__name__}: {exc}"[:300]
 
 
 def verify_on_device(latency, space: SearchSpace, subnets: Sequence[SubnetConfig],
@@ -889,7 +925,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.export or args.verify:
         # exporters print progress on stdout; with --json stdout holds only the JSON object
         with (_stdout_to_stderr() if args.json else contextlib.nullcontext()):
-            summary["deploy"] = export_and_verify(results, space, latency, args, out_dir)
+            summary["deploy"] = export_and_verify(results, space, latency, args, out_dir, latency8=latency8)
         atomic_write_text(out_dir / "search.json", json.dumps(summary, indent=2) + "\n")
     if args.json:
         print(json.dumps(summary))

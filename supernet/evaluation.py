@@ -132,16 +132,23 @@ class Evaluator:
 
         net = self.subnet(cfg)
         torch_top1 = self.top1(net, cfg.r)
-
-        def nchw(x: torch.Tensor) -> "np.ndarray":
-            return self._at(x, cfg.r).float().cpu().contiguous().numpy()
-
-        calib = torch.cat([x for x, _ in self._base("recal")])[:calib_images]
-        valid = self._base("valid")
-        images = torch.cat([x for x, _ in valid])
-        labels = torch.cat([y for _, y in valid]).cpu().numpy()
-        out = quantized_top1(net.float().cpu().eval(), nchw(calib), nchw(images), labels, runtime)
+        images, labels = self.held_out_arrays(cfg.r)
+        out = quantized_top1(net.float().cpu().eval(), self.calibration_array(cfg.r, calib_images), images, labels,
+                             runtime)
         return {"torch_top1": torch_top1, **out, "drop_pp": torch_top1 - out["int8_top1"]}
+
+    def _nchw(self, x: torch.Tensor, r: int):
+        return self._at(x, r).float().cpu().contiguous().numpy()
+
+    def calibration_array(self, r: int, n: int = 128):
+        """The first ``n`` recalibration (training) images at resolution ``r``, NCHW float32
+        numpy: what int8 quantization is calibrated on."""
+        return self._nchw(torch.cat([x for x, _ in self._base("recal")])[:n], r)
+
+    def held_out_arrays(self, r: int):
+        """(images NCHW float32 at ``r``, labels) of the held-out split, as numpy arrays."""
+        valid = self._base("valid")
+        return self._nchw(torch.cat([x for x, _ in valid]), r), torch.cat([y for _, y in valid]).cpu().numpy()
 
     def evaluate(self, cfg: SubnetConfig, recalibrate: bool = True) -> float:
         """Top-1 (percent) of ``cfg`` on the held-out split; ``recalibrate=False`` keeps the

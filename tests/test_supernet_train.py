@@ -95,6 +95,33 @@ def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_export_and_verify_in_int8(full_run, tmp_path, monkeypatch, capsys):
+    """search.evolve --precision int8 --export --verify: the chosen subnet written as an int8
+    .tflite (all-int8 graph) and QDQ .onnx quantized on real images, its int8 top-1 measured,
+    and its latency measured on the LUT's device in int8."""
+    from profiler.quantize import tflite_types
+    from search.evolve import main
+    from test_search_evolve import _two_precision_lut, random_predictor
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
+    lut = _two_precision_lut(tmp_path / "two.csv", 0.5)
+    pred = random_predictor().save(tmp_path / "predictor.pt")
+    code = main([str(a) for a in ["--lut", lut, "--predictor", pred, "--run", full_run, "--precision", "int8",
+                                  "--latency-ms", 1.0, "--resolutions", 32, "--widths", 1.0, "--generations", 2,
+                                  "--population", 8, "--samples", 0, "--int8-drop", 0, "--out", tmp_path / "o",
+                                  "--export", "--verify", "--json"]])
+    assert code == 0
+    (rec,) = json.loads(capsys.readouterr().out)["deploy"]
+    assert rec["precision"] == "int8" and rec["int8_calibration"].endswith("real images")
+    ops, dtypes = tflite_types(Path(rec["int8_tflite"]))
+    assert not ops & {"QUANTIZE", "DEQUANTIZE"} and dtypes <= {"int8", "int32"}
+    assert Path(rec["int8_onnx"]).is_file() and rec["int8_runtime"] == "onnxruntime"
+    assert 0.0 <= rec["int8_held_out_top1"] <= 100.0
+    assert rec["runtime"] == "onnxruntime" and rec["precision"] == "int8" and rec["measured_latency_ms"] > 0
+
+
+@pytest.mark.slow
 def test_resume_after_kill_reaches_same_weights(full_run, fake_fmnist, tmp_path):
     out = tmp_path / "killed"
     # 4 steps per phase: global step 11 is step 3 of the third phase (sampling 2 subnets per
