@@ -15,6 +15,13 @@ complete table.  No process group is needed.
 Columns of ``accuracy.csv``: ``index, subnet, acc`` (fraction), ``top1`` (percent),
 ``r, w, macs_m, params_m, seconds, rank, status, error``.  The resolved settings are written
 to ``RUN/accuracy.config.json``.
+
+``--precision int8 [--runtime tflite|onnxruntime]`` (issue 16) evaluates the same subnets
+post-training quantized as the profiler quantizes for a device (``Evaluator.int8_top1``:
+calibrated on real training images, run by the runtime on this host) into
+``RUN/accuracy-int8-<runtime>.csv`` (its own parts and config; ``acc``/``top1`` are the int8
+accuracy, ``fp32_top1`` beside it), which ``search.predictor --data`` takes like
+``accuracy.csv`` to train an int8 predictor.
 """
 
 from __future__ import annotations
@@ -36,6 +43,16 @@ from supernet.atomic import atomic_open, atomic_write_text
 from supernet.space import SearchSpace, SubnetConfig
 
 COLUMNS = ["index", "subnet", "acc", "top1", "r", "w", "macs_m", "params_m", "seconds", "rank", "status", "error"]
+INT8_COLUMNS = COLUMNS + ["fp32_top1"]  # accuracy-int8-<runtime>.csv: the fp32 top-1 beside the int8 one
+
+
+def columns_for(stem: str) -> list[str]:
+    return COLUMNS if stem == "accuracy" else INT8_COLUMNS
+
+
+def stem_for(precision: str = "fp32", runtime: str = "tflite") -> str:
+    """The file stem of a run's accuracy data: ``accuracy``, or ``accuracy-int8-<runtime>``."""
+    return "accuracy" if precision == "fp32" else f"accuracy-{precision}-{runtime}"
 
 
 def subnet_at(space: SearchSpace, seed: int, index: int, resolutions: Sequence[int],
@@ -104,13 +121,13 @@ def read_rows(paths: Iterable[Path]) -> dict[int, dict[str, str]]:
     return out
 
 
-def merge(run: Path) -> Path:
-    """Write ``accuracy.csv`` from every part (sorted by index), atomically."""
-    parts = sorted((run / "accuracy.parts").glob("rank*.csv"))
-    rows = read_rows([run / "accuracy.csv", *parts])
-    path = run / "accuracy.csv"
+def merge(run: Path, stem: str = "accuracy") -> Path:
+    """Write ``<stem>.csv`` from every part (sorted by index), atomically."""
+    parts = sorted((run / f"{stem}.parts").glob("rank*.csv"))
+    rows = read_rows([run / f"{stem}.csv", *parts])
+    path = run / f"{stem}.csv"
     with atomic_open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=columns_for(stem), extrasaction="ignore")
         w.writeheader()
         for idx in sorted(rows):
             w.writerow(rows[idx])
@@ -128,14 +145,17 @@ def collect(
     rank: int = 0,
     world: int = 1,
     progress: bool = True,
+    stem: str = "accuracy",
 ) -> tuple[int, int]:
     """Evaluate this rank's share of the first ``n`` subnets that no part holds yet.
 
     Args:
         run: run folder (parts and the merged CSV go there).
-        space: the run's space; ``evaluate(cfg)`` returns top-1 in percent.
+        space: the run's space; ``evaluate(cfg)`` returns top-1 in percent, or a dict with
+            ``top1`` and ``fp32_top1`` (an int8 evaluation).
         n, seed, resolutions, widths: which subnets.
         rank, world: this process's shard.
+        stem: ``accuracy`` or ``stem_for(precision, runtime)`` (files ``<stem>.csv``, ``<stem>.parts``).
     Returns:
         (evaluated now, already present) for this rank's share.
     """
@@ -143,9 +163,9 @@ def collect(
 
     from search.latency import MacsModel, ParamsModel
 
-    parts_dir = run / "accuracy.parts"
+    parts_dir = run / f"{stem}.parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
-    done = read_rows([run / "accuracy.csv", *parts_dir.glob("rank*.csv")])
+    done = read_rows([run / f"{stem}.csv", *parts_dir.glob("rank*.csv")])
     mine = [i for i in range(n) if i % world == rank]
     todo = [i for i in mine if i not in done or done[i].get("status") != "ok"]
     part = parts_dir / f"rank{rank}.csv"
@@ -154,7 +174,7 @@ def collect(
     if not new_file:
         drop_torn_tail(part)  # a row torn by a kill is evaluated again
     with part.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns_for(stem))
         if new_file:
             w.writeheader()
         bar = tqdm(todo, desc=f"collect (rank {rank})", unit="subnet", disable=not progress or rank != 0)
@@ -164,7 +184,12 @@ def collect(
             row = {"index": i, "subnet": cfg.to_json(), "r": cfg.r, "w": cfg.w, "rank": rank,
                    "macs_m": round(float(macs.cost([cfg])[0]), 3), "params_m": round(float(params.cost([cfg])[0]), 4)}
             try:
-                top1 = float(evaluate(cfg))
+                out = evaluate(cfg)
+                if isinstance(out, dict):
+                    top1 = float(out["top1"])
+                    row["fp32_top1"] = round(float(out["fp32_top1"]), 4)
+                else:
+                    top1 = float(out)
                 row.update(acc=round(top1 / 100.0, 6), top1=round(top1, 4), status="ok", error="")
                 bar.set_postfix(top1=f"{top1:.2f}")
             except Exception as exc:  # noqa: BLE001 - a failed subnet is a row, not a crash
@@ -173,19 +198,19 @@ def collect(
             w.writerow(row)
             f.flush()
             os.fsync(f.fileno())
-    merge(run)
+    merge(run, stem)
     return len(todo), len(mine) - len(todo)
 
 
 SETTINGS = ("seed", "resolutions", "widths", "space_name")  # what decides subnet number i
 
 
-def check_settings(run: Path, config: dict, force: bool, rank: int, world: int) -> None:
+def check_settings(run: Path, config: dict, force: bool, rank: int, world: int, stem: str = "accuracy") -> None:
     """Refuse to add to accuracy data collected with other settings (row ``i`` would be
     another subnet's); with ``force``, rank 0 renames the old data aside first.  Raises
     ValueError."""
-    path = run / "accuracy.config.json"
-    old_data = [p for p in (run / "accuracy.csv", run / "accuracy.parts") if p.exists()]
+    path = run / f"{stem}.config.json"
+    old_data = [p for p in (run / f"{stem}.csv", run / f"{stem}.parts") if p.exists()]
     if not path.is_file() or not old_data:
         return
     try:
@@ -222,8 +247,13 @@ def main(argv: list[str] | None = None) -> int:
                          "set the old data aside (renamed with a time stamp) and start a new list")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
     ap.add_argument("--amp", default="auto", help="auto | bf16 | fp16 | off (auto: bf16 on CUDA, off on the CPU)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                    help="int8: the subnets post-training quantized, into accuracy-int8-<runtime>.csv")
+    ap.add_argument("--runtime", default="tflite", choices=["tflite", "onnxruntime"],
+                    help="--precision int8: whose quantizer and kernels (default tflite)")
     ap.add_argument("--json", action="store_true", help="print a JSON summary")
     args = ap.parse_args(argv)
+    stem = stem_for(args.precision, args.runtime)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
     from supernet.data import DataError
@@ -258,15 +288,21 @@ def main(argv: list[str] | None = None) -> int:
     config = {"run": str(args.run), "subnets": args.subnets, "seed": args.seed, "resolutions": res, "widths": wid,
               "space": ckpt["space"].get("base", space.name), "space_name": space.name,
               "eval_images": evaluator.eval_images, "recal_images": evaluator.recal_images, "world": world,
-              "device": str(evaluator.device), "amp": evaluator.amp}
+              "device": str(evaluator.device), "amp": evaluator.amp, "precision": args.precision,
+              **({"runtime": args.runtime} if args.precision == "int8" else {})}
+    evaluate = evaluator.evaluate
+    if args.precision == "int8":
+        def evaluate(cfg):  # noqa: E306 - the int8 top-1, the fp32 one beside it
+            q = evaluator.int8_top1(cfg, args.runtime)
+            return {"top1": q["int8_top1"], "fp32_top1": q["torch_top1"]}
     try:
-        check_settings(args.run, config, args.force, rank, world)
+        check_settings(args.run, config, args.force, rank, world, stem)
         if rank == 0:
-            atomic_write_text(args.run / "accuracy.config.json", json.dumps(config, indent=2) + "\n")
+            atomic_write_text(args.run / f"{stem}.config.json", json.dumps(config, indent=2) + "\n")
         t0 = time.time()
-        new, old = collect(args.run, space, evaluator.evaluate, args.subnets, args.seed, res, wid, rank, world,
-                           progress=not args.json)
-        total = read_rows([args.run / "accuracy.csv"])
+        new, old = collect(args.run, space, evaluate, args.subnets, args.seed, res, wid, rank, world,
+                           progress=not args.json, stem=stem)
+        total = read_rows([args.run / f"{stem}.csv"])
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -274,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"rank": rank, "world": world, "evaluated": new, "skipped_existing": old,
                "rows": len(total), "ok": len(ok), "seconds": round(time.time() - t0, 1),
                "acc_min": min(ok, default=None), "acc_max": max(ok, default=None),
-               "csv": str(args.run / "accuracy.csv")}
+               "csv": str(args.run / f"{stem}.csv")}
     if args.json:
         print(json.dumps(summary))
     else:

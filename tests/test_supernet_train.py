@@ -95,6 +95,36 @@ def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_collect_int8_writes_its_own_table_the_predictor_reads(full_run, tmp_path):
+    """search.collect --precision int8: the same seeded subnets quantized, in their own
+    resumable table beside accuracy.csv, which search.predictor trains on like accuracy.csv."""
+    import csv as csv_
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    for f in run.glob("accuracy*"):
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
+    fp = _run(["-m", "search.collect", "--run", str(run), "--subnets", "5", "--json"])
+    q = _run(["-m", "search.collect", "--run", str(run), "--subnets", "5", "--precision", "int8", "--json"])
+    assert json.loads(q.stdout)["csv"] == str(run / "accuracy-int8-tflite.csv")
+    fp_rows = {r["index"]: r for r in csv_.DictReader((run / "accuracy.csv").open())}
+    q_rows = list(csv_.DictReader((run / "accuracy-int8-tflite.csv").open()))
+    assert len(q_rows) == 5 and all(r["status"] == "ok" for r in q_rows)
+    for r in q_rows:  # the same subnets, the fp32 top-1 of the fp32 table beside the int8 one
+        assert r["subnet"] == fp_rows[r["index"]]["subnet"]
+        assert float(r["fp32_top1"]) == pytest.approx(float(fp_rows[r["index"]]["top1"]), abs=1e-3)
+    assert json.loads((run / "accuracy-int8-tflite.config.json").read_text())["precision"] == "int8"
+    assert "fp32_top1" not in (run / "accuracy.csv").read_text().splitlines()[0]
+    again = _run(["-m", "search.collect", "--run", str(run), "--subnets", "5", "--precision", "int8", "--json"])
+    assert json.loads(again.stdout)["evaluated"] == 0  # resumable like the fp32 table
+    _run(["-m", "search.predictor", "--data", str(run / "accuracy-int8-tflite.csv"), "--out",
+          str(run / "predictor-int8.pt"), "--epochs", "5"])
+    assert (run / "predictor-int8.pt").is_file()
+    assert fp.returncode == 0
+
+
+@pytest.mark.slow
 def test_export_and_verify_in_int8(full_run, tmp_path, monkeypatch, capsys):
     """search.evolve --precision int8 --export --verify: the chosen subnet written as an int8
     .tflite (all-int8 graph) and QDQ .onnx quantized on real images, its int8 top-1 measured,
