@@ -857,6 +857,12 @@ def main(argv: list[str] | None = None) -> int:
         if both:
             latency8 = LatencyModel.from_lut(args.lut, space, args.runtime, calibration=cal, precision="int8")
             drop = int8_drop(args.int8_drop, pred.path, latency.runtime)
+        elif precisions == ["int8"] and latency is not None:
+            try:  # an int8-only search reports int8 accuracy where the drop was measured or given
+                drop = int8_drop(args.int8_drop, pred.path, latency.runtime)
+            except ValueError:
+                if args.int8_drop is not None:
+                    raise
         model = {"latency-ms": latency, "macs-m": MacsModel(space), "params-m": ParamsModel(space)}[flag]
         res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else None
         wid = [float(x) for x in args.widths.split(",")] if args.widths else None
@@ -886,6 +892,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.exit(2, f"error: {exc}\n")
 
     score = lambda p: pred.predict_population(p, choices)  # noqa: E731
+    if drop is not None and not both:  # --precision int8: the int8 accuracy (a constant shift: same choices)
+        score = lambda p: pred.predict_population(p, choices) - drop[0] / 100.0  # noqa: E731
     if args.pareto:
         from .pareto import ParetoParams, pareto_front
 
@@ -916,9 +924,13 @@ def main(argv: list[str] | None = None) -> int:
     latency_costs = CostArrays(latency, choices) if latency is not None else None
     summary = report.write_search(out_dir, results, flag, costs, latency_costs, pred, choices, context,
                                   params, args.seed, lut=args.lut, method=args.method, latency_costs_int8=costs8)
-    if both:
-        summary["precision"] = "fp32,int8"
-        summary["int8_drop"] = {"pp": drop[0], "source": drop[1]}
+    if both or precisions == ["int8"]:
+        if both:
+            summary["precision"] = "fp32,int8"
+        summary["int8_drop"] = {"pp": drop[0], "source": drop[1]} if drop is not None else None
+        if drop is None:
+            summary["notes"] = ["predicted accuracy is the fp32 predictor's: no measured int8 drop "
+                                "(python -m search.int8_drop --run RUN)"]
         atomic_write_text(out_dir / "search.json", json.dumps(summary, indent=2) + "\n")
     if not args.json:
         report.print_search(summary)

@@ -235,6 +235,8 @@ def print_search(summary: dict[str, Any]) -> None:
     if summary.get("int8_drop"):
         d = summary["int8_drop"]
         print(f"int8 candidates ranked at the predicted accuracy minus the int8 drop ({d['pp']:+.2f} points: {d['source']})")
+    for note in summary.get("notes", []):
+        print(f"note: {note}")
     f = summary["files"]
     print(f"wrote {f['summary']}, {f['pareto_csv']}, {f['plot']} and {len(f['per_budget'])} per-budget JSON files")
 

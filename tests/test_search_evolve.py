@@ -363,3 +363,21 @@ def test_search_across_precisions_without_a_drop_model_is_one_clear_line(files, 
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no measured int8 accuracy drop" in err[0] and "search.int8_drop" in err[0]
+
+
+def test_int8_only_search_reports_int8_accuracy_where_the_drop_is_known(files, capsys, tmp_path, model):
+    """--precision int8 prices from int8 rows; with a drop it reports the int8 accuracy (the
+    same choice, 1 point lower for a drop of 1), without one it says the accuracy is fp32's."""
+    d, _, pred = files
+    lut = _two_precision_lut(tmp_path / "two.csv", 0.5)
+    floor, _ = CostArrays(model, CH).cheapest()
+    base = ["--lut", lut, "--predictor", pred, "--latency-ms", round(floor, 4), "--precision", "int8",
+            "--generations", 5, "--population", 10, "--samples", 0, "--seed", 1, "--json"]
+    code, out = run_cli(capsys, *base, "--out", tmp_path / "a")
+    plain = json.loads(out.out)
+    assert plain["int8_drop"] is None and "no measured int8 drop" in plain["notes"][0]
+    code, out = run_cli(capsys, *base, "--int8-drop", 1.0, "--out", tmp_path / "b")
+    dropped = json.loads(out.out)
+    (a,), (b,) = plain["results"], dropped["results"]
+    assert a["subnet"] == b["subnet"] and b["predicted_accuracy"] == pytest.approx(a["predicted_accuracy"] - 0.01, abs=1e-5)
+    assert b["predicted_latency_ms"] <= round(floor, 4) + 1e-9  # int8 rows: half the fp32 floor fits
