@@ -55,6 +55,16 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HWNAS_CACHE", "cache")) / "artifacts"
 
 
+def base_format(fmt: str) -> str:
+    """``tflite-int8`` -> ``tflite``: the fp32 format an int8 one is quantized from, and the
+    artifact's extension; an fp32 format is its own base."""
+    return fmt.split("-", 1)[0]
+
+
+def precision_of(fmt: str) -> str:
+    return "int8" if fmt.endswith("-int8") else "fp32"
+
+
 def format_for_runtime(runtime: str, precision: str = "fp32") -> str:
     """The artifact format ``runtime`` runs in ``precision`` (fp32 or int8)."""
     try:
@@ -72,8 +82,8 @@ def exporter_version(fmt: str) -> str:
     """A string that changes whenever an artifact of ``fmt`` could change."""
     from importlib.metadata import version
 
-    if fmt.endswith("-int8") and fmt in FORMATS:
-        from .quantize import base_format, quantizer_version
+    if precision_of(fmt) == "int8" and fmt in FORMATS:
+        from .quantize import quantizer_version
 
         return f"{exporter_version(base_format(fmt))}-{quantizer_version(fmt)}"
     torch_v = version("torch")
@@ -95,7 +105,7 @@ def artifact_path(cache_dir: Path, key: str, fmt: str, version: str | None = Non
     """``<cache>/<format>/<version>/<key>.<ext>``; the extension is the runtime's (``.tflite``
     for ``tflite-int8`` too)."""
     version = version or exporter_version(fmt)
-    return Path(cache_dir) / fmt / version / f"{_file_stem(key)}.{fmt.split('-', 1)[0]}"
+    return Path(cache_dir) / fmt / version / f"{_file_stem(key)}.{base_format(fmt)}"
 
 
 def fp32_twin(path: Path, key: str, fmt: str) -> Path:
@@ -104,7 +114,7 @@ def fp32_twin(path: Path, key: str, fmt: str) -> Path:
     path = Path(path)
     if path.parents[1].name != fmt:
         raise ValueError(f"{path}: not an artifact of format {fmt} in a cache")
-    return artifact_path(path.parents[2], key, fmt.split("-", 1)[0])
+    return artifact_path(path.parents[2], key, base_format(fmt))
 
 
 @contextlib.contextmanager
@@ -382,10 +392,10 @@ def export_networks(space: SearchSpace, cfgs: Sequence[SubnetConfig], fmt: str, 
     (``profiler.quantize``), recording the output error without a bound."""
     import torch
 
-    if fmt.endswith("-int8"):
+    if precision_of(fmt) == "int8":
         from .quantize import NETWORK_KIND, quantize_model
 
-        base = fmt.split("-", 1)[0]
+        base = base_format(fmt)
         twins = [Path(p) for p in fp32_paths] if fp32_paths is not None else \
             [Path(p).with_name(Path(p).stem + ".fp32." + base) for p in paths]
         need = [i for i, t in enumerate(twins) if not t.is_file()]
@@ -454,13 +464,11 @@ def _export_tasks(items: list[tuple[str, str, str]]) -> list[tuple[str, str, str
     there are several.  A chunk whose joint conversion fails is converted block by block, so
     each block gets its own result and error.  int8 items are quantized from their fp32
     artifacts (``fp32_twin``), which are exported first where the cache lacks them."""
-    from .quantize import precision_of
-
     fp32 = [it for it in items if precision_of(it[1]) == "fp32"]
     int8 = [it for it in items if precision_of(it[1]) == "int8"]
     results = _export_fp32_tasks(fp32) if fp32 else []
     if int8:
-        twins = [(k, f.split("-", 1)[0], str(fp32_twin(Path(p), k, f))) for k, f, p in int8]
+        twins = [(k, base_format(f), str(fp32_twin(Path(p), k, f))) for k, f, p in int8]
         need = [t for t in twins if not (Path(t[2]).is_file() and Path(t[2]).stat().st_size > 0)]
         errors = {(k, f): e for k, f, e in _export_fp32_tasks(need)} if need else {}
         for (key, fmt, path), (tk, tf, tp) in zip(int8, twins):

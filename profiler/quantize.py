@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .export import _seed_for as seed_for
+from .export import base_format, format_for_runtime
 
 QUANT_REV = 1
 CALIB_SAMPLES = 8
@@ -59,19 +60,6 @@ NETWORK_KIND = "network"  # whole networks (profiler.validate): the error is rec
 
 class QuantizationError(RuntimeError):
     """An int8 model that could not be made, or whose output is too far from fp32's."""
-
-
-def base_format(fmt: str) -> str:
-    """``tflite-int8`` -> ``tflite``; an fp32 format is its own base."""
-    return fmt.split("-", 1)[0]
-
-
-def precision_of(fmt: str) -> str:
-    return "int8" if fmt.endswith("-int8") else "fp32"
-
-
-def int8_format(fmt: str) -> str:
-    return f"{base_format(fmt)}-int8"
 
 
 def quantizer_version(fmt: str) -> str:
@@ -304,9 +292,7 @@ def quantized_top1(module, calib_nchw: np.ndarray, images_nchw: np.ndarray, labe
 
     from .export import export_onnx, export_tflite
 
-    base = {"tflite": "tflite", "onnxruntime": "onnx"}.get(runtime)
-    if base is None:
-        raise ValueError(f"int8 accuracy needs runtime tflite or onnxruntime, got {runtime!r}")
+    base = format_for_runtime(runtime)  # ValueError for a runtime it does not know
     with tempfile.TemporaryDirectory(prefix="hwnas-int8-eval-") as tmp:
         fp32, int8 = Path(tmp) / f"fp32.{base}", Path(tmp) / f"int8.{base}"
         example = torch.from_numpy(np.ascontiguousarray(calib_nchw[:1], dtype=np.float32))

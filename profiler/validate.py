@@ -48,7 +48,7 @@ import numpy as np
 from supernet.space import SearchSpace, SubnetConfig, get_space, space_names
 
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
-from .export import ArtifactCache, export_networks, format_for_runtime
+from .export import ArtifactCache, base_format, export_networks, format_for_runtime
 from supernet.atomic import atomic_open, atomic_write_text, ensure_writable_folder
 
 from .costmodel import LatencyModel, calibration_key, write_calibration
@@ -355,7 +355,7 @@ def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[Sub
     def name(cfg: SubnetConfig, ext: str) -> str:
         return f"{space.name}-r{cfg.r}-{hashlib.sha1(f'{space.name}:{cfg.to_json()}'.encode()).hexdigest()[:16]}.{ext}"
 
-    ext = fmt.split("-", 1)[0]
+    ext = base_format(fmt)
     paths = [net_dir / name(cfg, ext) for cfg in subnets]
     twins = [fp32_dir / name(cfg, ext) for cfg in subnets] if fp32_dir is not None and fmt != ext else None
     todo = [i for i, p in enumerate(paths) if not p.is_file()]

@@ -638,6 +638,7 @@ def export_and_verify(results: Sequence[SearchResult], space: SearchSpace, laten
 def _export_int8(rec: dict[str, Any], evaluator, cfg: SubnetConfig, stem: Path, runtime: str) -> None:
     """Quantize the record's fp32 exports to ``<stem>.int8.tflite`` / ``.int8.onnx`` on real
     calibration images and measure the ``runtime`` one's held-out top-1 (into ``rec``)."""
+    from profiler.export import format_for_runtime
     from profiler.quantize import file_top1, quantize_with_data
 
     calib = evaluator.calibration_array(cfg.r)
@@ -649,7 +650,7 @@ def _export_int8(rec: dict[str, Any], evaluator, cfg: SubnetConfig, stem: Path, 
         try:
             quantize_with_data(Path(rec[fmt]), path, calib)
             rec[f"int8_{fmt}"] = str(path)
-            if fmt == {"tflite": "tflite", "onnxruntime": "onnx"}.get(runtime, "tflite"):
+            if fmt == format_for_runtime(runtime):
                 rec["int8_held_out_top1"] = round(file_top1(path, *evaluator.held_out_arrays(cfg.r)), 3)
         except Exception as exc:  # noqa: BLE001 - one failed format is reported, not fatal
             rec[f"int8_{fmt}"] = None
