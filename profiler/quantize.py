@@ -122,24 +122,6 @@ def quantize_input(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
     return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
 
 
-def run_tflite(path: Path, x_nchw: np.ndarray) -> np.ndarray:
-    """The model's output (dequantized to float) for one NCHW input (fed NHWC, quantized
-    when the model's input is integer)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path), num_threads=1)
-    interp.allocate_tensors()
-    ind, outd = interp.get_input_details()[0], interp.get_output_details()[0]
-    x = x_nchw.transpose(0, 2, 3, 1) if x_nchw.ndim == 4 else x_nchw
-    interp.set_tensor(ind["index"], quantize_input(np.ascontiguousarray(x), ind))
-    interp.invoke()
-    y = interp.get_tensor(outd["index"])
-    if np.dtype(outd["dtype"]).kind != "f":
-        scale, zero = outd["quantization"]
-        y = (y.astype(np.float32) - zero) * scale
-    return y.transpose(0, 3, 1, 2) if y.ndim == 4 else y
-
-
 def tflite_types(path: Path) -> tuple[set[str], set[str]]:
     """(operator names, tensor dtypes) of a .tflite file, read from the file."""
     from ai_edge_litert.interpreter import Interpreter
@@ -193,16 +175,6 @@ def qdq_probe_onnx(fp32: Path, out: Path, calib_nchw: list[np.ndarray]) -> None:
     onnx.save(model, str(out))
 
 
-def run_onnx(path: Path, x_nchw: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {sess.get_inputs()[0].name: x_nchw})[0]
-
-
 # --------------------------------------------------------------------------- both
 
 
@@ -236,7 +208,7 @@ def quantize_model(fmt: str, fp32: Path, out: Path, input_shape_nchw: Sequence[i
     QuantizationError; returns the record."""
     from supernet.atomic import atomic_write_text
 
-    from .export import _write_atomic, quiet_fds
+    from .export import _write_atomic
 
     base = base_format(fmt)
     seed = seed_for(name)
@@ -250,19 +222,12 @@ def quantize_model(fmt: str, fp32: Path, out: Path, input_shape_nchw: Sequence[i
 
     def write(tmp: Path) -> None:
         try:
-            with quiet_fds():
-                if base == "tflite":
-                    quantize_tflite(fp32, tmp, calib)
-                elif kind == "overhead":
-                    qdq_probe_onnx(fp32, tmp, calib)
-                else:
-                    quantize_onnx(fp32, tmp, calib)
+            _quantize_file(base, fp32, tmp, calib, probe=kind == "overhead")
         except Exception as exc:  # noqa: BLE001 - the quantizer's own errors, named
             raise QuantizationError(f"int8 quantization ({record['quantizer']}) failed: "
                                     f"{exc.__class__.__name__}: {str(exc)[:300]}") from None
-        run = run_tflite if base == "tflite" else run_onnx
         try:
-            err = relative_error(run(tmp, check), run(fp32, check))
+            err = relative_error(_inference(tmp, base)(check), _inference(fp32, base)(check))
         except Exception as exc:  # noqa: BLE001
             raise QuantizationError(f"int8 model does not run on the host: {exc.__class__.__name__}: {exc}") from None
         bound = ERROR_BOUND.get(kind)
@@ -309,31 +274,41 @@ def quantized_top1(module, calib_nchw: np.ndarray, images_nchw: np.ndarray, labe
 def quantize_with_data(fp32: Path, out: Path, calib_nchw: np.ndarray) -> None:
     """Quantize a trained network's fp32 .tflite or .onnx (batch 1) to ``out`` (atomically)
     the way the profiler quantizes blocks, calibrated on real images (one per sample)."""
-    from .export import _write_atomic, quiet_fds
+    from .export import _write_atomic
 
     base = Path(fp32).suffix.lstrip(".")
     calib = [np.ascontiguousarray(calib_nchw[i:i + 1], dtype=np.float32) for i in range(len(calib_nchw))]
-
-    def write(path: Path) -> None:
-        with quiet_fds():
-            (quantize_tflite if base == "tflite" else quantize_onnx)(Path(fp32), path, calib)
-
     try:
-        _write_atomic(Path(out), write)
+        _write_atomic(Path(out), lambda path: _quantize_file(base, Path(fp32), path, calib))
     except Exception as exc:  # noqa: BLE001 - the quantizer's own errors, named
         raise QuantizationError(f"int8 quantization failed: {exc.__class__.__name__}: {str(exc)[:300]}") from None
 
 
 def file_top1(path: Path, images_nchw: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 (percent) of a batch-1 .tflite or .onnx classifier, image by image."""
-    predict = _predictor(Path(path), Path(path).suffix.lstrip("."))
+    predict = _inference(Path(path), Path(path).suffix.lstrip("."))
     hits = sum(int(np.argmax(predict(images_nchw[i:i + 1])) == int(labels[i])) for i in range(len(labels)))
     return 100.0 * hits / max(1, len(labels))
 
 
-def _predictor(path: Path, base: str):
-    """A function image (1xCxHxW float32) -> logits, for a .tflite (fed NHWC, quantized with
-    the model's parameters when integer) or an .onnx model, loaded once."""
+def _quantize_file(base: str, fp32: Path, out: Path, calib_nchw: list[np.ndarray], probe: bool = False) -> None:
+    """The quantizer of format ``base`` on ``fp32``, its output to ``out``, the converters'
+    prints silenced; ``probe``: an onnxruntime overhead probe (``qdq_probe_onnx``)."""
+    from .export import quiet_fds
+
+    with quiet_fds():
+        if base == "tflite":
+            quantize_tflite(fp32, out, calib_nchw)
+        elif probe:
+            qdq_probe_onnx(fp32, out, calib_nchw)
+        else:
+            quantize_onnx(fp32, out, calib_nchw)
+
+
+def _inference(path: Path, base: str):
+    """A function input (1xCxHxW float32) -> output, flattened and dequantized, for a .tflite
+    (fed NHWC, quantized with the model's parameters when integer) or an .onnx model of
+    format ``base``, loaded once, one thread."""
     if base == "tflite":
         from ai_edge_litert.interpreter import Interpreter
 
