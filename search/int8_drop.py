@@ -62,14 +62,23 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--runtime: tflite and/or onnxruntime, got {args.runtime!r}")
         if args.subnets < 2:
             raise ValueError("--subnets must be at least 2 (the largest and the smallest)")
+        if args.calib_images < 1:
+            raise ValueError("--calib-images must be at least 1")
         net, evaluator, _ = load_run(args.run, device="cpu", amp="off")
+        space = net.space
+        try:
+            res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else list(space.resolutions)
+        except ValueError:
+            raise ValueError(f"--resolutions must be a comma list of integers, got {args.resolutions!r}") from None
+        bad_r = [r for r in res if r not in space.resolutions]
+        if bad_r or not res:
+            raise ValueError(f"--resolutions: {bad_r[0] if bad_r else '(none)'} is not a resolution of space "
+                             f"{space.name!r} ({', '.join(map(str, space.resolutions))})")
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.eval_images:
         evaluator.eval_images = args.eval_images
-    space = net.space
-    res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else list(space.resolutions)
     r_max = max(res)
     cfgs = [space.max_subnet(r_max), space.min_subnet(r_max)]
     cfgs += [subnet_at(space, args.seed, i, res, [space.default_width]) for i in range(args.subnets - 2)]

@@ -88,6 +88,14 @@ def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path):
     assert summary["subnets"] == 2 and rt["fp32_runtime_vs_torch_max_abs_pp"] <= 100.0 / summary["held_out_images"]
     rows = (out / "int8_drop.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("index,subnet,r,runtime")
+    # bad input: one error line, nothing written
+    for args, message in ((["--resolutions", "33"], "--resolutions: 33 is not a resolution of space"),
+                          (["--runtime", "tvm"], "--runtime: tflite and/or onnxruntime"),
+                          (["--calib-images", "0"], "--calib-images must be at least 1")):
+        bad = _run(["-m", "search.int8_drop", "--run", str(full_run), "--out", str(tmp_path / "bad"), *args], check=False)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and len(lines) == 1 and message in lines[0], bad.stderr
+    assert not (tmp_path / "bad").exists()
     value, source = int8_drop(None, str(out / "predictor.pt"), "tflite")
     assert value == rt["mean_drop_pp"] and source == str(out / "int8_drop.json")
     with pytest.raises(ValueError, match="no int8 drop measured for runtime onnxruntime"):
