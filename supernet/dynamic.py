@@ -363,7 +363,7 @@ class DynamicMBConv(nn.Module):
         w_proj = self.project.conv.weight
         mid = w_proj.size(1)
         importance = w_proj.abs().sum(dim=(0, 2, 3))
-        group = torch.zeros(mid, dtype=torch.long)
+        group = torch.zeros(mid, dtype=torch.long, device=w_proj.device)
         for n in sorted(set(keep)):
             if 0 < n < mid:
                 group[n:] += 1

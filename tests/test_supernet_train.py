@@ -302,6 +302,33 @@ def test_cuda_training_with_bf16(fake_fmnist, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_cuda_fp16_collect_and_cpu_agreement(fake_fmnist, full_run, tmp_path):
+    """fp16 training (with its gradient scaler) runs on CUDA; a CPU-trained run evaluates to
+    the same top-1 on CUDA in fp32 as on the CPU; search.collect runs on CUDA."""
+    import yaml
+
+    out = tmp_path / "fp16"
+    _run(["-m", "supernet.train", "--preset", "test", "--data", f"fmnist:{fake_fmnist}", "--out", str(out),
+          "--device", "cuda", "--amp", "fp16", "--no-progress"])
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["device"].startswith("cuda") and cfg["amp"] == "fp16"
+    res = json.loads((out / "result.json").read_text())
+    assert 0 <= res["max_top1"] <= 100 and res["max_top1"] == res["max_top1"]  # not NaN
+    tops = {}
+    for dev in ("cpu", "cuda"):
+        r = json.loads(_run(["-m", "supernet.eval", "--run", str(full_run), "--subnet", "max", "--json",
+                             "--device", dev, "--amp", "off"]).stdout)
+        assert r["device"].startswith(dev)
+        tops[dev], n = r["top1"], r["held_out_images"]
+    # same weights, same held-out images, same BN recalibration: at most one image apart
+    assert abs(tops["cpu"] - tops["cuda"]) <= 100 / n + 1e-6, tops
+    col = json.loads(_run(["-m", "search.collect", "--run", str(out), "--subnets", "3", "--device", "cuda",
+                           "--json"]).stdout)
+    assert col["ok"] == 3 and col["rows"] == 3, col
+
+
+@pytest.mark.slow
 def test_elastic_widths_train_and_collect_defaults_to_them(fake_fmnist, tmp_path):
     import yaml
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The CUDA checks of issues 13 and 15 in one call on a GPU machine (README, "On a GPU"):
+#   1. the CUDA tests (bf16 and fp16 training, CPU/CUDA evaluation agreement, search.collect);
+#   2. bench/gpu_step.py as written (224 px, batch 256, bf16, channels-last; timm where installed);
+#   3. the main job's supernet (--preset main) trained on the GPU, its largest and smallest
+#      subnets evaluated there, and search.collect of $SUBNETS subnets timed there.
+# Everything lands in $OUT (default /tmp/gpu_checks): log.txt, gpu_step.json, run.tar.gz
+# (config, metrics, result, supernet.pt: evaluate it on a CPU to cross-check), eval.json,
+# collect.json.  Each step has its own time limit so that one stuck step leaves the others.
+#
+#   bash bench/gpu_checks.sh                                    # on the GPU machine
+#   DEVICE=cpu PRESET=test STEP_ARGS="--device cpu --batch 4 --res 64 --amp off --steps 1 --reps 1 --warmup 0" \
+#     SUBNETS=3 PYTEST=0 bash bench/gpu_checks.sh                # a CPU dry run of the same script
+# DATA (default fmnist) is passed to --data; PY (default python3) is the interpreter.
+set -u
+OUT=${OUT:-/tmp/gpu_checks}
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+PRESET=${PRESET:-main}
+DATA=${DATA:-fmnist}
+SUBNETS=${SUBNETS:-100}
+PYTEST=${PYTEST:-1}
+STEP_ARGS=${STEP_ARGS:-}
+TRAIN_LIMIT_S=${TRAIN_LIMIT_S:-300}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+LOG="$OUT/log.txt"
+RUN=$(mktemp -d)/run
+say() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
+
+say "machine"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1
+  nproc; uptime
+  "$PY" -c "import sys, torch; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+  "$PY" -c "import timm; print('timm', timm.__version__)" 2>&1 | tail -1; } >>"$LOG" 2>&1
+
+if [ "$PYTEST" = 1 ]; then
+  say "CUDA tests"
+  timeout 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_supernet_train.py \
+    -k "cuda or device_auto" tests/test_bench_gpu_step.py >>"$LOG" 2>&1
+  say "pytest rc=$?"
+fi
+
+if [ "${STEP:-1}" = 1 ]; then
+  say "gpu_step"
+  timeout 180 "$PY" bench/gpu_step.py --device "$DEVICE" $STEP_ARGS --out "$OUT/gpu_step.json" >/dev/null 2>>"$LOG"
+  say "gpu_step rc=$?"
+fi
+
+say "supernet.train --preset $PRESET --device $DEVICE"
+t0=$SECONDS
+timeout "$TRAIN_LIMIT_S" "$PY" -m supernet.train --preset "$PRESET" --device "$DEVICE" --data "$DATA" --out "$RUN" \
+  --no-progress >>"$LOG" 2>&1
+rc=$?
+say "train rc=$rc wall $((SECONDS - t0)) s"
+if [ -f "$RUN/result.json" ]; then
+  cat "$RUN/result.json" >>"$LOG"
+  for s in max min; do
+    say "supernet.eval $s"
+    timeout 60 "$PY" -m supernet.eval --run "$RUN" --subnet "$s" --device "$DEVICE" --data "$DATA" --json \
+      >>"$OUT/eval.json" 2>>"$LOG"
+  done
+  say "search.collect $SUBNETS"
+  t0=$SECONDS
+  timeout "${COLLECT_LIMIT_S:-120}" "$PY" -m search.collect --run "$RUN" --subnets "$SUBNETS" --device "$DEVICE" --data "$DATA" --json \
+    >"$OUT/collect.json" 2>>"$LOG"
+  say "collect rc=$? wall $((SECONDS - t0)) s"
+fi
+[ -d "$RUN" ] && tar -czf "$OUT/run.tar.gz" -C "$(dirname "$RUN")" --exclude checkpoints run
+say "done"
+tail -n 30 "$LOG"
