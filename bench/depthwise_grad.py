@@ -14,7 +14,6 @@ process (it times both once per shape; 3x3 kernels always take PyTorch's own).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.emit import emit  # noqa: E402
 from supernet.dynamic import FAST_WGRAD_MIN_KERNEL, depthwise_weight_grad, wgrad_choice  # noqa: E402
 
 # (batch, channels, input size, kernel, stride)
@@ -83,11 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"bench": "depthwise_grad", "threads": args.threads, "reps": args.reps, "torch": torch.__version__,
            "fast_wgrad_min_kernel": FAST_WGRAD_MIN_KERNEL, "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(),
            "rows": rows}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+    return emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The CUDA checks of issues 13 and 15 in one call on a GPU machine (README, "On a GPU"):
 #   1. the CUDA tests (bf16 and fp16 training, CPU/CUDA evaluation agreement, search.collect);
-#   2. bench/gpu_step.py as written (224 px, batch 256, bf16, channels-last; timm where installed);
+#   2. bench/gpu_warmup.py (first-call cost of new subnet shapes against the steady step, per
+#      memory format and precision; the largest subnet's images/s at growing batches) and
+#      bench/gpu_step.py as written (224 px, batch 256, bf16, channels-last; timm where installed);
 #   3. the main job's supernet (--preset main) trained on the GPU, its largest and smallest
 #      subnets evaluated there, and search.collect of $SUBNETS subnets timed there.
-# Everything lands in $OUT (default /tmp/gpu_checks): log.txt, gpu_step.json, run.tar.gz
+# Everything lands in $OUT (default /tmp/gpu_checks): log.txt, gpu_warmup.json, gpu_step.json, run.tar.gz
 # (config, metrics, result, supernet.pt: evaluate it on a CPU to cross-check), eval.json,
 # collect.json.  Each step has its own time limit so that one stuck step leaves the others.
 #
 #   bash bench/gpu_checks.sh                                    # on the GPU machine
-#   DEVICE=cpu PRESET=test STEP_ARGS="--device cpu --batch 4 --res 64 --amp off --steps 1 --reps 1 --warmup 0" \
-#     SUBNETS=3 PYTEST=0 bash bench/gpu_checks.sh                # a CPU dry run of the same script
+#   DEVICE=cpu PRESET=test STEP_ARGS="--batch 4 --res 64 --amp off --steps 1 --reps 1 --warmup 0" \
+#     WARMUP_ARGS="--subnets 2 --steady 1 --batches 8" SUBNETS=3 PYTEST=0 bash bench/gpu_checks.sh  # CPU dry run
+# STEP=0 / WARMUP=0 leave a benchmark out.
 # DATA (default fmnist) is passed to --data; PY (default python3) is the interpreter.
 set -u
 OUT=${OUT:-/tmp/gpu_checks}
@@ -21,7 +24,8 @@ DATA=${DATA:-fmnist}
 SUBNETS=${SUBNETS:-100}
 PYTEST=${PYTEST:-1}
 STEP_ARGS=${STEP_ARGS:-}
-TRAIN_LIMIT_S=${TRAIN_LIMIT_S:-300}
+WARMUP_ARGS=${WARMUP_ARGS:-}
+TRAIN_LIMIT_S=${TRAIN_LIMIT_S:-480}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -40,6 +44,12 @@ if [ "$PYTEST" = 1 ]; then
   timeout 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_supernet_train.py \
     -k "cuda or device_auto" tests/test_bench_gpu_step.py >>"$LOG" 2>&1
   say "pytest rc=$?"
+fi
+
+if [ "${WARMUP:-1}" = 1 ]; then
+  say "gpu_warmup"
+  timeout 150 "$PY" bench/gpu_warmup.py --device "$DEVICE" $WARMUP_ARGS --out "$OUT/gpu_warmup.json" >/dev/null 2>>"$LOG"
+  say "gpu_warmup rc=$?"
 fi
 
 if [ "${STEP:-1}" = 1 ]; then

@@ -19,7 +19,6 @@ reason.  Prints one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.emit import emit  # noqa: E402
 from supernet.device import autocast, describe, grad_scaler, resolve_amp, resolve_device  # noqa: E402
 from supernet.ofa import OFASupernet  # noqa: E402
 from supernet.space import OFA_MBV3  # noqa: E402
@@ -161,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg": os.getloadavg(), "rows": out_rows, "skipped": skipped,
         "peak_memory_note": None if cuda else "peak memory is measured on CUDA devices only",
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Target: wall / timed <= 2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -23,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.emit import emit  # noqa: E402
 
 from profiler.devices import load_devices  # noqa: E402
 from profiler.export import ArtifactCache  # noqa: E402
@@ -77,11 +77,7 @@ def main() -> int:
         "machine": platform.machine(), "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
         "cold": cold, "warm": warm, "target_wall_over_timed": 2.0,
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+    return emit(out, args.out)
 
 
 if __name__ == "__main__":

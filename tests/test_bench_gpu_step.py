@@ -56,3 +56,23 @@ def test_gpu_step_refuses_bad_flags_in_one_line(capsys):
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("gpu_step: error:") and message in err[0], err
+
+
+def test_gpu_warmup_runs_small_on_the_cpu_and_prints_its_json(capsys):
+    spec = importlib.util.spec_from_file_location("gpu_warmup", REPO / "bench" / "gpu_warmup.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    code = mod.main(["--device", "cpu", "--subnets", "2", "--steady", "1", "--batch", "4", "--batches", "4,8",
+                     "--variants", "cl-off,nchw-off", "--threads", "1"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["bench"] == "gpu_warmup" and out["device"].startswith("cpu") and out["space"] == "fmnist"
+    assert [v["variant"] for v in out["variants"]] == ["cl-off", "nchw-off"]
+    for v in out["variants"]:
+        assert len(v["subnets"]) == 2 and v["first_ms_median"] > 0 and v["steady_images_per_s"] > 0
+        # the same seeded subnets in every variant
+        assert [s["r"] for s in v["subnets"]] == [s["r"] for s in out["variants"][0]["subnets"]]
+    assert [s["batch"] for s in out["batch_sweep"]] == [4, 8] and out["batch_sweep_variant"] == "cl-off"
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--device", "cpu", "--variants", "cl-int4"])
+    assert exc.value.code == 2 and "cl-int4" in capsys.readouterr().err
