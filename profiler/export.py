@@ -485,10 +485,12 @@ def _quantize_task(key: str, fmt: str, path: str, fp32_path: str) -> tuple[str, 
     not a kernel no network runs (in a network the ReLU is fused into its convolution)."""
     import torch
 
+    from .calibrate import load_calibration
     from .quantize import quantize_model
 
     try:
         spec = BlockSpec.parse(key)
+        real = load_calibration(Path(path))  # None: seeded random inputs
         if spec.kind == "overhead" and fmt == "tflite-int8":
             with tempfile.TemporaryDirectory(prefix="hwnas-probe-") as tmp:
                 src = Path(tmp) / "probe.tflite"
@@ -496,9 +498,9 @@ def _quantize_task(key: str, fmt: str, path: str, fp32_path: str) -> tuple[str, 
                     torch.manual_seed(_seed_for(key) + 1)
                     example = torch.randn(spec.input_shape)
                 export_tflite(_MaxPoolProbe.make(), example, src)
-                quantize_model(fmt, src, Path(path), spec.input_shape, key, spec.kind)
+                quantize_model(fmt, src, Path(path), spec.input_shape, key, spec.kind, calibration=real)
         else:
-            quantize_model(fmt, Path(fp32_path), Path(path), spec.input_shape, key, spec.kind)
+            quantize_model(fmt, Path(fp32_path), Path(path), spec.input_shape, key, spec.kind, calibration=real)
         return key, fmt, ""
     except Exception as exc:  # noqa: BLE001 - a failed quantization is a result
         return key, fmt, f"{exc.__class__.__name__}: {exc}"[:2000]
@@ -553,13 +555,20 @@ def _worker_init() -> None:
 class ArtifactCache:
     """Artifacts by (key, format) under ``root``; ``ensure`` exports what is missing."""
 
-    def __init__(self, root: Path | str | None = None):
+    def __init__(self, root: Path | str | None = None, calibration: str | None = None):
+        """``calibration``: the id of the real-image calibration int8 blocks are quantized
+        with (``profiler.calibrate``; stored under ``<root>/calib/<id>``), None for seeded
+        random calibration.  It is part of the int8 formats' cache version."""
         self.root = Path(root) if root is not None else default_cache_dir()
+        self.calibration = calibration
         self._versions: dict[str, str] = {}
 
     def version(self, fmt: str) -> str:
         if fmt not in self._versions:
-            self._versions[fmt] = exporter_version(fmt)
+            v = exporter_version(fmt)
+            if self.calibration and precision_of(fmt) == "int8":
+                v += f"-cal{self.calibration}"
+            self._versions[fmt] = v
         return self._versions[fmt]
 
     def path(self, key: str, fmt: str) -> Path:

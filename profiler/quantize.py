@@ -18,7 +18,8 @@ artifact of the same exporter, so the two precisions price the same graph:
   ``profiler.export._quantize_task`` says why.)
 
 Calibration: ``CALIB_SAMPLES`` seeded standard-normal inputs of the block's input shape (the
-seed is the block key's).  Latency does not depend on the values an int8 kernel computes, so
+seed is the block key's), or with ``profiler.run --data`` the block's real inputs
+(``profiler.calibrate``).  Latency does not depend on the values an int8 kernel computes, so
 random calibration prices a block as real data would; the row says which inputs were used
 (``quant_calibration``).  Every int8 block's output is compared with its fp32 model's on the
 first calibration input (relative L2 error); a block above its kind's bound (``ERROR_BOUND``) is
@@ -200,10 +201,11 @@ def read_meta(artifact: Path) -> dict[str, Any]:
 
 
 def quantize_model(fmt: str, fp32: Path, out: Path, input_shape_nchw: Sequence[int], name: str,
-                   kind: str) -> dict[str, Any]:
+                   kind: str, calibration: tuple[list[np.ndarray], str] | None = None) -> dict[str, Any]:
     """Quantize the fp32 artifact ``fp32`` of format ``base_format(fmt)`` to ``out`` (written
-    atomically, its record beside it first), calibrated on seeded inputs of ``name``'s seed,
-    and check its output against fp32's on another seeded input.  ``kind``: the block kind
+    atomically, its record beside it first), calibrated on seeded inputs of ``name``'s seed
+    (or on ``calibration``: real inputs and their label, ``profiler.calibrate``), and check
+    its output against fp32's on the first calibration input.  ``kind``: the block kind
     whose bound applies (``NETWORK_KIND``: record the error, no bound).  Raises
     QuantizationError; returns the record."""
     from supernet.atomic import atomic_write_text
@@ -212,13 +214,19 @@ def quantize_model(fmt: str, fp32: Path, out: Path, input_shape_nchw: Sequence[i
 
     base = base_format(fmt)
     seed = seed_for(name)
-    calib = calibration_inputs(input_shape_nchw, seed)
+    if calibration is not None:
+        calib, label = calibration
+        if not calib or tuple(calib[0].shape) != tuple(input_shape_nchw):
+            raise QuantizationError(f"calibration inputs of shape {calib[0].shape if calib else None} do not fit "
+                                    f"the input {tuple(input_shape_nchw)}")
+    else:
+        calib, label = calibration_inputs(input_shape_nchw, seed), calibration_label(seed)
     # the check runs on a calibration input: it is there to catch a broken quantization (a
     # wrong scale, a float island fed int8 data), not values outside the calibrated range,
     # which on a 1x1 map of 64 channels clipped an unseen input by 16% here
     check = calib[0]
     record: dict[str, Any] = {"precision": "int8", "quantizer": quantizer_version(fmt),
-                              "calibration": calibration_label(seed), "kind": kind}
+                              "calibration": label, "kind": kind}
 
     def write(tmp: Path) -> None:
         try:

@@ -1,7 +1,7 @@
 """Build latency lookup tables: every block of the search space, measured on a device.
 
     python -m profiler.run --device local [--runtime onnxruntime|tflite|onnxruntime,tflite]
-        [--precision fp32|int8|fp32,int8] [--resolutions 160,224] [--widths 1.0] [--threads N] [--limit N] [--lut PATH]
+        [--precision fp32|int8|fp32,int8] [--data fmnist [--calib-run RUN]] [--resolutions 160,224] [--widths 1.0] [--threads N] [--limit N] [--lut PATH]
         [--space ofa_mbv3] [--devices devices.yaml] [--cache DIR] [--export-workers N]
         [--no-overhead-probes] [--json]
 
@@ -13,7 +13,8 @@ what is measured; a killed run resumes where it stopped.  Beside the blocks it m
 latency model takes off every block and charges a network once; ``profiler.costmodel``).
 ``--precision int8`` (or ``fp32,int8``) measures post-training-quantized blocks too
 (``profiler.quantize``): their rows sit in the same LUT with ``precision`` int8, and their
-summary goes to ``<lut>.run-int8.json``.
+summary goes to ``<lut>.run-int8.json``.  int8 blocks are calibrated on seeded random inputs,
+or with ``--data`` on real images carried to each block's input (``profiler.calibrate``).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ from pathlib import Path
 from supernet.atomic import atomic_write_text
 from supernet.space import BlockSpec, get_space, overhead_probe, space_names
 
+from .calibrate import CalibrationError, block_activations, calibration_id, stored, write_calibration
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
 from .export import ArtifactCache, default_cache_dir
 from .farm import run_farm
 from .lut import PRECISIONS, lut_sibling, record_space
 from .measure import ProfileResult
+from .quantize import CALIB_SAMPLES
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -69,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--precision", default="fp32",
                     help="fp32, int8, or both comma-separated (int8: blocks quantized from their fp32 models; "
                          "default fp32)")
+    ap.add_argument("--data", default=None,
+                    help="calibrate int8 blocks on real images of this dataset (fmnist, fmnist:PATH, cifar10:PATH, "
+                         "imagefolder:PATH), carried to each block's input by the largest subnet "
+                         "(profiler.calibrate; default: seeded random inputs)")
+    ap.add_argument("--calib-run", type=Path, default=None,
+                    help="with --data (or alone: the run's dataset): the trained supernet run folder whose largest "
+                         "subnet carries the images (default: an untrained supernet, BN set on the images)")
+    ap.add_argument("--calib-images", type=int, default=None,
+                    help="real calibration images per int8 block (default 8)")
     ap.add_argument("--space", default="ofa_mbv3", help=f"search space ({', '.join(space_names())})")
     ap.add_argument("--resolutions", type=lambda t: _int_list(t, "--resolutions"), default=None,
                     help="input resolutions to cover (default: all of the space)")
@@ -120,6 +132,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"{name} must be at least 1")
         if args.lut is not None and len(devices) > 1:
             raise ValueError("--lut names one file; with several devices each gets luts/<device>.csv")
+        real = args.data is not None or args.calib_run is not None
+        if (real or args.calib_images is not None) and "int8" not in precisions:
+            raise ValueError("--data, --calib-run and --calib-images calibrate int8 blocks: add --precision int8 "
+                             "(or fp32,int8)")
+        if args.calib_images is not None and not real:
+            raise ValueError("--calib-images needs --data or --calib-run (random calibration uses "
+                             f"{CALIB_SAMPLES} inputs)")
+        if args.calib_images is not None and args.calib_images < 1:
+            raise ValueError("--calib-images must be at least 1")
     except (DeviceConfigError, ValueError) as exc:
         ap.exit(2, f"error: {exc}\n")
     missing = _missing_phone(devices[0], args.devices) if len(devices) == 1 and devices[0].transport == "adb" else ""
@@ -127,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {missing}", file=sys.stderr)
         return 1
     cache = ArtifactCache(args.cache)
+    if real:
+        try:
+            cache = _real_calibration(space, specs, args, cache.root)
+        except CalibrationError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     overrides = {k: v for k, v in (("threads", args.threads), ("repeats", args.repeats),
                                     ("min_time_s", args.min_time)) if v is not None}
     devices = [replace(d, **overrides) for d in devices]
@@ -140,6 +167,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {res.device_lost} (measured rows kept in {res.lut}; rerun to resume)", file=sys.stderr)
     _print(farm.results, args.json)
     return farm.exit_code
+
+
+def _real_calibration(space, specs: list[BlockSpec], args, root: Path) -> ArtifactCache:
+    """Compute and store the real inputs of the blocks (``profiler.calibrate``); the cache
+    whose int8 artifacts are quantized with them."""
+    n = args.calib_images or CALIB_SAMPLES
+    cal_id = calibration_id(args.data, args.calib_run, n, 0)
+    keys = [str(s) for s in specs]
+    have = stored(root, cal_id)
+    if have is not None and set(keys) <= have[0]:  # computed by an earlier run: reuse
+        matched, label = have[1] & set(keys), have[2]
+    else:
+        acts, label = block_activations(space, specs, args.data, args.calib_run, n)
+        write_calibration(root, cal_id, acts, label, asked=keys)
+        matched = set(acts)
+    missing = [k for k in keys if k not in matched]
+    print(f"int8 calibration: {len(matched)} of {len(specs)} blocks on {label}"
+          + (f"; {len(missing)} matched no block of the largest subnet and keep random inputs" if missing else ""),
+          file=sys.stderr)
+    return ArtifactCache(root, calibration=cal_id)
 
 
 def _write_summary(res: ProfileResult, space: str) -> None:

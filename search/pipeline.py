@@ -2,7 +2,8 @@
 
     python -m search.pipeline [--out out/pipeline] [--cache cache/artifacts] [--resolutions 32,48]
 
-1. profile the local device at the demo resolutions, onnxruntime and TFLite (profiler.run),
+1. profile the local device at the demo resolutions, onnxruntime and TFLite (profiler.run;
+   int8 blocks calibrated on the dataset's images, ``profiler.calibrate``),
    and check the LUT against whole networks measured twice (profiler.validate, both runtimes:
    the fidelity line beside the final table, and the calibration the searches apply);
 2. train a small supernet on Fashion-MNIST with progressive shrinking (supernet.train);
@@ -307,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
            "--export-workers", str(args.export_workers), *quiet]
     if cache is not None:
         cmd += ["--cache", str(cache)]
+    if int8:  # int8 blocks calibrated on the dataset's images carried to each block (profiler.calibrate)
+        cmd += ["--data", args.data]
     for flag, v in (("--repeats", args.repeats), ("--min-time", args.min_time)):
         if v is not None:
             cmd += [flag, str(v)]

@@ -223,3 +223,89 @@ def test_int8_report_groups_blocks_and_names_the_slower_kinds(tmp_path):
         w.add(_row(str(blocks[0]), 0.1))
     p = run_cli("profiler.int8_report", "--lut", fp32_only)
     assert p.returncode == 2 and last_error_line(p).startswith(f"error: {fp32_only}: no runtime has both fp32 and int8")
+
+
+# --------------------------------------------------------------------------- real-image calibration
+
+
+@pytest.fixture(scope="module")
+def fake_fm(tmp_path_factory):
+    from supernet_fakes import write_fmnist
+
+    return write_fmnist(tmp_path_factory.mktemp("fm"), n=240)
+
+
+def test_real_calibration_carries_images_block_by_block(fake_fm):
+    """Each block's calibration inputs are what the largest subnet's previous block outputs
+    on real images (and the first convolution's are the images themselves)."""
+    import torch
+
+    from profiler.calibrate import _carrier, block_activations
+
+    acts, label = block_activations(TINY, BLOCKS, f"fmnist:{fake_fm}", None, n=4)
+    assert label.startswith("real images n=4") and set(acts) == {str(b) for b in BLOCKS}
+    for b in BLOCKS:
+        assert acts[str(b)].shape == (4, b.in_c, b.in_h, b.in_w) and acts[str(b)].dtype == np.float32
+    net, images = _carrier(TINY, f"fmnist:{fake_fm}", None, 4, 0)(32, TINY.default_width)
+    chain = TINY.blocks(TINY.max_subnet(r=32))
+    np.testing.assert_allclose(acts[str(chain[0])], images.numpy(), rtol=0, atol=0)
+    with torch.no_grad():
+        for j in range(len(chain) - 1):
+            want = net[j](torch.from_numpy(acts[str(chain[j])])).numpy()
+            got = acts[str(chain[j + 1])]
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # real inputs, not random normal ones: the images' background is the dataset's, not N(0, 1)
+    first = acts[str(chain[0])]
+    assert abs(float(first.mean())) > 0.1 and len(np.unique(first.round(4))) < first.size / 4
+
+
+def test_profiler_run_with_data_calibrates_int8_rows_on_real_images(fake_fm, tmp_path):
+    cache, lut = tmp_path / "cache", tmp_path / "real.csv"
+    args = ["--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "3", "--precision", "int8",
+            "--cache", cache, "--no-progress"]
+    proc = run_cli("profiler.run", *args, "--data", f"fmnist:{fake_fm}", "--calib-images", "4", "--lut", lut)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "int8 calibration:" in proc.stderr
+    rows = read_rows(lut)
+    assert rows and all(r["precision"] == "int8" for r in rows)
+    assert all(r["quant_calibration"].startswith("real images n=4") for r in rows), [r["quant_calibration"] for r in rows]
+    assert all(0 < float(r["quant_error"]) <= float(r["quant_bound"]) for r in rows if r["kind"] != "overhead")
+    # the same blocks with random calibration in the same cache: their own artifacts, their own label
+    proc = run_cli("profiler.run", *args, "--lut", tmp_path / "random.csv")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all(r["quant_calibration"].startswith("random-normal") for r in read_rows(tmp_path / "random.csv"))
+    versions = sorted(p.name for p in (cache / "onnx-int8").iterdir())
+    assert len(versions) == 2 and sum("-cal" in v for v in versions) == 1, versions
+
+
+def test_real_calibration_bad_input_is_one_clear_line(fake_fm, tmp_path):
+    base = ["--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "2",
+            "--cache", tmp_path / "cache", "--lut", tmp_path / "l.csv", "--no-progress"]
+    cases = [
+        (["--precision", "fp32", "--data", f"fmnist:{fake_fm}"], "add --precision int8"),
+        (["--precision", "int8", "--data", f"fmnist:{tmp_path / 'nowhere'}"], "nowhere"),
+        (["--precision", "int8", "--calib-run", tmp_path / "norun"], "norun"),
+        (["--precision", "int8", "--calib-images", "4"], "--calib-images needs --data"),
+    ]
+    for extra, needle in cases:
+        proc = run_cli("profiler.run", *base, *extra)
+        line = last_error_line(proc)
+        assert proc.returncode == 2 and needle in line, (extra, proc.stderr[-1000:])
+    assert not (tmp_path / "l.csv").exists()
+
+
+def test_profiler_run_calibrates_through_a_trained_run_of_the_same_space(fake_fm, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("supernet.train", "--preset", "test", "--space", "fmnist", "--data", f"fmnist:{fake_fm}",
+                   "--out", run, "--threads", "1", "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    base = ["--device", "local", "--resolutions", "32", "--limit", "2", "--precision", "int8", "--cache",
+            tmp_path / "cache", "--no-progress", "--calib-run", run]
+    proc = run_cli("profiler.run", *base, "--space", "fmnist", "--lut", tmp_path / "l.csv")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = read_rows(tmp_path / "l.csv")
+    assert rows and all("through the largest subnet of supernet run run" in r["quant_calibration"] for r in rows)
+    # a run of another space cannot carry images to these blocks: one line, nothing measured
+    proc = run_cli("profiler.run", *base, "--space", "tiny", "--lut", tmp_path / "t.csv")
+    assert proc.returncode == 2 and "is not the profiled space tiny" in last_error_line(proc), proc.stderr[-1000:]
+    assert not (tmp_path / "t.csv").exists()

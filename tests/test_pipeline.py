@@ -66,6 +66,9 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
         assert len(list(csv.DictReader(f))) == 4
     space = get_space("tiny")
     lut = out / "luts" / "local.csv"
+    with lut.open() as f:  # int8 blocks calibrated on the job's own images (profiler.calibrate)
+        int8_rows = [r for r in csv.DictReader(f) if r["precision"] == "int8"]
+    assert int8_rows and all(r["quant_calibration"].startswith("real images") for r in int8_rows)
     for rt in ("onnxruntime", "tflite"):
         model = LatencyModel.from_lut(lut, space, rt, calibration="auto")
         budgets = summary["budgets"][rt]
