@@ -24,7 +24,7 @@ DATA=${DATA:-fmnist}
 SUBNETS=${SUBNETS:-100}
 PYTEST=${PYTEST:-1}
 STEP_ARGS=${STEP_ARGS:-}
-WARMUP_ARGS=${WARMUP_ARGS:-}
+WARMUP_ARGS=${WARMUP_ARGS:---subnets 10 --steady 5 --max-seconds 25}
 TRAIN_LIMIT_S=${TRAIN_LIMIT_S:-480}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
@@ -48,7 +48,7 @@ fi
 
 if [ "${WARMUP:-1}" = 1 ]; then
   say "gpu_warmup"
-  timeout 150 "$PY" bench/gpu_warmup.py --device "$DEVICE" $WARMUP_ARGS --out "$OUT/gpu_warmup.json" >/dev/null 2>>"$LOG"
+  timeout 240 "$PY" bench/gpu_warmup.py --device "$DEVICE" $WARMUP_ARGS --out "$OUT/gpu_warmup.json" >/dev/null 2>>"$LOG"
   say "gpu_warmup rc=$?"
 fi
 

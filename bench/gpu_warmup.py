@@ -7,7 +7,9 @@ steady step of the largest subnet at growing batch sizes.
 
 On an H200 the ``main`` preset paid seconds a step whenever new layer shapes appeared (README,
 "On a GPU"); this script separates that first-call cost from the steady step for each of
-``--variants`` (``cl``/``nchw`` x ``bf16``/``off``), each on a fresh supernet: for
+``--variants`` (``cl``/``nchw`` x ``bf16``/``off``, ``-nocudnn``: PyTorch's own kernels
+instead of cuDNN's, whose 9.10+ plans are reported to compile for seconds per new depthwise
+shape, NVIDIA/cudnn-frontend#1066), each on a fresh supernet: for
 ``--subnets`` random subnets of the space at random resolutions (the same seeded list for
 every variant), the first training step of the subnet (set-active, zero-grad, forward under
 autocast, cross-entropy, backward, SGD) and then the median of ``--steady`` more.  The batch
@@ -36,14 +38,17 @@ from supernet.device import autocast, describe, resolve_amp, resolve_device  # n
 from supernet.ofa import OFASupernet  # noqa: E402
 from supernet.space import get_space  # noqa: E402
 
-VARIANTS = ("cl-bf16", "cl-off", "nchw-bf16", "nchw-off")
+VARIANTS = ("cl-bf16", "cl-bf16-nocudnn", "nchw-bf16", "cl-off", "nchw-off", "nchw-off-nocudnn")
 
 
-def parse_variant(v: str, device: torch.device) -> tuple[bool, str]:
-    fmt, _, amp = v.partition("-")
-    if fmt not in ("cl", "nchw") or amp not in ("bf16", "off", "fp16"):
+def parse_variant(v: str, device: torch.device) -> tuple[bool, str, bool]:
+    """(channels-last, amp, cuDNN enabled) of ``fmt-amp[-nocudnn]``."""
+    parts = v.split("-")
+    ok = len(parts) in (2, 3) and parts[0] in ("cl", "nchw") and parts[1] in ("bf16", "off", "fp16") \
+        and (len(parts) == 2 or parts[2] == "nocudnn")
+    if not ok:
         raise ValueError(f"--variants: {v!r} is not one of {', '.join(VARIANTS)} (or fp16 with cl/nchw)")
-    return fmt == "cl", resolve_amp(amp, device)
+    return parts[0] == "cl", resolve_amp(parts[1], device), len(parts) == 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="64,256,1024,4096", help="batch sweep of the largest subnet ('' for none)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-seconds", type=float, default=0.0,
+                    help="per variant: no new subnet after this long (0: no limit); the variant says it was cut")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args(argv)
     try:
@@ -105,17 +112,20 @@ def main(argv: list[str] | None = None) -> int:
         return time.perf_counter() - t
 
     out_variants = []
-    for name, cl, amp in variants:
+    for name, cl, amp, cudnn in variants:
+        torch.backends.cudnn.enabled = cudnn
         sup, opt = make(cl)
-        rows = []
+        rows, t_variant = [], time.perf_counter()
         for sub in subnets:
+            if args.max_seconds and time.perf_counter() - t_variant > args.max_seconds:
+                break
             x, y = batch(args.batch, sub.r, cl)
             first = timed_step(sup, opt, sub, x, y, amp)
             steady = statistics.median(timed_step(sup, opt, sub, x, y, amp) for _ in range(args.steady))
             rows.append({"r": sub.r, "first_ms": round(1000 * first, 2), "steady_ms": round(1000 * steady, 2)})
         firsts = [r["first_ms"] for r in rows]
         steadies = [r["steady_ms"] for r in rows]
-        v = {"variant": name, "channels_last": cl, "amp": amp,
+        v = {"variant": name, "channels_last": cl, "amp": amp, "cudnn": cudnn, "cut": len(rows) < len(subnets),
              "first_ms_median": round(statistics.median(firsts), 2),
              "steady_ms_median": round(statistics.median(steadies), 2),
              "first_call_overhead_s": round(sum(f - s for f, s in zip(firsts, steadies)) / 1000, 3),
@@ -128,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         del sup, opt
     sweep = []
     if batches:
-        name, cl, amp = variants[0]
+        name, cl, amp, cudnn = variants[0]
+        torch.backends.cudnn.enabled = cudnn
         sup, opt = make(cl)
         largest = space.max_subnet()
         for n in batches:
