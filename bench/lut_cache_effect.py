@@ -8,7 +8,12 @@ For a few random subnets this times, with the same runtime and one thread:
 - ``round_robin``: every block of the subnet invoked once in network order, round after
   round (each block finds the caches as the others left them, as inside the network),
   each block's median summed;
-- ``network``: the whole network exported as one model.
+- ``network``: the whole network exported as one model;
+- ``flushed`` (``--flush-mb``): each block invoked after a buffer larger than the last-level
+  cache is written, so its weights and input come from memory, summed;
+- ``cold_weights``: the same, with the block's input touched after the flush: inside a
+  network a block's input was just written by the block before it, while its weights were
+  last used a whole network ago.
 
 It prints one JSON object: per subnet the three times and the ratios to the network.
 
@@ -36,25 +41,55 @@ from profiler.export import export_block, export_network, format_for_runtime  # 
 from supernet.space import get_space  # noqa: E402
 
 
-def _session(path: Path, runtime: str):
-    """(invoke callable) for a model file, one thread, a fixed random input."""
-    if runtime == "tflite":
-        from ai_edge_litert.interpreter import Interpreter
+class _Session:
+    """A model file loaded for timing: ``run()`` invokes it on a fixed random input (one
+    thread); ``touch_input()`` brings that input into the caches (after a flush: the state
+    a block meets inside a network, its input just written by the block before it)."""
 
-        it = Interpreter(str(path), num_threads=1)
-        it.allocate_tensors()
-        d = it.get_input_details()[0]
-        x = np.random.default_rng(0).standard_normal(d["shape"]).astype(np.float32)
-        it.set_tensor(d["index"], x)
-        return it.invoke
-    import onnxruntime as ort
+    def __init__(self, path: Path, runtime: str):
+        if runtime == "tflite":
+            from ai_edge_litert.interpreter import Interpreter
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = 1
-    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    i = s.get_inputs()[0]
-    x = np.random.default_rng(0).standard_normal(i.shape).astype(np.float32)
-    return lambda: s.run(None, {i.name: x})
+            it = Interpreter(str(path), num_threads=1)
+            it.allocate_tensors()
+            d = it.get_input_details()[0]
+            x = np.random.default_rng(0).standard_normal(d["shape"]).astype(np.float32)
+            it.set_tensor(d["index"], x)
+            self.run = it.invoke
+            self.touch_input = lambda: it.set_tensor(d["index"], x)  # rewrites the interpreter's input
+            return
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = so.inter_op_num_threads = 1
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        i = s.get_inputs()[0]
+        x = np.random.default_rng(0).standard_normal(i.shape).astype(np.float32)
+        self.run = lambda: s.run(None, {i.name: x})
+        self.touch_input = lambda: x.sum()  # onnxruntime reads the caller's array in place
+
+    def __call__(self):
+        return self.run()
+
+
+def _session(path: Path, runtime: str) -> _Session:
+    return _Session(path, runtime)
+
+
+def _flushed_ms(sess: _Session, rounds: int, buf: np.ndarray, touch_input: bool) -> float:
+    """Median of ``rounds`` invocations, each after writing ``buf`` (larger than the last-level
+    cache: weights and activations evicted), the input re-touched first when asked; only the
+    invocation is timed."""
+    sess.run()
+    ts = []
+    for k in range(rounds):
+        buf.fill(k & 0xFF)
+        if touch_input:
+            sess.touch_input()
+        t = time.perf_counter()
+        sess.run()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e3
 
 
 def _median_ms(fn, rounds: int) -> float:
@@ -76,6 +111,8 @@ def main() -> int:
     ap.add_argument("--subnets", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--flush-mb", type=int, default=64,
+                    help="buffer written before each flushed invocation (above the last-level cache; 0: no flushed sums)")
     args = ap.parse_args()
     space = get_space(args.space)
     fmt = format_for_runtime(args.runtime)
@@ -105,13 +142,22 @@ def main() -> int:
                     per[i].append(time.perf_counter() - t)
             rr = sum(statistics.median(p) for p in per) * 1e3
             network = _median_ms(net_fn, args.rounds)
-            out["subnets"].append({"subnet": cfg.to_dict(), "blocks": len(blocks), "warm_sum_ms": round(warm, 3),
-                                   "round_robin_sum_ms": round(rr, 3), "network_ms": round(network, 3),
-                                   "warm_over_network": round(warm / network, 3),
-                                   "round_robin_over_network": round(rr / network, 3)})
+            row = {"subnet": cfg.to_dict(), "blocks": len(blocks), "warm_sum_ms": round(warm, 3),
+                   "round_robin_sum_ms": round(rr, 3), "network_ms": round(network, 3),
+                   "warm_over_network": round(warm / network, 3),
+                   "round_robin_over_network": round(rr / network, 3)}
+            if args.flush_mb:
+                buf = np.empty(args.flush_mb * 2**20 // 8, dtype=np.float64)
+                cold = sum(_flushed_ms(f, args.rounds, buf, False) for f in fns)
+                cold_w = sum(_flushed_ms(f, args.rounds, buf, True) for f in fns)
+                row.update(flushed_sum_ms=round(cold, 3), cold_weights_sum_ms=round(cold_w, 3),
+                           flushed_over_network=round(cold / network, 3),
+                           cold_weights_over_network=round(cold_w / network, 3))
+            out["subnets"].append(row)
             print(json.dumps(out["subnets"][-1]), file=sys.stderr)
-    for k in ("warm_over_network", "round_robin_over_network"):
-        out[f"median_{k}"] = round(float(np.median([s[k] for s in out["subnets"]])), 3)
+    for k in ("warm_over_network", "round_robin_over_network", "flushed_over_network", "cold_weights_over_network"):
+        if all(k in s for s in out["subnets"]):
+            out[f"median_{k}"] = round(float(np.median([s[k] for s in out["subnets"]])), 3)
     out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))
     return 0
