@@ -72,10 +72,6 @@ class _Session:
         return self.run()
 
 
-def _session(path: Path, runtime: str) -> _Session:
-    return _Session(path, runtime)
-
-
 def _flushed_ms(sess: _Session, rounds: int, buf: np.ndarray, touch_input: bool) -> float:
     """Median of ``rounds`` invocations, each after writing ``buf`` (larger than the last-level
     cache: weights and activations evicted), the input re-touched first when asked; only the
@@ -127,10 +123,10 @@ def main() -> int:
             for i, b in enumerate(blocks):
                 p = Path(tmp) / f"{n}-{i}.{fmt}"
                 export_block(b, fmt, p)
-                fns.append(_session(p, args.runtime))
+                fns.append(_Session(p, args.runtime))
             net = Path(tmp) / f"{n}-net.{fmt}"
             export_network(space, cfg, fmt, net)
-            net_fn = _session(net, args.runtime)
+            net_fn = _Session(net, args.runtime)
             warm = sum(_median_ms(f, args.rounds) for f in fns)
             for f in fns:
                 f()

@@ -152,8 +152,10 @@ def block_activations(space, specs: Sequence, data_spec: str | None, run: Path |
             x = images.float()
             with torch.no_grad():
                 for block, module in zip(space.blocks(space.max_subnet(r=r, w=w)), net):
-                    for sig in _signatures(block):
-                        found.setdefault(sig, x.numpy().copy())
+                    new = [sig for sig in _signatures(block) if sig not in found]
+                    if new:  # one copy per block, shared by its signatures
+                        arr = x.numpy().copy()
+                        found.update((sig, arr) for sig in new)
                     x = module(x)
     out = {}
     for s in specs:
