@@ -13,7 +13,10 @@
 #   bash bench/gpu_checks.sh                                    # on the GPU machine
 #   DEVICE=cpu PRESET=test STEP_ARGS="--batch 4 --res 64 --amp off --steps 1 --reps 1 --warmup 0" \
 #     WARMUP_ARGS="--subnets 2 --steady 1 --batches 8" SUBNETS=3 PYTEST=0 bash bench/gpu_checks.sh  # CPU dry run
-# STEP=0 / WARMUP=0 leave a benchmark out.
+# STEP=0 / WARMUP=0 leave a benchmark out; PYTEST_LIMIT_S, WARMUP_LIMIT_S, TRAIN_LIMIT_S and
+# COLLECT_LIMIT_S bound their steps (seconds).  TRAIN_FLAGS (default: "pick") are supernet.train's
+# memory format, --amp and --cudnn: "pick" takes them from gpu_warmup's best_variant (the least
+# estimated time per new subnet shape), "" leaves the defaults; eval and collect use the same --cudnn.
 # DATA (default fmnist) is passed to --data; PY (default python3) is the interpreter.
 set -u
 OUT=${OUT:-/tmp/gpu_checks}
@@ -41,14 +44,14 @@ say "machine"
 
 if [ "$PYTEST" = 1 ]; then
   say "CUDA tests"
-  timeout 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_supernet_train.py \
+  timeout "${PYTEST_LIMIT_S:-240}" "$PY" -m pytest -q -p no:cacheprovider -o addopts="" tests/test_supernet_train.py \
     -k "cuda or device_auto" tests/test_bench_gpu_step.py >>"$LOG" 2>&1
   say "pytest rc=$?"
 fi
 
 if [ "${WARMUP:-1}" = 1 ]; then
   say "gpu_warmup"
-  timeout 240 "$PY" bench/gpu_warmup.py --device "$DEVICE" $WARMUP_ARGS --out "$OUT/gpu_warmup.json" >/dev/null 2>>"$LOG"
+  timeout "${WARMUP_LIMIT_S:-240}" "$PY" bench/gpu_warmup.py --device "$DEVICE" $WARMUP_ARGS --out "$OUT/gpu_warmup.json" >/dev/null 2>>"$LOG"
   say "gpu_warmup rc=$?"
 fi
 
@@ -58,22 +61,41 @@ if [ "${STEP:-1}" = 1 ]; then
   say "gpu_step rc=$?"
 fi
 
-say "supernet.train --preset $PRESET --device $DEVICE"
+TRAIN_FLAGS=${TRAIN_FLAGS-pick}
+if [ "$TRAIN_FLAGS" = pick ]; then
+  TRAIN_FLAGS=$("$PY" - "$OUT/gpu_warmup.json" <<'PYEOF' 2>>"$LOG"
+import json, sys
+try:
+    best = json.load(open(sys.argv[1]))["best_variant"]
+except (OSError, ValueError, KeyError):
+    sys.exit(0)  # no warm-up result: the defaults
+fmt, amp, *rest = best.split("-")
+cudnn = {"": "on", "nodw": "no-depthwise", "nocudnn": "off"}[rest[0] if rest else ""]
+print(("--no-channels-last " if fmt == "nchw" else "") + f"--amp {amp} --cudnn {cudnn}")
+PYEOF
+)
+fi
+CUDNN_FLAG=$(echo "$TRAIN_FLAGS" | grep -o -- '--cudnn [a-z-]*' || true)
+say "supernet.train --preset $PRESET --device $DEVICE $TRAIN_FLAGS"
 t0=$SECONDS
+# shellcheck disable=SC2086
 timeout "$TRAIN_LIMIT_S" "$PY" -m supernet.train --preset "$PRESET" --device "$DEVICE" --data "$DATA" --out "$RUN" \
-  --no-progress >>"$LOG" 2>&1
+  $TRAIN_FLAGS --no-progress >>"$LOG" 2>&1
 rc=$?
 say "train rc=$rc wall $((SECONDS - t0)) s"
 if [ -f "$RUN/result.json" ]; then
   cat "$RUN/result.json" >>"$LOG"
   for s in max min; do
     say "supernet.eval $s"
-    timeout 60 "$PY" -m supernet.eval --run "$RUN" --subnet "$s" --device "$DEVICE" --data "$DATA" --json \
+    # shellcheck disable=SC2086
+    timeout 60 "$PY" -m supernet.eval --run "$RUN" --subnet "$s" --device "$DEVICE" --data "$DATA" $CUDNN_FLAG --json \
       >>"$OUT/eval.json" 2>>"$LOG"
   done
   say "search.collect $SUBNETS"
   t0=$SECONDS
-  timeout "${COLLECT_LIMIT_S:-120}" "$PY" -m search.collect --run "$RUN" --subnets "$SUBNETS" --device "$DEVICE" --data "$DATA" --json \
+  # shellcheck disable=SC2086
+  timeout "${COLLECT_LIMIT_S:-120}" "$PY" -m search.collect --run "$RUN" --subnets "$SUBNETS" --device "$DEVICE" --data "$DATA" \
+    $CUDNN_FLAG --json \
     >"$OUT/collect.json" 2>>"$LOG"
   say "collect rc=$? wall $((SECONDS - t0)) s"
 fi

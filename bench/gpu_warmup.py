@@ -1,19 +1,22 @@
 """Where a supernet training step's time goes on a GPU at the presets' sizes: the first step
 of each new subnet shape against its steady step, per memory format and precision, and the
-steady step of the largest subnet at growing batch sizes.
+steady step of the largest subnet at growing batch sizes.  ``best_variant`` is the one with the
+least estimated time per subnet shape (its first step and ``REUSE`` steady ones), the variant a
+GPU run of the presets should use (``bench/gpu_checks.sh`` trains with it).
 
     python3 bench/gpu_warmup.py                               # on a GPU: fmnist space, batch 64
     .venv/bin/python bench/gpu_warmup.py --device cpu --subnets 2 --steady 2 --batches 8,16  # smoke test
 
 On an H200 the ``main`` preset paid seconds a step whenever new layer shapes appeared (README,
 "On a GPU"); this script separates that first-call cost from the steady step for each of
-``--variants`` (``cl``/``nchw`` x ``bf16``/``off``, ``-nocudnn``: PyTorch's own kernels
+``--variants`` (``cl``/``nchw`` x ``bf16``/``off``; ``-nocudnn``: PyTorch's own kernels
 instead of cuDNN's, whose 9.10+ plans are reported to compile for seconds per new depthwise
-shape, NVIDIA/cudnn-frontend#1066), each on a fresh supernet: for
+shape, NVIDIA/cudnn-frontend#1066; ``-nodw``: PyTorch's own kernels for the depthwise
+convolutions only, ``--cudnn no-depthwise``), each on a fresh supernet: for
 ``--subnets`` random subnets of the space at random resolutions (the same seeded list for
 every variant), the first training step of the subnet (set-active, zero-grad, forward under
 autocast, cross-entropy, backward, SGD) and then the median of ``--steady`` more.  The batch
-sweep times the largest subnet at its largest resolution in the first variant, to say how
+sweep times the largest subnet at its largest resolution in the best variant, to say how
 large a GPU preset's batch must be before the device, not the host, sets the pace.  Prints
 one JSON object.
 """
@@ -34,21 +37,23 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.emit import emit  # noqa: E402
-from supernet.device import autocast, describe, resolve_amp, resolve_device  # noqa: E402
+from supernet.device import apply_cudnn, autocast, describe, resolve_amp, resolve_device  # noqa: E402
 from supernet.ofa import OFASupernet  # noqa: E402
 from supernet.space import get_space  # noqa: E402
 
-VARIANTS = ("cl-bf16", "cl-bf16-nocudnn", "nchw-bf16", "cl-off", "nchw-off", "nchw-off-nocudnn")
+VARIANTS = ("cl-bf16", "cl-bf16-nodw", "cl-bf16-nocudnn", "nchw-bf16", "cl-off", "nchw-off", "nchw-off-nocudnn")
+REUSE = 20  # steady steps a subnet shape gets after its first in the estimate that picks the best variant
+CUDNN_SUFFIX = {"": "on", "nodw": "no-depthwise", "nocudnn": "off"}  # supernet.device.apply_cudnn modes
 
 
-def parse_variant(v: str, device: torch.device) -> tuple[bool, str, bool]:
-    """(channels-last, amp, cuDNN enabled) of ``fmt-amp[-nocudnn]``."""
+def parse_variant(v: str, device: torch.device) -> tuple[bool, str, str]:
+    """(channels-last, amp, cuDNN mode) of ``fmt-amp[-nodw|-nocudnn]``."""
     parts = v.split("-")
     ok = len(parts) in (2, 3) and parts[0] in ("cl", "nchw") and parts[1] in ("bf16", "off", "fp16") \
-        and (len(parts) == 2 or parts[2] == "nocudnn")
+        and (len(parts) == 2 or parts[2] in CUDNN_SUFFIX)
     if not ok:
         raise ValueError(f"--variants: {v!r} is not one of {', '.join(VARIANTS)} (or fp16 with cl/nchw)")
-    return parts[0] == "cl", resolve_amp(parts[1], device), len(parts) == 2
+    return parts[0] == "cl", resolve_amp(parts[1], device), CUDNN_SUFFIX[parts[2] if len(parts) == 3 else ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out_variants = []
     for name, cl, amp, cudnn in variants:
-        torch.backends.cudnn.enabled = cudnn
+        apply_cudnn(cudnn)
         sup, opt = make(cl)
         rows, t_variant = [], time.perf_counter()
         for sub in subnets:
@@ -130,16 +135,19 @@ def main(argv: list[str] | None = None) -> int:
              "steady_ms_median": round(statistics.median(steadies), 2),
              "first_call_overhead_s": round(sum(f - s for f, s in zip(firsts, steadies)) / 1000, 3),
              "steady_images_per_s": round(args.batch / (statistics.median(steadies) / 1000), 1),
+             # a new shape is met once and then stepped again: first + REUSE steady steps, per subnet
+             "est_s_per_subnet": round(sum(f + REUSE * s for f, s in zip(firsts, steadies)) / len(rows) / 1000, 4),
              "subnets": rows}
         out_variants.append(v)
         print(f"{name}: first step {v['first_ms_median']:.1f} ms, steady {v['steady_ms_median']:.1f} ms "
               f"(median of {len(rows)} subnets), first-call overhead {v['first_call_overhead_s']:.2f} s",
               file=sys.stderr)
         del sup, opt
+    best = min(out_variants, key=lambda v: v["est_s_per_subnet"])["variant"]
     sweep = []
     if batches:
-        name, cl, amp, cudnn = variants[0]
-        torch.backends.cudnn.enabled = cudnn
+        name, cl, amp, cudnn = next(v for v in variants if v[0] == best)
+        apply_cudnn(cudnn)
         sup, opt = make(cl)
         largest = space.max_subnet()
         for n in batches:
@@ -155,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__, "cudnn": torch.backends.cudnn.version() if cuda else None,
         "cudnn_benchmark": torch.backends.cudnn.benchmark, "host": platform.node(), "cpu_count": os.cpu_count(),
         "load_avg": os.getloadavg(), "variants": out_variants, "batch_sweep": sweep,
-        "batch_sweep_variant": variants[0][0] if batches else None,
+        "best_variant": best, "reuse_steps": REUSE, "batch_sweep_variant": best if batches else None,
     }
+    apply_cudnn("on")
     return emit(result, args.out)
 
 

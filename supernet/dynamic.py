@@ -207,12 +207,60 @@ class _DepthwiseConv2d(torch.autograd.Function):
         return gx, gw, None, None
 
 
+_CUDNN_DEPTHWISE = True  # set_cudnn_depthwise(False): depthwise convolutions on CUDA skip cuDNN
+
+
+def set_cudnn_depthwise(enabled: bool) -> None:
+    """Whether depthwise convolutions on CUDA may use cuDNN (``supernet.device.apply_cudnn``,
+    ``--cudnn no-depthwise``): cuDNN 9.10+ is reported to compile an execution plan for each
+    new depthwise shape (NVIDIA/cudnn-frontend#1066), and a supernet meets new shapes with
+    nearly every subnet and resolution; PyTorch's own depthwise kernel compiles nothing."""
+    global _CUDNN_DEPTHWISE
+    _CUDNN_DEPTHWISE = bool(enabled)
+
+
+@contextlib.contextmanager
+def _cudnn_disabled():
+    # torch.backends.cudnn.flags() would also reset benchmark and deterministic
+    was = torch._C._get_cudnn_enabled()
+    torch._C._set_cudnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_cudnn_enabled(was)
+
+
+class _NativeDepthwiseConv2d(torch.autograd.Function):
+    """A depthwise convolution on CUDA through PyTorch's own kernels, forward and backward
+    (cuDNN disabled around both), in the autocast dtype when autocast is on."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+        dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+        xc, wc = x.to(dtype), w.to(dtype)
+        ctx.save_for_backward(xc, wc)
+        ctx.stride, ctx.padding, ctx.dtypes = stride, padding, (x.dtype, w.dtype)
+        with torch.autocast("cuda", enabled=False), _cudnn_disabled():
+            return F.conv2d(xc, wc, None, stride, padding, 1, x.size(1))
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        xc, wc = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[:2]
+        with _cudnn_disabled():
+            gx, gw, _ = _own_grads(xc, gy.to(xc.dtype), wc, ctx.stride, ctx.padding, [need_x, need_w])
+        return (gx.to(ctx.dtypes[0]) if need_x else None, gw.to(ctx.dtypes[1]) if need_w else None, None, None)
+
+
 def depthwise_conv2d(x: torch.Tensor, w: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
     """A depthwise convolution (``w``: ``(C, 1, k, k)``).  On the CPU in float32, when a
     weight gradient is needed and the kernel is 5x5 or larger, the backward picks the faster
     weight-gradient kernel for the shape (``wgrad_choice``): oneDNN's own depthwise weight
     gradient is several times slower than a forward convolution on most of this project's
-    training shapes (the largest part of a training step of the Fashion-MNIST space)."""
+    training shapes (the largest part of a training step of the Fashion-MNIST space).  On
+    CUDA after ``set_cudnn_depthwise(False)`` it runs PyTorch's own depthwise kernels."""
+    if x.is_cuda and not _CUDNN_DEPTHWISE:
+        return _NativeDepthwiseConv2d.apply(x, w, stride, padding)
     if (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
             and w.size(-1) >= FAST_WGRAD_MIN_KERNEL and torch.is_grad_enabled() and w.requires_grad
             and not torch.is_autocast_enabled("cpu")):

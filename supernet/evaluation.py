@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .data import Data, eval_batches, load_data, resize
-from .device import autocast, place, resolve_amp, resolve_device, to_device
+from .device import apply_cudnn, autocast, place, resolve_amp, resolve_cudnn, resolve_device, to_device
 from .ofa import OFASupernet
 from .space import SearchSpace, SubnetConfig, get_space
 
@@ -227,10 +227,10 @@ def load_supernet(path: Path) -> tuple[OFASupernet, dict]:
 
 
 def load_run(run: Path, data: str | None = None, device: str = "auto",
-             amp: str = "auto") -> tuple[OFASupernet, Evaluator, dict]:
+             amp: str = "auto", cudnn: str = "auto") -> tuple[OFASupernet, Evaluator, dict]:
     """The final supernet of a run folder and an ``Evaluator`` on the run's held-out split
-    (``data`` overrides the dataset location), on ``device`` with ``amp``
-    (``supernet.device``)."""
+    (``data`` overrides the dataset location), on ``device`` with ``amp`` and ``cudnn``
+    (``supernet.device``; the cuDNN mode is set for the process)."""
     run = Path(run)
     if not run.is_dir():
         raise CheckpointError(f"run folder {run} does not exist")
@@ -242,6 +242,7 @@ def load_run(run: Path, data: str | None = None, device: str = "auto",
     except KeyError as exc:
         raise CheckpointError(f"checkpoint {run / 'supernet.pt'}: its config lacks {exc}") from None
     dev, channels_last = resolve_device(device), cfg.get("channels_last", True)
+    apply_cudnn(resolve_cudnn(cudnn, dev))
     net = place(net, dev, channels_last)
     return net, Evaluator(net, d, cfg["recal_images"], None, device=dev, amp=resolve_amp(amp, dev),
                           channels_last=channels_last), ckpt

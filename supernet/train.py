@@ -23,7 +23,7 @@ import yaml
 from .atomic import ensure_writable_folder
 from .data import DataError
 from .evaluation import CheckpointError
-from .device import AMP_MODES, DEVICES_HELP
+from .device import AMP_MODES, CUDNN_MODES, DEVICES_HELP
 from .presets import METHODS, PRESETS, TrainConfig, get_preset, with_method, with_widths
 from .trainer import init_distributed, train
 
@@ -35,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="run folder (default: runs/<preset>)")
     p.add_argument("--device", help=f"{DEVICES_HELP} (default auto: CUDA when available)")
     p.add_argument("--amp", choices=AMP_MODES, help="mixed precision (default auto: bf16 on CUDA, off on the CPU)")
+    p.add_argument("--cudnn", choices=CUDNN_MODES,
+                   help="CUDA: cuDNN for every layer (on), none (off) or all but the depthwise convolutions "
+                        "(no-depthwise; default auto: no-depthwise on CUDA)")
     p.add_argument("--no-channels-last", action="store_true", help="train NCHW instead of channels-last")
     p.add_argument("--data", help="fmnist | fmnist:PATH | cifar10:PATH | imagefolder:PATH")
     p.add_argument("--space", help="search space name (default: the preset's)")
@@ -69,7 +72,7 @@ def main(argv=None) -> None:
     flags = {"data": args.data, "space": args.space, "bn": args.bn, "kd_weight": args.kd_weight,
              "batch_size": args.batch_size, "train_limit": args.train_limit, "seed": args.seed,
              "threads": args.threads, "workers": args.workers, "deterministic": args.deterministic,
-             "device": args.device, "amp": args.amp, "channels_last": False if args.no_channels_last else None}
+             "device": args.device, "amp": args.amp, "cudnn": args.cudnn, "channels_last": False if args.no_channels_last else None}
     try:
         cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
         if args.method:

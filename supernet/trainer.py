@@ -36,7 +36,8 @@ from torch import nn
 
 from .atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from .data import Data, TensorSplit, load_data, resize, steps_per_epoch, train_batches
-from .device import autocast, describe, grad_scaler, place, resolve_amp, resolve_device, to_device
+from .device import (apply_cudnn, autocast, describe, grad_scaler, place, resolve_amp, resolve_cudnn, resolve_device,
+                     to_device)
 from .evaluation import (CheckpointError, Evaluator, adapt_space, load_checkpoint, space_from_record,
                          space_record)
 from .ofa import OFASupernet
@@ -164,7 +165,7 @@ class Metrics:
 # --------------------------------------------------------------------------- training
 
 
-RESUME_FREE = ("device", "amp", "threads", "workers")  # may differ on a resume (where it runs, not what)
+RESUME_FREE = ("device", "amp", "cudnn", "threads", "workers")  # may differ on a resume (where it runs, not what)
 
 
 def prepare(cfg: TrainConfig, dist: Dist) -> tuple[Data, OFASupernet]:
@@ -184,7 +185,8 @@ def prepare(cfg: TrainConfig, dist: Dist) -> tuple[Data, OFASupernet]:
 
 def resolve_runtime(cfg: TrainConfig, dist: Dist) -> TrainConfig:
     """``cfg`` with the device and precision actually used (written to ``config.yaml``)."""
-    return replace(cfg, device=str(dist.device), amp=resolve_amp(cfg.amp, dist.device))
+    return replace(cfg, device=str(dist.device), amp=resolve_amp(cfg.amp, dist.device),
+                   cudnn=resolve_cudnn(cfg.cudnn, dist.device))
 
 
 def _comparable(d: dict) -> dict:
@@ -206,6 +208,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     cfg = resolve_runtime(cfg, dist)
+    apply_cudnn(cfg.cudnn)
     data, model = prepare(cfg, dist)  # a missing dataset fails here, before anything is written
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -243,7 +246,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
     bar = tqdm(total=sum(totals), initial=state["global_step"], disable=not (progress and dist.main),
                dynamic_ncols=True, unit="step")
     if dist.main:  # where it runs, always said (stderr, beside the bar)
-        bar.write(f"supernet.train: {describe(dist.device)}, amp {cfg.amp}, "
+        cudnn = f", cuDNN {cfg.cudnn}" if dist.device.type == "cuda" else ""
+        bar.write(f"supernet.train: {describe(dist.device)}, amp {cfg.amp}{cudnn}, "
                   f"{'channels-last' if cfg.channels_last else 'NCHW'}, {len(data.train)} training images",
                   file=sys.stderr)
     start_time = time.time() - state["elapsed"]

@@ -63,16 +63,19 @@ def test_gpu_warmup_runs_small_on_the_cpu_and_prints_its_json(capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     code = mod.main(["--device", "cpu", "--subnets", "2", "--steady", "1", "--batch", "4", "--batches", "4,8",
-                     "--variants", "cl-off,nchw-off", "--threads", "1"])
+                     "--variants", "cl-off,nchw-off-nodw", "--threads", "1"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["bench"] == "gpu_warmup" and out["device"].startswith("cpu") and out["space"] == "fmnist"
-    assert [v["variant"] for v in out["variants"]] == ["cl-off", "nchw-off"]
+    assert [v["variant"] for v in out["variants"]] == ["cl-off", "nchw-off-nodw"]
+    assert [v["cudnn"] for v in out["variants"]] == ["on", "no-depthwise"]
     for v in out["variants"]:
         assert len(v["subnets"]) == 2 and v["first_ms_median"] > 0 and v["steady_images_per_s"] > 0
         # the same seeded subnets in every variant
         assert [s["r"] for s in v["subnets"]] == [s["r"] for s in out["variants"][0]["subnets"]]
-    assert [s["batch"] for s in out["batch_sweep"]] == [4, 8] and out["batch_sweep_variant"] == "cl-off"
+    best = min(out["variants"], key=lambda v: v["est_s_per_subnet"])["variant"]
+    assert out["best_variant"] == best and out["batch_sweep_variant"] == best  # the sweep runs the best one
+    assert [s["batch"] for s in out["batch_sweep"]] == [4, 8]
     with pytest.raises(SystemExit) as exc:
         mod.main(["--device", "cpu", "--variants", "cl-int4"])
     assert exc.value.code == 2 and "cl-int4" in capsys.readouterr().err

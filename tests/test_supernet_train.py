@@ -277,7 +277,7 @@ def test_device_auto_trains_on_the_cpu_here_and_says_so(fake_fmnist, tmp_path):
                  "--threads", "1", "--device", "auto"])
     assert "cpu" in proc.stderr.splitlines()[0] or "cpu" in proc.stderr
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["device"] == "cpu" and cfg["amp"] == "off" and cfg["channels_last"] is True
+    assert cfg["device"] == "cpu" and cfg["amp"] == "off" and cfg["channels_last"] is True and cfg["cudnn"] == "on"
     res = json.loads((out / "result.json").read_text())
     assert res["device"] == "cpu" and res["held_out_images"] > 0 and 0 <= res["max_top1"] <= 100
     bad = _run(["-m", "supernet.train", "--preset", "test", "--data", f"fmnist:{fake_fmnist}",
@@ -326,6 +326,52 @@ def test_cuda_fp16_collect_and_cpu_agreement(fake_fmnist, full_run, tmp_path):
     col = json.loads(_run(["-m", "search.collect", "--run", str(out), "--subnets", "3", "--device", "cuda",
                            "--json"]).stdout)
     assert col["ok"] == 3 and col["rows"] == 3, col
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_cuda_depthwise_without_cudnn_matches_cudnn():
+    """``--cudnn no-depthwise``: the supernet's depthwise op on CUDA through PyTorch's own
+    kernels gives cuDNN's outputs and gradients (fp32), and runs under bf16 autocast with
+    float32 weight gradients."""
+    from supernet import dynamic
+    from supernet.device import apply_cudnn
+
+    torch.manual_seed(0)
+    try:
+        for k, s, hw in ((3, 1, 12), (5, 2, 24), (7, 1, 6)):
+            x = torch.randn(4, 16, hw, hw, device="cuda", requires_grad=True)
+            w = torch.randn(16, 1, k, k, device="cuda", requires_grad=True)
+            grads = {}
+            for mode in ("on", "no-depthwise"):
+                apply_cudnn(mode)
+                y = dynamic.depthwise_conv2d(x, w, s, k // 2)
+                assert (y.grad_fn.name() == "_NativeDepthwiseConv2dBackward") == (mode == "no-depthwise")
+                gx, gw = torch.autograd.grad((y * y).sum(), (x, w))
+                grads[mode] = (y.detach(), gx, gw)
+            for a, b in zip(grads["on"], grads["no-depthwise"]):
+                assert torch.allclose(a, b, rtol=1e-4, atol=1e-4), (k, s, (a - b).abs().max())
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                y = dynamic.depthwise_conv2d(x.to(memory_format=torch.channels_last), w, s, k // 2)
+            assert y.dtype == torch.bfloat16
+            gx, gw = torch.autograd.grad(y.float().sum(), (x, w))
+            assert gx.dtype == gw.dtype == torch.float32 and torch.isfinite(gw).all()
+    finally:
+        apply_cudnn("on")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_cuda_training_cudnn_modes(fake_fmnist, tmp_path):
+    import yaml
+
+    for mode in ("no-depthwise", "off"):
+        out = tmp_path / mode
+        _run(["-m", "supernet.train", "--preset", "test", "--data", f"fmnist:{fake_fmnist}", "--out", str(out),
+              "--device", "cuda", "--cudnn", mode, "--no-progress"])
+        cfg = yaml.safe_load((out / "config.yaml").read_text())
+        assert cfg["cudnn"] == mode
+        res = json.loads((out / "result.json").read_text())
+        assert res["max_top1"] == res["max_top1"]  # not NaN
 
 
 @pytest.mark.slow
