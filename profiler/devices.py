@@ -1,6 +1,7 @@
 """The device inventory: ``devices.yaml`` loaded into validated dataclasses.
 
-Every entry has ``transport`` (local, ssh or adb) and ``runtime`` (onnxruntime or tflite).
+Every entry has ``transport`` (local, ssh or adb) and ``runtime`` (onnxruntime or tflite, or a
+list of both: ``runtime: [onnxruntime, tflite]`` measures both by default, into one LUT).
 Field names are stable; scripts rely on them.  Every error names the file, the device and
 the field.  Example::
 
@@ -75,6 +76,13 @@ class Device:
     benchmark_model: str = ""     # path of TFLite's benchmark_model on the device
     cpu_mask: str = ""            # CPU affinity mask for taskset, e.g. "f0"
     adb: str = "adb"              # the adb client
+    # every runtime of the entry (``runtime: [onnxruntime, tflite]``); ``runtime`` is the first
+    runtimes: tuple[str, ...] = ()
+
+    @property
+    def all_runtimes(self) -> tuple[str, ...]:
+        """The runtimes ``profiler.run`` and ``profiler.validate`` measure by default."""
+        return self.runtimes or (self.runtime,)
 
     def expand(self, value: str) -> str:
         return os.path.expanduser(os.path.expandvars(value)) if value else value
@@ -106,6 +114,12 @@ def _coerce(file: Path, name: str, key: str, value: Any) -> Any:
         if value < 0 or (key in _POSITIVE and value == 0):
             raise DeviceConfigError(f"{where}: must be positive, got {value!r}")
         return float(value)
+    if key == "runtime":  # one name, a comma list or a YAML list; a tuple here (parse_device checks the names)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",")]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise DeviceConfigError(f"{where}: must be a runtime name or a list of them ({', '.join(RUNTIMES)})")
+        return tuple(value)
     if key == "providers":
         if isinstance(value, str):
             value = [value]
@@ -137,8 +151,8 @@ def parse_device(file: Path, name: str, entry: Any) -> Device:
         key = str(key)
         if key == "name":
             continue
-        if key not in _FIELDS and key != "password":
-            known = ", ".join(sorted(k for k in _FIELDS if k != "name"))
+        if key not in _FIELDS and key != "password" or key == "runtimes":
+            known = ", ".join(sorted(k for k in _FIELDS if k not in ("name", "runtimes")))
             raise DeviceConfigError(f"{file}: device {name!r}: unknown field {key!r} (known: {known})")
         values[key] = _coerce(file, name, key, value)
     for key in ("transport", "runtime"):
@@ -148,10 +162,14 @@ def parse_device(file: Path, name: str, entry: Any) -> Device:
         raise DeviceConfigError(
             f"{file}: device {name!r}: field 'transport': {values['transport']!r} is not one of {', '.join(TRANSPORTS)}"
         )
-    if values["runtime"] not in RUNTIMES:
-        raise DeviceConfigError(
-            f"{file}: device {name!r}: field 'runtime': {values['runtime']!r} is not one of {', '.join(RUNTIMES)}"
-        )
+    runtimes = values["runtime"]
+    for rt in runtimes:
+        if rt not in RUNTIMES:
+            raise DeviceConfigError(f"{file}: device {name!r}: field 'runtime': {rt!r} is not one of {', '.join(RUNTIMES)}")
+    if not runtimes or len(set(runtimes)) != len(runtimes):
+        raise DeviceConfigError(f"{file}: device {name!r}: field 'runtime': name one or more different runtimes "
+                                f"({', '.join(RUNTIMES)}), got {list(runtimes)}")
+    values["runtime"], values["runtimes"] = runtimes[0], runtimes
     for key in _REQUIRED_BY_TRANSPORT[values["transport"]]:
         if not values.get(key):
             raise DeviceConfigError(f"{file}: device {name!r}: field {key!r} is required for transport {values['transport']}")
@@ -160,9 +178,9 @@ def parse_device(file: Path, name: str, entry: Any) -> Device:
         if not values.get("benchmark_model") and not values.get("python"):
             raise DeviceConfigError(f"{where}: field 'benchmark_model' (TFLite's benchmark tool on the phone) or "
                                     f"'python' (a Python on the device) is required for transport adb")
-        if values.get("benchmark_model") and values["runtime"] != "tflite":
+        if values.get("benchmark_model") and values["runtimes"] != ("tflite",):
             raise DeviceConfigError(f"{where}: field 'runtime': benchmark_model measures tflite models, "
-                                    f"not {values['runtime']}")
+                                    f"not {', '.join(r for r in values['runtimes'] if r != 'tflite')}")
         if any(c.isspace() for c in values["serial"]):
             raise DeviceConfigError(f"{where}: field 'serial': must not contain spaces, got {values['serial']!r}")
     if values.get("cpu_mask") and not all(c in "0123456789abcdefABCDEF" for c in values["cpu_mask"].removeprefix("0x")):

@@ -60,7 +60,7 @@ def run_farm(
         devices: the devices, in the order of their progress bars.
         specs: blocks to measure.
         cache: the artifact cache.
-        runtimes: runtimes to measure on every device (default: each device's own).
+        runtimes: runtimes to measure on every device (default: each device's own, ``all_runtimes``).
         lut: one LUT path (only with a single device); otherwise ``luts/<device>.csv``.
         export_workers: conversion processes, shared by all devices.
         progress: progress bars, one line per device.
@@ -82,7 +82,7 @@ def run_farm(
 
     def work(i: int, device: Device) -> None:
         out: list[ProfileResult] = []
-        for runtime, precision in [(rt, p) for rt in runtimes or [device.runtime] for p in precisions]:
+        for runtime, precision in [(rt, p) for rt in runtimes or device.all_runtimes for p in precisions]:
             lut_path = lut or default_lut_path(device, runtime, lut_folder)
             guard = local_lock if device.transport == "local" and len(devices) > 1 else _NoLock()
             try:
@@ -102,7 +102,7 @@ def run_farm(
 
     try:
         if len(devices) > 1 and any(d.transport == "local" for d in devices):
-            items = [(str(s), format_for_runtime(rt, p)) for d in devices for rt in (runtimes or [d.runtime])
+            items = [(str(s), format_for_runtime(rt, p)) for d in devices for rt in (runtimes or d.all_runtimes)
                      for p in precisions for s in specs]
             broker.ensure(items, progress=progress, desc="export (before local timing)")
         if len(devices) == 1:

@@ -65,9 +65,9 @@ def _now() -> str:
 
 
 def default_lut_path(device: Device, runtime: str, folder: Path = Path("luts")) -> Path:
-    """``luts/<device>.csv`` for the device's own runtime, ``luts/<device>-<runtime>.csv``
-    for another."""
-    return folder / (f"{device.name}.csv" if runtime == device.runtime else f"{device.name}-{runtime}.csv")
+    """``luts/<device>.csv`` for the device's own runtimes (all of them in that one file),
+    ``luts/<device>-<runtime>.csv`` for another."""
+    return folder / (f"{device.name}.csv" if runtime in device.all_runtimes else f"{device.name}-{runtime}.csv")
 
 
 def pending(writer: LutWriter, specs: Sequence[BlockSpec], runtime: str, max_attempts: int,

@@ -6,8 +6,8 @@
         [--no-overhead-probes] [--json]
 
 Several devices (``--device a,b`` or ``--device all``) are measured concurrently, one worker
-and one progress bar per device (``profiler.farm``).  Writes ``luts/<device>.csv`` (``luts/<device>-<runtime>.csv`` for a runtime other than the
-device's own), its raw-sample journal, and a run summary ``<lut>.run.json``.  A rerun skips
+and one progress bar per device (``profiler.farm``).  Writes ``luts/<device>.csv`` (every runtime of the device's entry in
+that one file, ``luts/<device>-<runtime>.csv`` for a runtime the entry does not list), its raw-sample journal, and a run summary ``<lut>.run.json``.  A rerun skips
 what is measured; a killed run resumes where it stopped.  Beside the blocks it measures an
 ``overhead`` probe at each input shape (the runtime's fixed cost of one invocation, which the
 latency model takes off every block and charges a network once; ``profiler.costmodel``).
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m profiler.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="local", help="device name from devices.yaml, a comma list, or all (default: local)")
     ap.add_argument("--devices", type=Path, default=DEFAULT_DEVICES_FILE, help="device inventory (default: ./devices.yaml)")
-    ap.add_argument("--runtime", default=None, help="onnxruntime, tflite, or both comma-separated (default: the device's)")
+    ap.add_argument("--runtime", default=None, help="onnxruntime, tflite, or both comma-separated (default: the device's runtimes)")
     ap.add_argument("--precision", default="fp32",
                     help="fp32, int8, or both comma-separated (int8: blocks quantized from their fp32 models; "
                          "default fp32)")

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m profiler.validate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="local")
     ap.add_argument("--devices", type=Path, default=DEFAULT_DEVICES_FILE)
-    ap.add_argument("--runtime", default=None, help="onnxruntime, tflite, or both comma-separated (default: the device's)")
+    ap.add_argument("--runtime", default=None, help="onnxruntime, tflite, or both comma-separated (default: the device's runtimes)")
     ap.add_argument("--lut", type=Path, required=True)
     ap.add_argument("--subnets", type=int, default=20, help="number of random subnets (default 20)")
     ap.add_argument("--passes", type=int, default=2, help="measurements of every network, interleaved (default 2: "
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         space = get_space(args.space)
         device = select_devices(load_devices(args.devices), args.device, args.devices)[0]
-        runtimes = [r.strip() for r in (args.runtime or device.runtime).split(",") if r.strip()]
+        runtimes = [r.strip() for r in (args.runtime or ",".join(device.all_runtimes)).split(",") if r.strip()]
         bad = [r for r in runtimes if r not in RUNTIMES]
         if bad or not runtimes:
             raise ValueError(f"unknown runtime {', '.join(map(repr, bad)) or repr(args.runtime)} "

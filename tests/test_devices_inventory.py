@@ -20,6 +20,21 @@ def test_shipped_inventory_has_the_documented_devices():
     assert (r.transport, r.host, r.user, r.python) == ("ssh", "rpi4.local", "pi", "/home/pi/hwnas-venv/bin/python")
     assert r.known_hosts and not r.insecure_accept_new_host_key
     assert g.providers[0] == "TensorrtExecutionProvider" and g.runtime == "onnxruntime"
+    # this machine has both runtimes: `profiler.run --device local` measures both, into luts/local.csv
+    loc = devices["local"]
+    assert loc.runtime == "onnxruntime" and loc.all_runtimes == ("onnxruntime", "tflite") and p.all_runtimes == ("tflite",)
+
+
+def test_runtime_lists_and_their_lut_paths():
+    from profiler.measure import default_lut_path
+
+    f = Path("lab/devices.yaml")
+    for value in (["tflite", "onnxruntime"], "tflite, onnxruntime"):
+        d = parse_device(f, "box", {"transport": "local", "runtime": value})
+        assert (d.runtime, d.all_runtimes) == ("tflite", ("tflite", "onnxruntime"))
+        assert default_lut_path(d, "onnxruntime") == default_lut_path(d, "tflite") == Path("luts/box.csv")
+    one = parse_device(f, "one", {"transport": "local", "runtime": "tflite"})
+    assert one.all_runtimes == ("tflite",) and default_lut_path(one, "onnxruntime") == Path("luts/one-onnxruntime.csv")
 
 
 @pytest.mark.parametrize("entry, field", [
@@ -36,6 +51,12 @@ def test_shipped_inventory_has_the_documented_devices():
     ({"transport": "ssh", "runtime": "tflite", "host": "h", "user": "u", "insecure_accept_new_host_key": "yes"},
      "insecure_accept_new_host_key"),
     ({"transport": "scp", "runtime": "tflite"}, "transport"),
+    ({"transport": "local", "runtime": ["tflite", "tflite"]}, "runtime"),
+    ({"transport": "local", "runtime": ["tflite", "tvm"]}, "runtime"),
+    ({"transport": "local", "runtime": []}, "runtime"),
+    ({"transport": "local", "runtime": {"a": 1}}, "runtime"),
+    ({"transport": "local", "runtime": "onnxruntime", "runtimes": ["tflite"]}, "runtimes"),
+    ({"transport": "adb", "runtime": ["tflite", "onnxruntime"], "serial": "S", "benchmark_model": "/x"}, "runtime"),
     ({"transport": "ssh", "runtime": "tflite", "host": "h", "user": "u", "hostname": "x"}, "hostname"),
 ])
 def test_errors_name_file_device_and_field(entry, field):

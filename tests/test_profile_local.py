@@ -33,8 +33,9 @@ def _keys(limit: int, resolutions=(32,)) -> list[str]:
 
 def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
     lut = tmp_path / "local.csv"
+    # devices.yaml's local entry lists both runtimes: measured as typed, no --runtime
     p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "4",
-                "--runtime", "onnxruntime,tflite", "--lut", lut, "--cache", artifact_cache, *FAST, "--json")
+                "--lut", lut, "--cache", artifact_cache, *FAST, "--json")
     assert p.returncode == 0, p.stderr
     runs = json.loads(p.stdout)["runs"]
     n = len(_keys(4))
@@ -56,7 +57,8 @@ def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
 
 def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, artifact_cache):
     lut = tmp_path / "local.csv"
-    args = [sys.executable, "-m", "profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32",
+    args = [sys.executable, "-m", "profiler.run", "--device", "local", "--runtime", "onnxruntime", "--space", "tiny",
+            "--resolutions", "32",
             "--limit", "10", "--lut", str(lut), "--cache", str(artifact_cache), "--repeats", "5",
             "--min-time", "0.3", "--no-progress"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -78,7 +80,8 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, artif
     measured_before = {k: r["measured_at"] for (k, _, _, _), r in before.rows.items()}
     total = len(_keys(10))  # 10 blocks and their shapes' overhead probes
     assert 3 <= len(measured_before) < total
-    p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "10",
+    p = run_cli("profiler.run", "--device", "local", "--runtime", "onnxruntime", "--space", "tiny", "--resolutions", "32",
+                "--limit", "10",
                 "--lut", lut, "--cache", artifact_cache, "--repeats", "5", "--no-progress", "--json")
     assert p.returncode == 0, p.stderr
     run = json.loads(p.stdout)["runs"][0]
@@ -103,7 +106,8 @@ def test_a_failing_block_is_a_row_and_is_not_retried_forever(tmp_path, artifact_
     ArtifactCache(artifact_cache).ensure([(k, "onnx") for k in _keys(2)], progress=False)
     shutil.copytree(artifact_cache, cache)
     lut = tmp_path / "local.csv"
-    base = ["--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "2", "--lut", lut,
+    base = ["--device", "local", "--runtime", "onnxruntime", "--space", "tiny", "--resolutions", "32", "--limit", "2",
+            "--lut", lut,
             "--cache", cache, *FAST, "--json"]
     p = run_cli("profiler.run", *base)
     assert p.returncode == 0, p.stderr
@@ -176,10 +180,11 @@ def test_unwritable_lut_location(tmp_path):
 def test_fidelity_report(tmp_path, artifact_cache):
     """profiler.validate on a small LUT: per-subnet CSV, summary JSON, calibration, PNG."""
     lut = tmp_path / "local.csv"
-    p = run_cli("profiler.run", "--space", "tiny", "--resolutions", "32", "--lut", lut, "--cache", artifact_cache,
-                *FAST)
+    p = run_cli("profiler.run", "--runtime", "onnxruntime", "--space", "tiny", "--resolutions", "32", "--lut", lut,
+                "--cache", artifact_cache, *FAST)
     assert p.returncode == 0, p.stderr
-    p = run_cli("profiler.validate", "--space", "tiny", "--lut", lut, "--subnets", "3", "--cache", artifact_cache,
+    p = run_cli("profiler.validate", "--runtime", "onnxruntime", "--space", "tiny", "--lut", lut, "--subnets", "3",
+                "--cache", artifact_cache,
                 "--no-progress", "--json")
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)
@@ -206,7 +211,8 @@ def test_fidelity_report(tmp_path, artifact_cache):
     assert m.latency([cfg])[0] == pytest.approx(cal["a"] * m.raw_sum(cfg) + cal["b"])
 
     # one pass: no repeat agreement to report
-    one = run_cli("profiler.validate", "--space", "tiny", "--lut", lut, "--subnets", "2", "--passes", "1",
+    one = run_cli("profiler.validate", "--runtime", "onnxruntime", "--space", "tiny", "--lut", lut, "--subnets", "2",
+                  "--passes", "1",
                   "--cache", artifact_cache, "--no-progress", "--json")
     assert one.returncode == 0, one.stderr
     s1 = json.loads(one.stdout)
