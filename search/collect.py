@@ -241,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resolutions", help="resolutions to sample, comma separated (default: the space's)")
     ap.add_argument("--widths", help="width multipliers to sample (default: the ones the run trained)")
     ap.add_argument("--eval-images", type=int, help="held-out images per subnet (default: all)")
+    ap.add_argument("--recal-images", type=int,
+                    help="training images each subnet's BN is recalibrated on (default: the run's recal_images)")
     ap.add_argument("--data", help="override the run's dataset location")
     ap.add_argument("--force", action="store_true",
                     help="other --seed/--resolutions/--widths than the run's accuracy data was collected with: "
@@ -261,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     from supernet.evaluation import CheckpointError, load_run
 
     try:
+        if args.recal_images is not None and args.recal_images < 1:
+            raise ValueError("--recal-images must be at least 1")
         if args.subnets < 1:
             raise ValueError("--subnets must be at least 1")
         device = args.device
@@ -269,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
 
             if torch.cuda.is_available():  # one GPU per rank
                 device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-        net, evaluator, ckpt = load_run(args.run, args.data, device, args.amp, args.cudnn)
+        net, evaluator, ckpt = load_run(args.run, args.data, device, args.amp, args.cudnn,
+                                         args.recal_images)
         space = net.space
         res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else list(space.resolutions)
         from supernet.presets import trained_widths

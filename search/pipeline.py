@@ -27,7 +27,7 @@ training continues from its checkpoint; ``--force`` redoes everything).  Bad inp
 dataset, a resolution the space lacks) is one ``error:`` line before any work.
 
 Defaults (two resolutions, both precisions, the ``main`` preset, 100 subnets on 2,500
-held-out images, 100 generations) measured 14.9 minutes on 2 cores with a cold artifact cache
+held-out images each after BN recalibration on 4,000 training images, 100 generations) measured 14.9 minutes on 2 cores with a cold artifact cache
 (2026-12-04: profile 3.2, validate 2.4, train 7.2, collect 1.9 minutes; issue 13's target is
 20); keep ``--cache`` across runs to skip the block and probe exports of the profile stage and
 the network exports of validate.
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--validate-subnets", type=int, default=20,
                     help="whole networks profiler.validate measures (twice each, both runtimes)")
     ap.add_argument("--eval-images", type=int, default=2500, help="held-out images per evaluated subnet")
+    ap.add_argument("--recal-images", type=int, default=4000,
+                    help="training images each collected subnet's BN is recalibrated on (default 4000: measured, "
+                         "a fifth of the ranking noise at 1000; README)")
     ap.add_argument("--predictor-epochs", type=int, default=300)
     ap.add_argument("--fractions", default="0.2,0.5,0.8", help="budgets between the cheapest and largest subnet")
     ap.add_argument("--generations", type=int, default=100)
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     int8 = "int8" in precisions
     if not fractions or any(not 0 <= f <= 1 for f in fractions):
         raise fail(f"--fractions must lie in 0..1, got {args.fractions!r}")
-    for name in ("subnets", "generations", "population", "predictor_epochs"):
+    for name in ("subnets", "generations", "population", "predictor_epochs", "recal_images", "eval_images"):
         if getattr(args, name) < 1:
             raise fail(f"--{name.replace('_', '-')} must be at least 1")
     if args.subnets < 5:
@@ -333,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     times["train"] = stages.run("train", cmd, [run / "supernet.pt"], limit)
     # 3. collect (resumes by itself: rows already evaluated are kept)
     cmd = [py, "-m", "search.collect", "--run", str(run), "--subnets", str(args.subnets), "--resolutions", res_arg,
-           "--widths", w_arg, "--eval-images", str(args.eval_images), "--seed", seed]
+           "--widths", w_arg, "--eval-images", str(args.eval_images), "--recal-images", str(args.recal_images),
+           "--seed", seed]
     times["collect"] = stages.run("collect", cmd, [run / "accuracy.csv"], limit)
     # 4. predictor
     cmd = [py, "-m", "search.predictor", "--data", str(run / "accuracy.csv"), "--space", args.space,
@@ -430,6 +434,7 @@ def accuracy_quality(run: Path) -> dict:
             accs = [float(r["top1"]) for r in csv.DictReader(f) if r.get("status") == "ok"]
         conf = json.loads((run / "accuracy.config.json").read_text())
         n = int(conf.get("eval_images") or 0)
+        q["recal_images"] = conf.get("recal_images")
     except (OSError, ValueError, KeyError):
         accs, n = [], 0
     if accs:
@@ -455,7 +460,8 @@ def quality_lines(q: dict) -> list[str]:
                      f"on {q.get('result_held_out_images')} held-out images")
     if q.get("subnets"):
         se = f", standard error of one accuracy {q['standard_error_pp']:.2f} pp" if q.get("standard_error_pp") else ""
-        lines.append(f"collected: {q['subnets']} subnets on {q['eval_images']} held-out images each, "
+        recal = f" (BN recalibrated on {q['recal_images']} training images)" if q.get("recal_images") else ""
+        lines.append(f"collected: {q['subnets']} subnets on {q['eval_images']} held-out images each{recal}, "
                      f"top-1 {q['top1_min']:.2f}..{q['top1_max']:.2f}% (std {q['top1_std']:.2f} pp{se})")
     if "kendall_tau" in q:
         strong = q["kendall_tau"] >= 0.5 and q["rmse_pp"] <= 0.7 * q["baseline_rmse_pp"]

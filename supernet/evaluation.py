@@ -227,24 +227,27 @@ def load_supernet(path: Path) -> tuple[OFASupernet, dict]:
 
 
 def load_run(run: Path, data: str | None = None, device: str = "auto",
-             amp: str = "auto", cudnn: str = "auto") -> tuple[OFASupernet, Evaluator, dict]:
+             amp: str = "auto", cudnn: str = "auto", recal_images: int | None = None) -> tuple[OFASupernet, Evaluator, dict]:
     """The final supernet of a run folder and an ``Evaluator`` on the run's held-out split
     (``data`` overrides the dataset location), on ``device`` with ``amp`` and ``cudnn``
-    (``supernet.device``; the cuDNN mode is set for the process)."""
+    (``supernet.device``; the cuDNN mode is set for the process).  ``recal_images``
+    (default: the run's) recalibrates BN on that many training images: the run's own
+    recalibration images first, then more of the same seeded order."""
     run = Path(run)
     if not run.is_dir():
         raise CheckpointError(f"run folder {run} does not exist")
     net, ckpt = load_supernet(run / "supernet.pt")
     cfg = ckpt["config"]
     try:
-        d = load_data(data or cfg["data"], cfg["valid_size"], cfg["recal_images"], cfg["train_limit"], cfg["seed"],
+        recal = recal_images or cfg["recal_images"]
+        d = load_data(data or cfg["data"], cfg["valid_size"], recal, cfg["train_limit"], cfg["seed"],
                       cfg.get("base_resolution") or max(net.space.resolutions))
     except KeyError as exc:
         raise CheckpointError(f"checkpoint {run / 'supernet.pt'}: its config lacks {exc}") from None
     dev, channels_last = resolve_device(device), cfg.get("channels_last", True)
     apply_cudnn(resolve_cudnn(cudnn, dev))
     net = place(net, dev, channels_last)
-    return net, Evaluator(net, d, cfg["recal_images"], None, device=dev, amp=resolve_amp(amp, dev),
+    return net, Evaluator(net, d, recal, None, device=dev, amp=resolve_amp(amp, dev),
                           channels_last=channels_last), ckpt
 
 

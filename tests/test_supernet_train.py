@@ -57,6 +57,34 @@ def test_run_folder_and_eval_cli(full_run):
 
 
 @pytest.mark.slow
+def test_more_recalibration_images_extend_the_runs_own(full_run, tmp_path):
+    """``search.collect --recal-images N``: BN is recalibrated on the run's own images and
+    then more of the same seeded order; the collection records how many; bench/eval_noise.py
+    measures what that does to the noise (smoke run here)."""
+    import shutil
+
+    from supernet.evaluation import load_run
+
+    _, ev, ckpt = load_run(full_run, device="cpu")
+    _, ev2, _ = load_run(full_run, device="cpu", recal_images=3 * ckpt["config"]["recal_images"])
+    n = ckpt["config"]["recal_images"]
+    assert ev.recal_images == n and ev2.recal_images == 3 * n and len(ev2.data.recal) > len(ev.data.recal) == n
+    assert torch.equal(ev2.data.recal.images[:n], ev.data.recal.images)
+    run = tmp_path / "run"
+    shutil.copytree(full_run, run)
+    out = json.loads(_run(["-m", "search.collect", "--run", str(run), "--subnets", "3", "--recal-images",
+                           str(3 * n), "--json"]).stdout)
+    assert out["ok"] == 3
+    assert json.loads((run / "accuracy.config.json").read_text())["recal_images"] == 3 * n
+    bad = _run(["-m", "search.collect", "--run", str(run), "--subnets", "3", "--recal-images", "0"], check=False)
+    assert bad.returncode != 0 and "--recal-images" in bad.stderr
+    noise = json.loads(_run([str(REPO / "bench" / "eval_noise.py"), "--run", str(run), "--subnets", "4",
+                             "--big", str(2 * n), "--threads", "1"]).stdout)
+    assert noise["subnets"] == 4 and len(noise["rows"]) == 4 and noise["recal_noise_pp"] >= 0
+    assert set(noise["within_res_sd_pp"]) == {"A", "B", "big"} and -1 <= noise["tau_A_vs_B"] <= 1
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["tflite", "onnxruntime"])
 def test_eval_int8_quantizes_the_extracted_subnet_and_reports_the_drop(full_run, runtime):
     """Issue 16: --precision int8 runs the subnet quantized as the profiler quantizes for a
