@@ -9,6 +9,8 @@ OFA's tutorial predictor (``ofa/tutorial/accuracy_predictor.py``, ``spec2feats``
 
     [kernel one-hot of slot 0 .. slot nb-1] [expand one-hot of slot 0 .. slot nb-1]
     [resolution one-hot] [width one-hot, only when the encoder knows several widths]
+    [kernel and expand one-hots again, times the resolution scaled to -1..1; only with
+     ``res_interactions``, which our own predictors choose by cross-validation]
 
 with all zeros for the slots that depth skips, and a kernel that is inert on its slot's
 feature map encoded as the kernel it computes (``SearchSpace.canonical``), so that two
@@ -19,7 +21,7 @@ layout (kernels 3/5/7, expands 3/4/6, 20 slots, resolution bin ``(r - 112) // 16
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -256,6 +258,9 @@ class Encoder:
     res_bins: tuple[int, ...]
     res_end: int
     widths: tuple[float, ...] = ()
+    # every kernel and expand feature again, times the resolution centred and scaled to
+    # -1..1 over the bins: a block's choice may matter more at one resolution than another
+    res_interactions: bool = False
 
     @classmethod
     def for_space(cls, space: SearchSpace, resolutions: Sequence[int] | None = None,
@@ -273,22 +278,36 @@ class Encoder:
         return cls((3, 5, 7), (3.0, 4.0, 6.0), (2, 3, 4), 20, 4, tuple(range(112, 225, 16)), 240)
 
     @property
+    def n_arch(self) -> int:
+        """The kernel and expand features (the first ``n_arch`` columns)."""
+        return self.num_blocks * (len(self.kernels) + len(self.expands))
+
+    @property
     def n_dim(self) -> int:
-        nb = self.num_blocks
-        return nb * len(self.kernels) + nb * len(self.expands) + len(self.res_bins) + len(self.widths)
+        return self.n_arch * (2 if self.res_interactions else 1) + len(self.res_bins) + len(self.widths)
+
+    def res_scale(self, r) -> np.ndarray:
+        """The resolution centred on the bins' range and scaled to -1..1 (0 for one bin)."""
+        lo, hi = self.res_bins[0], self.res_bins[-1]
+        r = np.asarray(r, dtype=np.float64)
+        return np.zeros_like(r) if hi == lo else (2 * r - lo - hi) / (hi - lo)
+
+    def with_interactions(self) -> "Encoder":
+        return replace(self, res_interactions=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "kernels": list(self.kernels), "expands": list(self.expands), "depths": list(self.depths),
             "num_blocks": self.num_blocks, "max_depth": self.max_depth,
             "res_bins": list(self.res_bins), "res_end": self.res_end, "widths": list(self.widths),
+            "res_interactions": self.res_interactions,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Encoder":
         return cls(tuple(d["kernels"]), tuple(float(x) for x in d["expands"]), tuple(d["depths"]),
                    int(d["num_blocks"]), int(d["max_depth"]), tuple(d["res_bins"]), int(d["res_end"]),
-                   tuple(float(x) for x in d.get("widths", ())))
+                   tuple(float(x) for x in d.get("widths", ())), bool(d.get("res_interactions", False)))
 
     # compatibility ------------------------------------------------------------------
     def check_space(self, space: SearchSpace) -> None:
@@ -336,6 +355,9 @@ class Encoder:
         if self.widths:
             wmap = np.array([_index_of(self.widths, w, "width multiplier") for w in choices.widths])
             x[np.arange(n), nb * (nk + ne) + len(self.res_bins) + wmap[pop.w]] = 1.0
+        if self.res_interactions:
+            tail = nb * (nk + ne) + len(self.res_bins) + len(self.widths)
+            x[:, tail:] = x[:, :self.n_arch] * self.res_scale(res)[:, None].astype(np.float32)
         return x
 
     def encode_subnets(self, subnets: Sequence[SubnetConfig], space: SearchSpace) -> np.ndarray:

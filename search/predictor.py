@@ -442,11 +442,15 @@ def train_predictor(
     if len(subnets) < 4:
         raise ValueError(f"need at least 4 accuracy rows to train a predictor, got {len(subnets)}")
     accs = np.asarray(accs, dtype=np.float64)
-    enc = Encoder.for_space(space, sorted({c.r for c in subnets}), sorted({float(c.w) for c in subnets}))
-    x = enc.encode_subnets(list(subnets), space).astype(np.float64)
-    train_idx, test_idx = split_indices(len(x), test_frac, rng)
+    base = Encoder.for_space(space, sorted({c.r for c in subnets}), sorted({float(c.w) for c in subnets}))
+    encs = {"": base}
+    if len(base.res_bins) > 1:  # resolution interactions: a linear candidate (an MLP finds them itself)
+        encs["res"] = base.with_interactions()
+    xs_all = {k: e.encode_subnets(list(subnets), space).astype(np.float64) for k, e in encs.items()}
+    train_idx, test_idx = split_indices(len(accs), test_frac, rng)
     offset = float(accs[train_idx].mean())
-    xtr, ytr = x[train_idx], accs[train_idx] - offset
+    ytr = accs[train_idx] - offset
+    xtrs = {k: x[train_idx] for k, x in xs_all.items()}
     mlp_seed = int(rng.integers(2**31))
     t0 = time.time()
 
@@ -458,27 +462,32 @@ def train_predictor(
     def hidden_of(cand: tuple) -> tuple[int, ...]:
         return () if cand[0] == "ridge" else tuple(hidden)
 
+    def enc_of(cand: tuple) -> str:
+        return cand[2] if len(cand) > 2 else ""
+
     cands = ([("mlp",)] if model in ("auto", "mlp") else []) + \
-            ([("ridge", lam) for lam in RIDGE_LAMBDAS] if model in ("auto", "ridge") else [])
+            ([("ridge", lam, k) for k in encs for lam in RIDGE_LAMBDAS] if model in ("auto", "ridge") else [])
     cv: dict[str, float] = {}
     if len(cands) > 1:
         k = max(2, min(folds, len(train_idx)))
         fold_of = rng.permutation(len(train_idx)) % k
         for cand in cands:
             err = np.empty(len(train_idx))
+            xtr = xtrs[enc_of(cand)]
             for f in range(k):
                 tr, va = fold_of != f, fold_of == f
                 mu = ytr[tr].mean()
                 st = fit(cand, xtr[tr], ytr[tr] - mu)
-                p = AccuracyPredictor(enc, hidden_of(cand), st, mu).predict_features(xtr[va])
+                p = AccuracyPredictor(encs[enc_of(cand)], hidden_of(cand), st, mu).predict_features(xtr[va])
                 err[va] = p - ytr[va]
             cv[_cand_name(cand)] = float(np.sqrt(np.mean(err ** 2)))
         best = min(cands, key=lambda c: cv[_cand_name(c)])
     else:
         best = cands[0]
+    x, xtr = xs_all[enc_of(best)], xtrs[enc_of(best)]
     state = fit(best, xtr, ytr, progress)
     widths = tuple(sorted({float(c.w) for c in subnets}))
-    pred = AccuracyPredictor(enc, hidden_of(best), state, offset, widths, space_name=space.name)
+    pred = AccuracyPredictor(encs[enc_of(best)], hidden_of(best), state, offset, widths, space_name=space.name)
     p_test = pred.predict_features(x[test_idx])
     p_train = pred.predict_features(xtr)
     pred.metrics = {
@@ -494,7 +503,9 @@ def train_predictor(
 
 
 def _cand_name(cand: tuple) -> str:
-    return "mlp" if cand[0] == "mlp" else f"ridge(lambda={cand[1]:g})"
+    if cand[0] == "mlp":
+        return "mlp"
+    return f"ridge(lambda={cand[1]:g}{', x resolution' if len(cand) > 2 and cand[2] else ''})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,11 +70,14 @@ def expected_features_and_cost(pk, pe, pd, ri: int, wi: int, choices: Choices, e
     r = choices.resolutions[ri]
     res_hot = torch.zeros(len(encoder.res_bins), dtype=pk.dtype)
     res_hot[int(encoder.res_index(np.array([r]))[0])] = 1.0
-    parts = [(p_act[:, None] * pk).reshape(-1), (p_act[:, None] * pe).reshape(-1), res_hot]
+    arch = [(p_act[:, None] * pk).reshape(-1), (p_act[:, None] * pe).reshape(-1)]
+    parts = [*arch, res_hot]
     if encoder.widths:
         w_hot = torch.zeros(len(encoder.widths), dtype=pk.dtype)
         w_hot[[i for i, w in enumerate(encoder.widths) if abs(w - choices.widths[wi]) < 1e-9][0]] = 1.0
         parts.append(w_hot)
+    if getattr(encoder, "res_interactions", False):
+        parts += [a * float(encoder.res_scale(r)) for a in arch]
     return torch.cat(parts)[None, :], cost
 
 

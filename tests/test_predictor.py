@@ -104,7 +104,10 @@ def test_ridge_is_chosen_by_cross_validation_on_few_rows_and_round_trips(tmp_pat
     subnets, accs = synthetic_rows(100, seed=3)
     auto = train_predictor(subnets, accs, TINY, np.random.default_rng(0), epochs=100, progress=False)
     m = auto.metrics
-    assert set(m["cv_rmse"]) == {"mlp"} | {f"ridge(lambda={lam:g})" for lam in (0.1, 0.3, 1, 3, 10, 30, 100, 300)}
+    lams = (0.1, 0.3, 1, 3, 10, 30, 100, 300)
+    assert len({s.r for s in subnets}) > 1  # so the resolution-interaction candidates take part
+    assert set(m["cv_rmse"]) == {"mlp"} | {f"ridge(lambda={lam:g})" for lam in lams} | \
+        {f"ridge(lambda={lam:g}, x resolution)" for lam in lams}
     assert m["model"] == min(m["cv_rmse"], key=m["cv_rmse"].get)
     assert m["rmse"] < 0.5 * m["baseline_rmse"] and m["kendall_tau"] > 0.7, m
     ridge = train_predictor(subnets, accs, TINY, np.random.default_rng(0), model="ridge", progress=False)

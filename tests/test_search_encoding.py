@@ -98,3 +98,22 @@ def test_hashes_equal_iff_architectures_equal():
     for i in range(0, 500, 7):
         for j in range(i + 1, min(500, i + 40)):
             assert (h[i] == h[j]) == (subs[i] == subs[j])
+
+
+def test_resolution_interactions_repeat_the_choices_times_the_scaled_resolution():
+    """``res_interactions``: the kernel and expand one-hots again, times the resolution scaled
+    to -1..1 over the bins (appended after the width one-hot); the layout round-trips through
+    the predictor file's dict, and an encoder without the field reads as without them."""
+    from search.encoding import Encoder
+    from supernet.space import TINY
+
+    base = Encoder.for_space(TINY, [32, 40, 48])
+    inter = base.with_interactions()
+    assert inter.n_dim == base.n_dim + base.n_arch and Encoder.from_dict(inter.to_dict()) == inter
+    assert Encoder.from_dict({k: v for k, v in base.to_dict().items() if k != "res_interactions"}) == base
+    rng = random.Random(0)
+    subs = [TINY.sample(rng, resolutions=[32, 40, 48]) for _ in range(12)]
+    xb, xi = base.encode_subnets(subs, TINY), inter.encode_subnets(subs, TINY)
+    np.testing.assert_array_equal(xi[:, :base.n_dim], xb)
+    scale = np.array([{32: -1.0, 40: 0.0, 48: 1.0}[s.r] for s in subs], dtype=np.float32)
+    np.testing.assert_allclose(xi[:, base.n_dim:], xb[:, :base.n_arch] * scale[:, None])

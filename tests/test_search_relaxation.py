@@ -3,6 +3,8 @@ result is a real subnet that fits its budget, scored by the real predictor."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -30,9 +32,9 @@ def test_expected_cost_and_features_are_exact_expectations(setup):
     pk = rng.dirichlet(np.ones(len(sp.kernels)), sp.num_blocks)
     pe = rng.dirichlet(np.ones(len(sp.expands)), sp.num_blocks)
     pd = rng.dirichlet(np.ones(len(sp.depths)), len(sp.stages))
-    for ri, wi in ((0, 0), (2, 1)):
+    for (ri, wi), enc in itertools.product(((0, 0), (2, 1)), (pred.encoder, pred.encoder.with_interactions())):
         x, cost = expected_features_and_cost(torch.tensor(pk), torch.tensor(pe), torch.tensor(pd), ri, wi, CH,
-                                             pred.encoder, costs)
+                                             enc, costs)
         pop = everything.take((everything.r == ri) & (everything.w == wi))
         act = np.arange(sp.max_depth)[None, :] < np.asarray(sp.depths)[pop.d][:, :, None]
         act = act.reshape(len(pop), -1)
@@ -41,7 +43,8 @@ def test_expected_cost_and_features_are_exact_expectations(setup):
         prob *= np.prod(np.where(act, pk[slots, pop.k] * pe[slots, pop.e], 1.0), axis=1)
         assert prob.sum() == pytest.approx(1.0)
         assert float(cost) == pytest.approx(float(prob @ costs(pop)), rel=1e-9)
-        feats = pred.encoder.encode(pop, CH)
+        feats = enc.encode(pop, CH)
+        assert x.shape[1] == enc.n_dim
         np.testing.assert_allclose(x.numpy()[0], prob @ feats, rtol=1e-9, atol=1e-12)
 
 
