@@ -448,6 +448,8 @@ def accuracy_quality(run: Path) -> dict:
                  baseline_rmse_pp=round(100 * m["baseline_rmse"], 3), predictor_test_rows=m.get("n_test"),
                  predictor_model=m.get("model", "mlp"))
         q["ranks"] = bool(m["rmse"] < 0.9 * m["baseline_rmse"] and m["kendall_tau"] >= 0.3)
+        if m.get("resplits"):
+            q["resplits"] = {k: round(v, 3) for k, v in m["resplits"].items()}
     except (OSError, ValueError, KeyError, TypeError):
         q["ranks"] = False
     return q
@@ -469,9 +471,13 @@ def quality_lines(q: dict) -> list[str]:
                    "it ranks subnets only weakly (tau < 0.5 or RMSE > 0.7x the mean's): treat close pred.acc% as ties"
                    if q["ranks"] else
                    "it does NOT beat predicting the mean: pred.acc% above is noise, the choices are by latency only")
+        rs = q.get("resplits")
+        spread = (f"; refitted on {rs['n']} other splits: tau {rs['kendall_tau_mean']:.3f} "
+                  f"[{rs['kendall_tau_min']:.2f}, {rs['kendall_tau_max']:.2f}], RMSE {rs['rmse_ratio_mean']:.2f}x "
+                  f"[{rs['rmse_ratio_min']:.2f}, {rs['rmse_ratio_max']:.2f}] the mean's" if rs else "")
         lines.append(f"predictor ({q['predictor_model']}): held-out Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse_pp']:.2f} pp "
-                     f"(predicting the mean: {q['baseline_rmse_pp']:.2f} pp) on {q.get('predictor_test_rows')} rows; "
-                     f"{verdict}")
+                     f"(predicting the mean: {q['baseline_rmse_pp']:.2f} pp) on {q.get('predictor_test_rows')} rows"
+                     f"{spread}; {verdict}")
     return lines
 
 

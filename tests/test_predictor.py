@@ -109,6 +109,9 @@ def test_ridge_is_chosen_by_cross_validation_on_few_rows_and_round_trips(tmp_pat
     assert set(m["cv_rmse"]) == {"mlp"} | {f"ridge(lambda={lam:g})" for lam in lams} | \
         {f"ridge(lambda={lam:g}, x resolution)" for lam in lams}
     assert m["model"] == min(m["cv_rmse"], key=m["cv_rmse"].get)
+    rs = m["resplits"]  # the chosen model refitted on 10 other splits: the spread of its held-out figures
+    assert rs["n"] == 10 and rs["kendall_tau_min"] <= rs["kendall_tau_mean"] <= rs["kendall_tau_max"]
+    assert 0 < rs["rmse_ratio_min"] <= rs["rmse_ratio_mean"] <= rs["rmse_ratio_max"] < 1
     assert m["rmse"] < 0.5 * m["baseline_rmse"] and m["kendall_tau"] > 0.7, m
     ridge = train_predictor(subnets, accs, TINY, np.random.default_rng(0), model="ridge", progress=False)
     assert ridge.hidden == () and ridge.metrics["model"].startswith("ridge")
