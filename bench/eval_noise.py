@@ -40,8 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.emit import emit  # noqa: E402
 from search.predictor import kendall_tau  # noqa: E402
-from supernet.data import load_data  # noqa: E402
-from supernet.evaluation import Evaluator, load_supernet  # noqa: E402
+from supernet.evaluation import Evaluator, load_checkpoint, load_run  # noqa: E402
 
 
 def within(acc: np.ndarray, res: np.ndarray) -> np.ndarray:
@@ -92,23 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        net, ckpt = load_supernet(args.run / "supernet.pt")
+        recal = args.recal or load_checkpoint(args.run / "supernet.pt")["config"]["recal_images"]
+        if min(args.subnets, recal, args.big) < 1 or args.subnets < 4:
+            raise ValueError("--subnets must be >= 4, --recal and --big >= 1")
+        # the run's data with a recalibration pool for all three sets (the run's own images first)
+        net, pool, ckpt = load_run(args.run, args.data, device="cpu", amp="off", recal_images=max(2 * recal, args.big))
     except ValueError as exc:
         ap.exit(2, f"eval_noise: error: {exc}\n")
-    cfg = ckpt["config"]
-    recal = args.recal or cfg["recal_images"]
-    if min(args.subnets, recal, args.big) < 1 or args.subnets < 4:
-        ap.exit(2, "eval_noise: error: --subnets must be >= 4, --recal and --big >= 1\n")
-    pool = max(2 * recal, args.big)
-    data = load_data(args.data or cfg["data"], cfg["valid_size"], pool, cfg["train_limit"], cfg["seed"],
-                     cfg.get("base_resolution") or max(net.space.resolutions))
     sets = {"A": torch.arange(recal), "B": torch.arange(recal, 2 * recal), "big": torch.arange(args.big)}
-    cl = cfg.get("channels_last", True)
-    evals = {k: Evaluator(net, replace(data, recal=data.recal.subset(idx)), len(idx), args.eval_images,
-                          channels_last=cl) for k, idx in sets.items()}
+    evals = {k: Evaluator(net, replace(pool.data, recal=pool.data.recal.subset(idx)), len(idx), args.eval_images,
+                          channels_last=pool.channels_last) for k, idx in sets.items()}
     from supernet.presets import trained_widths
 
-    widths = trained_widths(cfg, net.space.default_width)
+    widths = trained_widths(ckpt["config"], net.space.default_width)
     rng = random.Random(args.seed)
     subnets = [net.space.sample(rng, widths=widths) for _ in range(args.subnets)]
     res = np.array([c.r for c in subnets])
@@ -117,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     for i, c in enumerate(subnets):
         for k, ev in evals.items():
-            sub = ev.subnet(c)
-            with torch.no_grad():
-                hits = torch.cat([(sub(ev._at(x, c.r)).argmax(1) == y).cpu() for x, y in ev._base("valid")]).float()
+            hits = ev.hits(ev.subnet(c), c.r).float()
             n = len(hits) // 2
             acc[k][i] = 100 * hits.mean().item()
             halves[k][0][i], halves[k][1][i] = 100 * hits[:n].mean().item(), 100 * hits[n:2 * n].mean().item()

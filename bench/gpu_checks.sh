@@ -66,12 +66,11 @@ if [ "$TRAIN_FLAGS" = pick ]; then
   TRAIN_FLAGS=$("$PY" - "$OUT/gpu_warmup.json" <<'PYEOF' 2>>"$LOG"
 import json, sys
 try:
-    best = json.load(open(sys.argv[1]))["best_variant"]
-except (OSError, ValueError, KeyError):
+    out = json.load(open(sys.argv[1]))
+    v = next(v for v in out["variants"] if v["variant"] == out["best_variant"])
+except (OSError, ValueError, KeyError, StopIteration):
     sys.exit(0)  # no warm-up result: the defaults
-fmt, amp, *rest = best.split("-")
-cudnn = {"": "on", "nodw": "no-depthwise", "nocudnn": "off"}[rest[0] if rest else ""]
-print(("--no-channels-last " if fmt == "nchw" else "") + f"--amp {amp} --cudnn {cudnn}")
+print(("" if v["channels_last"] else "--no-channels-last ") + f"--amp {v['amp']} --cudnn {v['cudnn']}")
 PYEOF
 )
 fi

@@ -151,7 +151,7 @@ def parse_device(file: Path, name: str, entry: Any) -> Device:
         key = str(key)
         if key == "name":
             continue
-        if key not in _FIELDS and key != "password" or key == "runtimes":
+        if (key not in _FIELDS and key != "password") or key == "runtimes":  # runtimes: only through runtime
             known = ", ".join(sorted(k for k in _FIELDS if k not in ("name", "runtimes")))
             raise DeviceConfigError(f"{file}: device {name!r}: unknown field {key!r} (known: {known})")
         values[key] = _coerce(file, name, key, value)

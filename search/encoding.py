@@ -355,9 +355,8 @@ class Encoder:
         if self.widths:
             wmap = np.array([_index_of(self.widths, w, "width multiplier") for w in choices.widths])
             x[np.arange(n), nb * (nk + ne) + len(self.res_bins) + wmap[pop.w]] = 1.0
-        if self.res_interactions:
-            tail = nb * (nk + ne) + len(self.res_bins) + len(self.widths)
-            x[:, tail:] = x[:, :self.n_arch] * self.res_scale(res)[:, None].astype(np.float32)
+        if self.res_interactions:  # the last n_arch columns
+            x[:, self.n_dim - self.n_arch:] = x[:, :self.n_arch] * self.res_scale(res)[:, None].astype(np.float32)
         return x
 
     def encode_subnets(self, subnets: Sequence[SubnetConfig], space: SearchSpace) -> np.ndarray:

@@ -27,8 +27,8 @@ training continues from its checkpoint; ``--force`` redoes everything).  Bad inp
 dataset, a resolution the space lacks) is one ``error:`` line before any work.
 
 Defaults (two resolutions, both precisions, the ``main`` preset, 100 subnets on 2,500
-held-out images each after BN recalibration on 4,000 training images, 100 generations) measured 14.9 minutes on 2 cores with a cold artifact cache
-(2026-12-04: profile 3.2, validate 2.4, train 7.2, collect 1.9 minutes; issue 13's target is
+held-out images each after BN recalibration on 4,000 training images, 100 generations) measured 13.5 minutes on 2 cores with a cold artifact cache
+(2026-12-04: profile 2.8, validate 1.9, train 5.7, collect 2.8 minutes; issue 13's target is
 20); keep ``--cache`` across runs to skip the block and probe exports of the profile stage and
 the network exports of validate.
 
@@ -229,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="whole networks profiler.validate measures (twice each, both runtimes)")
     ap.add_argument("--eval-images", type=int, default=2500, help="held-out images per evaluated subnet")
     ap.add_argument("--recal-images", type=int, default=4000,
-                    help="training images each collected subnet's BN is recalibrated on (default 4000: measured, "
-                         "a fifth of the ranking noise at 1000; README)")
+                    help="training images each collected subnet's BN is recalibrated on (default 4000: with 1000 "
+                         "the recalibration was half the measured ranking noise; README)")
     ap.add_argument("--predictor-epochs", type=int, default=300)
     ap.add_argument("--fractions", default="0.2,0.5,0.8", help="budgets between the cheapest and largest subnet")
     ap.add_argument("--generations", type=int, default=100)

@@ -76,7 +76,7 @@ def expected_features_and_cost(pk, pe, pd, ri: int, wi: int, choices: Choices, e
         w_hot = torch.zeros(len(encoder.widths), dtype=pk.dtype)
         w_hot[[i for i, w in enumerate(encoder.widths) if abs(w - choices.widths[wi]) < 1e-9][0]] = 1.0
         parts.append(w_hot)
-    if getattr(encoder, "res_interactions", False):
+    if encoder.res_interactions:
         parts += [a * float(encoder.res_scale(r)) for a in arch]
     return torch.cat(parts)[None, :], cost
 

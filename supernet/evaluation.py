@@ -120,6 +120,14 @@ class Evaluator:
         """Top-1 (percent) of a static network on the held-out split at resolution ``r``."""
         return top1(net, ((self._at(x, r), y) for x, y in self._base("valid")), self._amp)
 
+    @torch.no_grad()
+    def hits(self, net: nn.Module, r: int) -> torch.Tensor:
+        """Per held-out image, whether ``net`` at resolution ``r`` classifies it right (bool,
+        on the CPU, in the split's order): ``top1`` image by image."""
+        net.eval()
+        with self._amp():
+            return torch.cat([(net(self._at(x, r)).argmax(1) == y).cpu() for x, y in self._base("valid")])
+
     def int8_top1(self, cfg: SubnetConfig, runtime: str = "tflite", calib_images: int = 128) -> dict:
         """Top-1 (percent) of ``cfg`` extracted, BN recalibrated and post-training quantized to
         int8 as the profiler quantizes for a device (``profiler.quantize.quantized_top1``:
