@@ -168,6 +168,32 @@ def block_activations(space, specs: Sequence, data_spec: str | None, run: Path |
     return out, label
 
 
+def network_inputs(space, data_spec: str, n: int, resolutions: Iterable[int],
+                   seed: int = 0) -> tuple[dict[int, list[np.ndarray]], str]:
+    """Real calibration inputs of whole networks (``profiler.validate --precision int8
+    --data``): the first ``n`` images of the dataset's recalibration split (the same seeded
+    split ``block_activations`` draws from), at each resolution, as one NCHW float32 array of
+    batch 1 per image, with the calibration's label.  A network's input is the image itself,
+    so nothing carries them.  Raises CalibrationError."""
+    import torch
+
+    from supernet.data import DataError, eval_batches, load_data, resize
+
+    if n < 1:
+        raise CalibrationError("--calib-images must be at least 1")
+    try:
+        data = load_data(data_spec, valid_size=1000, recal_size=max(BN_IMAGES, n), seed=seed,
+                         base_resolution=max(space.resolutions)).with_channels(space.in_channels)
+        x = torch.cat([b for b, _ in eval_batches(data.recal, n, n)])
+    except DataError as exc:
+        raise CalibrationError(f"--data {data_spec}: {exc}") from None
+    out = {}
+    for r in sorted(set(resolutions)):
+        arr = resize(x.float(), r).numpy()
+        out[r] = [np.ascontiguousarray(arr[i:i + 1], dtype=np.float32) for i in range(len(arr))]
+    return out, f"real images n={len(x)} ({data_spec}) as the network's input"
+
+
 def _widths_of(space, specs: Iterable) -> list[float]:
     """The width multipliers whose first convolution's channels appear among ``specs``."""
     firsts = {s.out_c for s in specs if s.kind == "first_conv"}
@@ -208,4 +234,5 @@ def stored(cache_root: Path, cal_id: str) -> tuple[set[str], set[str], str] | No
 
 
 __all__ = ["CalibrationError", "calibration_id", "calibration_file", "load_calibration", "block_activations",
+           "network_inputs",
            "write_calibration", "stored", "CALIB_DIR"]

@@ -381,7 +381,8 @@ def export_network(space: SearchSpace, cfg: SubnetConfig, fmt: str, path: Path, 
 
 def export_networks(space: SearchSpace, cfgs: Sequence[SubnetConfig], fmt: str, paths: Sequence[Path],
                     done: Callable[[int], None] | None = None,
-                    fp32_paths: Sequence[Path] | None = None) -> list[str]:
+                    fp32_paths: Sequence[Path] | None = None,
+                    calibration: Callable[[SubnetConfig], tuple[list, str]] | None = None) -> list[str]:
     """Export each subnet to its path as ``export_network`` does; TFLite networks in chunks of
     up to ``TFLITE_BATCH`` (one litert-torch call each, split afterwards), a chunk that fails
     network by network.  ``done(n)`` hears of every n networks finished.  Returns one error
@@ -389,7 +390,9 @@ def export_networks(space: SearchSpace, cfgs: Sequence[SubnetConfig], fmt: str, 
 
     An int8 ``fmt`` quantizes each network's fp32 model (``fp32_paths``, exported there
     first where missing; default: beside ``paths``) the way blocks are
-    (``profiler.quantize``), recording the output error without a bound."""
+    (``profiler.quantize``), recording the output error without a bound; calibrated on
+    ``calibration(cfg)`` (real inputs and their label, ``profiler.calibrate.network_inputs``)
+    when given, on seeded random inputs otherwise."""
     import torch
 
     if precision_of(fmt) == "int8":
@@ -406,7 +409,8 @@ def export_networks(space: SearchSpace, cfgs: Sequence[SubnetConfig], fmt: str, 
             if not errors[i]:
                 try:
                     quantize_model(fmt, twins[i], Path(paths[i]), (1, space.in_channels, cfg.r, cfg.r),
-                                   f"{space.name}:{cfg.to_json()}", NETWORK_KIND)
+                                   f"{space.name}:{cfg.to_json()}", NETWORK_KIND,
+                                   calibration=None if calibration is None else calibration(cfg))
                 except Exception as exc:  # noqa: BLE001 - a failed quantization is a failed row
                     errors[i] = f"int8: {exc}"[:500]
             if done is not None:

@@ -1,7 +1,7 @@
 """Fidelity report: how well does the LUT sum predict whole networks on the device?
 
     python -m profiler.validate --device local --runtime onnxruntime[,tflite] --lut luts/local.csv \
-        --subnets 20 [--passes 2] [--seed 0] [--space ofa_mbv3] [--precision fp32|int8] [--json]
+        --subnets 20 [--passes 2] [--seed 0] [--space ofa_mbv3] [--precision fp32|int8 [--data fmnist]] [--json]
 
 Samples N random subnets at resolutions the LUT covers completely, exports each whole
 network with the same exporter as the blocks, measures it end to end on the same device and
@@ -26,7 +26,11 @@ validated on the same networks, one after the other.  Writes next to the LUT:
 
 ``--precision int8`` validates the LUT's int8 rows: every network is quantized whole, the
 way its blocks were (``profiler.quantize``, from the network's fp32 model), and the report
-files are ``<lut>.validate-int8.*``; its calibration is the ``<runtime>-int8`` entry.
+files are ``<lut>.validate-int8.*``; its calibration is the ``<runtime>-int8`` entry.  The
+networks are calibrated on seeded random inputs, or with ``--data`` on real images of the
+dataset (``--calib-images``, default 8; the images are the network's input, so nothing
+carries them); the report's ``int8_calibration`` says which.  Real- and random-calibrated
+networks are cached apart, as blocks are.
 
 The numbers are what they are; nothing is tuned to look good.
 """
@@ -51,8 +55,10 @@ from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_dev
 from .export import ArtifactCache, base_format, export_networks, format_for_runtime
 from supernet.atomic import atomic_open, atomic_write_text, ensure_writable_folder
 
+from .calibrate import CalibrationError, calibration_id, network_inputs
 from .costmodel import LatencyModel, calibration_key, write_calibration
 from .lut import LutError, calibration_path, lut_sibling
+from .quantize import CALIB_SAMPLES
 
 
 def covered_resolutions(model, space: SearchSpace, w: float) -> list[int]:
@@ -188,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=float, default=None, help="width multiplier (default: the space's first)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                     help="validate the LUT's rows of this precision (int8: networks quantized whole as the blocks were)")
+    ap.add_argument("--data", default=None,
+                    help="with --precision int8: calibrate each whole network on real images of this dataset "
+                         "(fmnist, fmnist:PATH, cifar10:PATH, imagefolder:PATH; default: seeded random inputs)")
+    ap.add_argument("--calib-images", type=int, default=None,
+                    help=f"real calibration images per int8 network (default {CALIB_SAMPLES})")
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -205,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--subnets must be at least 1")
         if args.passes < 1:
             raise ValueError("--passes must be at least 1")
+        if (args.data is not None or args.calib_images is not None) and args.precision != "int8":
+            raise ValueError("--data and --calib-images calibrate int8 networks: add --precision int8")
+        if args.calib_images is not None and args.data is None:
+            raise ValueError("--calib-images needs --data (random calibration uses "
+                             f"{CALIB_SAMPLES} seeded inputs)")
+        if args.calib_images is not None and args.calib_images < 1:
+            raise ValueError("--calib-images must be at least 1")
         w = args.width if args.width is not None else space.default_width
         prec = args.precision
         models = {rt: (LatencyModel.from_lut(args.lut, space, rt, precision=prec),
@@ -227,7 +245,17 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = random.Random(args.seed)
     subnets = [space.sample(rng, resolutions=resolutions, widths=[w]) for _ in range(args.subnets)]
-    cache = ArtifactCache(args.cache)
+    cache, calibration, args.int8_calibration = ArtifactCache(args.cache), None, None
+    if args.precision == "int8":
+        args.int8_calibration = f"random-normal n={CALIB_SAMPLES}, seeded per network"
+    if args.data is not None:
+        n = args.calib_images or CALIB_SAMPLES
+        try:
+            inputs, args.int8_calibration = network_inputs(space, args.data, n, resolutions)
+        except CalibrationError as exc:
+            ap.exit(2, f"error: {exc}\n")
+        cache = ArtifactCache(args.cache, calibration=calibration_id(args.data, None, n, 0))
+        calibration = lambda cfg: (inputs[cfg.r], args.int8_calibration)  # noqa: E731
     done: list[dict[str, Any]] = []
     preds = {rt: m.latency(subnets) for rt, (m, _) in models.items()}
 
@@ -242,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             net_dir = cache.root / "networks" / fmt / cache.version(fmt)
             out = measure_networks(device, rt, space, subnets, fmt, net_dir, progress=not args.no_progress,
                                    on_row=lambda row, rt=rt: keep(dict(row, runtime=rt)), passes=args.passes,
-                                   fp32_dir=cache.root / "networks" / base / cache.version(base))
+                                   fp32_dir=cache.root / "networks" / base / cache.version(base),
+                                   calibration=calibration)
             if isinstance(out, str):
                 print(f"error: {out} ({len(done)} measurement(s) made, kept in {outputs['.validate.csv']})",
                       file=sys.stderr)
@@ -299,7 +328,7 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
             return 1
         s, p_all, m_all = _summary_for(*models[rt], subnets, preds[rt], meas)
         s.update({"device": device.name, "runtime": rt, "precision": args.precision, "lut": str(args.lut),
-                  "space": space.name,
+                  "space": space.name, **({"int8_calibration": args.int8_calibration} if args.int8_calibration else {}),
                   "seed": args.seed, "resolutions": resolutions, "failed": int(np.isnan(meas).any(axis=0).sum()),
                   "load_avg_median": _median_load([r for r in rows if r["runtime"] == rt]),
                   "lut_load_avg_median": _lut_load(args.lut, rt, args.precision),
@@ -329,6 +358,8 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
         print(f"\n{device.name} / {fidelity_line(rt if args.precision == 'fp32' else f'{rt} {args.precision}', s)}")
         print(f"  within 5%: {s['within_5pct'] * 100:.0f}%, LUT model / measured (median) {s['sum_over_measured']:.3f}, "
               f"overhead model {'on' if s['overhead_model'] else 'off (the LUT has no overhead probes)'}")
+        if s.get("int8_calibration"):
+            print(f"  int8 networks calibrated on {s['int8_calibration']}")
         if s["load_avg_median"] is not None and s["lut_load_avg_median"] is not None:
             print(f"  device load (1-min average, median): {s['lut_load_avg_median']:.2f} while the LUT was measured, "
                   f"{s['load_avg_median']:.2f} during validation")
@@ -341,13 +372,15 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
 
 def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[SubnetConfig], fmt: str,
                      net_dir: Path, progress: bool, on_row: Callable[[dict[str, Any]], None] | None = None,
-                     passes: int = 1, fp32_dir: Path | None = None):
+                     passes: int = 1, fp32_dir: Path | None = None,
+                     calibration: Callable[[SubnetConfig], tuple[list, str]] | None = None):
     """Export every network (all before the first measurement), then measure each, ``passes``
     times interleaved (every network, then every network again); ``on_row`` receives each
     measurement's row (``index``, ``pass``, ``measured_ms``, ``error``, ``load_avg``) as soon
     as it is known.  Returns (measured ms: an array of N with NaN for failures for one pass,
     passes x N for more; the last pass's per-subnet rows) or an error string.  An int8 ``fmt``
-    quantizes each network from its fp32 model, kept under ``fp32_dir`` (default: beside)."""
+    quantizes each network from its fp32 model, kept under ``fp32_dir`` (default: beside),
+    calibrated on ``calibration(cfg)`` when given (``export_networks``)."""
     import hashlib
 
     from tqdm import tqdm
@@ -363,7 +396,8 @@ def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[Sub
     if todo:
         with tqdm(total=len(todo), desc=f"export {fmt} networks", unit="net", disable=not progress) as bar:
             errs = export_networks(space, [subnets[i] for i in todo], fmt, [paths[i] for i in todo], done=bar.update,
-                                   fp32_paths=None if twins is None else [twins[i] for i in todo])
+                                   fp32_paths=None if twins is None else [twins[i] for i in todo],
+                                   calibration=calibration)
             for i, err in zip(todo, errs):
                 errors[i] = err
     paths = [None if err else p for p, err in zip(paths, errors)]

@@ -278,6 +278,49 @@ def test_profiler_run_with_data_calibrates_int8_rows_on_real_images(fake_fm, tmp
     assert len(versions) == 2 and sum("-cal" in v for v in versions) == 1, versions
 
 
+def test_validate_int8_quantizes_whole_networks_on_real_images_with_data(fake_fm, tmp_path):
+    """profiler.validate --precision int8 --data: every network quantized on real images (the
+    report says which), cached apart from the random-calibrated networks of a run without it."""
+    from profiler.calibrate import network_inputs
+
+    cache, lut = tmp_path / "cache", tmp_path / "l.csv"
+    proc = run_cli("profiler.run", "--device", "local", "--runtime", "onnxruntime", "--space", "tiny",
+                   "--resolutions", "32", "--precision", "int8", "--repeats", "5", "--min-time", "0",
+                   "--cache", cache, "--lut", lut, "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    base = ["--runtime", "onnxruntime", "--space", "tiny", "--lut", lut, "--subnets", "2", "--passes", "1",
+            "--precision", "int8", "--cache", cache, "--no-progress", "--json"]
+    real = run_cli("profiler.validate", *base, "--data", f"fmnist:{fake_fm}", "--calib-images", "3")
+    assert real.returncode == 0, real.stderr[-2000:]
+    s = json.loads(real.stdout)
+    assert s["n"] == 2 and s["precision"] == "int8"
+    assert s["int8_calibration"].startswith("real images n=3") and "network's input" in s["int8_calibration"]
+    rand = run_cli("profiler.validate", *base)
+    assert rand.returncode == 0, rand.stderr[-2000:]
+    assert json.loads(rand.stdout)["int8_calibration"].startswith("random-normal n=8")
+    versions = sorted(p.name for p in (cache / "networks" / "onnx-int8").iterdir())
+    assert len(versions) == 2 and sum("-cal" in v for v in versions) == 1, versions
+    # each network's record names what it was calibrated on
+    labels = {v: {read_meta(f)["calibration"] for f in (cache / "networks" / "onnx-int8" / v).glob("*.onnx")}
+              for v in versions}
+    for v, got in labels.items():  # random inputs are seeded per network, real ones are the same images
+        assert got and all(g.startswith("real images" if "-cal" in v else "random-normal") for g in got), labels
+        assert len(got) == (1 if "-cal" in v else 2), labels
+    # the inputs are the dataset's images at the network's resolution, one batch-1 array each
+    inputs, label = network_inputs(TINY, f"fmnist:{fake_fm}", 3, [32])
+    assert [x.shape for x in inputs[32]] == [(1, TINY.in_channels, 32, 32)] * 3 and label.startswith("real images n=3")
+    assert abs(float(np.mean(inputs[32]))) > 0.1  # the dataset's background, not N(0, 1)
+    # misuse is one line
+    for extra, needle in ((["--precision", "fp32", "--data", f"fmnist:{fake_fm}"], "add --precision int8"),
+                          (["--calib-images", "2"], "--calib-images needs --data"),
+                          (["--data", f"fmnist:{tmp_path / 'nowhere'}"], "nowhere")):
+        args = [a for a in base if a not in ("--json",)]
+        if extra[0] == "--precision":
+            args = [a for i, a in enumerate(args) if a != "--precision" and (i == 0 or args[i - 1] != "--precision")]
+        bad = run_cli("profiler.validate", *args, *extra)
+        assert bad.returncode == 2 and needle in last_error_line(bad), (extra, bad.stderr[-1000:])
+
+
 def test_real_calibration_bad_input_is_one_clear_line(fake_fm, tmp_path):
     base = ["--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "2",
             "--cache", tmp_path / "cache", "--lut", tmp_path / "l.csv", "--no-progress"]
