@@ -8,6 +8,11 @@ For a few random subnets this times, with the same runtime and one thread:
 - ``round_robin``: every block of the subnet invoked once in network order, round after
   round (each block finds the caches as the others left them, as inside the network),
   each block's median summed;
+- ``warm_model`` and ``round_robin_model``: the latency model's sums (``profiler.costmodel``:
+  each block less the overhead probe of its input shape, plus the network input's probe
+  once), with the probes timed the same way as the blocks: alone and repeatedly, or in the
+  rotation (each probe invoked just before its block), so that the probe takes off the
+  invocation cost the block paid in that mode;
 - ``network``: the whole network exported as one model;
 - ``flushed`` (``--flush-mb``): each block invoked after a buffer larger than the last-level
   cache is written, so its weights and input come from memory, summed;
@@ -38,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from profiler.export import export_block, export_network, format_for_runtime  # noqa: E402
-from supernet.space import get_space  # noqa: E402
+from supernet.space import get_space, overhead_probe  # noqa: E402
 
 
 class _Session:
@@ -119,29 +124,37 @@ def main() -> int:
         for n in range(args.subnets):
             cfg = space.sample(rng, resolutions=[args.resolution])
             blocks = space.blocks(cfg)
-            fns = []
+            fns, probes = [], []
             for i, b in enumerate(blocks):
-                p = Path(tmp) / f"{n}-{i}.{fmt}"
-                export_block(b, fmt, p)
-                fns.append(_Session(p, args.runtime))
+                for spec, into, tag in ((b, fns, ""), (overhead_probe(b), probes, "-probe")):
+                    p = Path(tmp) / f"{n}-{i}{tag}.{fmt}"
+                    export_block(spec, fmt, p)
+                    into.append(_Session(p, args.runtime))
             net = Path(tmp) / f"{n}-net.{fmt}"
             export_network(space, cfg, fmt, net)
             net_fn = _Session(net, args.runtime)
             warm = sum(_median_ms(f, args.rounds) for f in fns)
-            for f in fns:
-                f()
-            per = [[] for _ in fns]
+            warm_p = [_median_ms(f, args.rounds) for f in probes]
+            for f, q in zip(fns, probes):
+                q(), f()
+            per, per_p = [[] for _ in fns], [[] for _ in fns]
             for _ in range(args.rounds):
-                for i, f in enumerate(fns):
-                    t = time.perf_counter()
-                    f()
-                    per[i].append(time.perf_counter() - t)
+                for i, (f, q) in enumerate(zip(fns, probes)):
+                    for fn, acc in ((q, per_p[i]), (f, per[i])):
+                        t = time.perf_counter()
+                        fn()
+                        acc.append(time.perf_counter() - t)
             rr = sum(statistics.median(p) for p in per) * 1e3
+            rr_p = sum(statistics.median(p) for p in per_p) * 1e3
             network = _median_ms(net_fn, args.rounds)
+            warm_model, rr_model = warm - sum(warm_p) + warm_p[0], rr - rr_p + warm_p[0]
             row = {"subnet": cfg.to_dict(), "blocks": len(blocks), "warm_sum_ms": round(warm, 3),
                    "round_robin_sum_ms": round(rr, 3), "network_ms": round(network, 3),
+                   "warm_model_ms": round(warm_model, 3), "round_robin_model_ms": round(rr_model, 3),
                    "warm_over_network": round(warm / network, 3),
-                   "round_robin_over_network": round(rr / network, 3)}
+                   "round_robin_over_network": round(rr / network, 3),
+                   "warm_model_over_network": round(warm_model / network, 3),
+                   "round_robin_model_over_network": round(rr_model / network, 3)}
             if args.flush_mb:
                 buf = np.empty(args.flush_mb * 2**20 // 8, dtype=np.float64)
                 cold = sum(_flushed_ms(f, args.rounds, buf, False) for f in fns)
@@ -151,7 +164,8 @@ def main() -> int:
                            cold_weights_over_network=round(cold_w / network, 3))
             out["subnets"].append(row)
             print(json.dumps(out["subnets"][-1]), file=sys.stderr)
-    for k in ("warm_over_network", "round_robin_over_network", "flushed_over_network", "cold_weights_over_network"):
+    for k in ("warm_over_network", "round_robin_over_network", "warm_model_over_network",
+              "round_robin_model_over_network", "flushed_over_network", "cold_weights_over_network"):
         if all(k in s for s in out["subnets"]):
             out[f"median_{k}"] = round(float(np.median([s[k] for s in out["subnets"]])), 3)
     out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
