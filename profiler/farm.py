@@ -53,6 +53,7 @@ def run_farm(
     transport_factory: Callable[[Device], Transport] | None = None,
     on_result: Callable[[ProfileResult], None] | None = None,
     precisions: Sequence[str] = ("fp32",),
+    context: str = "warm",
 ) -> FarmResult:
     """Profile every device (each with ``runtimes`` or its own runtime) concurrently.
 
@@ -68,6 +69,7 @@ def run_farm(
         on_result: called (from the worker thread) with each finished ``ProfileResult``.
         precisions: ``fp32`` and/or ``int8``, each measured for every runtime into the same
             LUT (rows differ by precision), fp32 first.
+        context: ``warm`` or ``round-robin`` (``profile_device``).
 
     Returns:
         A ``FarmResult``: results in device order, and per-device errors.
@@ -88,7 +90,7 @@ def run_farm(
             try:
                 with guard:
                     res = profile_device(device, specs, runtime, lut_path, cache, progress=progress, position=i,
-                                         broker=broker, precision=precision,
+                                         broker=broker, precision=precision, context=context,
                                          transport=transport_factory(device) if transport_factory else None)
             except (LutError, ValueError, OSError) as exc:
                 with lock:

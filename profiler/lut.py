@@ -34,7 +34,11 @@ COLUMNS = [
     # for int8 rows, the quantized block's relative output error against its fp32 model, the
     # bound it had to meet (per block kind) and the inputs its activations were calibrated on
     "precision", "quant_error", "quant_bound", "quant_calibration",
+    # issue 11: how the block was timed: "warm" (alone, again and again; rows of LUTs written
+    # before read warm) or "round-robin" (in rotation with the others, profiler.run --context)
+    "context",
 ]
+CONTEXTS = ("warm", "round-robin")
 FLOAT_COLUMNS = ("median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms", "max_ms", "iqr_ms")
 OTHER_FLOAT_COLUMNS = ("load_avg", "quant_error", "quant_bound")
 PRECISIONS = ("fp32", "int8")
@@ -91,6 +95,9 @@ def _normalise(row: dict[str, Any], where: str) -> dict[str, Any]:
     out["precision"] = out["precision"] or "fp32"
     if out["precision"] not in PRECISIONS:
         raise LutError(f"{where}: precision must be one of {', '.join(PRECISIONS)}, got {out['precision'][:40]!r}")
+    out["context"] = out["context"] or "warm"
+    if out["context"] not in CONTEXTS:
+        raise LutError(f"{where}: context must be one of {', '.join(CONTEXTS)}, got {out['context'][:40]!r}")
     if out["status"] not in ("ok", "error"):
         raise LutError(f"{where}: status must be ok or error, got {out['status']!r}")
     if out["status"] == "ok" and out["median_ms"] is None and out["mean_ms"] is None:

@@ -28,9 +28,12 @@ from supernet.space import BlockSpec
 
 from .devices import Device
 from .export import ArtifactCache, ExportResult, format_for_runtime
-from .lut import COLUMNS, FLOAT_COLUMNS, LutWriter, error_row, stats_row
+from .lut import COLUMNS, CONTEXTS, FLOAT_COLUMNS, LutWriter, error_row, stats_row
 from .transport import (RunnerChannel, RunnerError, RunnerTimeout, Transport, TransportError,
                         make_transport, validate_info, validate_reply)
+
+
+GROUP_SIZE = 160  # models loaded and rotated at once in round-robin measurement
 
 
 @dataclass
@@ -71,12 +74,13 @@ def default_lut_path(device: Device, runtime: str, folder: Path = Path("luts")) 
 
 
 def pending(writer: LutWriter, specs: Sequence[BlockSpec], runtime: str, max_attempts: int,
-            precision: str = "fp32") -> tuple[list[BlockSpec], int]:
-    """Blocks still to measure: not ``ok`` and not failed ``max_attempts`` times already."""
+            precision: str = "fp32", context: str = "warm") -> tuple[list[BlockSpec], int]:
+    """Blocks still to measure: not ``ok`` in ``context`` and not failed ``max_attempts``
+    times already."""
     todo, skipped = [], 0
     for s in specs:
         row = writer.table.get(str(s), runtime, precision)
-        if row is None:
+        if row is None or (row["status"] == "ok" and (row.get("context") or "warm") != context):
             todo.append(s)
         elif row["status"] == "ok":
             skipped += 1
@@ -264,6 +268,7 @@ def profile_device(
     transport: Transport | None = None,
     broker: ExportBroker | None = None,
     precision: str = "fp32",
+    context: str = "warm",
 ) -> ProfileResult:
     """Measure every block of ``specs`` on ``device`` with ``runtime`` into ``lut_path``.
 
@@ -280,6 +285,10 @@ def profile_device(
         broker: a shared ``ExportBroker`` (the device farm passes one for all devices).
         precision: ``fp32`` or ``int8`` (blocks quantized by ``profiler.quantize``; their
             rows carry the precision, the int8 output error, its bound and the calibration).
+        context: ``warm`` (each block timed alone, again and again) or ``round-robin``
+            (the blocks timed in rotation, in the order of ``specs``, up to ``GROUP_SIZE``
+            at a time: ``runner.measure_group``); rows measured in the other context are
+            measured again.  The row's ``context`` column says which.
 
     Returns:
         A ``ProfileResult``; ``device_lost`` is set when the device could not be reached
@@ -295,13 +304,15 @@ def profile_device(
     broker = broker or ExportBroker(cache, export_workers)
     try:
         check_threads(writer, runtime, device.threads)
-        todo, res.skipped = pending(writer, specs, runtime, device.max_attempts, precision)
+        if context not in CONTEXTS:
+            raise ValueError(f"unknown measurement context {context!r} (known: {', '.join(CONTEXTS)})")
+        todo, res.skipped = pending(writer, specs, runtime, device.max_attempts, precision, context)
         res.todo = len(todo)
         if not todo:
             return res
         context = {
             "device": device.name, "threads": device.threads, "exporter": cache.version(fmt),
-            "precision": precision,
+            "precision": precision, "context": context,
         }
 
         def attempts(spec: BlockSpec) -> int:
@@ -361,6 +372,43 @@ def profile_device(
             if not futures:
                 submitted = broker.submit_many([(str(s), fmt) for s in todo])
                 futures = [(s, submitted[(str(s), fmt)]) for s in todo]
+
+            def record(spec: BlockSpec, path: Path, outcome: dict[str, Any] | str) -> None:
+                if isinstance(outcome, str):
+                    fail(spec, outcome)
+                    return
+                reply = outcome
+                ctx = dict(context, measured_at=_now(), attempts=attempts(spec))
+                if precision == "int8":
+                    ctx.update(quant_record(path))
+                if "samples_ms" in reply:
+                    writer.add(stats_row(str(spec), runtime, reply, ctx), samples=reply["samples_ms"])
+                else:
+                    writer.add(summary_row(str(spec), runtime, reply, ctx))
+                res.measured += 1
+                res.timed_s += reply["timed_s"]
+                shown = reply.get("median_ms") or reply.get("mean_ms") or 0.0
+                bar.set_postfix(ms=f"{shown:.3f}", failed=res.failed, refresh=False)
+
+            if context == "round-robin":
+                built_all = []
+                for spec, fut in futures:
+                    t_wait = time.perf_counter()
+                    built = fut.result()
+                    if device.transport != "local":
+                        res.export_s += time.perf_counter() - t_wait
+                    if built.path is None:
+                        fail(spec, f"export: {built.error}")
+                        bar.update(1)
+                    else:
+                        built_all.append((spec, built.path))
+                for lo in range(0, len(built_all), GROUP_SIZE):
+                    group = built_all[lo:lo + GROUP_SIZE]
+                    outcomes = measure_group_artifacts(session, device, [pth for _, pth in group], req_base)
+                    for (spec, pth), outcome in zip(group, outcomes):
+                        record(spec, pth, outcome)
+                        bar.update(1)
+                futures = []
             for spec, fut in futures:
                 t_wait = time.perf_counter()
                 built = fut.result()
@@ -370,22 +418,7 @@ def profile_device(
                     fail(spec, f"export: {built.error}")
                     bar.update(1)
                     continue
-                outcome = measure_artifact(session, device, built.path, req_base)
-                if isinstance(outcome, str):
-                    fail(spec, outcome)
-                else:
-                    reply = outcome
-                    ctx = dict(context, measured_at=_now(), attempts=attempts(spec))
-                    if precision == "int8":
-                        ctx.update(quant_record(built.path))
-                    if "samples_ms" in reply:
-                        writer.add(stats_row(str(spec), runtime, reply, ctx), samples=reply["samples_ms"])
-                    else:
-                        writer.add(summary_row(str(spec), runtime, reply, ctx))
-                    res.measured += 1
-                    res.timed_s += reply["timed_s"]
-                    shown = reply.get("median_ms") or reply.get("mean_ms") or 0.0
-                    bar.set_postfix(ms=f"{shown:.3f}", failed=res.failed, refresh=False)
+                record(spec, built.path, measure_artifact(session, device, built.path, req_base))
                 bar.update(1)
         except TransportError as exc:
             res.device_lost = str(exc)
@@ -478,6 +511,49 @@ def measure_artifact(session: Session, device: Device, path: Path, req_base: dic
             last = str(exc)
             connect(session, device, reconnect=True)
     return f"runner died {device.retries + 1} times on this block: {last}"
+
+
+def measure_group_artifacts(session: Session, device: Device, paths: Sequence[Path],
+                            req_base: dict[str, Any]) -> list[dict[str, Any] | str]:
+    """Time ``paths`` in rotation on the device (``runner.measure_group``): one validated
+    reply or error message per model, as ``measure_artifact`` gives for one.  The whole group
+    is one request (timeout: the device's per-block timeout times the group's size); a
+    channel that only returns summaries (``benchmark_model``) cannot rotate models, and every
+    model then gets that error.  A broken connection is retried after reconnecting."""
+    last = ""
+    for _ in range(device.retries + 1):
+        try:
+            ch = session.ensure()
+            if getattr(ch, "summary_only", False):
+                return ["round-robin measurement needs the hwnas runner on the device "
+                        "(this channel runs benchmark_model, one model per call)"] * len(paths)
+            staged = [session.transport.stage(p) for p in paths]
+            try:
+                reply = ch.request(dict(req_base, op="measure_group", models=staged),
+                                   timeout=device.timeout_s * max(1, len(paths)))
+            finally:
+                if ch.alive:
+                    for remote in staged:
+                        session.transport.unstage(remote)
+            results = reply.get("results") if isinstance(reply, dict) and reply.get("ok") is True else None
+            if not isinstance(results, list) or len(results) != len(paths):
+                err = reply.get("error") if isinstance(reply, dict) else None
+                return [f"runtime: {str(err)[:500] if err else 'malformed group reply'}"] * len(paths)
+            out: list[dict[str, Any] | str] = []
+            for r in results:
+                try:
+                    out.append(validate_reply(r))
+                except RunnerError as exc:
+                    out.append(f"runtime: {exc}")
+            return out
+        except RunnerTimeout as exc:
+            return [f"timeout: {exc}"] * len(paths)
+        except RunnerError as exc:
+            return [f"runtime: {exc}"] * len(paths)
+        except TransportError as exc:
+            last = str(exc)
+            connect(session, device, reconnect=True)
+    return [f"runner died {device.retries + 1} times on this group: {last}"] * len(paths)
 
 
 def host_context() -> dict[str, str]:

@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-overhead-probes", action="store_true",
                     help="do not measure the runtime's per-invocation overhead at each input shape (the latency "
                          "model then sums the blocks' rows as they are)")
+    ap.add_argument("--context", default="warm", choices=("warm", "round-robin"),
+                    help="warm: each block timed alone, again and again (default); round-robin: the blocks timed in "
+                         "rotation, in the space's order, each invocation finding the caches and the runtime's "
+                         "dispatch path as the others left them, as inside a network (needs the hwnas runner; "
+                         "rows of the other context are measured again)")
     ap.add_argument("--lut", type=Path, default=None, help="LUT CSV to write (default: luts/<device>.csv)")
     ap.add_argument("--cache", type=Path, default=None, help=f"artifact cache (default: {default_cache_dir()})")
     ap.add_argument("--export-workers", type=int, default=min(2, os.cpu_count() or 1),
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"unknown precision {', '.join(map(repr, bad)) or repr(args.precision)} "
                              f"(known: {', '.join(PRECISIONS)})")
         precisions = [p for p in PRECISIONS if p in precisions]  # fp32 first: int8 is quantized from it
-        specs = space.all_blocks(args.resolutions, args.widths)
+        specs = space.all_blocks(args.resolutions, args.widths, by_network=args.context == "round-robin")
         if args.limit is not None:
             if args.limit < 1:
                 raise ValueError("--limit must be at least 1")
@@ -159,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     devices = [replace(d, **overrides) for d in devices]
     farm = run_farm(devices, specs, cache, runtimes=runtimes, lut=args.lut, export_workers=args.export_workers,
                     progress=not args.no_progress, on_result=lambda res: _write_summary(res, space.name),
-                    precisions=precisions)
+                    precisions=precisions, context=args.context)
     for err in farm.errors:
         print(f"error: {err}", file=sys.stderr)
     for res in farm.results:

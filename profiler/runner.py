@@ -15,7 +15,9 @@ Usage::
 
 A ``serve`` request is ``{"id": .., "model": PATH, "runtime": .., "threads": .., "warmup": ..,
 "repeats": .., "min_time_s": .., "max_time_s": .., "providers": [..]}``; the reply carries the
-same id.  Errors are replies (``"ok": false``), never tracebacks on stdout.
+same id.  ``{"op": "measure_group", "models": [PATH, ..], ...}`` times a group of models in
+rotation (``measure_group``) and replies ``{"ok": true, "results": [reply per model]}``.
+Errors are replies (``"ok": false``), never tracebacks on stdout.
 """
 
 import json
@@ -235,6 +237,68 @@ def measure(model, runtime="tflite", threads=1, warmup=10, repeats=50, min_time_
     return out
 
 
+def measure_group(models, runtime="tflite", threads=1, warmup=10, repeats=50, min_time_s=0.0,
+                  max_time_s=30.0, providers=None, max_samples=MAX_SAMPLES):
+    """Load every model of ``models``, then run them **in rotation**: each round invokes every
+    model once, in the order given, timing each invocation on its own (``warmup`` untimed
+    rounds first), until at least ``repeats`` rounds were done and ``min_time_s`` has passed
+    (or ``max_time_s`` is spent).  A model then meets the caches, branch predictors and the
+    runtime's dispatch path as the models before it left them, as a block does inside a
+    network, where timing it alone and again and again finds everything of its own hot.
+    One reply per model, as ``measure``'s; a model that fails to load or run is an error
+    reply and leaves the rotation."""
+    loaded = []
+    for path in models:
+        t_load = time.perf_counter()
+        try:
+            loaded.append((_Model(path, runtime, threads, providers), (time.perf_counter() - t_load) * 1e3, None))
+        except Exception as exc:  # noqa: BLE001 - one model's failure is its reply
+            loaded.append((None, 0.0, exc))
+    samples = [[] for _ in loaded]
+    errors = [err for _, _, err in loaded]
+
+    def rotation(timed):
+        for i, (m, _, _) in enumerate(loaded):
+            if m is None or errors[i] is not None:
+                continue
+            try:
+                t0 = time.perf_counter_ns()
+                m.run()
+                t1 = time.perf_counter_ns()
+            except Exception as exc:  # noqa: BLE001
+                errors[i] = exc
+                continue
+            if timed:
+                samples[i].append((t1 - t0) / 1e6)
+
+    for _ in range(int(warmup)):
+        rotation(False)
+    start = time.perf_counter_ns()
+    rounds = 0
+    while any(e is None for e in errors):
+        rotation(True)
+        rounds += 1
+        elapsed = time.perf_counter_ns() - start
+        if (rounds >= int(repeats) and elapsed >= float(min_time_s) * 1e9) or elapsed >= float(max_time_s) * 1e9:
+            break
+    timed_s = (time.perf_counter_ns() - start) / 1e9
+    load_avg = _load_avg()
+    results = []
+    for (m, load_ms, _), err, got in zip(loaded, errors, samples):
+        if err is not None:
+            results.append(_error(err))
+            continue
+        out = {"ok": True, "load_avg": load_avg, "runtime": runtime, "module": m.module, "runtime_version": m.version,
+               "provider": m.provider, "threads": int(threads), "warmup": int(warmup), "load_ms": load_ms,
+               "timed_s": sum(got) / 1e3, "group_timed_s": timed_s, "runs": len(got), "context": "round-robin"}
+        if len(got) > int(max_samples):
+            got = got[::-(-len(got) // int(max_samples))]
+        out["samples_ms"] = got
+        out.update(_stats(got))
+        results.append(out)
+    return {"ok": True, "results": results}
+
+
 def _error(exc):
     return {"ok": False, "error": f"{exc.__class__.__name__}: {exc}".replace("\n", " ")[:2000]}
 
@@ -253,8 +317,7 @@ def serve(stdin, stdout):
             if req.get("op") == "info":
                 reply = info()
             else:
-                reply = measure(
-                    req["model"],
+                opts = dict(
                     runtime=req.get("runtime", "tflite"),
                     threads=req.get("threads", 1),
                     warmup=req.get("warmup", 10),
@@ -263,6 +326,10 @@ def serve(stdin, stdout):
                     max_time_s=req.get("max_time_s", 30.0),
                     providers=req.get("providers"),
                 )
+                if req.get("op") == "measure_group":
+                    reply = measure_group(list(req["models"]), **opts)
+                else:
+                    reply = measure(req["model"], **opts)
         except Exception as exc:  # noqa: BLE001 - every failure is a reply
             reply = _error(exc)
         reply["id"] = req_id

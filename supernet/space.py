@@ -520,9 +520,14 @@ class SearchSpace:
         self,
         resolutions: Iterable[int] | None = None,
         widths: Iterable[float] | None = None,
+        by_network: bool = False,
     ) -> list[BlockSpec]:
         """Every distinct block of the space at these resolutions and width multipliers,
-        in network order per resolution (96 per resolution for the OFA MobileNetV3 space)."""
+        in network order per resolution (96 per resolution for the OFA MobileNetV3 space):
+        position by position, each position's (kernel, expand) variants together, or with
+        ``by_network`` network by network (the deepest subnet with one (kernel, expand)
+        everywhere, then the next, each block where it first appears), so that consecutive
+        blocks are neighbours in a network (``profiler.run --context round-robin``)."""
         resolutions = list(self.resolutions if resolutions is None else resolutions)
         widths = list((self.default_width,) if widths is None else widths)
         for r in resolutions:
@@ -549,8 +554,8 @@ class SearchSpace:
                     for k in self.kernels
                     for x in self.expands
                 ]
-                for position in zip(*per_choice):
-                    for spec in position:
+                for group in (per_choice if by_network else zip(*per_choice)):
+                    for spec in group:
                         seen.setdefault(spec)
         return list(seen)
 

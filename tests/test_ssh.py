@@ -69,6 +69,22 @@ def test_profile_end_to_end_with_host_key_verification(tmp_path, server, cache):
     assert code == 0 and summary["runs"][0]["skipped"] == 4 and summary["runs"][0]["measured"] == 0
 
 
+def test_round_robin_measures_a_group_over_ssh(tmp_path, server, cache):
+    """--context round-robin over SSH: every model of the group staged, timed in one request
+    in rotation, unstaged; the rows say round-robin."""
+    lut = tmp_path / "rr.csv"
+    code, summary = run_cli(tmp_path, {"lo": server.device_entry()}, "lo", cache, "--lut", str(lut),
+                            "--context", "round-robin")
+    assert code == 0, summary
+    run = summary["runs"][0]
+    assert run["measured"] == 4 and run["failed"] == 0 and not run["device_lost"]
+    rows = read_rows(lut)
+    # --limit takes the first blocks in network-by-network order (consecutive blocks are neighbours)
+    assert [r["key"] for r in rows] == [str(s) for s in TINY.all_blocks(by_network=True)[:4]]
+    assert all(r["status"] == "ok" and r["context"] == "round-robin" and r["median_ms"] > 0 for r in rows)
+    assert not (server.root / "remote").exists()
+
+
 def test_one_connection_per_run_with_tcp_nodelay(tmp_path, server, cache):
     from profiler.measure import profile_device
     from profiler.transport_ssh import SSHTransport, tcp_nodelay

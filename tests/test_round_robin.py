@@ -1,0 +1,83 @@
+"""Round-robin measurement (issue 11, ``profiler.run --context round-robin``): the runner
+times a group of models in rotation, the LUT records how each row was timed, and a run in
+the other context measures the rows again."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from profiler import runner
+from profiler.export import export_block
+from profiler.lut import LutError, read_rows
+from supernet.space import TINY
+
+from conftest import run_cli
+
+FAST = ["--repeats", "5", "--min-time", "0", "--no-progress"]
+
+
+def test_runner_rotates_a_group_and_a_broken_model_is_its_own_error(tmp_path):
+    blocks = TINY.all_blocks([32])[:3]
+    paths = []
+    for i, b in enumerate(blocks):
+        paths.append(str(export_block(b, "onnx", tmp_path / f"b{i}.onnx")))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    out = runner.measure_group([paths[0], str(bad), paths[1], paths[2]], runtime="onnxruntime", warmup=2,
+                               repeats=7, min_time_s=0.0)
+    assert out["ok"] is True and len(out["results"]) == 4
+    good = [out["results"][i] for i in (0, 2, 3)]
+    assert out["results"][1]["ok"] is False and out["results"][1]["error"]
+    for r in good:  # every model timed once per round, the same rounds
+        assert r["ok"] is True and r["context"] == "round-robin" and r["runs"] == 7 == len(r["samples_ms"])
+        assert all(s > 0 for s in r["samples_ms"]) and r["median_ms"] > 0
+
+
+def test_profiler_run_round_robin_rows_and_switching_context_measures_again(tmp_path):
+    lut = tmp_path / "l.csv"
+    base = ["--runtime", "onnxruntime", "--space", "tiny", "--resolutions", "32", "--lut", lut,
+            "--cache", tmp_path / "cache", *FAST]
+    p = run_cli("profiler.run", *base, "--context", "round-robin")
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = read_rows(lut)
+    assert rows and all(r["context"] == "round-robin" and r["status"] == "ok" for r in rows)
+    n = len(rows)
+    # the same context again: nothing to do
+    p = run_cli("profiler.run", *base, "--context", "round-robin", "--json")
+    assert p.returncode == 0 and '"measured": 0' in p.stdout, p.stdout[-1000:]
+    # the other context: every row measured again, one row per block still
+    p = run_cli("profiler.run", *base, "--json")
+    assert p.returncode == 0 and f'"measured": {n}' in p.stdout, p.stdout[-1000:]
+    rows = read_rows(lut)
+    assert len(rows) == n and all(r["context"] == "warm" for r in rows)
+    # the search prices a round-robin LUT like any other
+    p = run_cli("search.latency", "--lut", lut, "--space", "tiny", "--subnet", "max", "--resolution", "32",
+                "--runtime", "onnxruntime")
+    assert p.returncode == 0, p.stderr[-1000:]
+
+
+def test_lut_context_column_reads_warm_when_empty_and_rejects_unknown(tmp_path):
+    lut = tmp_path / "l.csv"
+    p = run_cli("profiler.run", "--runtime", "onnxruntime", "--space", "tiny", "--resolutions", "32", "--limit", "2",
+                "--no-overhead-probes", "--lut", lut, "--cache", tmp_path / "cache", *FAST)
+    assert p.returncode == 0, p.stderr[-2000:]
+    (tmp_path / "l.raw.jsonl").unlink()
+    with open(lut) as fh:
+        rows = list(csv.DictReader(fh))
+    fields = list(rows[0])
+    for r in rows:
+        r["context"] = ""
+    with open(lut, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    assert {r["context"] for r in read_rows(lut)} == {"warm"}
+    rows[1]["context"] = "lukewarm"
+    with open(lut, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(LutError, match=r"l.csv:3: context must be one of warm, round-robin, got 'lukewarm'"):
+        read_rows(lut)
