@@ -310,7 +310,7 @@ def profile_device(
         res.todo = len(todo)
         if not todo:
             return res
-        context = {
+        row_ctx = {
             "device": device.name, "threads": device.threads, "exporter": cache.version(fmt),
             "precision": precision, "context": context,
         }
@@ -321,7 +321,7 @@ def profile_device(
 
         def fail(spec: BlockSpec, message: str) -> None:
             writer.add(error_row(str(spec), runtime, message,
-                                 dict(context, measured_at=_now(), attempts=attempts(spec),
+                                 dict(row_ctx, measured_at=_now(), attempts=attempts(spec),
                                       host=res.host, host_cpu=res.host_cpu)))
             res.failed += 1
             res.errors.append(f"{spec}: {message}"[:300])
@@ -367,7 +367,7 @@ def profile_device(
                                          f"the device (onnxruntime there has: {', '.join(map(str, have)) or 'none'})")
                     exc.permanent = True  # type: ignore[attr-defined]
                     raise exc
-            context.update(host=res.host, host_cpu=res.host_cpu)
+            row_ctx.update(host=res.host, host_cpu=res.host_cpu)
             req_base = request_base(device, runtime)
             if not futures:
                 submitted = broker.submit_many([(str(s), fmt) for s in todo])
@@ -378,7 +378,7 @@ def profile_device(
                     fail(spec, outcome)
                     return
                 reply = outcome
-                ctx = dict(context, measured_at=_now(), attempts=attempts(spec))
+                ctx = dict(row_ctx, measured_at=_now(), attempts=attempts(spec))
                 if precision == "int8":
                     ctx.update(quant_record(path))
                 if "samples_ms" in reply:

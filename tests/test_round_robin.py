@@ -39,19 +39,23 @@ def test_profiler_run_round_robin_rows_and_switching_context_measures_again(tmp_
     lut = tmp_path / "l.csv"
     base = ["--runtime", "onnxruntime", "--space", "tiny", "--resolutions", "32", "--lut", lut,
             "--cache", tmp_path / "cache", *FAST]
-    p = run_cli("profiler.run", *base, "--context", "round-robin")
+    p = run_cli("profiler.run", *base, "--context", "round-robin", "--min-time", "0.05")
     assert p.returncode == 0, p.stderr[-2000:]
     rows = read_rows(lut)
     assert rows and all(r["context"] == "round-robin" and r["status"] == "ok" for r in rows)
+    # timed in rotation: every model once per round, so every row has the same count; timed
+    # alone for 0.05 s each, blocks of different cost get different counts
+    assert len({r["count"] for r in rows}) == 1, sorted({r["count"] for r in rows})
     n = len(rows)
     # the same context again: nothing to do
     p = run_cli("profiler.run", *base, "--context", "round-robin", "--json")
     assert p.returncode == 0 and '"measured": 0' in p.stdout, p.stdout[-1000:]
     # the other context: every row measured again, one row per block still
-    p = run_cli("profiler.run", *base, "--json")
+    p = run_cli("profiler.run", *base, "--json", "--min-time", "0.05")
     assert p.returncode == 0 and f'"measured": {n}' in p.stdout, p.stdout[-1000:]
     rows = read_rows(lut)
     assert len(rows) == n and all(r["context"] == "warm" for r in rows)
+    assert len({r["count"] for r in rows}) > 1
     # the search prices a round-robin LUT like any other
     p = run_cli("search.latency", "--lut", lut, "--space", "tiny", "--subnet", "max", "--resolution", "32",
                 "--runtime", "onnxruntime")
