@@ -402,10 +402,9 @@ def profile_device(
                         bar.update(1)
                     else:
                         built_all.append((spec, built.path))
-                for lo in range(0, len(built_all), GROUP_SIZE):
-                    group = built_all[lo:lo + GROUP_SIZE]
+                for group in rotation_groups(built_all):
                     outcomes = measure_group_artifacts(session, device, [pth for _, pth in group], req_base)
-                    for (spec, pth), outcome in zip(group, outcomes):
+                    for spec, pth, outcome in pool_outcomes(group, outcomes):
                         record(spec, pth, outcome)
                         bar.update(1)
                 futures = []
@@ -513,6 +512,57 @@ def measure_artifact(session: Session, device: Device, path: Path, req_base: dic
     return f"runner died {device.retries + 1} times on this block: {last}"
 
 
+def rotation_groups(built: Sequence[tuple[BlockSpec, Path]],
+                    size: int | None = None) -> list[list[tuple[BlockSpec, Path]]]:
+    """The round-robin rotation of ``built`` (blocks and overhead probes in profiling order),
+    cut into groups of at most ``size`` models (default ``GROUP_SIZE``): each block preceded
+    by the probe of its input shape, so that a probe is timed where a block's invocation
+    starts, as cold as the block's own (a probe is then in the rotation once per block of
+    its shape; ``pool_outcomes`` joins its samples).  A probe no block uses is kept once."""
+    from supernet.space import overhead_probe
+
+    size = size or GROUP_SIZE
+    probes = {str(spec): (spec, path) for spec, path in built if spec.kind == "overhead"}
+    used: set[str] = set()
+    units: list[list[tuple[BlockSpec, Path]]] = []
+    for spec, path in built:
+        if spec.kind == "overhead":
+            continue
+        probe = probes.get(str(overhead_probe(spec)))
+        units.append(([probe] if probe else []) + [(spec, path)])
+        if probe:
+            used.add(str(probe[0]))
+    units += [[item] for key, item in probes.items() if key not in used]
+    groups: list[list[tuple[BlockSpec, Path]]] = [[]]
+    for unit in units:
+        if groups[-1] and len(groups[-1]) + len(unit) > size:
+            groups.append([])
+        groups[-1].extend(unit)
+    return [g for g in groups if g]
+
+
+def pool_outcomes(group: Sequence[tuple[BlockSpec, Path]], outcomes: Sequence[dict[str, Any] | str]
+                  ) -> list[tuple[BlockSpec, Path, dict[str, Any] | str]]:
+    """One outcome per distinct block of a rotation group, in first-seen order: a model timed
+    at several places of the rotation (a probe before each block of its shape) gets all its
+    samples pooled, statistics recomputed; an error at any place is its outcome."""
+    from .runner import _stats
+
+    merged: dict[str, tuple[BlockSpec, Path, dict[str, Any] | str]] = {}
+    for (spec, path), out in zip(group, outcomes):
+        key = str(spec)
+        have = merged.get(key)
+        if have is None or isinstance(out, str):
+            merged[key] = (spec, path, out)
+        elif not isinstance(have[2], str):
+            reply = dict(have[2])
+            reply["samples_ms"] = reply["samples_ms"] + out["samples_ms"]
+            reply["timed_s"] = reply.get("timed_s", 0.0) + out.get("timed_s", 0.0)
+            reply.update(_stats(reply["samples_ms"]))
+            merged[key] = (spec, path, reply)
+    return list(merged.values())
+
+
 def measure_group_artifacts(session: Session, device: Device, paths: Sequence[Path],
                             req_base: dict[str, Any]) -> list[dict[str, Any] | str]:
     """Time ``paths`` in rotation on the device (``runner.measure_group``): one validated
@@ -527,13 +577,13 @@ def measure_group_artifacts(session: Session, device: Device, paths: Sequence[Pa
             if getattr(ch, "summary_only", False):
                 return ["round-robin measurement needs the hwnas runner on the device "
                         "(this channel runs benchmark_model, one model per call)"] * len(paths)
-            staged = [session.transport.stage(p) for p in paths]
+            staged = {p: session.transport.stage(p) for p in dict.fromkeys(paths)}  # a model listed twice: once
             try:
-                reply = ch.request(dict(req_base, op="measure_group", models=staged),
+                reply = ch.request(dict(req_base, op="measure_group", models=[staged[p] for p in paths]),
                                    timeout=device.timeout_s * max(1, len(paths)))
             finally:
                 if ch.alive:
-                    for remote in staged:
+                    for remote in staged.values():
                         session.transport.unstage(remote)
             results = reply.get("results") if isinstance(reply, dict) and reply.get("ok") is True else None
             if not isinstance(results, list) or len(results) != len(paths):

@@ -43,9 +43,14 @@ def test_profiler_run_round_robin_rows_and_switching_context_measures_again(tmp_
     assert p.returncode == 0, p.stderr[-2000:]
     rows = read_rows(lut)
     assert rows and all(r["context"] == "round-robin" and r["status"] == "ok" for r in rows)
-    # timed in rotation: every model once per round, so every row has the same count; timed
-    # alone for 0.05 s each, blocks of different cost get different counts
-    assert len({r["count"] for r in rows}) == 1, sorted({r["count"] for r in rows})
+    # timed in rotation: every block once per round, so every block row has the same count
+    # (timed alone for 0.05 s each, blocks of different cost get different counts); a probe is
+    # timed before every block of its shape, its samples pooled
+    blocks = [r for r in rows if r["kind"] != "overhead"]
+    probes = [r for r in rows if r["kind"] == "overhead"]
+    (rounds,) = {r["count"] for r in blocks}
+    assert probes and all(r["count"] % rounds == 0 for r in probes)
+    assert max(r["count"] for r in probes) > rounds  # some shape has several blocks
     n = len(rows)
     # the same context again: nothing to do
     p = run_cli("profiler.run", *base, "--context", "round-robin", "--json")
@@ -85,3 +90,32 @@ def test_lut_context_column_reads_warm_when_empty_and_rejects_unknown(tmp_path):
         w.writerows(rows)
     with pytest.raises(LutError, match=r"l.csv:3: context must be one of warm, round-robin, got 'lukewarm'"):
         read_rows(lut)
+
+
+def test_rotation_puts_each_blocks_probe_before_it_and_pools_its_samples(tmp_path):
+    from profiler.measure import pool_outcomes, rotation_groups
+    from profiler.run import with_overhead_probes
+    from supernet.space import overhead_probe
+
+    specs = with_overhead_probes(TINY.all_blocks([32]))
+    built = [(s, tmp_path / f"{i}.onnx") for i, s in enumerate(specs)]
+    groups = rotation_groups(built, size=7)
+    flat = [s for g in groups for s, _ in g]
+    assert all(len(g) <= 7 for g in groups)
+    for i, s in enumerate(flat):
+        if s.kind != "overhead":
+            assert flat[i - 1] == overhead_probe(s)  # never cut from its probe
+    assert [s for s in flat if s.kind != "overhead"] == [s for s in specs if s.kind != "overhead"]
+    group = groups[0]
+    outs = [{"samples_ms": [float(k), float(k) + 1], "timed_s": 0.001, **runner._stats([float(k), float(k) + 1])}
+            for k in range(len(group))]
+    pooled = pool_outcomes(group, outs)
+    keys = [str(s) for s, _, _ in pooled]
+    assert len(keys) == len(set(keys)) == len({str(s) for s, _ in group})
+    for spec, _, out in pooled:
+        places = [k for k, (s, _) in enumerate(group) if s == spec]
+        assert out["count"] == 2 * len(places) and sorted(out["samples_ms"]) == sorted(
+            x for k in places for x in (float(k), float(k) + 1))
+    # an error at any place is the model's outcome
+    outs[0] = "runtime: boom"
+    assert dict((str(s), o) for s, _, o in pool_outcomes(group, outs))[str(group[0][0])] == "runtime: boom"
