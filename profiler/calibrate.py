@@ -81,7 +81,7 @@ def _carrier(space, data_spec: str | None, run: Path | None, n: int, seed: int):
     n images at r)``, the run and the dataset loaded once."""
     import torch
 
-    from supernet.data import DataError, eval_batches, load_data, resize
+    from supernet.data import DataError, resize
     from supernet.evaluation import CheckpointError, load_run, recalibrate_bn
 
     if run is not None:
@@ -106,12 +106,7 @@ def _carrier(space, data_spec: str | None, run: Path | None, n: int, seed: int):
 
     if not data_spec:
         raise CalibrationError("real-image calibration needs --data (or --calib-run, whose dataset it uses)")
-    try:
-        data = load_data(data_spec, valid_size=1000, recal_size=max(BN_IMAGES, n), seed=seed,
-                         base_resolution=max(space.resolutions)).with_channels(space.in_channels)
-        base = [x for x, _ in eval_batches(data.recal, BN_IMAGES, max(BN_IMAGES, n))]
-    except DataError as exc:
-        raise CalibrationError(f"--data {data_spec}: {exc}") from None
+    base = _recal_images(space, data_spec, n, seed, BN_IMAGES)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sup = OFASupernet(space)
@@ -168,6 +163,20 @@ def block_activations(space, specs: Sequence, data_spec: str | None, run: Path |
     return out, label
 
 
+def _recal_images(space, data_spec: str, n: int, seed: int, batch: int) -> list:
+    """The first ``max(BN_IMAGES, n)`` images of the dataset's seeded recalibration split
+    (its channels repeated to the space's), in batches of ``batch``, unaugmented.  Raises
+    CalibrationError naming ``--data``."""
+    from supernet.data import DataError, eval_batches, load_data
+
+    try:
+        data = load_data(data_spec, valid_size=1000, recal_size=max(BN_IMAGES, n), seed=seed,
+                         base_resolution=max(space.resolutions)).with_channels(space.in_channels)
+        return [x for x, _ in eval_batches(data.recal, batch, max(BN_IMAGES, n))]
+    except DataError as exc:
+        raise CalibrationError(f"--data {data_spec}: {exc}") from None
+
+
 def network_inputs(space, data_spec: str, n: int, resolutions: Iterable[int],
                    seed: int = 0) -> tuple[dict[int, list[np.ndarray]], str]:
     """Real calibration inputs of whole networks (``profiler.validate --precision int8
@@ -175,18 +184,11 @@ def network_inputs(space, data_spec: str, n: int, resolutions: Iterable[int],
     split ``block_activations`` draws from), at each resolution, as one NCHW float32 array of
     batch 1 per image, with the calibration's label.  A network's input is the image itself,
     so nothing carries them.  Raises CalibrationError."""
-    import torch
-
-    from supernet.data import DataError, eval_batches, load_data, resize
+    from supernet.data import resize
 
     if n < 1:
         raise CalibrationError("--calib-images must be at least 1")
-    try:
-        data = load_data(data_spec, valid_size=1000, recal_size=max(BN_IMAGES, n), seed=seed,
-                         base_resolution=max(space.resolutions)).with_channels(space.in_channels)
-        x = torch.cat([b for b, _ in eval_batches(data.recal, n, n)])
-    except DataError as exc:
-        raise CalibrationError(f"--data {data_spec}: {exc}") from None
+    x = _recal_images(space, data_spec, n, seed, n)[0]  # the first n
     out = {}
     for r in sorted(set(resolutions)):
         arr = resize(x.float(), r).numpy()

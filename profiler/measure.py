@@ -22,7 +22,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from supernet.space import BlockSpec
 
@@ -80,7 +80,7 @@ def pending(writer: LutWriter, specs: Sequence[BlockSpec], runtime: str, max_att
     todo, skipped = [], 0
     for s in specs:
         row = writer.table.get(str(s), runtime, precision)
-        if row is None or (row["status"] == "ok" and (row.get("context") or "warm") != context):
+        if row is None or (row["status"] == "ok" and row["context"] != context):  # rows are normalised
             todo.append(s)
         elif row["status"] == "ok":
             skipped += 1
@@ -390,25 +390,8 @@ def profile_device(
                 shown = reply.get("median_ms") or reply.get("mean_ms") or 0.0
                 bar.set_postfix(ms=f"{shown:.3f}", failed=res.failed, refresh=False)
 
-            if context == "round-robin":
-                built_all = []
-                for spec, fut in futures:
-                    t_wait = time.perf_counter()
-                    built = fut.result()
-                    if device.transport != "local":
-                        res.export_s += time.perf_counter() - t_wait
-                    if built.path is None:
-                        fail(spec, f"export: {built.error}")
-                        bar.update(1)
-                    else:
-                        built_all.append((spec, built.path))
-                for group in rotation_groups(built_all):
-                    outcomes = measure_group_artifacts(session, device, [pth for _, pth in group], req_base)
-                    for spec, pth, outcome in pool_outcomes(group, outcomes):
-                        record(spec, pth, outcome)
-                        bar.update(1)
-                futures = []
-            for spec, fut in futures:
+            def built_path(spec: BlockSpec, fut: Future) -> Path | None:
+                """The block's artifact once converted, or None after its export error row."""
                 t_wait = time.perf_counter()
                 built = fut.result()
                 if device.transport != "local":
@@ -416,9 +399,21 @@ def profile_device(
                 if built.path is None:
                     fail(spec, f"export: {built.error}")
                     bar.update(1)
-                    continue
-                record(spec, built.path, measure_artifact(session, device, built.path, req_base))
-                bar.update(1)
+                return built.path
+
+            if context == "round-robin":
+                built_all = [(spec, path) for spec, fut in futures if (path := built_path(spec, fut)) is not None]
+                for group in rotation_groups(built_all):
+                    outcomes = measure_group_artifacts(session, device, [pth for _, pth in group], req_base)
+                    for spec, pth, outcome in pool_outcomes(group, outcomes):
+                        record(spec, pth, outcome)
+                        bar.update(1)
+            else:
+                for spec, fut in futures:
+                    path = built_path(spec, fut)
+                    if path is not None:
+                        record(spec, path, measure_artifact(session, device, path, req_base))
+                        bar.update(1)
         except TransportError as exc:
             res.device_lost = str(exc)
         finally:
@@ -473,35 +468,30 @@ def request_base(device: Device, runtime: str) -> dict[str, Any]:
     return req
 
 
-def measure_artifact(session: Session, device: Device, path: Path, req_base: dict[str, Any],
-                     timeout_s: float | None = None) -> dict[str, Any] | str:
-    """A validated reply, or an error message for a failure row.
-
-    A broken connection or a dead runner is retried after reconnecting.  When the device
-    answers again but the runner keeps dying on this block, that is the block's failure (a
-    row); only a device that cannot be reconnected raises TransportError.
-
-    Replies are validated by what the host knows about the channel, never by what the
-    reply claims: a runner's reply must carry raw samples (statistics are recomputed here);
-    only a channel that declares ``summary_only`` (``benchmark_model``, parsed on the host)
-    yields summary statistics, checked by ``benchmark_model.validate_summary``."""
+def _staged_request(session: Session, device: Device, paths: Sequence[Path], request: Callable[[list[str]], dict],
+                    timeout_s: float, handle: Callable[[Any, Any], Any], what: str,
+                    refuse: Callable[[Any], str | None] | None = None) -> Any:
+    """Stage ``paths`` on the device (a path listed twice, once), send ``request(remote
+    paths)``, unstage them, and return ``handle(channel, reply)``, or an error message for a
+    failure row (``refuse(channel)``'s, when it names one, before anything is staged).  A
+    broken connection or a dead runner is retried after reconnecting; when the device
+    answers again but the runner keeps dying on this ``what``, that is its failure; only a
+    device that cannot be reconnected raises TransportError."""
     last = ""
     for _ in range(device.retries + 1):
         try:
             ch = session.ensure()
-            remote = session.transport.stage(path)
+            refused = refuse(ch) if refuse is not None else None
+            if refused:
+                return refused
+            staged = {p: session.transport.stage(p) for p in dict.fromkeys(paths)}
             try:
-                reply = ch.request(dict(req_base, model=remote), timeout=timeout_s or device.timeout_s)
+                reply = ch.request(request([staged[p] for p in paths]), timeout=timeout_s)
             finally:
                 if ch.alive:
-                    session.transport.unstage(remote)
-            if getattr(ch, "summary_only", False):
-                from .benchmark_model import validate_summary
-
-                out = validate_summary(reply)
-            else:
-                out = validate_reply(reply)
-            return out
+                    for remote in staged.values():
+                        session.transport.unstage(remote)
+            return handle(ch, reply)
         except RunnerTimeout as exc:
             return f"timeout: {exc}"
         except RunnerError as exc:
@@ -509,7 +499,28 @@ def measure_artifact(session: Session, device: Device, path: Path, req_base: dic
         except TransportError as exc:
             last = str(exc)
             connect(session, device, reconnect=True)
-    return f"runner died {device.retries + 1} times on this block: {last}"
+    return f"runner died {device.retries + 1} times on this {what}: {last}"
+
+
+def measure_artifact(session: Session, device: Device, path: Path, req_base: dict[str, Any],
+                     timeout_s: float | None = None) -> dict[str, Any] | str:
+    """A validated reply, or an error message for a failure row (``_staged_request``: a
+    runner that keeps dying on this block is the block's failure).
+
+    Replies are validated by what the host knows about the channel, never by what the
+    reply claims: a runner's reply must carry raw samples (statistics are recomputed here);
+    only a channel that declares ``summary_only`` (``benchmark_model``, parsed on the host)
+    yields summary statistics, checked by ``benchmark_model.validate_summary``."""
+
+    def handle(ch, reply) -> dict[str, Any]:
+        if getattr(ch, "summary_only", False):
+            from .benchmark_model import validate_summary
+
+            return validate_summary(reply)
+        return validate_reply(reply)
+
+    return _staged_request(session, device, [path], lambda remote: dict(req_base, model=remote[0]),
+                           timeout_s or device.timeout_s, handle, "block")
 
 
 def rotation_groups(built: Sequence[tuple[BlockSpec, Path]],
@@ -569,41 +580,29 @@ def measure_group_artifacts(session: Session, device: Device, paths: Sequence[Pa
     reply or error message per model, as ``measure_artifact`` gives for one.  The whole group
     is one request (timeout: the device's per-block timeout times the group's size); a
     channel that only returns summaries (``benchmark_model``) cannot rotate models, and every
-    model then gets that error.  A broken connection is retried after reconnecting."""
-    last = ""
-    for _ in range(device.retries + 1):
-        try:
-            ch = session.ensure()
-            if getattr(ch, "summary_only", False):
-                return ["round-robin measurement needs the hwnas runner on the device "
-                        "(this channel runs benchmark_model, one model per call)"] * len(paths)
-            staged = {p: session.transport.stage(p) for p in dict.fromkeys(paths)}  # a model listed twice: once
+    model then gets that error."""
+    def refuse(ch) -> str | None:
+        if getattr(ch, "summary_only", False):
+            return "round-robin measurement needs the hwnas runner on the device " \
+                   "(this channel runs benchmark_model, one model per call)"
+        return None
+
+    def handle(_ch, reply) -> list[dict[str, Any] | str]:
+        results = reply.get("results") if isinstance(reply, dict) and reply.get("ok") is True else None
+        if not isinstance(results, list) or len(results) != len(paths):
+            err = reply.get("error") if isinstance(reply, dict) else None
+            raise RunnerError(str(err)[:500] if err else "malformed group reply")
+        out: list[dict[str, Any] | str] = []
+        for r in results:
             try:
-                reply = ch.request(dict(req_base, op="measure_group", models=[staged[p] for p in paths]),
-                                   timeout=device.timeout_s * max(1, len(paths)))
-            finally:
-                if ch.alive:
-                    for remote in staged.values():
-                        session.transport.unstage(remote)
-            results = reply.get("results") if isinstance(reply, dict) and reply.get("ok") is True else None
-            if not isinstance(results, list) or len(results) != len(paths):
-                err = reply.get("error") if isinstance(reply, dict) else None
-                return [f"runtime: {str(err)[:500] if err else 'malformed group reply'}"] * len(paths)
-            out: list[dict[str, Any] | str] = []
-            for r in results:
-                try:
-                    out.append(validate_reply(r))
-                except RunnerError as exc:
-                    out.append(f"runtime: {exc}")
-            return out
-        except RunnerTimeout as exc:
-            return [f"timeout: {exc}"] * len(paths)
-        except RunnerError as exc:
-            return [f"runtime: {exc}"] * len(paths)
-        except TransportError as exc:
-            last = str(exc)
-            connect(session, device, reconnect=True)
-    return [f"runner died {device.retries + 1} times on this group: {last}"] * len(paths)
+                out.append(validate_reply(r))
+            except RunnerError as exc:
+                out.append(f"runtime: {exc}")
+        return out
+
+    out = _staged_request(session, device, paths, lambda remote: dict(req_base, op="measure_group", models=remote),
+                          device.timeout_s * max(1, len(paths)), handle, "group", refuse)
+    return [out] * len(paths) if isinstance(out, str) else out
 
 
 def host_context() -> dict[str, str]:

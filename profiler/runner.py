@@ -217,9 +217,15 @@ def measure(model, runtime="tflite", threads=1, warmup=10, repeats=50, min_time_
             break
         if elapsed >= budget_ns:
             break
+    return _reply(m, runtime, threads, warmup, load_ms, (clock() - start) / 1e9, samples, max_samples, _load_avg())
+
+
+def _reply(m, runtime, threads, warmup, load_ms, timed_s, samples, max_samples, load_avg):
+    """One model's reply: what ran it, its ``samples`` (at most ``max_samples``, every k-th
+    in time order when more were taken; ``runs`` says how many) and their statistics."""
     out = {
         "ok": True,
-        "load_avg": _load_avg(),
+        "load_avg": load_avg,
         "runtime": runtime,
         "module": m.module,
         "runtime_version": m.version,
@@ -227,7 +233,7 @@ def measure(model, runtime="tflite", threads=1, warmup=10, repeats=50, min_time_
         "threads": int(threads),
         "warmup": int(warmup),
         "load_ms": load_ms,
-        "timed_s": (clock() - start) / 1e9,
+        "timed_s": timed_s,
         "runs": len(samples),
     }
     if len(samples) > int(max_samples):
@@ -288,13 +294,8 @@ def measure_group(models, runtime="tflite", threads=1, warmup=10, repeats=50, mi
         if err is not None:
             results.append(_error(err))
             continue
-        out = {"ok": True, "load_avg": load_avg, "runtime": runtime, "module": m.module, "runtime_version": m.version,
-               "provider": m.provider, "threads": int(threads), "warmup": int(warmup), "load_ms": load_ms,
-               "timed_s": sum(got) / 1e3, "group_timed_s": timed_s, "runs": len(got), "context": "round-robin"}
-        if len(got) > int(max_samples):
-            got = got[::-(-len(got) // int(max_samples))]
-        out["samples_ms"] = got
-        out.update(_stats(got))
+        out = _reply(m, runtime, threads, warmup, load_ms, sum(got) / 1e3, got, max_samples, load_avg)
+        out.update(group_timed_s=timed_s, context="round-robin")
         results.append(out)
     return {"ok": True, "results": results}
 
