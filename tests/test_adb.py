@@ -98,6 +98,22 @@ def test_profile_a_phone_with_benchmark_model(phone, tmp_path):
     assert not (tmp_path / "phone" / "data" / "local" / "tmp" / "hwnas").exists()
 
 
+def test_round_robin_on_benchmark_model_is_an_error_row_per_block(phone, tmp_path):
+    """benchmark_model takes one model per call: --context round-robin there is an error row
+    naming why for every block, nothing is run on the phone, and no row pretends to be timed."""
+    specs = TINY.all_blocks()[:2]
+    cache = shared_artifact_cache(specs, "tflite")
+    dev = parse_device(Path("d.yaml"), "pixel1", pixel())
+    lut = tmp_path / "pixel1.csv"
+    res = profile_device(dev, specs, "tflite", lut, cache, progress=False, context="round-robin")
+    assert res.measured == 0 and res.failed == 2 and not res.device_lost, res
+    table = LutTable.load(lut)
+    for s in specs:
+        row = table.get(str(s), "tflite")
+        assert row["status"] == "error" and "needs the hwnas runner" in row["error"], row
+    assert not _log(tmp_path / "bm.log")
+
+
 def test_benchmark_model_failures_are_replies_not_crashes(phone, tmp_path, monkeypatch):
     dev = parse_device(Path("d.yaml"), "pixel1", pixel())
     t = make_transport(dev)
