@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from supernet.device import apply_allocator, resolve_allocator  # noqa: E402
 from supernet.ofa import OFASupernet  # noqa: E402
 from supernet.space import OFA_MBV3  # noqa: E402
 
@@ -47,10 +48,14 @@ def main() -> None:
     p.add_argument("--memory-format", default="default", choices=("default", "nchw", "channels-last"),
                    help="default: each tool as it ships (ours channels-last, OFA's NCHW); nchw / channels-last: "
                         "both in that format")
+    p.add_argument("--allocator", default="auto", choices=("auto", "keep", "system"),
+                   help="glibc's handling of freed memory for the whole process, both tools alike (auto: keep, as "
+                        "supernet.train does on the CPU; system: glibc's defaults); see supernet.device")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    allocator = apply_allocator(resolve_allocator(args.allocator, torch.device("cpu")))
     try:
         from ofa.imagenet_classification.elastic_nn.networks import OFAMobileNetV3
     except ImportError:
@@ -121,7 +126,7 @@ def main() -> None:
         "bench": "train_throughput", "memory_format": {"ours": "channels-last" if ours_cl else "nchw",
                                                        "ofa": "channels-last" if ref_cl else "nchw"},
         "batch": args.batch, "resolution": args.res, "steps": args.steps,
-        "reps": args.reps, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "reps": args.reps, "threads": torch.get_num_threads(), "allocator": allocator, "torch": torch.__version__,
         "space": space.name, "host": platform.node(), "cpu_count": os.cpu_count(),
         "load_avg": os.getloadavg(), "subnets": results,
         "min_ratio": min(r["ratio"] for r in results.values()),

@@ -86,7 +86,7 @@ def _carrier(space, data_spec: str | None, run: Path | None, n: int, seed: int):
 
     if run is not None:
         try:
-            sup, evaluator, _ckpt = load_run(Path(run), data=data_spec, device="cpu", amp="off")
+            sup, evaluator, _ckpt = load_run(Path(run), data=data_spec, device="cpu", amp="off", allocator="system")
         except (CheckpointError, DataError) as exc:
             raise CalibrationError(f"--calib-run {run}: {exc}") from None
 

@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
     ap.add_argument("--amp", default="auto", help="auto | bf16 | fp16 | off (auto: bf16 on CUDA, off on the CPU)")
     ap.add_argument("--cudnn", default="auto", help="CUDA: on | off | no-depthwise (default auto: no-depthwise)")
+    ap.add_argument("--allocator", default="auto",
+                    help="keep | system: glibc keeps freed memory (fewer page faults) or its defaults (auto: keep on the CPU)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                     help="int8: the subnets post-training quantized, into accuracy-int8-<runtime>.csv")
     ap.add_argument("--runtime", default="tflite", choices=["tflite", "onnxruntime"],
@@ -274,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             if torch.cuda.is_available():  # one GPU per rank
                 device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
         net, evaluator, ckpt = load_run(args.run, args.data, device, args.amp, args.cudnn,
-                                         args.recal_images)
+                                         args.recal_images, allocator=args.allocator)
         space = net.space
         res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else list(space.resolutions)
         from supernet.presets import trained_widths

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .data import DataError
-from .device import AMP_MODES, CUDNN_MODES, DEVICES_HELP
+from .device import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP
 from .evaluation import CheckpointError, load_run, standard_error
 from .space import parse_subnet
 
@@ -28,6 +28,8 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="auto", help=f"{DEVICES_HELP} (default auto: CUDA when available)")
     p.add_argument("--amp", default="auto", choices=AMP_MODES, help="mixed precision (auto: bf16 on CUDA, off on the CPU)")
     p.add_argument("--cudnn", default="auto", choices=CUDNN_MODES, help="CUDA: on | off | no-depthwise (default auto: no-depthwise)")
+    p.add_argument("--allocator", default="auto", choices=ALLOCATOR_MODES,
+                   help="keep: glibc keeps freed memory (fewer page faults); system: its defaults (auto: keep on the CPU)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                    help="int8: also the post-training-quantized subnet's top-1 and its drop from fp32")
     p.add_argument("--runtime", default="tflite", choices=["tflite", "onnxruntime"],
@@ -37,7 +39,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
 
     try:
-        net, evaluator, ckpt = load_run(args.run, args.data, args.device, args.amp, args.cudnn)
+        net, evaluator, ckpt = load_run(args.run, args.data, args.device, args.amp, args.cudnn,
+                                           allocator=args.allocator)
         cfg = parse_subnet(args.subnet, net.space)
     except (CheckpointError, DataError, ValueError) as exc:
         p.exit(2, f"{p.prog}: error: {exc}\n")

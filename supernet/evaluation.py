@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .data import Data, eval_batches, load_data, resize
-from .device import apply_cudnn, autocast, place, resolve_amp, resolve_cudnn, resolve_device, to_device
+from .device import (apply_allocator, apply_cudnn, autocast, place, resolve_allocator, resolve_amp, resolve_cudnn,
+                     resolve_device, to_device)
 from .ofa import OFASupernet
 from .space import SearchSpace, SubnetConfig, get_space
 
@@ -235,10 +236,11 @@ def load_supernet(path: Path) -> tuple[OFASupernet, dict]:
 
 
 def load_run(run: Path, data: str | None = None, device: str = "auto",
-             amp: str = "auto", cudnn: str = "auto", recal_images: int | None = None) -> tuple[OFASupernet, Evaluator, dict]:
+             amp: str = "auto", cudnn: str = "auto", recal_images: int | None = None,
+             allocator: str = "auto") -> tuple[OFASupernet, Evaluator, dict]:
     """The final supernet of a run folder and an ``Evaluator`` on the run's held-out split
     (``data`` overrides the dataset location), on ``device`` with ``amp`` and ``cudnn``
-    (``supernet.device``; the cuDNN mode is set for the process).  ``recal_images``
+    (``supernet.device``; the cuDNN mode and ``allocator`` are set for the process).  ``recal_images``
     (default: the run's) recalibrates BN on that many training images: the run's own
     recalibration images first, then more of the same seeded order."""
     run = Path(run)
@@ -254,6 +256,7 @@ def load_run(run: Path, data: str | None = None, device: str = "auto",
         raise CheckpointError(f"checkpoint {run / 'supernet.pt'}: its config lacks {exc}") from None
     dev, channels_last = resolve_device(device), cfg.get("channels_last", True)
     apply_cudnn(resolve_cudnn(cudnn, dev))
+    apply_allocator(resolve_allocator(allocator, dev))
     net = place(net, dev, channels_last)
     return net, Evaluator(net, d, recal, None, device=dev, amp=resolve_amp(amp, dev),
                           channels_last=channels_last), ckpt

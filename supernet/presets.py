@@ -118,6 +118,7 @@ class TrainConfig:
     amp: str = "auto"  # auto | bf16 | fp16 | off (auto: bf16 on CUDA, off on the CPU)
     channels_last: bool = True
     cudnn: str = "auto"  # auto | on | off | no-depthwise (CUDA only; auto: no-depthwise; supernet.device.resolve_cudnn)
+    allocator: str = "auto"  # auto | keep | system (glibc keeps freed memory; auto: keep on the CPU; resolve_allocator)
     eval_phases: bool = True  # evaluate the largest and smallest subnet after each phase
     ckpt_every: int = 50  # steps
     log_every: int = 10  # steps

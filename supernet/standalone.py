@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Data, eval_batches, resize, steps_per_epoch, train_batches
-from .device import place, to_device
+from .device import apply_allocator, place, resolve_allocator, to_device
 from .dynamic import fast_depthwise
 from .evaluation import top1
 
@@ -69,13 +69,16 @@ def evaluate(net: nn.Module, data: Data, r: int, device: torch.device, channels_
 
 def train_standalone(net: nn.Module, data: Data, r: int, recipe: Recipe, device: torch.device,
                      seed: int = 0, progress: bool = True, desc: str = "retrain",
-                     seconds: float | None = None) -> dict:
+                     seconds: float | None = None, allocator: str = "auto") -> dict:
     """Train ``net`` (fresh weights) at resolution ``r`` for ``recipe.epochs`` epochs of the
     training split or, with ``seconds``, for as many steps as fit in that wall time (timed from
     step 4 over at least 12 steps and 5 s (2% of a short budget); the cosine schedule then spans them).  Returns steps, epochs, seconds,
-    images/s and held-out top-1 (%)."""
+    images/s and held-out top-1 (%).  ``allocator`` as ``supernet.train --allocator``
+    (``supernet.device.resolve_allocator``; auto keeps freed memory on the CPU, as the
+    supernet's training does)."""
     from tqdm import tqdm
 
+    apply_allocator(resolve_allocator(allocator, device))
     torch.manual_seed(seed)
     net = place(net, device, recipe.channels_last).train()
     opt = sgd(list(net.named_parameters()), recipe.lr, recipe.momentum, recipe.weight_decay, recipe.nesterov)

@@ -23,7 +23,7 @@ import yaml
 from .atomic import ensure_writable_folder
 from .data import DataError
 from .evaluation import CheckpointError
-from .device import AMP_MODES, CUDNN_MODES, DEVICES_HELP
+from .device import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP
 from .presets import METHODS, PRESETS, TrainConfig, get_preset, with_method, with_widths
 from .trainer import init_distributed, train
 
@@ -38,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cudnn", choices=CUDNN_MODES,
                    help="CUDA: cuDNN for every layer (on), none (off) or all but the depthwise convolutions "
                         "(no-depthwise; default auto: no-depthwise on CUDA)")
+    p.add_argument("--allocator", choices=ALLOCATOR_MODES,
+                   help="keep: glibc keeps freed memory for the next step instead of returning it (fewer page faults; "
+                        "the process holds its peak); system: glibc's defaults (default auto: keep on the CPU)")
     p.add_argument("--no-channels-last", action="store_true", help="train NCHW instead of channels-last")
     p.add_argument("--data", help="fmnist | fmnist:PATH | cifar10:PATH | imagefolder:PATH")
     p.add_argument("--space", help="search space name (default: the preset's)")
@@ -72,7 +75,7 @@ def main(argv=None) -> None:
     flags = {"data": args.data, "space": args.space, "bn": args.bn, "kd_weight": args.kd_weight,
              "batch_size": args.batch_size, "train_limit": args.train_limit, "seed": args.seed,
              "threads": args.threads, "workers": args.workers, "deterministic": args.deterministic,
-             "device": args.device, "amp": args.amp, "cudnn": args.cudnn, "channels_last": False if args.no_channels_last else None}
+             "device": args.device, "amp": args.amp, "cudnn": args.cudnn, "allocator": args.allocator, "channels_last": False if args.no_channels_last else None}
     try:
         cfg = replace(cfg, **{k: v for k, v in flags.items() if v is not None})
         if args.method:

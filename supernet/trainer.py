@@ -36,7 +36,7 @@ from torch import nn
 
 from .atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from .data import Data, TensorSplit, load_data, resize, steps_per_epoch, train_batches
-from .device import (apply_cudnn, autocast, describe, grad_scaler, place, resolve_amp, resolve_cudnn, resolve_device,
+from .device import (apply_allocator, apply_cudnn, resolve_allocator, autocast, describe, grad_scaler, place, resolve_amp, resolve_cudnn, resolve_device,
                      to_device)
 from .evaluation import (CheckpointError, Evaluator, adapt_space, load_checkpoint, space_from_record,
                          space_record)
@@ -165,7 +165,7 @@ class Metrics:
 # --------------------------------------------------------------------------- training
 
 
-RESUME_FREE = ("device", "amp", "cudnn", "threads", "workers")  # may differ on a resume (where it runs, not what)
+RESUME_FREE = ("device", "amp", "cudnn", "allocator", "threads", "workers")  # may differ on a resume (where it runs, not what)
 
 
 def prepare(cfg: TrainConfig, dist: Dist) -> tuple[Data, OFASupernet]:
@@ -186,7 +186,7 @@ def prepare(cfg: TrainConfig, dist: Dist) -> tuple[Data, OFASupernet]:
 def resolve_runtime(cfg: TrainConfig, dist: Dist) -> TrainConfig:
     """``cfg`` with the device and precision actually used (written to ``config.yaml``)."""
     return replace(cfg, device=str(dist.device), amp=resolve_amp(cfg.amp, dist.device),
-                   cudnn=resolve_cudnn(cfg.cudnn, dist.device))
+                   cudnn=resolve_cudnn(cfg.cudnn, dist.device), allocator=resolve_allocator(cfg.allocator, dist.device))
 
 
 def _comparable(d: dict) -> dict:
@@ -209,6 +209,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
         torch.use_deterministic_algorithms(True)
     cfg = resolve_runtime(cfg, dist)
     apply_cudnn(cfg.cudnn)
+    apply_allocator(cfg.allocator)
     data, model = prepare(cfg, dist)  # a missing dataset fails here, before anything is written
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -247,7 +248,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
                dynamic_ncols=True, unit="step")
     if dist.main:  # where it runs, always said (stderr, beside the bar)
         cudnn = f", cuDNN {cfg.cudnn}" if dist.device.type == "cuda" else ""
-        bar.write(f"supernet.train: {describe(dist.device)}, amp {cfg.amp}{cudnn}, "
+        keep = ", allocator keeps freed memory" if cfg.allocator == "keep" else ""
+        bar.write(f"supernet.train: {describe(dist.device)}, amp {cfg.amp}{cudnn}{keep}, "
                   f"{'channels-last' if cfg.channels_last else 'NCHW'}, {len(data.train)} training images",
                   file=sys.stderr)
     start_time = time.time() - state["elapsed"]
