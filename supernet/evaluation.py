@@ -246,6 +246,8 @@ def load_run(run: Path, data: str | None = None, device: str = "auto",
     run = Path(run)
     if not run.is_dir():
         raise CheckpointError(f"run folder {run} does not exist")
+    dev = resolve_device(device)
+    allocator = resolve_allocator(allocator, dev)  # a bad mode fails before anything is read
     net, ckpt = load_supernet(run / "supernet.pt")
     cfg = ckpt["config"]
     try:
@@ -254,9 +256,9 @@ def load_run(run: Path, data: str | None = None, device: str = "auto",
                       cfg.get("base_resolution") or max(net.space.resolutions))
     except KeyError as exc:
         raise CheckpointError(f"checkpoint {run / 'supernet.pt'}: its config lacks {exc}") from None
-    dev, channels_last = resolve_device(device), cfg.get("channels_last", True)
+    channels_last = cfg.get("channels_last", True)
     apply_cudnn(resolve_cudnn(cudnn, dev))
-    apply_allocator(resolve_allocator(allocator, dev))
+    apply_allocator(allocator)
     net = place(net, dev, channels_last)
     return net, Evaluator(net, d, recal, None, device=dev, amp=resolve_amp(amp, dev),
                           channels_last=channels_last), ckpt

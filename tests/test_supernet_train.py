@@ -54,6 +54,11 @@ def test_run_folder_and_eval_cli(full_run):
     assert 0.0 <= res["top1"] <= 100.0 and res["subnet"]["d"] == [2, 2]
     bad = _run(["-m", "supernet.eval", "--run", str(full_run), "--subnet", '{"ks": [3]}'], check=False)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "subnet" in bad.stderr
+    bad = _run(["-m", "supernet.eval", "--subnet", "max", "--run", str(full_run), "--allocator", "spare"], check=False)
+    assert bad.returncode == 2 and "--allocator: invalid choice: 'spare'" in bad.stderr.strip().splitlines()[-1]
+    bad = _run(["-m", "search.collect", "--subnets", "2", "--run", str(full_run), "--allocator", "spare"], check=False)
+    assert bad.returncode == 2 and "--allocator 'spare'" in bad.stderr.strip().splitlines()[-1], bad.stderr
+    assert not (full_run / "accuracy.csv").exists()
 
 
 @pytest.mark.slow
