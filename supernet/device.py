@@ -6,6 +6,8 @@
   the CPU (CPU autocast is slower than fp32 for these convolutions); fp16 needs CUDA and
   comes with a gradient scaler (``grad_scaler``).
 - ``autocast(device, amp)``: the context a forward pass runs in.
+- ``resolve_allocator("auto"|"keep"|"system", device)`` / ``apply_allocator``: on the CPU,
+  glibc keeps freed memory for the next training step instead of returning it to the kernel.
 - Channels-last (NHWC) is the default memory format for the supernet and its batches: on
   this project's 2-core CPU it trains the largest Fashion-MNIST subnet about 3x faster
   than NCHW (README, "Training speed"), and cuDNN prefers it for mixed precision.
@@ -110,7 +112,7 @@ def resolve_allocator(spec: str | None, device: torch.device) -> str:
     activation buffers every step, and with glibc's defaults (blocks over a moving mmap
     threshold are mapped and unmapped each time, and a heap top over 2x that threshold is
     trimmed) every step pays a page fault per 4 KiB of those buffers again.  Measured on the
-    2-core host (README, "Training speed"): the largest Fashion-MNIST subnet's step 17-24%
+    2-core host (README, "Memory on the CPU"): the largest Fashion-MNIST subnet's step 17-24%
     faster, a sandwich step 8-18%, the largest OFA subnet at 160 px 18%; the process keeps
     its peak memory instead of returning it between steps.  ``auto`` is ``keep`` on the CPU
     with glibc and ``system`` otherwise (a GPU's tensors live in PyTorch's caching allocator
