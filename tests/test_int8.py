@@ -262,7 +262,7 @@ def test_real_calibration_carries_images_block_by_block(fake_fm):
 def test_profiler_run_with_data_calibrates_int8_rows_on_real_images(fake_fm, tmp_path):
     cache, lut = tmp_path / "cache", tmp_path / "real.csv"
     args = ["--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "3", "--precision", "int8",
-            "--cache", cache, "--no-progress"]
+            "--repeats", "3", "--min-time", "0", "--cache", cache, "--no-progress"]
     proc = run_cli("profiler.run", *args, "--data", f"fmnist:{fake_fm}", "--calib-images", "4", "--lut", lut)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "int8 calibration:" in proc.stderr
@@ -342,8 +342,8 @@ def test_profiler_run_calibrates_through_a_trained_run_of_the_same_space(fake_fm
     proc = run_cli("supernet.train", "--preset", "test", "--space", "fmnist", "--data", f"fmnist:{fake_fm}",
                    "--out", run, "--threads", "1", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    base = ["--device", "local", "--resolutions", "32", "--limit", "2", "--precision", "int8", "--cache",
-            tmp_path / "cache", "--no-progress", "--calib-run", run]
+    base = ["--device", "local", "--resolutions", "32", "--limit", "2", "--precision", "int8", "--repeats", "3",
+            "--min-time", "0", "--cache", tmp_path / "cache", "--no-progress", "--calib-run", run]
     proc = run_cli("profiler.run", *base, "--space", "fmnist", "--lut", tmp_path / "l.csv")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = read_rows(tmp_path / "l.csv")

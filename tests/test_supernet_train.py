@@ -146,18 +146,18 @@ def test_collect_int8_writes_its_own_table_the_predictor_reads(full_run, tmp_pat
     shutil.copytree(full_run, run)
     for f in run.glob("accuracy*"):
         shutil.rmtree(f) if f.is_dir() else f.unlink()
-    fp = _run(["-m", "search.collect", "--run", str(run), "--subnets", "5", "--json"])
-    q = _run(["-m", "search.collect", "--run", str(run), "--subnets", "5", "--precision", "int8", "--json"])
+    fp = _run(["-m", "search.collect", "--run", str(run), "--subnets", "4", "--json"])
+    q = _run(["-m", "search.collect", "--run", str(run), "--subnets", "4", "--precision", "int8", "--json"])
     assert json.loads(q.stdout)["csv"] == str(run / "accuracy-int8-tflite.csv")
     fp_rows = {r["index"]: r for r in csv_.DictReader((run / "accuracy.csv").open())}
     q_rows = list(csv_.DictReader((run / "accuracy-int8-tflite.csv").open()))
-    assert len(q_rows) == 5 and all(r["status"] == "ok" for r in q_rows)
+    assert len(q_rows) == 4 and all(r["status"] == "ok" for r in q_rows)
     for r in q_rows:  # the same subnets, the fp32 top-1 of the fp32 table beside the int8 one
         assert r["subnet"] == fp_rows[r["index"]]["subnet"]
         assert float(r["fp32_top1"]) == pytest.approx(float(fp_rows[r["index"]]["top1"]), abs=1e-3)
     assert json.loads((run / "accuracy-int8-tflite.config.json").read_text())["precision"] == "int8"
     assert "fp32_top1" not in (run / "accuracy.csv").read_text().splitlines()[0]
-    again = _run(["-m", "search.collect", "--run", str(run), "--subnets", "5", "--precision", "int8", "--json"])
+    again = _run(["-m", "search.collect", "--run", str(run), "--subnets", "4", "--precision", "int8", "--json"])
     assert json.loads(again.stdout)["evaluated"] == 0  # resumable like the fp32 table
     _run(["-m", "search.predictor", "--data", str(run / "accuracy-int8-tflite.csv"), "--out",
           str(run / "predictor-int8.pt"), "--epochs", "5"])
