@@ -450,6 +450,10 @@ def accuracy_quality(run: Path) -> dict:
         q["ranks"] = bool(m["rmse"] < 0.9 * m["baseline_rmse"] and m["kendall_tau"] >= 0.3)
         if m.get("resplits"):
             q["resplits"] = {k: round(v, 3) for k, v in m["resplits"].items()}
+        if m.get("folds"):
+            q["predictor_evaluation"] = m.get("evaluation")
+            q["folds"] = {k: (round(v, 3) if isinstance(v, float) else v)
+                          for k, v in m["folds"].items() if k != "per_fold"}
     except (OSError, ValueError, KeyError, TypeError):
         q["ranks"] = False
     return q
@@ -475,6 +479,10 @@ def quality_lines(q: dict) -> list[str]:
         spread = (f"; refitted on {rs['n']} other splits: tau {rs['kendall_tau_mean']:.3f} "
                   f"[{rs['kendall_tau_min']:.2f}, {rs['kendall_tau_max']:.2f}], RMSE {rs['rmse_ratio_mean']:.2f}x "
                   f"[{rs['rmse_ratio_min']:.2f}, {rs['rmse_ratio_max']:.2f}] the mean's" if rs else "")
+        fo = q.get("folds")
+        if fo:
+            spread = (f" ({q['predictor_evaluation']}: each row predicted by a model that did not see it; per fold "
+                      f"tau {fo['kendall_tau_mean']:.3f} [{fo['kendall_tau_min']:.2f}, {fo['kendall_tau_max']:.2f}])")
         lines.append(f"predictor ({q['predictor_model']}): held-out Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse_pp']:.2f} pp "
                      f"(predicting the mean: {q['baseline_rmse_pp']:.2f} pp) on {q.get('predictor_test_rows')} rows"
                      f"{spread}; {verdict}")

@@ -3,8 +3,9 @@
 Two sources:
 
 - our own, trained on collected (subnet, accuracy) rows (``search.collect``): a train split
-  and a held-out split (seeded), RMSE and Kendall tau on the held-out rows printed and saved
-  in the model file and in a JSON twin next to it;
+  with nested cross-validation (every row predicted by a model that did not see it; or one
+  seeded held-out split), RMSE and Kendall tau on the held-out rows printed and saved in the
+  model file and in a JSON twin next to it;
 - OFA's published ImageNet predictor (``acc_predictor.pth``, a state dict of
   ``Linear(128, 400), ReLU, Linear(400, 400), ReLU, Linear(400, 400), ReLU, Linear(400, 1)``
   over OFA's 128-wide encoding, output a fraction), loaded with ``ofa:PATH``.  It was trained
@@ -403,6 +404,9 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, hidden: Sequence[int], epochs: int, lr
     return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
 
 
+EVALUATIONS = ("cv", "split")
+
+
 def train_predictor(
     subnets: Sequence[SubnetConfig],
     accs: Sequence[float],
@@ -418,43 +422,57 @@ def train_predictor(
     model: str = "auto",
     folds: int = 5,
     resplits: int = 10,
+    evaluation: str = "cv",
 ) -> AccuracyPredictor:
-    """Train a predictor on a train split; held-out RMSE and Kendall tau go into ``metrics``.
+    """Train a predictor; held-out RMSE and Kendall tau go into ``metrics``.
 
     ``model`` is ``mlp`` (the MLP ``hidden``, OFA's layout), ``ridge`` (ridge regression on
     the same features, stored as a one-layer MLP) or ``auto``: whichever of the MLP and
     ridge at each penalty of ``RIDGE_LAMBDAS`` has the lowest ``folds``-fold cross-validated
-    RMSE on the train split (with the ~100 rows a CPU collects, the 400-wide MLP overfits
-    and a linear model ranks better; with thousands of rows the MLP wins).  The held-out
-    rows are never used for the choice.
+    RMSE on the rows it may learn from (with the ~100 rows a CPU collects, the 400-wide MLP
+    overfits and a linear model ranks better; with thousands of rows the MLP wins).
+
+    ``evaluation``:
+
+    - ``cv`` (default): nested cross-validation.  The rows are dealt into ``round(1 /
+      test_frac)`` outer folds; for each, the whole procedure (the model choice by its own
+      inner cross-validation, then the fit) runs on the other folds and predicts the fold.
+      Every row is thus predicted by a model that never saw it, and RMSE and Kendall tau are
+      taken over all rows (against predicting each fold by the mean of the others).  The
+      returned predictor is then chosen and fitted the same way on all rows.  On the ~100
+      rows of the main job one 20-row split's tau moves by +-0.1 from split to split; over
+      all rows the estimate is steadier, and the deployed model learns from every row.
+    - ``split``: one seeded train / held-out split (``test_frac`` held out); the predictor
+      learns from the train rows only, and the chosen model is refitted on ``resplits`` more
+      random splits to report the spread of its held-out figures (``metrics["resplits"]``).
 
     Args:
         subnets, accs: the collected rows (accuracy as a fraction).
         space: the space the subnets belong to.
-        rng: the only randomness (split, folds, init, batches).
+        rng: the only randomness (folds, split, init, batches).
         hidden, epochs, lr, weight_decay, batch_size: MLP and Adam settings.
-        test_frac: fraction of rows held out.
+        test_frac: the held-out fraction (``split``); one outer fold's share (``cv``).
         model, folds: the model choice (above).
-        resplits: how often the chosen model is refitted on other random train/held-out
-            splits of the same rows to report the spread of its held-out tau and RMSE
-            (``metrics["resplits"]``): on ~20 held-out rows one split's tau moves by +-0.1.
+        resplits: ``split`` only (above).
+        evaluation: ``cv`` or ``split`` (above).
     Returns:
         The trained predictor (call ``save`` to write it).
     """
     if model not in MODELS:
         raise ValueError(f"model {model!r} is not one of {', '.join(MODELS)}")
+    if evaluation not in EVALUATIONS:
+        raise ValueError(f"evaluation {evaluation!r} is not one of {', '.join(EVALUATIONS)}")
+    if not 0.0 < test_frac < 1.0:
+        raise ValueError(f"--test-frac must be between 0 and 1, got {test_frac}")
     if len(subnets) < 4:
         raise ValueError(f"need at least 4 accuracy rows to train a predictor, got {len(subnets)}")
     accs = np.asarray(accs, dtype=np.float64)
+    n = len(accs)
     base = Encoder.for_space(space, sorted({c.r for c in subnets}), sorted({float(c.w) for c in subnets}))
     encs = {"": base}
     if len(base.res_bins) > 1:  # resolution interactions: a linear candidate (an MLP finds them itself)
         encs["res"] = base.with_interactions()
     xs_all = {k: e.encode_subnets(list(subnets), space).astype(np.float64) for k, e in encs.items()}
-    train_idx, test_idx = split_indices(len(accs), test_frac, rng)
-    offset = float(accs[train_idx].mean())
-    ytr = accs[train_idx] - offset
-    xtrs = {k: x[train_idx] for k, x in xs_all.items()}
     mlp_seed = int(rng.integers(2**31))
     t0 = time.time()
 
@@ -471,39 +489,81 @@ def train_predictor(
 
     cands = ([("mlp",)] if model in ("auto", "mlp") else []) + \
             ([("ridge", lam, k) for k in encs for lam in RIDGE_LAMBDAS] if model in ("auto", "ridge") else [])
-    cv: dict[str, float] = {}
-    if len(cands) > 1:
-        k = max(2, min(folds, len(train_idx)))
-        fold_of = rng.permutation(len(train_idx)) % k
+
+    def choose(rows: np.ndarray) -> tuple[tuple, dict[str, float]]:
+        """The candidate with the lowest ``folds``-fold cross-validated RMSE on ``rows`` only."""
+        if len(cands) == 1:
+            return cands[0], {}
+        y = accs[rows] - accs[rows].mean()
+        k = max(2, min(folds, len(rows)))
+        fold_of = rng.permutation(len(rows)) % k
+        cv: dict[str, float] = {}
         for cand in cands:
-            err = np.empty(len(train_idx))
-            xtr = xtrs[enc_of(cand)]
+            err = np.empty(len(rows))
+            x = xs_all[enc_of(cand)][rows]
             for f in range(k):
                 tr, va = fold_of != f, fold_of == f
-                mu = ytr[tr].mean()
-                st = fit(cand, xtr[tr], ytr[tr] - mu)
-                p = AccuracyPredictor(encs[enc_of(cand)], hidden_of(cand), st, mu).predict_features(xtr[va])
-                err[va] = p - ytr[va]
+                mu = y[tr].mean()
+                st = fit(cand, x[tr], y[tr] - mu)
+                p = AccuracyPredictor(encs[enc_of(cand)], hidden_of(cand), st, mu).predict_features(x[va])
+                err[va] = p - y[va]
             cv[_cand_name(cand)] = float(np.sqrt(np.mean(err ** 2)))
-        best = min(cands, key=lambda c: cv[_cand_name(c)])
-    else:
-        best = cands[0]
-    x, xtr = xs_all[enc_of(best)], xtrs[enc_of(best)]
-    state = fit(best, xtr, ytr, progress)
+        return min(cands, key=lambda c: cv[_cand_name(c)]), cv
+
+    def fitted(cand: tuple, rows: np.ndarray, show: bool = False) -> AccuracyPredictor:
+        mu = float(accs[rows].mean())
+        st = fit(cand, xs_all[enc_of(cand)][rows], accs[rows] - mu, show)
+        return AccuracyPredictor(encs[enc_of(cand)], hidden_of(cand), st, mu)
+
     widths = tuple(sorted({float(c.w) for c in subnets}))
-    pred = AccuracyPredictor(encs[enc_of(best)], hidden_of(best), state, offset, widths, space_name=space.name)
-    p_test = pred.predict_features(x[test_idx])
-    p_train = pred.predict_features(xtr)
-    pred.metrics = {
-        "rmse": float(np.sqrt(np.mean((p_test - accs[test_idx]) ** 2))),
-        "kendall_tau": kendall_tau(p_test, accs[test_idx]),
-        "train_rmse": float(np.sqrt(np.mean((p_train - accs[train_idx]) ** 2))),
-        "baseline_rmse": float(np.sqrt(np.mean((offset - accs[test_idx]) ** 2))),
-        "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
-        "model": _cand_name(best), "cv_rmse": cv,
-        "resplits": _resplits(best, resplits, x, accs, test_frac, rng, fit, encs[enc_of(best)], hidden_of(best)),
-        "epochs": int(epochs), "train_seconds": round(time.time() - t0, 2),
-    }
+    if evaluation == "split":
+        train_idx, test_idx = split_indices(n, test_frac, rng)
+        best, cv = choose(train_idx)
+        pred = fitted(best, train_idx, progress)
+        x = xs_all[enc_of(best)]
+        p_test, p_train = pred.predict_features(x[test_idx]), pred.predict_features(x[train_idx])
+        metrics = {
+            "evaluation": "split",
+            "rmse": float(np.sqrt(np.mean((p_test - accs[test_idx]) ** 2))),
+            "kendall_tau": kendall_tau(p_test, accs[test_idx]),
+            "train_rmse": float(np.sqrt(np.mean((p_train - accs[train_idx]) ** 2))),
+            "baseline_rmse": float(np.sqrt(np.mean((pred.offset - accs[test_idx]) ** 2))),
+            "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
+            "model": _cand_name(best), "cv_rmse": cv,
+            "resplits": _resplits(best, resplits, x, accs, test_frac, rng, fit, encs[enc_of(best)], hidden_of(best)),
+        }
+    else:
+        k_out = max(2, min(n, int(round(1.0 / test_frac))))
+        fold_of = rng.permutation(n) % k_out
+        oof, oof_mean = np.empty(n), np.empty(n)
+        per_fold: list[dict[str, Any]] = []
+        for f in range(k_out):
+            tr, te = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
+            cand, _ = choose(tr)
+            fp = fitted(cand, tr)
+            oof[te] = fp.predict_features(xs_all[enc_of(cand)][te])
+            oof_mean[te] = fp.offset
+            per_fold.append({"rows": int(len(te)), "model": _cand_name(cand),
+                             "kendall_tau": kendall_tau(oof[te], accs[te]) if len(te) > 1 else float("nan")})
+        best, cv = choose(np.arange(n))
+        pred = fitted(best, np.arange(n), progress)
+        p_all = pred.predict_features(xs_all[enc_of(best)])
+        taus = [r["kendall_tau"] for r in per_fold if np.isfinite(r["kendall_tau"])]
+        metrics = {
+            "evaluation": f"{k_out}-fold nested cross-validation",
+            "rmse": float(np.sqrt(np.mean((oof - accs) ** 2))),
+            "kendall_tau": kendall_tau(oof, accs),
+            "train_rmse": float(np.sqrt(np.mean((p_all - accs) ** 2))),
+            "baseline_rmse": float(np.sqrt(np.mean((oof_mean - accs) ** 2))),
+            "n_train": int(n), "n_test": int(n),
+            "model": _cand_name(best), "cv_rmse": cv,
+            "folds": {"k": k_out, "per_fold": per_fold,
+                      "kendall_tau_mean": float(np.mean(taus)) if taus else float("nan"),
+                      "kendall_tau_min": float(np.min(taus)) if taus else float("nan"),
+                      "kendall_tau_max": float(np.max(taus)) if taus else float("nan")},
+        }
+    pred.widths, pred.space_name = widths, space.name
+    pred.metrics = {**metrics, "epochs": int(epochs), "train_seconds": round(time.time() - t0, 2)}
     return pred
 
 
@@ -541,7 +601,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", default="400,400,400", help="hidden sizes, comma separated")
     ap.add_argument("--model", default="auto", choices=MODELS,
                     help="mlp, ridge, or auto: the lower cross-validated RMSE on the train split (default)")
-    ap.add_argument("--test-frac", type=float, default=0.2)
+    ap.add_argument("--evaluation", default="cv", choices=EVALUATIONS,
+                    help="cv: nested cross-validation, every row predicted by a model that did not see it, and the "
+                         "predictor then fitted on all rows (default); split: one seeded train / held-out split")
+    ap.add_argument("--test-frac", type=float, default=0.2,
+                    help="held-out fraction (split), one outer fold's share (cv; 0.2 = 5 folds)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     args = ap.parse_args(argv)
@@ -556,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         ensure_writable_folder(out.parent, "--out folder")
         pred = train_predictor(subnets, accs, space, np.random.default_rng(args.seed), hidden=hidden,
                                epochs=args.epochs, test_frac=args.test_frac, progress=not args.json,
-                               model=args.model)
+                               model=args.model, evaluation=args.evaluation)
     except ValueError as exc:
         ap.error(str(exc))
     pred.save(out)
@@ -565,7 +629,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"predictor": str(out), **m}))
     else:
         print(f"{m['model']}: held-out RMSE {m['rmse'] * 100:.2f} pp (predicting the mean: {m['baseline_rmse'] * 100:.2f} pp), "
-              f"Kendall tau {m['kendall_tau']:.3f}  [{m['n_train']} train / {m['n_test']} held-out rows]")
+              f"Kendall tau {m['kendall_tau']:.3f}  [{held_out_words(m)}]")
+        fo = m.get("folds")
+        if fo:
+            print(f"per fold: Kendall tau {fo['kendall_tau_mean']:.3f} [{fo['kendall_tau_min']:.3f}, "
+                  f"{fo['kendall_tau_max']:.3f}] over {fo['k']} folds of about {m['n_test'] // fo['k']} rows")
         rs = m.get("resplits")
         if rs:
             print(f"refitted on {rs['n']} other random splits: Kendall tau {rs['kendall_tau_mean']:.3f} "
@@ -573,6 +641,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"[{rs['rmse_ratio_min']:.3f}, {rs['rmse_ratio_max']:.3f}] the mean's")
         print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
+
+
+def held_out_words(m: dict[str, Any]) -> str:
+    """How the held-out figures of metrics ``m`` were taken, in words."""
+    if m.get("folds"):
+        return (f"{m['evaluation']}: each of the {m['n_test']} rows predicted by a model that did not see it; "
+                f"the predictor fitted on all {m['n_train']}")
+    return f"{m['n_train']} train / {m['n_test']} held-out rows"
 
 
 def _space_of_run(run: Path) -> str | None:
