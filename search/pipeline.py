@@ -480,7 +480,7 @@ def quality_lines(q: dict) -> list[str]:
                   f"[{rs['kendall_tau_min']:.2f}, {rs['kendall_tau_max']:.2f}], RMSE {rs['rmse_ratio_mean']:.2f}x "
                   f"[{rs['rmse_ratio_min']:.2f}, {rs['rmse_ratio_max']:.2f}] the mean's" if rs else "")
         fo = q.get("folds")
-        if fo:
+        if fo and fo.get("kendall_tau_mean") is not None:
             spread = (f" ({q['predictor_evaluation']}: each row predicted by a model that did not see it; per fold "
                       f"tau {fo['kendall_tau_mean']:.3f} [{fo['kendall_tau_min']:.2f}, {fo['kendall_tau_max']:.2f}])")
         lines.append(f"predictor ({q['predictor_model']}): held-out Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse_pp']:.2f} pp "

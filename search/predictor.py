@@ -544,11 +544,11 @@ def train_predictor(
             oof[te] = fp.predict_features(xs_all[enc_of(cand)][te])
             oof_mean[te] = fp.offset
             per_fold.append({"rows": int(len(te)), "model": _cand_name(cand),
-                             "kendall_tau": kendall_tau(oof[te], accs[te]) if len(te) > 1 else float("nan")})
+                             "kendall_tau": _finite_or_none(kendall_tau(oof[te], accs[te]))})
         best, cv = choose(np.arange(n))
         pred = fitted(best, np.arange(n), progress)
         p_all = pred.predict_features(xs_all[enc_of(best)])
-        taus = [r["kendall_tau"] for r in per_fold if np.isfinite(r["kendall_tau"])]
+        taus = [r["kendall_tau"] for r in per_fold if r["kendall_tau"] is not None]
         metrics = {
             "evaluation": f"{k_out}-fold nested cross-validation",
             "rmse": float(np.sqrt(np.mean((oof - accs) ** 2))),
@@ -558,13 +558,18 @@ def train_predictor(
             "n_train": int(n), "n_test": int(n),
             "model": _cand_name(best), "cv_rmse": cv,
             "folds": {"k": k_out, "per_fold": per_fold,
-                      "kendall_tau_mean": float(np.mean(taus)) if taus else float("nan"),
-                      "kendall_tau_min": float(np.min(taus)) if taus else float("nan"),
-                      "kendall_tau_max": float(np.max(taus)) if taus else float("nan")},
+                      "kendall_tau_mean": float(np.mean(taus)) if taus else None,
+                      "kendall_tau_min": float(np.min(taus)) if taus else None,
+                      "kendall_tau_max": float(np.max(taus)) if taus else None},
         }
     pred.widths, pred.space_name = widths, space.name
     pred.metrics = {**metrics, "epochs": int(epochs), "train_seconds": round(time.time() - t0, 2)}
     return pred
+
+
+def _finite_or_none(v: float) -> float | None:
+    """``v``, or None where it is NaN or infinite (a fold of one row has no tau): JSON-safe."""
+    return float(v) if math.isfinite(v) else None
 
 
 def _resplits(cand: tuple, n: int, x: np.ndarray, accs: np.ndarray, test_frac: float, rng: np.random.Generator,
@@ -631,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{m['model']}: held-out RMSE {m['rmse'] * 100:.2f} pp (predicting the mean: {m['baseline_rmse'] * 100:.2f} pp), "
               f"Kendall tau {m['kendall_tau']:.3f}  [{held_out_words(m)}]")
         fo = m.get("folds")
-        if fo:
+        if fo and fo.get("kendall_tau_mean") is not None:
             print(f"per fold: Kendall tau {fo['kendall_tau_mean']:.3f} [{fo['kendall_tau_min']:.3f}, "
                   f"{fo['kendall_tau_max']:.3f}] over {fo['k']} folds of about {m['n_test'] // fo['k']} rows")
         rs = m.get("resplits")

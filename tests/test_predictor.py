@@ -152,6 +152,10 @@ def test_nested_cross_validation_predicts_every_row_by_a_model_that_did_not_see_
         mn = pn.metrics
         assert abs(mn["kendall_tau"]) < 0.2 and mn["rmse"] > 0.95 * mn["baseline_rmse"], (model, mn)
         assert mn["train_rmse"] < mn["rmse"], (model, mn)
+    # four rows: folds of one row have no tau of their own; the metrics stay strict JSON
+    few = train_predictor(subnets[:4], accs[:4], TINY, np.random.default_rng(0), model="ridge", progress=False)
+    assert few.metrics["folds"]["k"] == 4 and few.metrics["folds"]["kendall_tau_mean"] is None
+    json.dumps(few.metrics, allow_nan=False)
     with pytest.raises(ValueError, match="evaluation 'loo' is not one of cv, split"):
         train_predictor(subnets, accs, TINY, np.random.default_rng(0), evaluation="loo", progress=False)
     with pytest.raises(ValueError, match="--test-frac must be between 0 and 1"):
