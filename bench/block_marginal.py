@@ -1,0 +1,128 @@
+"""What each block really costs inside a network, against what its LUT row says (issue 11).
+
+For a few random subnets, with one runtime thread, this exports every prefix of the
+subnet's block list (blocks 1..k as one model, the same weights as the LUT's blocks) and
+times, in interleaved rounds:
+
+- ``prefix_us[k]``: the prefix network 1..k; its step ``marginal_us = prefix_us[k] -
+  prefix_us[k-1]`` is what block k adds to a network at that point;
+- ``alone_us``: block k alone, invoked again and again (what a LUT row measures);
+- ``probe_us``: the overhead probe of block k's input shape (what the latency model takes
+  off each block, ``profiler.costmodel``).
+
+``extra_us = marginal_us - (alone_us - probe_us)`` is what the network pays for the block
+beyond the latency model's price; the summary relates it to the block's parameter count
+(weights a block timed alone keeps in the core's caches and a network streams again each
+run when all its weights do not fit).  Prints one JSON object (last line); the table goes
+to stderr.
+
+    .venv/bin/python bench/block_marginal.py [--runtime onnxruntime|tflite] [--space fmnist]
+        [--resolution 48] [--subnets 3] [--rounds 5] [--reps 200] [--big-params 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from lut_cache_effect import _median_ms, _Session  # noqa: E402
+
+from profiler.export import block_module, export_block, export_onnx, export_tflite, format_for_runtime  # noqa: E402
+from supernet.space import get_space, overhead_probe  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "tflite"))
+    ap.add_argument("--space", default="fmnist")
+    ap.add_argument("--resolution", type=int, default=48)
+    ap.add_argument("--subnets", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is kept)")
+    ap.add_argument("--reps", type=int, default=200, help="timed invocations per model per round (median)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--big-params", type=int, default=50000, help="the summary's split between small and large blocks")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    space = get_space(args.space)
+    if args.resolution not in space.resolutions:
+        ap.error(f"--resolution {args.resolution} is not one of space {space.name}'s {list(space.resolutions)}")
+    fmt = format_for_runtime(args.runtime)
+    rng = random.Random(args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="hwnas-block-marginal-"))
+    out_subnets, rows = [], []
+    for si in range(args.subnets):
+        cfg = space.sample(rng, resolutions=[args.resolution])
+        specs = list(space.blocks(cfg))
+        mods = [block_module(s) for s in specs]
+        x = torch.randn(1, space.in_channels, args.resolution, args.resolution)
+        acts = [x]
+        with torch.no_grad():
+            for m in mods:
+                acts.append(m(acts[-1]))
+        n = len(specs)
+        while n > 0 and acts[n].dim() != 4:  # prefixes end at the last 4-D output (before the classifier)
+            n -= 1
+        sessions = []
+        for k in range(1, n + 1):
+            prefix = tmp / f"s{si}-p{k}.{fmt}"
+            net = torch.nn.Sequential(*mods[:k]).eval()
+            (export_onnx if fmt == "onnx" else export_tflite)(net, x, prefix)
+            alone = export_block(specs[k - 1], fmt, tmp / f"s{si}-a{k}.{fmt}")
+            probe = export_block(overhead_probe(specs[k - 1]), fmt, tmp / f"s{si}-r{k}.{fmt}")
+            sessions.append(tuple(_Session(p, args.runtime) for p in (prefix, alone, probe)))
+        times: list[list[list[float]]] = [[[], [], []] for _ in sessions]
+        for _ in range(args.rounds):
+            for k, trio in enumerate(sessions):
+                for j, sess in enumerate(trio):
+                    times[k][j].append(_median_ms(sess, args.reps) * 1e3)
+        med = [[statistics.median(t) for t in per] for per in times]
+        blocks, prev = [], 0.0
+        for k, (p_us, a_us, r_us) in enumerate(med):
+            params = int(sum(t.numel() for t in mods[k].parameters()))
+            row = {"block": str(specs[k]), "params": params, "marginal_us": round(p_us - prev, 2),
+                   "alone_us": round(a_us, 2), "probe_us": round(r_us, 2),
+                   "extra_us": round(p_us - prev - (a_us - r_us), 2)}
+            blocks.append(row)
+            rows.append(row)
+            prev = p_us
+        model = sum(a - r for _, a, r in med) + med[0][2]
+        out_subnets.append({"subnet": cfg.to_json(), "blocks_timed": n, "network_us": round(med[-1][0], 2),
+                            "model_us": round(model, 2), "model_over_network": round(model / med[-1][0], 3),
+                            "blocks": blocks})
+        print(f"subnet {si}: network (blocks 1..{n}) {med[-1][0]:.1f} us, latency model {model:.1f} us "
+              f"({model / med[-1][0]:.3f})", file=sys.stderr)
+        print(f"{'block':44s} {'params':>7s} {'marginal':>9s} {'alone':>7s} {'probe':>6s} {'extra':>7s}", file=sys.stderr)
+        for b in blocks:
+            print(f"{b['block'][:44]:44s} {b['params']:7d} {b['marginal_us']:9.1f} {b['alone_us']:7.1f} "
+                  f"{b['probe_us']:6.1f} {b['extra_us']:7.1f}", file=sys.stderr)
+    params = np.array([r["params"] for r in rows], dtype=float)
+    extra = np.array([r["extra_us"] for r in rows], dtype=float)
+    big = params > args.big_params
+    summary = {
+        "bench": "block_marginal", "runtime": args.runtime, "space": space.name, "resolution": args.resolution,
+        "rounds": args.rounds, "reps": args.reps, "blocks": len(rows),
+        "corr_params_extra": round(float(np.corrcoef(params, extra)[0, 1]), 3) if len(rows) > 2 and params.std() > 0 else None,
+        "extra_us_per_100k_params": round(float(np.polyfit(params, extra, 1)[0] * 1e5), 2) if len(rows) > 2 and params.std() > 0 else None,
+        "big_params": args.big_params, "big_blocks": int(big.sum()),
+        "median_extra_us_big": round(float(np.median(extra[big])), 2) if big.any() else None,
+        "median_extra_us_small": round(float(np.median(extra[~big])), 2) if (~big).any() else None,
+        "median_model_over_network": round(statistics.median(s["model_over_network"] for s in out_subnets), 3),
+        "subnets": out_subnets,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

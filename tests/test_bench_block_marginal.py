@@ -1,0 +1,32 @@
+"""``bench/block_marginal.py`` (issue 11) as the suite runs it: small, onnxruntime, one JSON
+object whose per-block figures add up to the prefix networks they were taken from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_block_marginal_prints_each_blocks_cost_inside_the_network():
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "block_marginal.py"), "--runtime", "onnxruntime",
+                           "--space", "tiny", "--resolution", "32", "--subnets", "1", "--rounds", "1", "--reps", "5"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["bench"] == "block_marginal" and out["runtime"] == "onnxruntime" and len(out["subnets"]) == 1
+    sub = out["subnets"][0]
+    blocks = sub["blocks"]
+    assert len(blocks) == sub["blocks_timed"] == out["blocks"] >= 3
+    assert all(b["alone_us"] > 0 and b["probe_us"] > 0 and b["params"] >= 0 for b in blocks)
+    # the marginals telescope to the whole prefix network; extra is marginal less the model's price
+    assert abs(sum(b["marginal_us"] for b in blocks) - sub["network_us"]) < 0.05 * len(blocks)
+    for b in blocks:
+        assert abs(b["extra_us"] - (b["marginal_us"] - (b["alone_us"] - b["probe_us"]))) < 0.05
+    model = sum(b["alone_us"] - b["probe_us"] for b in blocks) + blocks[0]["probe_us"]
+    assert abs(model - sub["model_us"]) < 0.05 * len(blocks)
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "block_marginal.py"), "--space", "tiny",
+                          "--resolution", "33"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--resolution 33 is not one of space tiny" in bad.stderr.strip().splitlines()[-1]
