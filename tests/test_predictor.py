@@ -135,7 +135,8 @@ def test_nested_cross_validation_predicts_every_row_by_a_model_that_did_not_see_
     (accuracies that are pure noise must not look predictable), the per-fold figures are
     kept, and the returned predictor is chosen and fitted on all rows."""
     subnets, accs = synthetic_rows(100, seed=5)
-    pred = train_predictor(subnets, accs, TINY, np.random.default_rng(0), epochs=100, progress=False)
+    pred = train_predictor(subnets, accs, TINY, np.random.default_rng(0), hidden=(64, 64), epochs=100,
+                           progress=False)
     m = pred.metrics
     assert m["evaluation"] == "5-fold nested cross-validation" and m["n_train"] == m["n_test"] == 100
     assert pred.offset == pytest.approx(float(np.mean(accs)))  # fitted on all rows
@@ -148,7 +149,8 @@ def test_nested_cross_validation_predicts_every_row_by_a_model_that_did_not_see_
     # would show as a ranking; the honest estimate finds none, while the fit on all rows does
     noise = np.random.default_rng(1).normal(0.8, 0.01, size=len(accs))
     for model in ("mlp", "ridge"):
-        pn = train_predictor(subnets, noise, TINY, np.random.default_rng(0), epochs=200, progress=False, model=model)
+        pn = train_predictor(subnets, noise, TINY, np.random.default_rng(0), hidden=(64, 64), epochs=200,
+                             progress=False, model=model)
         mn = pn.metrics
         assert abs(mn["kendall_tau"]) < 0.2 and mn["rmse"] > 0.95 * mn["baseline_rmse"], (model, mn)
         assert mn["train_rmse"] < mn["rmse"], (model, mn)
