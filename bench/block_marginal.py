@@ -40,6 +40,55 @@ from profiler.export import block_module, export_block, export_onnx, export_tfli
 from supernet.space import get_space, overhead_probe  # noqa: E402
 
 
+def _subnet(args, space, fmt: str, rng: random.Random, si: int, tmp: Path) -> dict:
+    """Subnet ``si``: its prefixes, blocks and probes exported under ``tmp``, timed, and its
+    table printed to stderr; returns its JSON record."""
+    import torch
+
+    cfg = space.sample(rng, resolutions=[args.resolution])
+    specs = list(space.blocks(cfg))
+    mods = [block_module(s) for s in specs]
+    x = torch.randn(1, space.in_channels, args.resolution, args.resolution)
+    acts = [x]
+    with torch.no_grad():
+        for m in mods:
+            acts.append(m(acts[-1]))
+    n = len(specs)
+    while n > 0 and acts[n].dim() != 4:  # prefixes end at the last 4-D output (before the classifier)
+        n -= 1
+    sessions = []
+    for k in range(1, n + 1):
+        prefix = tmp / f"s{si}-p{k}.{fmt}"
+        net = torch.nn.Sequential(*mods[:k]).eval()
+        (export_onnx if fmt == "onnx" else export_tflite)(net, x, prefix)
+        alone = export_block(specs[k - 1], fmt, tmp / f"s{si}-a{k}.{fmt}")
+        probe = export_block(overhead_probe(specs[k - 1]), fmt, tmp / f"s{si}-r{k}.{fmt}")
+        sessions.append(tuple(_Session(p, args.runtime) for p in (prefix, alone, probe)))
+    times: list[list[list[float]]] = [[[], [], []] for _ in sessions]
+    for _ in range(args.rounds):
+        for k, trio in enumerate(sessions):
+            for j, sess in enumerate(trio):
+                times[k][j].append(_median_ms(sess, args.reps) * 1e3)
+    med = [[statistics.median(t) for t in per] for per in times]
+    blocks, prev = [], 0.0
+    for k, (p_us, a_us, r_us) in enumerate(med):
+        params = int(sum(t.numel() for t in mods[k].parameters()))
+        row = {"block": str(specs[k]), "params": params, "marginal_us": round(p_us - prev, 2),
+               "alone_us": round(a_us, 2), "probe_us": round(r_us, 2),
+               "extra_us": round(p_us - prev - (a_us - r_us), 2)}
+        blocks.append(row)
+        prev = p_us
+    model = sum(a - r for _, a, r in med) + med[0][2]
+    print(f"subnet {si}: network (blocks 1..{n}) {med[-1][0]:.1f} us, latency model {model:.1f} us "
+          f"({model / med[-1][0]:.3f})", file=sys.stderr)
+    print(f"{'block':44s} {'params':>7s} {'marginal':>9s} {'alone':>7s} {'probe':>6s} {'extra':>7s}", file=sys.stderr)
+    for b in blocks:
+        print(f"{b['block'][:44]:44s} {b['params']:7d} {b['marginal_us']:9.1f} {b['alone_us']:7.1f} "
+              f"{b['probe_us']:6.1f} {b['extra_us']:7.1f}", file=sys.stderr)
+    return {"subnet": cfg.to_json(), "blocks_timed": n, "network_us": round(med[-1][0], 2),
+            "model_us": round(model, 2), "model_over_network": round(model / med[-1][0], 3), "blocks": blocks}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "tflite"))
@@ -59,53 +108,9 @@ def main() -> int:
         ap.error(f"--resolution {args.resolution} is not one of space {space.name}'s {list(space.resolutions)}")
     fmt = format_for_runtime(args.runtime)
     rng = random.Random(args.seed)
-    tmp = Path(tempfile.mkdtemp(prefix="hwnas-block-marginal-"))
-    out_subnets, rows = [], []
-    for si in range(args.subnets):
-        cfg = space.sample(rng, resolutions=[args.resolution])
-        specs = list(space.blocks(cfg))
-        mods = [block_module(s) for s in specs]
-        x = torch.randn(1, space.in_channels, args.resolution, args.resolution)
-        acts = [x]
-        with torch.no_grad():
-            for m in mods:
-                acts.append(m(acts[-1]))
-        n = len(specs)
-        while n > 0 and acts[n].dim() != 4:  # prefixes end at the last 4-D output (before the classifier)
-            n -= 1
-        sessions = []
-        for k in range(1, n + 1):
-            prefix = tmp / f"s{si}-p{k}.{fmt}"
-            net = torch.nn.Sequential(*mods[:k]).eval()
-            (export_onnx if fmt == "onnx" else export_tflite)(net, x, prefix)
-            alone = export_block(specs[k - 1], fmt, tmp / f"s{si}-a{k}.{fmt}")
-            probe = export_block(overhead_probe(specs[k - 1]), fmt, tmp / f"s{si}-r{k}.{fmt}")
-            sessions.append(tuple(_Session(p, args.runtime) for p in (prefix, alone, probe)))
-        times: list[list[list[float]]] = [[[], [], []] for _ in sessions]
-        for _ in range(args.rounds):
-            for k, trio in enumerate(sessions):
-                for j, sess in enumerate(trio):
-                    times[k][j].append(_median_ms(sess, args.reps) * 1e3)
-        med = [[statistics.median(t) for t in per] for per in times]
-        blocks, prev = [], 0.0
-        for k, (p_us, a_us, r_us) in enumerate(med):
-            params = int(sum(t.numel() for t in mods[k].parameters()))
-            row = {"block": str(specs[k]), "params": params, "marginal_us": round(p_us - prev, 2),
-                   "alone_us": round(a_us, 2), "probe_us": round(r_us, 2),
-                   "extra_us": round(p_us - prev - (a_us - r_us), 2)}
-            blocks.append(row)
-            rows.append(row)
-            prev = p_us
-        model = sum(a - r for _, a, r in med) + med[0][2]
-        out_subnets.append({"subnet": cfg.to_json(), "blocks_timed": n, "network_us": round(med[-1][0], 2),
-                            "model_us": round(model, 2), "model_over_network": round(model / med[-1][0], 3),
-                            "blocks": blocks})
-        print(f"subnet {si}: network (blocks 1..{n}) {med[-1][0]:.1f} us, latency model {model:.1f} us "
-              f"({model / med[-1][0]:.3f})", file=sys.stderr)
-        print(f"{'block':44s} {'params':>7s} {'marginal':>9s} {'alone':>7s} {'probe':>6s} {'extra':>7s}", file=sys.stderr)
-        for b in blocks:
-            print(f"{b['block'][:44]:44s} {b['params']:7d} {b['marginal_us']:9.1f} {b['alone_us']:7.1f} "
-                  f"{b['probe_us']:6.1f} {b['extra_us']:7.1f}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="hwnas-block-marginal-") as tmp:
+        out_subnets = [_subnet(args, space, fmt, rng, si, Path(tmp)) for si in range(args.subnets)]
+    rows = [b for sub in out_subnets for b in sub["blocks"]]
     params = np.array([r["params"] for r in rows], dtype=float)
     extra = np.array([r["extra_us"] for r in rows], dtype=float)
     big = params > args.big_params

@@ -475,14 +475,15 @@ def quality_lines(q: dict) -> list[str]:
                    "it ranks subnets only weakly (tau < 0.5 or RMSE > 0.7x the mean's): treat close pred.acc% as ties"
                    if q["ranks"] else
                    "it does NOT beat predicting the mean: pred.acc% above is noise, the choices are by latency only")
-        rs = q.get("resplits")
-        spread = (f"; refitted on {rs['n']} other splits: tau {rs['kendall_tau_mean']:.3f} "
-                  f"[{rs['kendall_tau_min']:.2f}, {rs['kendall_tau_max']:.2f}], RMSE {rs['rmse_ratio_mean']:.2f}x "
-                  f"[{rs['rmse_ratio_min']:.2f}, {rs['rmse_ratio_max']:.2f}] the mean's" if rs else "")
-        fo = q.get("folds")
-        if fo and fo.get("kendall_tau_mean") is not None:
+        rs, fo = q.get("resplits"), q.get("folds")
+        spread = ""
+        if fo and fo.get("kendall_tau_mean") is not None:  # nested cross-validation
             spread = (f" ({q['predictor_evaluation']}: each row predicted by a model that did not see it; per fold "
                       f"tau {fo['kendall_tau_mean']:.3f} [{fo['kendall_tau_min']:.2f}, {fo['kendall_tau_max']:.2f}])")
+        elif rs:  # one split, refitted on others
+            spread = (f"; refitted on {rs['n']} other splits: tau {rs['kendall_tau_mean']:.3f} "
+                      f"[{rs['kendall_tau_min']:.2f}, {rs['kendall_tau_max']:.2f}], RMSE {rs['rmse_ratio_mean']:.2f}x "
+                      f"[{rs['rmse_ratio_min']:.2f}, {rs['rmse_ratio_max']:.2f}] the mean's")
         lines.append(f"predictor ({q['predictor_model']}): held-out Kendall tau {q['kendall_tau']:.3f}, RMSE {q['rmse_pp']:.2f} pp "
                      f"(predicting the mean: {q['baseline_rmse_pp']:.2f} pp) on {q.get('predictor_test_rows')} rows"
                      f"{spread}; {verdict}")

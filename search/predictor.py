@@ -507,13 +507,29 @@ def train_predictor(
                 st = fit(cand, x[tr], y[tr] - mu)
                 p = AccuracyPredictor(encs[enc_of(cand)], hidden_of(cand), st, mu).predict_features(x[va])
                 err[va] = p - y[va]
-            cv[_cand_name(cand)] = float(np.sqrt(np.mean(err ** 2)))
+            cv[_cand_name(cand)] = _rmse(err, 0.0)
         return min(cands, key=lambda c: cv[_cand_name(c)]), cv
 
     def fitted(cand: tuple, rows: np.ndarray, show: bool = False) -> AccuracyPredictor:
         mu = float(accs[rows].mean())
         st = fit(cand, xs_all[enc_of(cand)][rows], accs[rows] - mu, show)
         return AccuracyPredictor(encs[enc_of(cand)], hidden_of(cand), st, mu)
+
+    def resplit(cand: tuple) -> dict[str, float] | None:
+        """Held-out Kendall tau and RMSE / the mean's RMSE of ``cand`` refitted on
+        ``resplits`` more random splits (mean, min, max), or None for fewer than 2."""
+        if resplits < 2:
+            return None
+        taus, ratios = [], []
+        for _ in range(resplits):
+            tr, te = split_indices(n, test_frac, rng)
+            fp = fitted(cand, tr)
+            p, base = fp.predict_features(xs_all[enc_of(cand)][te]), _rmse(fp.offset, accs[te])
+            taus.append(kendall_tau(p, accs[te]))
+            ratios.append(_rmse(p, accs[te]) / base if base > 0 else float("nan"))
+        return {"n": resplits, "kendall_tau_mean": float(np.mean(taus)), "kendall_tau_min": float(np.min(taus)),
+                "kendall_tau_max": float(np.max(taus)), "rmse_ratio_mean": float(np.mean(ratios)),
+                "rmse_ratio_min": float(np.min(ratios)), "rmse_ratio_max": float(np.max(ratios))}
 
     widths = tuple(sorted({float(c.w) for c in subnets}))
     if evaluation == "split":
@@ -524,13 +540,13 @@ def train_predictor(
         p_test, p_train = pred.predict_features(x[test_idx]), pred.predict_features(x[train_idx])
         metrics = {
             "evaluation": "split",
-            "rmse": float(np.sqrt(np.mean((p_test - accs[test_idx]) ** 2))),
+            "rmse": _rmse(p_test, accs[test_idx]),
             "kendall_tau": kendall_tau(p_test, accs[test_idx]),
-            "train_rmse": float(np.sqrt(np.mean((p_train - accs[train_idx]) ** 2))),
-            "baseline_rmse": float(np.sqrt(np.mean((pred.offset - accs[test_idx]) ** 2))),
+            "train_rmse": _rmse(p_train, accs[train_idx]),
+            "baseline_rmse": _rmse(pred.offset, accs[test_idx]),
             "n_train": int(len(train_idx)), "n_test": int(len(test_idx)),
             "model": _cand_name(best), "cv_rmse": cv,
-            "resplits": _resplits(best, resplits, x, accs, test_frac, rng, fit, encs[enc_of(best)], hidden_of(best)),
+            "resplits": resplit(best),
         }
     else:
         k_out = max(2, min(n, int(round(1.0 / test_frac))))
@@ -551,10 +567,10 @@ def train_predictor(
         taus = [r["kendall_tau"] for r in per_fold if r["kendall_tau"] is not None]
         metrics = {
             "evaluation": f"{k_out}-fold nested cross-validation",
-            "rmse": float(np.sqrt(np.mean((oof - accs) ** 2))),
+            "rmse": _rmse(oof, accs),
             "kendall_tau": kendall_tau(oof, accs),
-            "train_rmse": float(np.sqrt(np.mean((p_all - accs) ** 2))),
-            "baseline_rmse": float(np.sqrt(np.mean((oof_mean - accs) ** 2))),
+            "train_rmse": _rmse(p_all, accs),
+            "baseline_rmse": _rmse(oof_mean, accs),
             "n_train": int(n), "n_test": int(n),
             "model": _cand_name(best), "cv_rmse": cv,
             "folds": {"k": k_out, "per_fold": per_fold,
@@ -572,23 +588,9 @@ def _finite_or_none(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
-def _resplits(cand: tuple, n: int, x: np.ndarray, accs: np.ndarray, test_frac: float, rng: np.random.Generator,
-              fit, enc: Encoder, hidden: tuple[int, ...]) -> dict[str, float] | None:
-    """Held-out Kendall tau and RMSE / the mean's RMSE of ``cand`` refitted on ``n`` more
-    random splits (mean, min, max), or None for ``n`` < 2."""
-    if n < 2:
-        return None
-    taus, ratios = [], []
-    for _ in range(n):
-        tr, te = split_indices(len(accs), test_frac, rng)
-        mu = float(accs[tr].mean())
-        p = AccuracyPredictor(enc, hidden, fit(cand, x[tr], accs[tr] - mu), mu).predict_features(x[te])
-        base = float(np.sqrt(np.mean((mu - accs[te]) ** 2)))
-        taus.append(kendall_tau(p, accs[te]))
-        ratios.append(float(np.sqrt(np.mean((p - accs[te]) ** 2))) / base if base > 0 else float("nan"))
-    return {"n": n, "kendall_tau_mean": float(np.mean(taus)), "kendall_tau_min": float(np.min(taus)),
-            "kendall_tau_max": float(np.max(taus)), "rmse_ratio_mean": float(np.mean(ratios)),
-            "rmse_ratio_min": float(np.min(ratios)), "rmse_ratio_max": float(np.max(ratios))}
+def _rmse(p: np.ndarray | float, y: np.ndarray) -> float:
+    """Root mean square of ``p - y``."""
+    return float(np.sqrt(np.mean((p - y) ** 2)))
 
 
 def _cand_name(cand: tuple) -> str:
