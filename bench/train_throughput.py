@@ -10,7 +10,10 @@ channels-last, OFA's NCHW) and >= 1.2 with both in the same format (``nchw``,
 
 Both supernets are OFA MobileNetV3 (kernels 3/5/7, expands 3/4/6, depths 2/3/4, 1000
 classes, width 1.0).  A step is set-active, zero-grad, forward, cross-entropy, backward and
-an SGD step.  Subnets: largest, smallest and 3 random (seed 0).  Each measurement is the
+an SGD step: with ``--optimizer own`` (default) each tool's training optimizer (ours
+``supernet.trainer.make_optimizer``: Nesterov SGD, no decay on BN and biases, PyTorch's fused
+kernel; OFA's: Nesterov SGD with the same groups, as its ``run_manager`` builds it),
+with ``--optimizer plain`` both a plain ``torch.optim.SGD(momentum=0.9)``.  Subnets: largest, smallest and 3 random (seed 0).  Each measurement is the
 median over ``--reps`` alternating rounds of ``--steps`` steps after a warm-up.
 """
 
@@ -33,6 +36,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from supernet.device import apply_allocator, resolve_allocator  # noqa: E402
 from supernet.ofa import OFASupernet  # noqa: E402
+from supernet.presets import TrainConfig  # noqa: E402
+from supernet.trainer import make_optimizer  # noqa: E402
 from supernet.space import OFA_MBV3  # noqa: E402
 
 
@@ -51,6 +56,8 @@ def main() -> None:
     p.add_argument("--allocator", default="auto", choices=("auto", "keep", "system"),
                    help="glibc's handling of freed memory for the whole process, both tools alike (auto: keep, as "
                         "supernet.train does on the CPU; system: glibc's defaults); see supernet.device")
+    p.add_argument("--optimizer", default="own", choices=("own", "plain"),
+                   help="own: each tool's training optimizer (ours fused); plain: both torch.optim.SGD(momentum=0.9)")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args()
     if args.threads:
@@ -83,8 +90,16 @@ def main() -> None:
         ref = ref.to(memory_format=cl)
     x_ours = x.contiguous(memory_format=cl) if ours_cl else x
     x_ref = x.contiguous(memory_format=cl) if ref_cl else x
-    opt_ours = torch.optim.SGD(ours.parameters(), lr=1e-4, momentum=0.9)
-    opt_ref = torch.optim.SGD(ref.parameters(), lr=1e-4, momentum=0.9)
+    if args.optimizer == "own":
+        tc = TrainConfig()
+        opt_ours = make_optimizer(ours, tc, 1e-4)
+        decay = [p for n, p in ref.named_parameters() if p.dim() > 1 and "bn" not in n]
+        no_decay = [p for n, p in ref.named_parameters() if p.dim() <= 1 or "bn" in n]
+        opt_ref = torch.optim.SGD([{"params": decay, "weight_decay": tc.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=1e-4, momentum=0.9, nesterov=True)
+    else:
+        opt_ours = torch.optim.SGD(ours.parameters(), lr=1e-4, momentum=0.9)
+        opt_ref = torch.optim.SGD(ref.parameters(), lr=1e-4, momentum=0.9)
 
     def step_ours(cfg):
         ours.set_active(cfg)
@@ -125,6 +140,7 @@ def main() -> None:
     out = {
         "bench": "train_throughput", "memory_format": {"ours": "channels-last" if ours_cl else "nchw",
                                                        "ofa": "channels-last" if ref_cl else "nchw"},
+        "optimizer": {"ours": "fused" if args.optimizer == "own" else "plain", "ofa": args.optimizer},
         "batch": args.batch, "resolution": args.res, "steps": args.steps,
         "reps": args.reps, "threads": torch.get_num_threads(), "allocator": allocator, "torch": torch.__version__,
         "space": space.name, "host": platform.node(), "cpu_count": os.cpu_count(),

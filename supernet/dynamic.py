@@ -37,19 +37,52 @@ from .space import BlockSpec, se_channels
 
 def _act(x: torch.Tensor, name: str) -> torch.Tensor:
     """The activation ``ops.make_act(name)`` builds, as a function (every name of
-    ``space.ACTIVATIONS``; an unknown one is an error, never an identity).  In place: every
-    caller hands it a fresh BN or convolution output that nothing else reads (their
-    backward passes need their inputs, not their outputs), which saves an allocation and a
-    pass over memory per layer."""
+    ``space.ACTIVATIONS``; an unknown one is an error, never an identity).  ReLU and ReLU6 in
+    place: every caller hands it a fresh BN or convolution output that nothing else reads
+    (their backward passes need their inputs, not their outputs), which saves an allocation
+    and a pass over memory per layer.  Hard-swish out of place: its backward needs its
+    input, so autograd would clone the input before an in-place one."""
     if name == "relu":
         return F.relu(x, inplace=True)
     if name == "relu6":
         return F.relu6(x, inplace=True)
     if name == "hswish":
-        return F.hardswish(x, inplace=True)
+        return F.hardswish(x)
     if name == "none":
         return x
     raise ValueError(f"unknown activation {name!r}")
+
+
+def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: int = 1, padding: int = 0) -> torch.Tensor:
+    """``F.conv2d``; a 1x1 convolution of a 1x1 map (the feature mix after pooling, the
+    squeeze-and-excite layers) as the matrix product it is, which oneDNN's convolution takes
+    3-5x longer over, forward and backward (bench/train_throughput.py's smallest subnet)."""
+    if w.size(-1) == 1 and w.size(-2) == 1 and x.size(-1) == 1 and x.size(-2) == 1:
+        return F.linear(x.flatten(1), w.flatten(1), b).view(x.size(0), -1, 1, 1)
+    return F.conv2d(x, w, b, stride, padding)
+
+
+class _Pool(torch.autograd.Function):
+    """Global average pooling whose gradient keeps the input's memory format (the gradient
+    of ``mean`` comes back NCHW for a channels-last input, and the layers below then mix the
+    two formats: 3x slower batch-norm backward on the head's 960 channels)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.mean((2, 3), keepdim=True)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return torch.empty_like(x, dtype=g.dtype).copy_(g.expand(x.shape)).div_(x.size(2) * x.size(3))
+
+
+def pool(x: torch.Tensor) -> torch.Tensor:
+    """Global average pooling to a 1x1 map (``mean`` over height and width)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Pool.apply(x)
+    return x.mean((2, 3), keepdim=True)
 
 
 def _copy_(dst: torch.Tensor, src: torch.Tensor) -> None:
@@ -114,7 +147,7 @@ class DynamicConvBNAct(nn.Module):
         return w[:out_c, :in_c]
 
     def forward(self, x: torch.Tensor, out_c: int, bn_idx: int = 0) -> torch.Tensor:
-        y = F.conv2d(x, self.weight(x.size(1), out_c), None, self.stride, self.padding)
+        y = _conv(x, self.weight(x.size(1), out_c), None, self.stride, self.padding)
         if self.bn is not None:
             y = self.bn(y, bn_idx)
         return _act(y, self.act)
@@ -341,9 +374,9 @@ class DynamicSE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.size(1)
         h = se_channels(c)
-        y = x.mean((2, 3), keepdim=True)
-        y = F.relu(F.conv2d(y, self.reduce.weight[:h, :c], self.reduce.bias[:h]), inplace=True)
-        y = F.hardsigmoid(F.conv2d(y, self.expand.weight[:c, :h], self.expand.bias[:c]), inplace=True)
+        y = pool(x)
+        y = F.relu(_conv(y, self.reduce.weight[:h, :c], self.reduce.bias[:h]), inplace=True)
+        y = F.hardsigmoid(_conv(y, self.expand.weight[:c, :h], self.expand.bias[:c]))
         return x * y
 
     def load_into(self, static: ops.SqueezeExcite) -> None:
@@ -386,7 +419,10 @@ class DynamicMBConv(nn.Module):
             y = self.se(y)
         # project
         y = self.project(y, spec.out_c, bn_idx)
-        return x + y if spec.residual else y
+        if not spec.residual:
+            return y
+        # in place on the projection's fresh BN output (its backward needs only its input)
+        return y.add_(x) if y.dtype == x.dtype else x + y
 
     def load_into(self, static: ops.MBConv, spec: BlockSpec, bn_idx: int = 0) -> None:
         # expand

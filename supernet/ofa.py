@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .dynamic import DynamicClassifier, DynamicConvBNAct, DynamicMBConv
+from .dynamic import DynamicClassifier, DynamicConvBNAct, DynamicMBConv, pool
 from .space import BlockSpec, SearchSpace, SubnetConfig
 
 BN_MODES = ("shared", "switchable")
@@ -198,7 +198,7 @@ class OFASupernet(nn.Module):
             if spec.kind == "mbconv":
                 x = mod(x, spec, bn_idx)
             elif spec.kind == "pool":
-                x = x.mean((2, 3), keepdim=True)
+                x = pool(x)
             elif spec.kind == "classifier":
                 x = mod(x)
             else:

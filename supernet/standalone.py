@@ -20,6 +20,7 @@ from .data import Data, eval_batches, resize, steps_per_epoch, train_batches
 from .device import apply_allocator, place, resolve_allocator, to_device
 from .dynamic import fast_depthwise
 from .evaluation import top1
+from .optim import SGD
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,12 @@ class Recipe:
 
 def sgd(params: list[tuple[str, nn.Parameter]], lr: float, momentum: float, weight_decay: float,
         nesterov: bool = True) -> torch.optim.SGD:
-    """SGD (Nesterov momentum by default); no weight decay on 1-d parameters (BN, biases)."""
+    """SGD (Nesterov momentum by default); no weight decay on 1-d parameters (BN, biases);
+    PyTorch's fused kernel where the parameters allow it (``optim.SGD``)."""
     decay = [p for _, p in params if p.dim() > 1]
     no_decay = [p for _, p in params if p.dim() <= 1]
-    return torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum, nesterov=nesterov)
+    return SGD([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+               lr=lr, momentum=momentum, nesterov=nesterov)
 
 
 def cosine_lr(base: float, step: int, total: int, warmup: int) -> float:

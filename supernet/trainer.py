@@ -41,6 +41,7 @@ from .device import (apply_allocator, apply_cudnn, resolve_allocator, autocast, 
 from .evaluation import (CheckpointError, Evaluator, adapt_space, load_checkpoint, space_from_record,
                          space_record)
 from .ofa import OFASupernet
+from .optim import SGD
 from .presets import Phase, TrainConfig
 from .space import get_space
 
@@ -100,13 +101,13 @@ def soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """SGD; no weight decay on BN parameters and biases (OFA ``no_decay_keys='bn#bias'``)."""
+    """SGD; no weight decay on BN parameters and biases (OFA ``no_decay_keys='bn#bias'``);
+    PyTorch's fused kernel where the parameters allow it (``optim.SGD``)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if (p.dim() == 1 or ".bns." in name) else decay).append(p)
-    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                            {"params": no_decay, "weight_decay": 0.0}],
-                           lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+               lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, total: int, warmup: int,

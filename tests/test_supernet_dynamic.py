@@ -331,3 +331,98 @@ def test_fast_depthwise_patches_a_static_network_only_inside_the_block():
     torch.testing.assert_close(out, ref_out)
     for p, g in zip(net.parameters(), ref_grads):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("space_name", ["tiny", "fmnist"])
+@pytest.mark.parametrize("fmt", ["channels_last", "nchw"])
+def test_training_step_gradients_match_extracted_subnet(space_name, fmt):
+    """In training mode (batch statistics) the supernet's loss and gradients equal its
+    extracted subnet's: the input's, the feature mix's (a matrix product in the supernet,
+    a 1x1 convolution in the static network), the classifier's; so the supernet's fast
+    paths (the feature mix and squeeze-excite as linear layers, global pooling whose
+    gradient keeps the input's layout, hard-swish out of place, the residual added in
+    place) compute what the plain network does.  In float64: with random BN parameters and
+    batch statistics over a few values, float32 rounding is amplified up to 1e-3 relative
+    in either network alike (measured against float64), so only float64 can tell a wrong
+    gradient from rounding."""
+    space = get_space(space_name)
+    mf = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+    net = _perturb(OFASupernet(space, dropout=0.0)).train().double().to(memory_format=mf)
+    g = torch.Generator().manual_seed(4)
+    for cfg in _configs(space, n_random=1)[:2] + _configs(space, n_random=1)[3:]:
+        net.set_active(cfg)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)  # the static network built in float64, weights copied exactly
+        try:
+            sub = net.extract(cfg).train().to(memory_format=mf)
+        finally:
+            torch.set_default_dtype(default)
+        x = torch.randn(4, space.in_channels, cfg.r, cfg.r, generator=g, dtype=torch.float64)
+        x = x.contiguous(memory_format=mf)
+        y = torch.randint(0, space.num_classes, (4,), generator=g)
+        grads = []
+        for model in (net, sub):
+            model.zero_grad(set_to_none=True)
+            xi = x.clone().requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(model(xi), y)
+            loss.backward()
+            grads.append((loss.detach(), xi.grad))
+        (l_net, gx_net), (l_sub, gx_sub) = grads
+        assert abs(l_net.item() - l_sub.item()) <= 1e-10, cfg
+        assert (gx_net - gx_sub).abs().max().item() <= 1e-8 * gx_sub.abs().max().item(), cfg
+        mix, cls = sub[-2].conv.weight, sub[-1].linear.weight
+        mix_net = net.feature_mix.conv.weight.grad[:mix.size(0), :mix.size(1)]
+        cls_net = net.classifier.linear.weight.grad[:, :cls.size(1)]
+        assert (mix_net - mix.grad).abs().max().item() <= 1e-8 * mix.grad.abs().max().item(), cfg
+        assert (cls_net - cls.grad).abs().max().item() <= 1e-8 * cls.grad.abs().max().item(), cfg
+
+
+def test_pool_gradient_keeps_the_inputs_memory_format():
+    from supernet.dynamic import pool
+
+    x = torch.randn(3, 8, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    w = torch.randn(3, 8, 1, 1)
+    (pool(x) * w).sum().backward()
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    ref = x.detach().clone().requires_grad_(True)
+    (ref.mean((2, 3), keepdim=True) * w).sum().backward()
+    assert torch.allclose(x.grad, ref.grad)
+    with torch.no_grad():
+        assert torch.equal(pool(x), x.mean((2, 3), keepdim=True))
+
+
+def test_training_sgd_is_fused_and_computes_what_plain_sgd_does():
+    """``supernet.optim.SGD`` runs PyTorch's fused kernel on the CPU and matches plain
+    ``torch.optim.SGD`` step for step on a supernet whose active subnet changes, including
+    parameters that get their first gradient after others already have momentum (the
+    kernel transforms, unused by the largest subnet): fused SGD alone fails there."""
+    from supernet.optim import SGD
+
+    space = get_space("tiny")
+    torch.manual_seed(0)
+    nets = [OFASupernet(space, dropout=0.0).train() for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+
+    def groups(net):
+        decay = [p for p in net.parameters() if p.dim() > 1]
+        return [{"params": decay, "weight_decay": 1e-3},
+                {"params": [p for p in net.parameters() if p.dim() <= 1], "weight_decay": 0.0}]
+
+    ours = SGD(groups(nets[0]), lr=0.05, momentum=0.9, nesterov=True)
+    plain = torch.optim.SGD(groups(nets[1]), lr=0.05, momentum=0.9, nesterov=True)
+    assert all(g["fused"] for g in ours.param_groups)
+    rng = random.Random(5)
+    cfgs = [space.max_subnet(), space.min_subnet()] + [space.sample(rng) for _ in range(3)]
+    g = torch.Generator().manual_seed(6)
+    for cfg in cfgs:
+        x = torch.randn(4, space.in_channels, cfg.r, cfg.r, generator=g)
+        y = torch.randint(0, space.num_classes, (4,), generator=g)
+        for net, opt in zip(nets, (ours, plain)):
+            net.set_active(cfg)
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+    transforms = [p for n, p in nets[0].named_parameters() if "transforms" in n]
+    assert transforms and any(ours.state[p].get("momentum_buffer") is not None for p in transforms)
