@@ -18,6 +18,22 @@ probe rows for its runtime the latency model prices a block as ``LUT(block) -
 LUT(probe(block's input))`` and adds the network input's probe once.  LUTs without probe rows
 (imported tables, older LUTs) are summed as they are; ``overhead=False`` forces that.
 
+**Weight streaming.**  A LUT row times one block again and again, so its weights are in the
+caches each time; a whole network whose weights exceed the caches reads them from further
+away on every run, and pays more than its blocks did one at a time (on a 2 MiB-L2 Xeon a
+Fashion-MNIST network of 1.4-2.9 MB of weights ran 0-75 us over its block sum, in proportion
+to its weights).  The profiler measures ``stream`` probes (``supernet.space.stream_probes``:
+chains of matrix-vector products with 0.25-8 MiB of weights); their time per weight byte
+``c(W)`` (each less its input shape's overhead probe) is flat while the weights fit and rises
+once they do not; call ``e(W) = c(W) - c_min`` its excess (made non-decreasing above the
+minimum, held at its last value beyond the largest probe).  A network of ``W`` weight bytes
+(parameters x 4 in float32) pays, for each block of ``w_b`` weight bytes, ``max(0, e(W) -
+e(s_b)) * w_b``, where ``s_b`` is what the block touches alone (weights and activations,
+``solo_bytes``): a block that overflows the caches on its own (at 160-224 px) streamed its
+weights in its LUT row already.  LUTs without stream rows get no such term; ``stream=False``
+forces that.  It is not additive over blocks (it depends on the whole network's ``W``):
+``cost`` adds it per subnet from per-block parameter tables (``param_tables``).
+
 **Calibration** (``profiler.validate`` fits it): ``measured ~ a * sum + b`` per runtime (and
 precision: an int8 fit is recorded as ``<runtime>-int8``), in ``<lut>.calibration.json``,
 recorded with whether the sums it was fitted on used the overhead model (a calibration only
@@ -38,6 +54,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from supernet.space import OFA_MBV3, BlockSpec, SearchSpace, SubnetConfig, overhead_probe
+
+BYTES_PER_PARAM = {"fp32": 4, "int8": 1}
 
 
 class MissingKeysError(KeyError):
@@ -62,11 +80,21 @@ def _missing_key(exc: KeyError, block: BlockSpec) -> str:
     return exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(block)
 
 
+def solo_bytes(block: BlockSpec, bytes_per_value: int = 4) -> float:
+    """What one block touches when it runs alone: its weights and its activations (input,
+    output and, for an MBConv, its expanded tensor before and after the depthwise)."""
+    values = block.in_h * block.in_w * block.in_c + block.out_h * block.out_w * block.out_c
+    if block.kind == "mbconv":
+        values += (block.in_h * block.in_w + block.out_h * block.out_w) * block.mid
+    return float(bytes_per_value * (block.params() + values))
+
+
 class CostModel:
     """Sum of a per-block cost over a subnet's blocks, vectorised over populations."""
 
     unit = ""
     name = "cost"
+    bytes_per_param = 4
 
     def __init__(self, space: SearchSpace, block_cost: Callable[[BlockSpec, int], float],
                  calibration: tuple[float, float] | None = None, where: str = ""):
@@ -75,10 +103,28 @@ class CostModel:
         self.calibration = calibration
         self.where = where or self.name
         self._tables: dict[tuple[int, float], tuple[float, np.ndarray]] = {}
+        self._ptables: dict[tuple[int, float], tuple[float, np.ndarray]] = {}
 
     def network_cost(self, first: BlockSpec, r: int) -> float:
         """What a whole network pays once beyond its blocks (``first``: its first block)."""
         return 0.0
+
+    def weight_cost(self, block_params: np.ndarray, block_solo: np.ndarray, r: int) -> np.ndarray:
+        """What whole networks pay for their weights beyond their blocks' costs, from each
+        network's blocks' parameter counts and their solo working sets in bytes (``(N, B)``
+        arrays, a block with no parameters counting nothing); ``(N,)``.  None here
+        (``LatencyModel``: weight streaming)."""
+        return np.zeros(np.shape(block_params)[0])
+
+    def has_weight_cost(self, r: int) -> bool:
+        return False
+
+    def network_weight_cost(self, blocks: Sequence[BlockSpec], r: int) -> float:
+        """``weight_cost`` of one network given its blocks (0 when the model has none)."""
+        if not self.has_weight_cost(r):
+            return 0.0
+        return float(self.weight_cost(np.array([[b.params() for b in blocks]], dtype=float),
+                                      np.array([[solo_bytes(b, self.bytes_per_param) for b in blocks]]), r)[0])
 
     # per-block ----------------------------------------------------------------------
     def block_costs(self, cfg: SubnetConfig) -> list[tuple[BlockSpec, float]]:
@@ -105,7 +151,7 @@ class CostModel:
             extra = self.network_cost(per_block[0][0], r)
         except KeyError as exc:
             raise MissingKeysError([_missing_key(exc, per_block[0][0])], self.where) from None
-        return float(sum(c for _, c in per_block) + extra)
+        return float(sum(c for _, c in per_block) + extra + self.network_weight_cost([b for b, _ in per_block], r))
 
     def calibrate(self, raw: np.ndarray | float):
         if self.calibration is None:
@@ -125,7 +171,11 @@ class CostModel:
         sp = self.space
         nb, nk, ne = sp.num_blocks, len(sp.kernels), len(sp.expands)
         slot = np.zeros((nb, nk, ne))
+        pslot = np.zeros((nb, nk, ne))
+        sslot = np.zeros((nb, nk, ne))
         base = 0.0
+        pbase: list[float] = []
+        sbase: list[float] = []
         missing: list[str] = []
         full_d = sp.full_depths  # slots a stage can never reach stay at cost 0
         for ki, k in enumerate(sp.kernels):
@@ -141,8 +191,12 @@ class CostModel:
                         continue
                     if 2 <= i < 2 + len(slots):
                         slot[slots[i - 2], ki, ei] = c
+                        pslot[slots[i - 2], ki, ei] = b.params()
+                        sslot[slots[i - 2], ki, ei] = solo_bytes(b, self.bytes_per_param)
                     elif ki == 0 and ei == 0:
                         base += c
+                        pbase.append(b.params())
+                        sbase.append(solo_bytes(b, self.bytes_per_param))
                 if ki == 0 and ei == 0:
                     try:
                         base += self.network_cost(blocks[0], r)
@@ -151,7 +205,16 @@ class CostModel:
         if missing:
             raise MissingKeysError(missing, f"{self.where} (r={r}, w={w:g})")
         self._tables[(r, w)] = (base, slot)
+        self._ptables[(r, w)] = (np.array(pbase, dtype=float), np.array(sbase, dtype=float), pslot, sslot)
         return base, slot
+
+    def param_tables(self, r: int, w: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """For ``weight_cost``: the fixed blocks' parameter counts and solo working sets
+        (``(F,)`` each), and the slots' (``(slots, kernels, expands)`` each, like
+        ``tables(r, w)``'s)."""
+        if (r, w) not in self._ptables:
+            self.tables(r, w)
+        return self._ptables[(r, w)]
 
     def cost(self, subnets: Sequence[SubnetConfig], calibrated: bool = True) -> np.ndarray:
         """Cost of every subnet (array), by table sums."""
@@ -173,6 +236,13 @@ class CostModel:
             active = pos_in_stage[None, :] < ds[:, stage_of]
             per_slot = slot[slots[None, :], ks, es]
             out[idx] = base + (per_slot * active).sum(axis=1)
+            if self.has_weight_cost(r):
+                pbase, sbase, pslot, sslot = self.param_tables(r, w)
+                n = len(idx)
+                params = np.concatenate([np.broadcast_to(pbase, (n, len(pbase))),
+                                         pslot[slots[None, :], ks, es] * active], axis=1)
+                solo = np.concatenate([np.broadcast_to(sbase, (n, len(sbase))), sslot[slots[None, :], ks, es]], axis=1)
+                out[idx] += self.weight_cost(params, solo, r)
         return self.calibrate(out) if calibrated else out
 
     # the name the search uses -----------------------------------------------------------
@@ -194,12 +264,17 @@ class LatencyModel(CostModel):
 
     def __init__(self, space: SearchSpace, table: dict[str, float] | Callable[[int], dict[str, float]],
                  calibration: tuple[float, float] | None = None, where: str = "LUT",
-                 runtime: str = "", device: str = "", overhead: bool = True, precision: str = "fp32"):
+                 runtime: str = "", device: str = "", overhead: bool = True, precision: str = "fp32",
+                 stream: bool = True):
         """``table``: latency by key, or a function of the resolution returning one (for
         LUTs imported per input size).  ``overhead``: use the LUT's overhead probes when it
-        has them (False: sum the rows as they are)."""
+        has them (False: sum the rows as they are).  ``stream``: price weight streaming from
+        the LUT's stream probes when it has them (False: no weight term)."""
         self._table_for = table if callable(table) else (lambda _r, t=dict(table): t)
         self._by_r: dict[int, tuple[dict[str, float], bool]] = {}
+        self._stream_by_r: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
+        self.stream_requested = stream
+        self.bytes_per_param = BYTES_PER_PARAM.get(precision, 4)
         self.runtime = runtime
         self.device = device
         self.precision = precision
@@ -219,6 +294,53 @@ class LatencyModel(CostModel):
         per-block invocation overhead."""
         return self._table(self.space.resolutions[-1] if r is None else r)[1]
 
+    def stream_curve(self, r: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(weight bytes, excess ms per byte) of the LUT's stream probes at resolution
+        ``r`` (default: the space's largest), sorted by weight, or None without two of
+        them (or with ``stream=False``).  The excess is each probe's time per weight byte
+        (less its input's overhead probe when the model uses probes) above the smallest
+        such, made non-decreasing from there on."""
+        r = self.space.resolutions[-1] if r is None else r
+        if r in self._stream_by_r:
+            return self._stream_by_r[r]
+        curve = None
+        if self.stream_requested:
+            t, use = self._table(r)
+            bpp = self.bytes_per_param
+            pts = []
+            for key, value in t.items():
+                if not key.startswith("stream-"):
+                    continue
+                spec = BlockSpec.parse(key)
+                ovh = t.get(str(overhead_probe(spec)), 0.0) if use else 0.0
+                pts.append((spec.params() * bpp, max(value - ovh, 0.0) / (spec.params() * bpp)))
+            if len(pts) >= 2:
+                pts.sort()
+                wb = np.array([p[0] for p in pts], dtype=float)
+                per = np.array([p[1] for p in pts])
+                lo = int(np.argmin(per))
+                excess = np.maximum.accumulate(np.where(np.arange(len(per)) < lo, per[lo], per)) - per[lo]
+                curve = (wb, excess)
+        self._stream_by_r[r] = curve
+        return curve
+
+    def has_weight_cost(self, r: int) -> bool:
+        return self.stream_curve(r) is not None
+
+    def weight_cost(self, block_params: np.ndarray, block_solo: np.ndarray, r: int) -> np.ndarray:
+        """Weight streaming in ms (``stream_curve``'s excess ``e``): a network of ``W``
+        weight bytes pays, for each block of ``w_b`` weight bytes that touches ``s_b`` bytes
+        alone, ``max(0, e(W) - e(s_b)) * w_b``: what its weights cost beyond what the block's
+        LUT row already paid for them (a block whose own working set overflows the caches
+        streamed its weights when it was timed alone too); 0 without stream probes."""
+        curve = self.stream_curve(r)
+        if curve is None:
+            return super().weight_cost(block_params, block_solo, r)
+        wb = np.asarray(block_params, dtype=float) * self.bytes_per_param
+        net = np.interp(wb.sum(axis=1), curve[0], curve[1])
+        solo = np.interp(np.asarray(block_solo, dtype=float), curve[0], curve[1])
+        return (np.maximum(net[:, None] - solo, 0.0) * wb).sum(axis=1)
+
     def _lookup(self, block: BlockSpec, r: int) -> float:
         t, use = self._table(r)
         value = t[str(block)]
@@ -231,7 +353,8 @@ class LatencyModel(CostModel):
     @classmethod
     def from_lut(cls, path: Path | str, space: SearchSpace | None = None, runtime: str | None = None,
                  calibration: tuple[float, float] | str | Path | None = None,
-                 stat: str = "median", overhead: bool = True, precision: str = "fp32") -> "LatencyModel":
+                 stat: str = "median", overhead: bool = True, precision: str = "fp32",
+                 stream: bool = True) -> "LatencyModel":
         """Load a LUT CSV.  ``calibration``: (a, b), a calibration JSON path, ``"auto"`` (use
         ``<lut>.calibration.json`` when present and fitted for this runtime, precision and
         kind of sum; why one was not applied is then in ``calibration_skipped``), or None.
@@ -245,18 +368,20 @@ class LatencyModel(CostModel):
         lut.check_precision(rt, precision)
         model = cls(space or OFA_MBV3, lambda r: lut.table(rt, stat, resolution=r, precision=precision), None,
                     where=str(path) if precision == "fp32" else f"{path} ({precision} rows)",
-                    runtime=rt, device=",".join(lut.devices), overhead=overhead, precision=precision)
+                    runtime=rt, device=",".join(lut.devices), overhead=overhead, precision=precision,
+                    stream=stream)
         use = model.uses_overhead()
+        streams = model.has_weight_cost(model.space.resolutions[-1])
         key = calibration_key(rt, precision)
         if calibration == "auto":
             cp = calibration_path(Path(path))
             if cp.exists():
                 try:
-                    model.calibration = read_calibration(cp, key, overhead=use)
+                    model.calibration = read_calibration(cp, key, overhead=use, stream=streams)
                 except CalibrationMismatch as exc:  # another runtime's, or the other kind of sum
                     model.calibration_skipped = str(exc)
         elif isinstance(calibration, (str, Path)):
-            model.calibration = read_calibration(Path(calibration), key, overhead=use)
+            model.calibration = read_calibration(Path(calibration), key, overhead=use, stream=streams)
         else:
             model.calibration = calibration
         return model
@@ -299,7 +424,8 @@ def calibration_entries(path: Path) -> dict[str, dict[str, Any]]:
     return {str(data.get("runtime") or ""): data}
 
 
-def read_calibration(path: Path, runtime: str | None = None, overhead: bool | None = None) -> tuple[float, float]:
+def read_calibration(path: Path, runtime: str | None = None, overhead: bool | None = None,
+                     stream: bool | None = None) -> tuple[float, float]:
     """(a, b) from a calibration JSON written by ``profiler.validate``.  Raises
     CalibrationMismatch when it holds nothing for ``runtime`` or was fitted on sums with (or
     without) the overhead model where ``overhead`` says otherwise; ValueError when corrupt."""
@@ -320,12 +446,14 @@ def read_calibration(path: Path, runtime: str | None = None, overhead: bool | No
     if not (math.isfinite(a) and math.isfinite(b)) or not 0 < a <= 1e3 or abs(b) > 1e6:
         raise ValueError(f"{path}: calibration a={a:g}, b={b:g} is not usable (a must be a finite positive "
                          f"slope, b a finite offset in ms)")
-    fitted = bool(data.get("overhead", False))
-    if overhead is not None and fitted != overhead:
-        raise CalibrationMismatch(
-            f"{path}: calibration for {runtime or 'this runtime'} was fitted on LUT sums "
-            f"{'with' if fitted else 'without'} the overhead model, and these sums are "
-            f"{'with' if overhead else 'without'} it: run profiler.validate again")
+    for field, wanted, what in (("overhead", overhead, "the overhead model"),
+                                ("stream", stream, "the weight-streaming term")):
+        fitted = bool(data.get(field, False))
+        if wanted is not None and fitted != wanted:
+            raise CalibrationMismatch(
+                f"{path}: calibration for {runtime or 'this runtime'} was fitted on LUT sums "
+                f"{'with' if fitted else 'without'} {what}, and these sums are "
+                f"{'with' if wanted else 'without'} it: run profiler.validate again")
     return a, b
 
 
@@ -364,5 +492,5 @@ class ParamsModel(CostModel):
         super().__init__(space, lambda b, _r: b.params() / 1e6, where="params")
 
 
-__all__ = ["CalibrationMismatch", "CostModel", "LatencyModel", "MacsModel", "MissingKeysError", "ParamsModel",
+__all__ = ["BYTES_PER_PARAM", "solo_bytes", "CalibrationMismatch", "CostModel", "LatencyModel", "MacsModel", "MissingKeysError", "ParamsModel",
            "calibration_entries", "calibration_key", "has_overhead_rows", "read_calibration", "write_calibration"]

@@ -82,6 +82,14 @@ def run_farm(
     local_lock = threading.Lock()
     per_device: dict[int, list[ProfileResult]] = {}
 
+    def specs_for(precision: str) -> list[BlockSpec]:
+        # the weight-streaming probes price float32 weights: int8 tables go without them and
+        # without the overhead probes that only they needed
+        if precision == "fp32":
+            return list(specs)
+        shapes = {s.input_shape for s in specs if s.kind not in ("stream", "overhead")}
+        return [s for s in specs if s.kind != "stream" and (s.kind != "overhead" or s.input_shape in shapes)]
+
     def work(i: int, device: Device) -> None:
         out: list[ProfileResult] = []
         for runtime, precision in [(rt, p) for rt in runtimes or device.all_runtimes for p in precisions]:
@@ -89,7 +97,7 @@ def run_farm(
             guard = local_lock if device.transport == "local" and len(devices) > 1 else _NoLock()
             try:
                 with guard:
-                    res = profile_device(device, specs, runtime, lut_path, cache, progress=progress, position=i,
+                    res = profile_device(device, specs_for(precision), runtime, lut_path, cache, progress=progress, position=i,
                                          broker=broker, precision=precision, context=context,
                                          transport=transport_factory(device) if transport_factory else None)
             except (LutError, ValueError, OSError) as exc:
@@ -105,7 +113,7 @@ def run_farm(
     try:
         if len(devices) > 1 and any(d.transport == "local" for d in devices):
             items = [(str(s), format_for_runtime(rt, p)) for d in devices for rt in (runtimes or d.all_runtimes)
-                     for p in precisions for s in specs]
+                     for p in precisions for s in specs_for(p)]
             broker.ensure(items, progress=progress, desc="export (before local timing)")
         if len(devices) == 1:
             work(0, devices[0])

@@ -3,14 +3,18 @@
     python -m profiler.run --device local [--runtime onnxruntime|tflite|onnxruntime,tflite]
         [--precision fp32|int8|fp32,int8] [--data fmnist [--calib-run RUN]] [--resolutions 160,224] [--widths 1.0] [--threads N] [--limit N] [--lut PATH]
         [--space ofa_mbv3] [--devices devices.yaml] [--cache DIR] [--export-workers N]
-        [--no-overhead-probes] [--json]
+        [--no-overhead-probes] [--stream-probes auto|on|off] [--json]
 
 Several devices (``--device a,b`` or ``--device all``) are measured concurrently, one worker
 and one progress bar per device (``profiler.farm``).  Writes ``luts/<device>.csv`` (every runtime of the device's entry in
 that one file, ``luts/<device>-<runtime>.csv`` for a runtime the entry does not list), its raw-sample journal, and a run summary ``<lut>.run.json``.  A rerun skips
 what is measured; a killed run resumes where it stopped.  Beside the blocks it measures an
 ``overhead`` probe at each input shape (the runtime's fixed cost of one invocation, which the
-latency model takes off every block and charges a network once; ``profiler.costmodel``).
+latency model takes off every block and charges a network once; ``profiler.costmodel``),
+and, when the whole space is timed warm, ``stream`` probes (``--stream-probes``): chains of matrix-vector products of 0.25
+to 8 MiB of weights, whose time per weight byte tells how much more a network pays for
+weights that no longer fit the device's caches than its blocks paid one at a time
+(``supernet.space.stream_probes``).
 ``--precision int8`` (or ``fp32,int8``) measures post-training-quantized blocks too
 (``profiler.quantize``): their rows sit in the same LUT with ``precision`` int8, and their
 summary goes to ``<lut>.run-int8.json``.  int8 blocks are calibrated on seeded random inputs,
@@ -27,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from supernet.atomic import atomic_write_text
-from supernet.space import BlockSpec, get_space, overhead_probe, space_names
+from supernet.space import BlockSpec, get_space, overhead_probe, space_names, stream_probes
 
 from .calibrate import CalibrationError, block_activations, calibration_id, stored, write_calibration
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
@@ -93,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-overhead-probes", action="store_true",
                     help="do not measure the runtime's per-invocation overhead at each input shape (the latency "
                          "model then sums the blocks' rows as they are)")
+    ap.add_argument("--stream-probes", default="auto", choices=("auto", "on", "off"),
+                    help="measure the weight-streaming probes (auto: in a warm run of the whole space, not with "
+                         "--limit or --context round-robin; off: the latency model then prices no weight streaming)")
     ap.add_argument("--context", default="warm", choices=("warm", "round-robin"),
                     help="warm: each block timed alone, again and again (default); round-robin: the blocks timed in "
                          "rotation, in the space's order, each invocation finding the caches and the runtime's "
@@ -130,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.limit < 1:
                 raise ValueError("--limit must be at least 1")
             specs = specs[: args.limit]
+        if args.stream_probes == "on" and args.context != "warm":
+            raise ValueError("--stream-probes on needs --context warm (a probe timed in rotation measures the "
+                             "rotation, not the device's caches)")
+        if args.stream_probes == "on" or (args.stream_probes == "auto" and args.limit is None
+                                          and args.context == "warm"):
+            specs = specs + stream_probes()
         if not args.no_overhead_probes:
             specs = with_overhead_probes(specs)
         for name, value in (("--threads", args.threads), ("--repeats", args.repeats)):

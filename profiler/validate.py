@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         w = args.width if args.width is not None else space.default_width
         prec = args.precision
         models = {rt: (LatencyModel.from_lut(args.lut, space, rt, precision=prec),
-                       LatencyModel.from_lut(args.lut, space, rt, overhead=False, precision=prec))
+                       LatencyModel.from_lut(args.lut, space, rt, overhead=False, stream=False, precision=prec))
                   for rt in runtimes}
         resolutions = sorted(set.intersection(*(set(covered_resolutions(m, space, w)) for m, _ in models.values())))
         if not resolutions:
@@ -309,9 +309,14 @@ def _summary_for(model, plain, subnets, pred: np.ndarray, meas: np.ndarray) -> t
     m_all = np.concatenate([m[o] for m, o in zip(meas, ok)])
     summary = summarise(p_all, m_all)
     summary["overhead_model"] = bool(model.uses_overhead())
-    summary["plain"] = {k: v for k, v in summarise(np.concatenate([raw[o] for o in ok]), m_all).items()
-                        if k in ("median_abs_error_pct", "within_5pct", "within_10pct", "sum_over_measured",
-                                 "mean_error_pct")}
+    keep = ("median_abs_error_pct", "within_5pct", "within_10pct", "sum_over_measured", "mean_error_pct")
+    summary["plain"] = {k: v for k, v in summarise(np.concatenate([raw[o] for o in ok]), m_all).items() if k in keep}
+    streams = [model.has_weight_cost(c.r) for c in subnets]
+    summary["stream_model"] = bool(any(streams))
+    if any(streams):  # the same model without its weight-streaming term, for comparison
+        term = np.array([model.network_weight_cost(model.space.blocks(c), c.r) for c in subnets])
+        summary["without_stream"] = {k: v for k, v in summarise(
+            np.concatenate([(pred - term)[o] for o in ok]), m_all).items() if k in keep}
     summary.update(repeat_agreement(meas))
     summary["passes"] = int(meas.shape[0])
     return summary, p_all, m_all
@@ -341,7 +346,8 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
     atomic_write_text(outputs[".validate.json"], json.dumps(doc, indent=2) + "\n")
     for rt, s in summaries.items():
         write_calibration(outputs[".calibration.json"], calibration_key(rt, args.precision), {
-            "a": s["a"], "b": s["b"], "overhead": s["overhead_model"], "device": device.name, "n": s["n"],
+            "a": s["a"], "b": s["b"], "overhead": s["overhead_model"], "stream": s["stream_model"],
+            "device": device.name, "n": s["n"],
             "fitted_at": s["validated_at"]})
     _plot(outputs[".validate.png"], panels)
     if args.json:
@@ -357,7 +363,12 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
             print(f"{'':{len(rt) + 2}}{i:>6} {cfg.r:>4} {pred[i]:>12.3f} {ms}")
         print(f"\n{device.name} / {fidelity_line(rt if args.precision == 'fp32' else f'{rt} {args.precision}', s)}")
         print(f"  within 5%: {s['within_5pct'] * 100:.0f}%, LUT model / measured (median) {s['sum_over_measured']:.3f}, "
-              f"overhead model {'on' if s['overhead_model'] else 'off (the LUT has no overhead probes)'}")
+              f"overhead model {'on' if s['overhead_model'] else 'off (the LUT has no overhead probes)'}, "
+              f"weight streaming {'on' if s['stream_model'] else 'off (the LUT has no stream probes)'}")
+        if s.get("without_stream"):
+            ws = s["without_stream"]
+            print(f"  without the weight-streaming term: median |error| {ws['median_abs_error_pct']:.1f}%, "
+                  f"within 10%: {ws['within_10pct'] * 100:.0f}%")
         if s.get("int8_calibration"):
             print(f"  int8 networks calibrated on {s['int8_calibration']}")
         if s["load_avg_median"] is not None and s["lut_load_avg_median"] is not None:

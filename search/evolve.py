@@ -128,6 +128,17 @@ class CostArrays:
                 b, s = model.tables(r, w)
                 self.base[ri, wi] = b
                 self.slot[ri, wi] = s
+        # a whole network's weight cost (weight streaming, profiler.costmodel): not additive
+        # over blocks, so priced per subnet from its parameter count
+        has_weight = getattr(model, "has_weight_cost", lambda _r: False)
+        self._weighted = [ri for ri, r in enumerate(choices.resolutions) if has_weight(r)]
+        if self._weighted:
+            tabs = [[model.param_tables(r, w) for w in choices.widths] for r in choices.resolutions]
+            self.pbase = np.array([[t[0] for t in row] for row in tabs])   # (nr, nw, fixed blocks)
+            self.sbase = np.array([[t[1] for t in row] for row in tabs])
+            self.pslot = np.array([[t[2] for t in row] for row in tabs])   # like slot
+            self.sslot = np.array([[t[3] for t in row] for row in tabs])
+            self._pflat, self._sflat = self.pslot.reshape(-1), self.sslot.reshape(-1)
         cal = getattr(model, "calibration", None)
         self.a, self.b = (float(cal[0]), float(cal[1])) if cal else (1.0, 0.0)
         # flat indexing: slot[ri, wi, s, k, e] = flat[(ri*nw + wi)*per_rw + s*nk*ne + k*ne + e]
@@ -140,17 +151,37 @@ class CostArrays:
     def raw(self, pop: Population) -> np.ndarray:
         """Uncalibrated table sums, (N,)."""
         idx = (self._rw_off[pop.r, pop.w][:, None] + self._slot_off) + pop.k * self._ne + pop.e
-        per = self._flat[idx]
-        return self.base[pop.r, pop.w] + (per * active_mask(pop, self.choices)).sum(axis=1)
+        active = active_mask(pop, self.choices)
+        out = self.base[pop.r, pop.w] + (self._flat[idx] * active).sum(axis=1)
+        for ri in self._weighted:
+            sel = pop.r == ri
+            if sel.any():
+                params = np.concatenate([self.pbase[ri, pop.w[sel]], self._pflat[idx[sel]] * active[sel]], axis=1)
+                solo = np.concatenate([self.sbase[ri, pop.w[sel]], self._sflat[idx[sel]]], axis=1)
+                out[sel] += self.model.weight_cost(params, solo, self.choices.resolutions[ri])
+        return out
 
     def __call__(self, pop: Population) -> np.ndarray:
         return self.a * self.raw(pop) + self.b
 
     def dearest(self) -> float:
         """The exact maximum cost over the choices: every slot at its dearest (kernel, expand),
-        every stage at full depth (block costs are not negative)."""
+        every stage at full depth (block costs are not negative); with a weight term (weight
+        streaming), an upper bound: every block's dearest term at the heaviest network's
+        excess (the term grows with the network's weights)."""
         nr, nw = self.base.shape
         total = self.base + self.slot.reshape(nr, nw, self.slot.shape[2], -1).max(axis=-1).sum(axis=-1)
+        for ri in self._weighted:  # per width: the heaviest network's excess applied to every block's dearest case
+            r = self.choices.resolutions[ri]
+            for wi in range(nw):
+                heaviest = self.pbase[ri, wi].sum() + self.pslot[ri, wi].reshape(self.slot.shape[2], -1).max(axis=-1).sum()
+                e_net = float(np.interp(heaviest * self.model.bytes_per_param, *self.model.stream_curve(r)))
+                blocks = np.concatenate([self.pbase[ri, wi], self.pslot[ri, wi].reshape(-1)])
+                solo = np.concatenate([self.sbase[ri, wi], self.sslot[ri, wi].reshape(-1)])
+                e_solo = np.interp(solo, *self.model.stream_curve(r))
+                per = np.maximum(e_net - e_solo, 0.0) * blocks * self.model.bytes_per_param
+                nf = len(self.pbase[ri, wi])
+                total[ri, wi] += per[:nf].sum() + per[nf:].reshape(self.slot.shape[2], -1).max(axis=-1).sum()
         return float((self.a * total + self.b).max())
 
     def cheapest(self) -> tuple[float, Population]:
@@ -158,6 +189,8 @@ class CostArrays:
 
         Per stage the cheapest depth given the cheapest (kernel, expand) of every slot; then
         the cheapest (resolution, width).  Exact because slots are independent given (r, w).
+        With a weight term (not additive) the subnet is the cheapest by its blocks and the
+        cost returned is its own, term included.
         """
         sp = self.choices.space
         nr, nw = self.base.shape

@@ -74,12 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     total = float(model.calibrate(raw))
     overhead = model.uses_overhead(cfg.r)
+    weights = model.network_weight_cost([b for b, _ in per_block], cfg.r)
     out = {
         "lut": str(args.lut), "runtime": model.runtime, "precision": model.precision, "device": model.device,
         "subnet": cfg.to_dict(), "latency_ms": round(total, 4), "lut_sum_ms": round(raw, 4),
         "calibration": list(model.calibration) if model.calibration else None,
         "blocks": len(per_block), "overhead_model": overhead,
-        "network_overhead_ms": round(float(raw - sum(c for _, c in per_block)), 4),
+        "network_overhead_ms": round(float(raw - weights - sum(c for _, c in per_block)), 4),
+        "weight_streaming_ms": round(weights, 4),
     }
     if args.per_block:
         out["per_block"] = [{"key": str(b), "ms": round(c, 4)} for b, c in per_block]
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         cal = f" (calibrated from {raw:.2f} ms LUT sum)" if model.calibration else ""
         ovh = (f", blocks less their invocation overhead + {out['network_overhead_ms']:.3f} ms once"
                if overhead else "")
+        if model.has_weight_cost(cfg.r):
+            ovh += f", + {weights:.3f} ms weight streaming"
         print(f"{total:.2f} ms{cal}  [{out['runtime']} {out['precision']}, {len(per_block)} blocks{ovh}, {args.lut}]")
     return 0
 

@@ -122,6 +122,11 @@ def build_block(spec: BlockSpec, dropout: float = 0.0) -> nn.Module:
         return Classifier(spec.in_c, spec.out_c, dropout)
     if spec.kind == "overhead":
         return nn.ReLU()
+    if spec.kind == "stream":
+        layers = [nn.Conv2d(spec.in_c, spec.in_c, 1, bias=False) for _ in range(spec.mid)]
+        for layer in layers:  # orthogonal: the signal keeps its scale through any depth (no denormals)
+            nn.init.orthogonal_(layer.weight.view(spec.in_c, spec.in_c))
+        return nn.Sequential(*layers)
     raise ValueError(f"no builder for block kind {spec.kind!r}")
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 ACTIVATIONS = ("relu", "relu6", "hswish", "none")
-KINDS = ("first_conv", "mbconv", "final_expand", "pool", "feature_mix", "classifier", "overhead")
+KINDS = ("first_conv", "mbconv", "final_expand", "pool", "feature_mix", "classifier", "overhead", "stream")
 DIVISOR = 8
 SE_REDUCTION = 4
 
@@ -95,7 +95,9 @@ class BlockSpec:
     ``feature_mix`` (1x1 conv without BN, act), ``classifier`` (dropout and linear), and
     ``overhead``: no block of a network but the profiler's probe of a runtime's fixed cost
     of one invocation at an input shape (one ReLU, output shape = input shape; see
-    ``overhead_probe``).
+    ``overhead_probe``), and ``stream``: the profiler's probe of how fast a device reads
+    weights that are no longer in its caches (``mid`` 1x1 convolutions of a 1x1 map with
+    ``in_c`` channels in a chain; see ``stream_probes``).
     """
 
     kind: str
@@ -128,6 +130,12 @@ class BlockSpec:
                 raise ValueError(f"mbconv needs mid >= 1 and an odd kernel, got mid={self.mid} kernel={self.kernel}")
             if self.residual and (self.stride != 1 or self.in_c != self.out_c):
                 raise ValueError("a residual mbconv needs stride 1 and in_c == out_c")
+        elif self.kind == "stream":
+            if (self.mid < 1 or self.residual or self.se or (self.in_h, self.in_w) != (1, 1)
+                    or (self.in_h, self.in_w, self.in_c) != (self.out_h, self.out_w, self.out_c)
+                    or self.kernel != 1 or self.stride != 1 or self.act != "none"):
+                raise ValueError("a stream probe is mid >= 1 layers on a 1x1 map, output shape = input shape, "
+                                 "kernel 1, stride 1, act none")
         elif self.mid or self.residual or self.se:
             raise ValueError(f"{self.kind} takes no mid, residual or se")
         if self.kind == "overhead" and ((self.in_h, self.in_w, self.in_c) != (self.out_h, self.out_w, self.out_c)
@@ -193,6 +201,8 @@ class BlockSpec:
             return i * o + o
         if self.kind in ("pool", "overhead"):
             return 0
+        if self.kind == "stream":
+            return m * i * i
         total = 0
         if self.has_expand:
             total += i * m + 2 * m
@@ -217,6 +227,8 @@ class BlockSpec:
             return i * o
         if self.kind in ("pool", "overhead"):
             return 0
+        if self.kind == "stream":
+            return m * i * i
         total = 0
         if self.has_expand:
             total += self.in_h * self.in_w * m * i
@@ -236,6 +248,21 @@ def overhead_probe(block: BlockSpec) -> BlockSpec:
     probe's time from every block and adds the network input's probe once
     (``profiler.costmodel``)."""
     return BlockSpec("overhead", block.in_h, block.in_w, block.in_c, block.in_h, block.in_w, block.in_c, act="relu")
+
+
+STREAM_CHANNELS = 256  # a stream probe's layers: 256 x 256 weights, 256 KiB each in float32
+STREAM_LAYERS = (1, 2, 4, 6, 8, 12, 16, 32)  # 0.25 to 8 MiB of float32 weights
+
+
+def stream_probes(channels: int = STREAM_CHANNELS, layers: Sequence[int] = STREAM_LAYERS) -> list[BlockSpec]:
+    """The probes that measure how a device's time per weight byte grows once a model's
+    weights no longer fit its caches: chains of ``n`` 1x1 convolutions of a 1x1 map (a
+    matrix-vector product each, so reading the weights is nearly all the work) for each
+    ``n`` in ``layers``.  A LUT row times one block again and again, its weights left in
+    the caches by the run before; a whole network whose weights exceed the caches reads
+    them from further away every run.  The latency model prices that from these rows
+    (``profiler.costmodel``)."""
+    return [BlockSpec("stream", 1, 1, channels, 1, 1, channels, mid=n) for n in layers]
 
 
 # --------------------------------------------------------------------------- SearchSpace
@@ -786,7 +813,7 @@ def parse_subnet(text: str, space: SearchSpace, r: int | None = None, w: float |
 
 __all__ = [
     "ACTIVATIONS", "KINDS", "BlockSpec", "SearchSpace", "StageSpec", "SubnetConfig", "Widths", "effective_kernel",
-    "overhead_probe",
+    "overhead_probe", "STREAM_CHANNELS", "STREAM_LAYERS", "stream_probes",
     "OFA_MBV3", "TINY", "make_divisible", "se_channels", "conv_out", "get_space",
     "register_space", "space_names", "parse_subnet",
 ]
