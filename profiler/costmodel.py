@@ -23,7 +23,7 @@ caches each time; a whole network whose weights exceed the caches reads them fro
 away on every run, and pays more than its blocks did one at a time (on a 2 MiB-L2 Xeon a
 Fashion-MNIST network of 1.4-2.9 MB of weights ran 0-75 us over its block sum, in proportion
 to its weights).  The profiler measures ``stream`` probes (``supernet.space.stream_probes``:
-chains of matrix-vector products with 0.25-8 MiB of weights); their time per weight byte
+chains of matrix-vector products with 0.25 MiB of weights up to the largest network's); their time per weight byte
 ``c(W)`` (each less its input shape's overhead probe) is flat while the weights fit and rises
 once they do not; call ``e(W) = c(W) - c_min`` its excess (made non-decreasing above the
 minimum, held at its last value beyond the largest probe).  A network of ``W`` weight bytes

@@ -251,17 +251,35 @@ def overhead_probe(block: BlockSpec) -> BlockSpec:
 
 
 STREAM_CHANNELS = 256  # a stream probe's layers: 256 x 256 weights, 256 KiB each in float32
-STREAM_LAYERS = (1, 2, 4, 6, 8, 12, 16, 32)  # 0.25 to 8 MiB of float32 weights
+STREAM_LAYERS = (1, 2, 4, 6, 8, 12, 16, 32)  # 0.25 to 8 MiB of float32 weights: every probe set has these
+STREAM_MORE = (48, 64, 96, 128, 192, 256, 384, 512)  # 12 to 128 MiB: added up to a space's largest network
+
+
+def stream_layers(weight_bytes: float = 0.0, channels: int = STREAM_CHANNELS,
+                  bytes_per_param: int = 4) -> tuple[int, ...]:
+    """The chain lengths of the stream probes for networks of up to ``weight_bytes`` of
+    weights: ``STREAM_LAYERS``, then ``STREAM_MORE`` up to the first probe that holds at
+    least ``weight_bytes`` (the latency model reads the curve at a network's own weight
+    bytes and holds its last value beyond the largest probe, so the probes must reach the
+    largest network: on a 2-core EPYC VM with a 32 MiB L3 the time per weight byte was flat
+    to 16 MiB and 1.7x at 32 MiB, where ``ofa_mbv3``'s 224-px networks hold 14-31 MiB)."""
+    layer = channels * channels * bytes_per_param
+    out = list(STREAM_LAYERS)
+    for n in STREAM_MORE:
+        if out[-1] * layer >= weight_bytes:
+            break
+        out.append(n)
+    return tuple(out)
 
 
 def stream_probes(channels: int = STREAM_CHANNELS, layers: Sequence[int] = STREAM_LAYERS) -> list[BlockSpec]:
     """The probes that measure how a device's time per weight byte grows once a model's
     weights no longer fit its caches: chains of ``n`` 1x1 convolutions of a 1x1 map (a
     matrix-vector product each, so reading the weights is nearly all the work) for each
-    ``n`` in ``layers``.  A LUT row times one block again and again, its weights left in
-    the caches by the run before; a whole network whose weights exceed the caches reads
-    them from further away every run.  The latency model prices that from these rows
-    (``profiler.costmodel``)."""
+    ``n`` in ``layers`` (``stream_layers`` sizes them for a space).  A LUT row times one
+    block again and again, its weights left in the caches by the run before; a whole
+    network whose weights exceed the caches reads them from further away every run.  The
+    latency model prices that from these rows (``profiler.costmodel``)."""
     return [BlockSpec("stream", 1, 1, channels, 1, 1, channels, mid=n) for n in layers]
 
 
@@ -813,7 +831,7 @@ def parse_subnet(text: str, space: SearchSpace, r: int | None = None, w: float |
 
 __all__ = [
     "ACTIVATIONS", "KINDS", "BlockSpec", "SearchSpace", "StageSpec", "SubnetConfig", "Widths", "effective_kernel",
-    "overhead_probe", "STREAM_CHANNELS", "STREAM_LAYERS", "stream_probes",
+    "overhead_probe", "STREAM_CHANNELS", "STREAM_LAYERS", "STREAM_MORE", "stream_layers", "stream_probes",
     "OFA_MBV3", "TINY", "make_divisible", "se_channels", "conv_out", "get_space",
     "register_space", "space_names", "parse_subnet",
 ]

@@ -15,7 +15,7 @@ from profiler.run import with_overhead_probes
 from search.encoding import Choices, Population
 from search.evolve import CostArrays
 from supernet import ops
-from supernet.space import STREAM_LAYERS, TINY, BlockSpec, get_space, stream_probes
+from supernet.space import STREAM_LAYERS, STREAM_MORE, TINY, BlockSpec, get_space, stream_layers, stream_probes
 
 R = 32
 MB = 1e6
@@ -58,6 +58,25 @@ def test_stream_probes_are_chains_of_matrix_vector_products_keyed_like_blocks():
         kw.update(bad)
         with pytest.raises(ValueError, match="stream probe"):
             BlockSpec(**kw)
+
+
+def test_stream_probes_reach_the_largest_network_of_the_space():
+    """The curve is held flat beyond its largest probe, so the probes must reach the
+    weights of the largest network profiled: the fmnist space's fit in the base set, the
+    OFA space's 224-px networks (about 31 MiB at width 1.0) need probes to 32 MiB."""
+    mib = 2**20
+    assert stream_layers(0) == stream_layers(8 * mib) == STREAM_LAYERS
+    assert stream_layers(8 * mib + 1) == STREAM_LAYERS + (48,)
+    assert stream_layers(30 * mib) == STREAM_LAYERS + (48, 64, 96, 128)
+    assert stream_layers(10**12) == STREAM_LAYERS + STREAM_MORE  # capped: 128 MiB
+    for name, r, w in (("fmnist", 48, 1.0), ("ofa_mbv3", 224, 1.0), ("ofa_mbv3", 224, 1.2)):
+        space = get_space(name)
+        largest = sum(b.params() for b in space.blocks(space.max_subnet(r, w))) * 4
+        layers = stream_layers(largest)
+        assert layers[-1] * 256 * 256 * 4 >= largest
+        assert len(layers) == len(STREAM_LAYERS) or layers[-2] * 256 * 256 * 4 < largest  # no probe beyond need
+    assert stream_layers(sum(b.params() for b in get_space("fmnist").blocks(get_space("fmnist").max_subnet(48))) * 4) \
+        == STREAM_LAYERS
 
 
 def test_stream_curve_is_the_excess_time_per_byte_above_its_minimum():
