@@ -333,13 +333,21 @@ class LatencyModel(CostModel):
         alone, ``max(0, e(W) - e(s_b)) * w_b``: what its weights cost beyond what the block's
         LUT row already paid for them (a block whose own working set overflows the caches
         streamed its weights when it was timed alone too); 0 without stream probes."""
-        curve = self.stream_curve(r)
-        if curve is None:
+        if self.stream_curve(r) is None:
             return super().weight_cost(block_params, block_solo, r)
+        block_params = np.asarray(block_params, dtype=float)
+        return self.weight_terms(block_params.sum(axis=1), block_params, block_solo, r).sum(axis=1)
+
+    def weight_terms(self, net_params: np.ndarray | float, block_params: np.ndarray, block_solo: np.ndarray,
+                     r: int) -> np.ndarray:
+        """Each block's share of ``weight_cost`` in networks of ``net_params`` parameters
+        (``(N,)``, or one number for every block): ``max(0, e(W) - e(s_b)) * w_b``, shaped
+        like ``block_params``.  Needs the stream curve (``has_weight_cost``)."""
+        wbytes, excess = self.stream_curve(r)
         wb = np.asarray(block_params, dtype=float) * self.bytes_per_param
-        net = np.interp(wb.sum(axis=1), curve[0], curve[1])
-        solo = np.interp(np.asarray(block_solo, dtype=float), curve[0], curve[1])
-        return (np.maximum(net[:, None] - solo, 0.0) * wb).sum(axis=1)
+        net = np.interp(np.asarray(net_params, dtype=float) * self.bytes_per_param, wbytes, excess)
+        solo = np.interp(np.asarray(block_solo, dtype=float), wbytes, excess)
+        return np.maximum(np.asarray(net)[..., None] - solo, 0.0) * wb
 
     def _lookup(self, block: BlockSpec, r: int) -> float:
         t, use = self._table(r)

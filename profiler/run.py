@@ -34,6 +34,7 @@ from supernet.atomic import atomic_write_text
 from supernet.space import BlockSpec, get_space, overhead_probe, space_names, stream_layers, stream_probes
 
 from .calibrate import CalibrationError, block_activations, calibration_id, stored, write_calibration
+from .costmodel import BYTES_PER_PARAM
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
 from .export import ArtifactCache, default_cache_dir
 from .farm import run_farm
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             largest = max(sum(b.params() for b in space.blocks(space.max_subnet(r, w)))
                           for r in (args.resolutions or space.resolutions)
                           for w in (args.widths or (space.default_width,)))
-            specs = specs + stream_probes(layers=stream_layers(largest * 4))
+            specs = specs + stream_probes(layers=stream_layers(largest * BYTES_PER_PARAM["fp32"]))
         if not args.no_overhead_probes:
             specs = with_overhead_probes(specs)
         for name, value in (("--threads", args.threads), ("--repeats", args.repeats)):

@@ -175,11 +175,9 @@ class CostArrays:
             r = self.choices.resolutions[ri]
             for wi in range(nw):
                 heaviest = self.pbase[ri, wi].sum() + self.pslot[ri, wi].reshape(self.slot.shape[2], -1).max(axis=-1).sum()
-                e_net = float(np.interp(heaviest * self.model.bytes_per_param, *self.model.stream_curve(r)))
                 blocks = np.concatenate([self.pbase[ri, wi], self.pslot[ri, wi].reshape(-1)])
                 solo = np.concatenate([self.sbase[ri, wi], self.sslot[ri, wi].reshape(-1)])
-                e_solo = np.interp(solo, *self.model.stream_curve(r))
-                per = np.maximum(e_net - e_solo, 0.0) * blocks * self.model.bytes_per_param
+                per = self.model.weight_terms(heaviest, blocks, solo, r)
                 nf = len(self.pbase[ri, wi])
                 total[ri, wi] += per[:nf].sum() + per[nf:].reshape(self.slot.shape[2], -1).max(axis=-1).sum()
         return float((self.a * total + self.b).max())
