@@ -14,6 +14,13 @@ Resumable: a finished run (``OUT/<method>-seed<S>/supernet.pt``) is evaluated, n
 The BN comparison trains the sandwich rule with the width multiplier elastic (1.0 and 1.5) once
 with shared and once with switchable BN and reports the 20 subnets at width 1.0 (the
 smallest), with and without recalibration.
+
+Every method is also compared with progressive shrinking subnet by subnet (the same 20
+subnets, seed and held-out images: ``paired_vs_ps``: the mean difference, its standard error
+over the subnet-seed pairs, and how many pairs each wins), and the training curves of every
+run (training top-1 of the subnets each step trained, the learning rate, and the held-out
+top-1 of the largest and smallest where a phase end was evaluated) go to
+``OUT/curves.csv`` and ``OUT/curves.png`` against the budget spent (subnet-epochs).
 """
 
 from __future__ import annotations
@@ -42,6 +49,87 @@ def stats(xs):
             "min": round(min(xs), 2), "max": round(max(xs), 2)}
 
 
+def paired(xs: list[float], refs: list[float]) -> dict:
+    """Paired differences ``xs - refs`` (same subnets, seed and images): mean, standard error
+    of the mean, and the pairs won, tied and lost."""
+    d = [x - r for x, r in zip(xs, refs, strict=True)]
+    se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+    return {"mean_diff": round(statistics.mean(d), 2), "se": round(se, 2), "pairs": len(d),
+            "wins": sum(x > 0 for x in d), "ties": sum(x == 0 for x in d), "losses": sum(x < 0 for x in d)}
+
+
+def curve_rows(name: str, seed: int, run: Path) -> list[dict]:
+    """A run's metrics (``metrics.csv``) against the budget spent: subnet-epochs so far (each
+    phase's epochs times the subnets it trains a step, from ``config.yaml``)."""
+    import csv
+
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    per = {ph["name"]: ph.get("subnets_per_step", 1) for ph in cfg["phases"]}
+    before, spent, rows = {}, 0.0, []
+    for ph in cfg["phases"]:
+        before[ph["name"]] = spent
+        spent += ph["epochs"] * per[ph["name"]]
+    last_epoch: dict[str, float] = {}
+    for r in csv.DictReader((run / "metrics.csv").open()):
+        ph = r["phase"]
+        if ph not in before:
+            continue
+        if r["kind"] == "train":
+            last_epoch[ph] = float(r["epoch"])
+            rows.append({"method": name, "seed": seed, "subnet_epochs": round(before[ph] + last_epoch[ph] * per[ph], 4),
+                         "phase": ph, "kind": "train", "lr": float(r["lr"]), "train_top1": float(r["acc"]),
+                         "subnet": "", "heldout_top1": ""})
+        elif r["kind"] == "eval" and r.get("top1"):
+            rows.append({"method": name, "seed": seed, "subnet_epochs": round(before[ph] + last_epoch.get(ph, 0) * per[ph], 4),
+                         "phase": ph, "kind": "eval", "lr": "", "train_top1": "", "subnet": r["subnet"],
+                         "heldout_top1": float(r["top1"])})
+    return rows
+
+
+def write_curves(out: Path, rows: list[dict]) -> None:
+    """``curves.csv`` and ``curves.png``: training top-1 (smoothed over 20 log lines) and the
+    learning rate against subnet-epochs, one line per method (first seed), held-out points
+    where the run evaluated its largest (x) and smallest (o)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    with (out / "curves.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 7), sharex=True, height_ratios=(3, 1))
+    for i, name in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        seed = min(r["seed"] for r in rows if r["method"] == name)
+        tr = [r for r in rows if r["method"] == name and r["seed"] == seed and r["kind"] == "train"]
+        x = np.array([r["subnet_epochs"] for r in tr])
+        y = np.array([r["train_top1"] for r in tr])
+        k = min(20, len(y))
+        ys = np.convolve(y, np.ones(k) / k, mode="valid") if k else y
+        color = f"C{i}"
+        ax.plot(x[len(x) - len(ys):], ys, color=color, label=f"{name} (training top-1)")
+        ax2.plot(x, [r["lr"] for r in tr], color=color)
+        for r in rows:
+            if r["method"] == name and r["seed"] == seed and r["kind"] == "eval" and r["subnet"] in ("max", "min"):
+                ax.scatter(r["subnet_epochs"], r["heldout_top1"], color=color, marker="x" if r["subnet"] == "max" else "o",
+                           zorder=3)
+    ax.set_ylabel("top-1 %")
+    ax.set_ylim(bottom=max(0.0, ax.get_ylim()[0]))
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("training curves (held-out: x largest, o smallest, at evaluated phase ends)", fontsize=9)
+    ax2.set_ylabel("learning rate")
+    ax2.set_xlabel("budget spent (subnet-epochs)")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny")
@@ -67,7 +155,8 @@ def main() -> None:
     if args.only:
         runs = {k: v for k, v in runs.items() if k in args.only.split(",")}
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    results = {}
+    results: dict[str, list[dict]] = {}
+    curves: list[dict] = []
     for seed in seeds:
         data = load_data(base.data, base.valid_size, base.recal_images, base.train_limit, seed)
         for name, cfg in runs.items():
@@ -88,12 +177,22 @@ def main() -> None:
             if name.startswith("bn_"):
                 row["random_no_recal"] = stats([ev.evaluate(c, recalibrate=False) for c in subnets])
             results.setdefault(name, []).append(row)
+            curves.extend(curve_rows(name, seed, out))
             print(f"{name} seed {seed}: {row['random']} largest {row['largest']} smallest {row['smallest']} "
                   f"({row['train_wall_s']} s)", file=sys.stderr)
 
     mean = statistics.mean
+    paired_vs_ps = {}
+    if "ps" in results:
+        for name, rs in results.items():
+            if name != "ps" and not name.startswith("bn_"):
+                ref = {r["seed"]: r["top1"] for r in results["ps"]}
+                pairs = [(a, b) for r in rs if r["seed"] in ref for a, b in zip(r["top1"], ref[r["seed"]])]
+                if pairs:
+                    paired_vs_ps[name] = paired([a for a, _ in pairs], [b for _, b in pairs])
     lines = [f"| method | budget (subnet-epochs) | {args.subnets} random: mean ± std [min, max] (averaged over seeds) "
-             "| per-seed means | largest | smallest |", "|---|---|---|---|---|---|"]
+             "| per-seed means | largest | smallest | against PS, paired: mean diff ± s.e. (won/lost) |",
+             "|---|---|---|---|---|---|---|"]
     for name, rs in results.items():
         s = {k: mean([r["random"][k] for r in rs]) for k in ("mean", "std", "min", "max")}
         extra = ""
@@ -103,14 +202,22 @@ def main() -> None:
         per_seed = ", ".join(f"{r['random']['mean']:.2f}" for r in rs)
         lines.append(f"| {name} | {rs[0]['budget_subnet_epochs']:g} | {s['mean']:.2f} ± {s['std']:.2f} "
                      f"[{s['min']:.2f}, {s['max']:.2f}]{extra} | {per_seed} | {mean([r['largest'] for r in rs]):.2f} "
-                     f"| {mean([r['smallest'] for r in rs]):.2f} |")
+                     f"| {mean([r['smallest'] for r in rs]):.2f} | {_paired_cell(paired_vs_ps.get(name))} |")
     print("\n".join(lines), file=sys.stderr)
-    out = {"bench": "ps_vs_naive", "preset": args.preset, "subnets": args.subnets,
+    out = {"bench": "ps_vs_naive", "preset": args.preset, "subnets": args.subnets, "paired_vs_ps": paired_vs_ps,
            "seeds": seeds, "eval_images": args.eval_images, "recal_images": base.recal_images, "threads": torch.get_num_threads(),
            "load_avg": os.getloadavg(), "results": results, "table": lines}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(out, indent=2) + "\n")
+    if curves:
+        write_curves(args.out, curves)
     print(json.dumps(out))
+
+
+def _paired_cell(p: dict | None) -> str:
+    if p is None:
+        return "-"
+    return f"{p['mean_diff']:+.2f} ± {p['se']:.2f} ({p['wins']}/{p['losses']} of {p['pairs']})"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""bench/ps_vs_naive.py end to end on the `test` preset: the paired comparison with
+progressive shrinking, the training curves against the budget, and a second invocation that
+evaluates the finished runs instead of training them again."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(out: Path, only: str) -> dict:
+    res = subprocess.run([sys.executable, "bench/ps_vs_naive.py", "--preset", "test", "--subnets", "3",
+                          "--eval-images", "32", "--only", only, "--out", str(out)],
+                         cwd=ROOT, check=True, text=True, capture_output=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_ps_vs_naive_pairs_subnets_with_ps_and_writes_curves(tmp_path):
+    out = _run(tmp_path, "ps,naive")
+    ps, naive = out["results"]["ps"][0], out["results"]["naive"][0]
+    diffs = [a - b for a, b in zip(naive["top1"], ps["top1"])]
+    p = out["paired_vs_ps"]["naive"]
+    assert p["pairs"] == 3 == p["wins"] + p["ties"] + p["losses"]
+    assert p["mean_diff"] == pytest.approx(sum(diffs) / 3, abs=0.01)
+    assert p["wins"] == sum(d > 0 for d in diffs) and p["losses"] == sum(d < 0 for d in diffs)
+    assert "ps" not in out["paired_vs_ps"]
+    assert any("against PS" in line for line in out["table"])
+
+    rows = list(csv.DictReader((tmp_path / "curves.csv").open()))
+    for method, budget in (("ps", ps["budget_subnet_epochs"]), ("naive", naive["budget_subnet_epochs"])):
+        xs = [float(r["subnet_epochs"]) for r in rows if r["method"] == method and r["kind"] == "train"]
+        assert xs and xs == sorted(xs) and xs[-1] == pytest.approx(budget)
+    # PS's phases are laid end to end on the budget axis: the expand phase starts where the others ended
+    ps_phases = [r["phase"] for r in rows if r["method"] == "ps" and r["kind"] == "train"]
+    assert list(dict.fromkeys(ps_phases)) == ["full", "kernel", "depth", "expand"]
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # resumable: the finished runs are evaluated, not trained again
+    again = _run(tmp_path, "ps,naive")
+    assert again["results"]["naive"][0]["top1"] == naive["top1"]
+    assert again["results"]["naive"][0]["train_wall_s"] < 1.0
