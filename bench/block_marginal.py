@@ -16,8 +16,15 @@ beyond the latency model's price; the summary relates it to the block's paramete
 run when all its weights do not fit).  Prints one JSON object (last line); the table goes
 to stderr.
 
+``--precision int8`` (onnxruntime; issue 16): every prefix, block and probe is quantized as
+``profiler.quantize`` quantizes LUT blocks and validated networks (QDQ, uint8 activations,
+int8 per-channel weights; the probe is its QuantizeLinear/DequantizeLinear pair), each
+calibrated on the same ``--calib`` seeded random network inputs carried through the blocks
+before it, so a block alone sees the inputs it sees inside the prefix.
+
     .venv/bin/python bench/block_marginal.py [--runtime onnxruntime|tflite] [--space fmnist]
         [--resolution 48] [--subnets 3] [--rounds 5] [--reps 200] [--big-params 50000]
+        [--precision fp32|int8] [--calib 8]
 """
 
 from __future__ import annotations
@@ -40,19 +47,39 @@ from profiler.export import block_module, export_block, export_onnx, export_tfli
 from supernet.space import get_space, overhead_probe  # noqa: E402
 
 
-def _subnet(args, space, fmt: str, rng: random.Random, si: int, tmp: Path) -> dict:
+def _subnet(args, space, fmt: str, rng: random.Random, si: int, tmp: Path, checked: list[str]) -> dict:
     """Subnet ``si``: its prefixes, blocks and probes exported under ``tmp``, timed, and its
     table printed to stderr; returns its JSON record."""
+    import onnx
     import torch
 
     cfg = space.sample(rng, resolutions=[args.resolution])
     specs = list(space.blocks(cfg))
     mods = [block_module(s) for s in specs]
+    if args.precision == "int8":
+        # Two blocks of one shape get the same weights (block_module seeds by the key), the
+        # exporter then shares their initializers, and onnxruntime's quantizer leaves a
+        # convolution with a shared weight in float: nudge each position's weights apart
+        # (1e-4 relative; an int8 kernel's time does not depend on the values).
+        gen = torch.Generator().manual_seed(args.seed * 1000 + si + 1)
+        with torch.no_grad():
+            for m in mods:
+                for t in list(m.parameters()) + list(m.buffers()):
+                    if t.is_floating_point():
+                        t.mul_(1 + 1e-4 * torch.randn(t.shape, generator=gen))
     x = torch.randn(1, space.in_channels, args.resolution, args.resolution)
     acts = [x]
     with torch.no_grad():
         for m in mods:
             acts.append(m(acts[-1]))
+        calib = []  # int8: per calibration input, every block's input
+        if args.precision == "int8":
+            gen = torch.Generator().manual_seed(args.seed * 1000 + si)
+            for _ in range(args.calib):
+                a = [torch.randn(x.shape, generator=gen)]
+                for m in mods:
+                    a.append(m(a[-1]))
+                calib.append([t.numpy() for t in a])
     n = len(specs)
     while n > 0 and acts[n].dim() != 4:  # prefixes end at the last 4-D output (before the classifier)
         n -= 1
@@ -63,6 +90,20 @@ def _subnet(args, space, fmt: str, rng: random.Random, si: int, tmp: Path) -> di
         (export_onnx if fmt == "onnx" else export_tflite)(net, x, prefix)
         alone = export_block(specs[k - 1], fmt, tmp / f"s{si}-a{k}.{fmt}")
         probe = export_block(overhead_probe(specs[k - 1]), fmt, tmp / f"s{si}-r{k}.{fmt}")
+        if calib:
+            from profiler.quantize import qdq_probe_onnx, quantize_onnx
+
+            ins = [c[k - 1] for c in calib]
+            for src, cal, fn in ((prefix, [c[0] for c in calib], quantize_onnx), (alone, ins, quantize_onnx),
+                                 (probe, ins, qdq_probe_onnx)):
+                fn(src, src.with_suffix(".int8.onnx"), cal)
+            for q in (prefix, alone, probe):  # a convolution the quantizer left in float would time fp32
+                ops = {n.op_type for n in onnx.load(str(q)).graph.node}
+                qops = {n.op_type for n in onnx.load(str(q.with_suffix(".int8.onnx"))).graph.node}
+                if (ops & {"Conv", "Gemm", "MatMul"} or q == probe) and "QuantizeLinear" not in qops:
+                    raise SystemExit(f"block_marginal: error: {q.name} has no QuantizeLinear after quantization")
+                checked.append(q.name)
+            prefix, alone, probe = (q.with_suffix(".int8.onnx") for q in (prefix, alone, probe))
         sessions.append(tuple(_Session(p, args.runtime) for p in (prefix, alone, probe)))
     times: list[list[list[float]]] = [[[], [], []] for _ in sessions]
     for _ in range(args.rounds):
@@ -99,7 +140,12 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=200, help="timed invocations per model per round (median)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--big-params", type=int, default=50000, help="the summary's split between small and large blocks")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
+                    help="int8: every model quantized as profiler.quantize does (onnxruntime only)")
+    ap.add_argument("--calib", type=int, default=8, help="int8: calibration inputs per model")
     args = ap.parse_args()
+    if args.precision == "int8" and args.runtime != "onnxruntime":
+        ap.error("--precision int8 is implemented for --runtime onnxruntime only")
     import torch
 
     torch.set_num_threads(1)
@@ -109,13 +155,15 @@ def main() -> int:
     fmt = format_for_runtime(args.runtime)
     rng = random.Random(args.seed)
     with tempfile.TemporaryDirectory(prefix="hwnas-block-marginal-") as tmp:
-        out_subnets = [_subnet(args, space, fmt, rng, si, Path(tmp)) for si in range(args.subnets)]
+        checked: list[str] = []
+        out_subnets = [_subnet(args, space, fmt, rng, si, Path(tmp), checked) for si in range(args.subnets)]
     rows = [b for sub in out_subnets for b in sub["blocks"]]
     params = np.array([r["params"] for r in rows], dtype=float)
     extra = np.array([r["extra_us"] for r in rows], dtype=float)
     big = params > args.big_params
     summary = {
-        "bench": "block_marginal", "runtime": args.runtime, "space": space.name, "resolution": args.resolution,
+        "bench": "block_marginal", "runtime": args.runtime, "precision": args.precision, "space": space.name,
+        "resolution": args.resolution, "int8_models_checked": len(checked),
         "rounds": args.rounds, "reps": args.reps, "blocks": len(rows),
         "corr_params_extra": round(float(np.corrcoef(params, extra)[0, 1]), 3) if len(rows) > 2 and params.std() > 0 else None,
         "extra_us_per_100k_params": round(float(np.polyfit(params, extra, 1)[0] * 1e5), 2) if len(rows) > 2 and params.std() > 0 else None,

@@ -30,3 +30,21 @@ def test_block_marginal_prints_each_blocks_cost_inside_the_network():
     bad = subprocess.run([sys.executable, str(REPO / "bench" / "block_marginal.py"), "--space", "tiny",
                           "--resolution", "33"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--resolution 33 is not one of space tiny" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_block_marginal_in_int8_quantizes_every_model():
+    """``--precision int8``: prefixes, blocks and probes quantized as profiler.quantize does
+    (a model that stayed in float has no QuantizeLinear and makes the run say so); the
+    telescoping holds as in fp32; LiteRT int8 is one clear error."""
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "block_marginal.py"), "--runtime", "onnxruntime",
+                           "--space", "tiny", "--resolution", "32", "--subnets", "1", "--rounds", "1", "--reps", "5",
+                           "--precision", "int8", "--calib", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["precision"] == "int8" and out["int8_models_checked"] == 3 * out["blocks"] >= 9
+    sub = out["subnets"][0]
+    assert abs(sum(b["marginal_us"] for b in sub["blocks"]) - sub["network_us"]) < 0.05 * len(sub["blocks"])
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "block_marginal.py"), "--runtime", "tflite",
+                          "--precision", "int8"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "onnxruntime only" in bad.stderr.strip().splitlines()[-1]
