@@ -183,13 +183,12 @@ def main() -> None:
 
     mean = statistics.mean
     paired_vs_ps = {}
-    if "ps" in results:
-        for name, rs in results.items():
-            if name != "ps" and not name.startswith("bn_"):
-                ref = {r["seed"]: r["top1"] for r in results["ps"]}
-                pairs = [(a, b) for r in rs if r["seed"] in ref for a, b in zip(r["top1"], ref[r["seed"]])]
-                if pairs:
-                    paired_vs_ps[name] = paired([a for a, _ in pairs], [b for _, b in pairs])
+    ref = {r["seed"]: r["top1"] for r in results.get("ps", [])}
+    for name, rs in results.items():
+        if name != "ps" and not name.startswith("bn_"):
+            xs = [a for r in rs if r["seed"] in ref for a in r["top1"]]
+            if xs:
+                paired_vs_ps[name] = paired(xs, [b for r in rs if r["seed"] in ref for b in ref[r["seed"]]])
     lines = [f"| method | budget (subnet-epochs) | {args.subnets} random: mean ± std [min, max] (averaged over seeds) "
              "| per-seed means | largest | smallest | against PS, paired: mean diff ± s.e. (won/lost) |",
              "|---|---|---|---|---|---|---|"]

@@ -34,7 +34,7 @@ def test_block_marginal_prints_each_blocks_cost_inside_the_network():
 
 def test_block_marginal_in_int8_quantizes_every_model():
     """``--precision int8``: prefixes, blocks and probes quantized as profiler.quantize does
-    (a model that stayed in float has no QuantizeLinear and makes the run say so); the
+    (a convolution onnxruntime still runs in float makes the run say so); the
     telescoping holds as in fp32; LiteRT int8 is one clear error."""
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "block_marginal.py"), "--runtime", "onnxruntime",
                            "--space", "tiny", "--resolution", "32", "--subnets", "1", "--rounds", "1", "--reps", "5",
@@ -48,3 +48,20 @@ def test_block_marginal_in_int8_quantizes_every_model():
     bad = subprocess.run([sys.executable, str(REPO / "bench" / "block_marginal.py"), "--runtime", "tflite",
                           "--precision", "int8"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "onnxruntime only" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_block_marginal_finds_convolutions_onnxruntime_runs_in_float(tmp_path):
+    """The int8 check reads onnxruntime's optimized graph: an fp32 block's convolutions are
+    named, the same block quantized by profiler.quantize has none left."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from block_marginal import _float_matmuls
+
+    from profiler.export import export_block
+    from profiler.quantize import calibration_inputs, quantize_onnx
+    from supernet.space import get_space
+
+    spec = get_space("tiny").blocks(get_space("tiny").max_subnet(r=32))[1]
+    fp32 = export_block(spec, "onnx", tmp_path / "b.onnx")
+    assert len(_float_matmuls(fp32)) >= 2
+    quantize_onnx(fp32, tmp_path / "b.int8.onnx", calibration_inputs(spec.input_shape, 0, n=2))
+    assert _float_matmuls(tmp_path / "b.int8.onnx") == []
