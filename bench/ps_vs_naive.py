@@ -21,6 +21,14 @@ over the subnet-seed pairs, and how many pairs each wins), and the training curv
 run (training top-1 of the subnets each step trained, the learning rate, and the held-out
 top-1 of the largest and smallest where a phase end was evaluated) go to
 ``OUT/curves.csv`` and ``OUT/curves.png`` against the budget spent (subnet-epochs).
+
+Each seed draws its own held-out split, and on 5,000 images two splits differ by about a
+point for the same networks, so per-seed means do not compare across seeds on it.  With
+``--test-images N`` (default 10,000: all of Fashion-MNIST's; 0: off) every run is also
+evaluated on the first N images of the dataset's own test split, which no seed trains on:
+the same subnets after the same recalibration (``test`` in each result row and
+``paired_vs_ps_test``; the table's test column).  A report figure only: nothing here or in
+training chooses anything by it.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from supernet.evaluation import Evaluator, load_supernet  # noqa: E402
-from supernet.data import load_data  # noqa: E402
+from supernet.data import DataError, load_data, load_test  # noqa: E402
 from supernet.presets import get_preset, with_method  # noqa: E402
 from supernet.trainer import train  # noqa: E402
 
@@ -139,7 +147,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/ps_vs_naive"))
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared 2-core box)")
     p.add_argument("--only", help="comma-separated subset of: ps,naive,sandwich,full,bn_shared,bn_switchable")
+    p.add_argument("--test-images", type=int, default=10000,
+                   help="also evaluate on this many of the dataset's test images, the same for every seed (0: off)")
     args = p.parse_args()
+    if args.test_images < 0:
+        p.error("--test-images must be 0 or more")
 
     torch.set_num_threads(args.threads)
     base = get_preset(args.preset)
@@ -157,6 +169,14 @@ def main() -> None:
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     results: dict[str, list[dict]] = {}
     curves: list[dict] = []
+    test = None
+    if args.test_images:
+        from supernet.space import get_space
+
+        try:
+            test = load_test(base.data, base_resolution=max(get_space(base.space).resolutions))
+        except DataError as exc:
+            sys.exit(f"ps_vs_naive: error: {exc} (or --test-images 0)")
     for seed in seeds:
         data = load_data(base.data, base.valid_size, base.recal_images, base.train_limit, seed)
         for name, cfg in runs.items():
@@ -176,22 +196,36 @@ def main() -> None:
                    "smallest": round(ev.evaluate(net.space.min_subnet()), 2), "top1": [round(a, 2) for a in accs]}
             if name.startswith("bn_"):
                 row["random_no_recal"] = stats([ev.evaluate(c, recalibrate=False) for c in subnets])
+            if test is not None:  # the same recalibration images, the dataset's test images instead of this seed's split
+                tev = Evaluator(net, replace(data, valid=test), base.recal_images, args.test_images)
+                t1 = [tev.evaluate(c) for c in subnets]
+                row["test"] = {"images": min(args.test_images, len(test)), "random": stats(t1),
+                               "largest": round(tev.evaluate(net.space.max_subnet()), 2),
+                               "smallest": round(tev.evaluate(net.space.min_subnet()), 2),
+                               "top1": [round(a, 2) for a in t1]}
             results.setdefault(name, []).append(row)
             curves.extend(curve_rows(name, seed, out))
             print(f"{name} seed {seed}: {row['random']} largest {row['largest']} smallest {row['smallest']} "
                   f"({row['train_wall_s']} s)", file=sys.stderr)
 
     mean = statistics.mean
-    paired_vs_ps = {}
-    ref = {r["seed"]: r["top1"] for r in results.get("ps", [])}
-    for name, rs in results.items():
-        if name != "ps" and not name.startswith("bn_"):
-            xs = [a for r in rs if r["seed"] in ref for a in r["top1"]]
-            if xs:
-                paired_vs_ps[name] = paired(xs, [b for r in rs if r["seed"] in ref for b in ref[r["seed"]]])
+
+    def paired_with_ps(top1) -> dict:
+        ref = {r["seed"]: top1(r) for r in results.get("ps", []) if top1(r) is not None}
+        out = {}
+        for name, rs in results.items():
+            if name != "ps" and not name.startswith("bn_"):
+                kept = [r for r in rs if r["seed"] in ref and top1(r) is not None]
+                if kept:
+                    out[name] = paired([a for r in kept for a in top1(r)], [b for r in kept for b in ref[r["seed"]]])
+        return out
+
+    paired_vs_ps = paired_with_ps(lambda r: r["top1"])
+    paired_vs_ps_test = paired_with_ps(lambda r: r.get("test", {}).get("top1")) if test is not None else {}
     lines = [f"| method | budget (subnet-epochs) | {args.subnets} random: mean ± std [min, max] (averaged over seeds) "
-             "| per-seed means | largest | smallest | against PS, paired: mean diff ± s.e. (won/lost) |",
-             "|---|---|---|---|---|---|---|"]
+             "| per-seed means | largest | smallest | against PS, paired: mean diff ± s.e. (won/lost) "
+             "| test images: per-seed means; largest / smallest | test, against PS |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, rs in results.items():
         s = {k: mean([r["random"][k] for r in rs]) for k in ("mean", "std", "min", "max")}
         extra = ""
@@ -201,16 +235,29 @@ def main() -> None:
         per_seed = ", ".join(f"{r['random']['mean']:.2f}" for r in rs)
         lines.append(f"| {name} | {rs[0]['budget_subnet_epochs']:g} | {s['mean']:.2f} ± {s['std']:.2f} "
                      f"[{s['min']:.2f}, {s['max']:.2f}]{extra} | {per_seed} | {mean([r['largest'] for r in rs]):.2f} "
-                     f"| {mean([r['smallest'] for r in rs]):.2f} | {_paired_cell(paired_vs_ps.get(name))} |")
+                     f"| {mean([r['smallest'] for r in rs]):.2f} | {_paired_cell(paired_vs_ps.get(name))} "
+                     f"| {_test_cell(rs)} | {_paired_cell(paired_vs_ps_test.get(name))} |")
     print("\n".join(lines), file=sys.stderr)
     out = {"bench": "ps_vs_naive", "preset": args.preset, "subnets": args.subnets, "paired_vs_ps": paired_vs_ps,
            "seeds": seeds, "eval_images": args.eval_images, "recal_images": base.recal_images, "threads": torch.get_num_threads(),
+           "test_images": args.test_images, "paired_vs_ps_test": paired_vs_ps_test,
            "load_avg": os.getloadavg(), "results": results, "table": lines}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(out, indent=2) + "\n")
     if curves:
         write_curves(args.out, curves)
     print(json.dumps(out))
+
+
+def _test_cell(rs: list[dict]) -> str:
+    """Per-seed means of the random subnets on the test images, then the largest and
+    smallest averaged over seeds ("-" without test figures)."""
+    ts = [r["test"] for r in rs if "test" in r]
+    if not ts:
+        return "-"
+    means = ", ".join(f"{t['random']['mean']:.2f}" for t in ts)
+    return (f"{means}; {statistics.mean([t['largest'] for t in ts]):.2f} / "
+            f"{statistics.mean([t['smallest'] for t in ts]):.2f}")
 
 
 def _paired_cell(p: dict | None) -> str:

@@ -13,9 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(out: Path, only: str) -> dict:
+def _run(out: Path, only: str, test_images: int = 64) -> dict:
     res = subprocess.run([sys.executable, "bench/ps_vs_naive.py", "--preset", "test", "--subnets", "3",
-                          "--eval-images", "32", "--only", only, "--out", str(out)],
+                          "--eval-images", "32", "--only", only, "--out", str(out), "--test-images", str(test_images)],
                          cwd=ROOT, check=True, text=True, capture_output=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -41,7 +41,19 @@ def test_ps_vs_naive_pairs_subnets_with_ps_and_writes_curves(tmp_path):
     assert list(dict.fromkeys(ps_phases)) == ["full", "kernel", "depth", "expand"]
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # resumable: the finished runs are evaluated, not trained again
-    again = _run(tmp_path, "ps,naive")
+    # the dataset's test images, the same for every seed: the same subnets, paired with PS there too
+    for row in (ps, naive):
+        t = row["test"]
+        assert t["images"] == 64 and len(t["top1"]) == 3 and all(0 <= a <= 100 for a in t["top1"])
+        assert t["random"]["mean"] == pytest.approx(sum(t["top1"]) / 3, abs=0.01)
+    pt = out["paired_vs_ps_test"]["naive"]
+    assert pt["pairs"] == 3
+    assert pt["mean_diff"] == pytest.approx(sum(a - b for a, b in zip(naive["test"]["top1"], ps["test"]["top1"])) / 3,
+                                            abs=0.01)
+    assert out["test_images"] == 64 and "test images" in out["table"][0]
+
+    # resumable: the finished runs are evaluated, not trained again; --test-images 0 leaves the test split alone
+    again = _run(tmp_path, "ps,naive", test_images=0)
     assert again["results"]["naive"][0]["top1"] == naive["top1"]
     assert again["results"]["naive"][0]["train_wall_s"] < 1.0
+    assert "test" not in again["results"]["naive"][0] and again["paired_vs_ps_test"] == {}
