@@ -58,6 +58,24 @@ def stats(xs):
             "min": round(min(xs), 2), "max": round(max(xs), 2)}
 
 
+def scores(evs: list, subnets: list, space) -> list[dict]:
+    """Per evaluator of ``evs`` (the same recalibration images, different images scored):
+    top-1 of ``subnets`` (``random`` statistics and ``top1``), the largest and the smallest;
+    each subnet is extracted and recalibrated once, by the first evaluator."""
+    def top1s(cfg) -> list[float]:
+        net = evs[0].subnet(cfg)
+        return [ev.top1(net, cfg.r) for ev in evs]
+
+    accs = [top1s(c) for c in subnets]
+    largest, smallest = top1s(space.max_subnet()), top1s(space.min_subnet())
+    out = []
+    for i in range(len(evs)):
+        xs = [a[i] for a in accs]
+        out.append({"random": stats(xs), "largest": round(largest[i], 2), "smallest": round(smallest[i], 2),
+                    "top1": [round(a, 2) for a in xs]})
+    return out
+
+
 def paired(xs: list[float], refs: list[float]) -> dict:
     """Paired differences ``xs - refs`` (same subnets, seed and images): mean, standard error
     of the mean, and the pairs won, tied and lost."""
@@ -188,22 +206,17 @@ def main() -> None:
                 train(cfg, out, resume=True, progress=False)
             wall = time.time() - t
             net, _ = load_supernet(out / "supernet.pt")
-            ev = Evaluator(net, data, base.recal_images, args.eval_images)
+            evs = [Evaluator(net, data, base.recal_images, args.eval_images)]
+            if test is not None:  # the same recalibration images, the dataset's test images instead of this seed's split
+                evs.append(Evaluator(net, replace(data, valid=test), base.recal_images, args.test_images))
             rng = random.Random(0)
             subnets = [net.space.sample(rng) for _ in range(args.subnets)]
-            accs = [ev.evaluate(c) for c in subnets]
-            row = {"seed": seed, "budget_subnet_epochs": cfg.budget(), "train_wall_s": round(wall, 1),
-                   "random": stats(accs), "largest": round(ev.evaluate(net.space.max_subnet()), 2),
-                   "smallest": round(ev.evaluate(net.space.min_subnet()), 2), "top1": [round(a, 2) for a in accs]}
+            held_out, *on_test = scores(evs, subnets, net.space)
+            row = {"seed": seed, "budget_subnet_epochs": cfg.budget(), "train_wall_s": round(wall, 1), **held_out}
             if name.startswith("bn_"):
-                row["random_no_recal"] = stats([ev.evaluate(c, recalibrate=False) for c in subnets])
-            if test is not None:  # the same recalibration images, the dataset's test images instead of this seed's split
-                tev = Evaluator(net, replace(data, valid=test), base.recal_images, args.test_images)
-                t1 = [tev.evaluate(c) for c in subnets]
-                row["test"] = {"images": min(args.test_images, len(test)), "random": stats(t1),
-                               "largest": round(tev.evaluate(net.space.max_subnet()), 2),
-                               "smallest": round(tev.evaluate(net.space.min_subnet()), 2),
-                               "top1": [round(a, 2) for a in t1]}
+                row["random_no_recal"] = stats([evs[0].evaluate(c, recalibrate=False) for c in subnets])
+            if on_test:
+                row["test"] = {"images": min(args.test_images, len(test)), **on_test[0]}
             results.setdefault(name, []).append(row)
             curves.extend(curve_rows(name, seed, out))
             print(f"{name} seed {seed}: {row['random']} largest {row['largest']} smallest {row['smallest']} "

@@ -57,3 +57,11 @@ def test_ps_vs_naive_pairs_subnets_with_ps_and_writes_curves(tmp_path):
     assert again["results"]["naive"][0]["top1"] == naive["top1"]
     assert again["results"]["naive"][0]["train_wall_s"] < 1.0
     assert "test" not in again["results"]["naive"][0] and again["paired_vs_ps_test"] == {}
+
+
+def test_ps_vs_naive_refuses_a_negative_test_image_count(tmp_path):
+    res = subprocess.run([sys.executable, "bench/ps_vs_naive.py", "--preset", "test", "--test-images", "-1",
+                          "--out", str(tmp_path / "out")], cwd=ROOT, text=True, capture_output=True)
+    assert res.returncode == 2
+    assert "--test-images must be 0 or more" in res.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()  # refused before anything was trained or written
