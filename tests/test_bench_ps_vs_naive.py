@@ -30,6 +30,9 @@ def test_ps_vs_naive_pairs_subnets_with_ps_and_writes_curves(tmp_path):
     assert p["mean_diff"] == pytest.approx(sum(diffs) / 3, abs=0.01)
     assert p["wins"] == sum(d > 0 for d in diffs) and p["losses"] == sum(d < 0 for d in diffs)
     assert "ps" not in out["paired_vs_ps"]
+    # the two-way bootstrap over subnets and images, from the hits behind these accuracies
+    assert p["se_boot"] >= 0 and out["paired_vs_ps_test"]["naive"]["se_boot"] >= 0
+    assert "over subnets and images" in out["table"][0] and "hits" not in naive
     assert any("against PS" in line for line in out["table"])
 
     rows = list(csv.DictReader((tmp_path / "curves.csv").open()))
@@ -65,3 +68,31 @@ def test_ps_vs_naive_refuses_a_negative_test_image_count(tmp_path):
     assert res.returncode == 2
     assert "--test-images must be 0 or more" in res.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()  # refused before anything was trained or written
+
+
+def test_bootstrap_se_counts_the_images_all_subnets_share():
+    """Two methods whose subnets differ only on a shared handful of images: the standard
+    error over subnets sees no spread at all, the two-way bootstrap sees the images' luck."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from ps_vs_naive import bootstrap_se, paired
+
+    n_sub, n_img = 20, 400
+    ref = torch.zeros(n_sub, n_img, dtype=torch.bool)
+    ref[:, :300] = True
+    same_gain = ref.clone()
+    same_gain[:, 300:308] = True  # every subnet wins the same 8 images: +2 points each
+    xs = [100.0 * r.float().mean().item() for r in same_gain]
+    refs = [100.0 * r.float().mean().item() for r in ref]
+    p = paired(xs, refs, [(same_gain, ref)], reps=300)
+    assert p["mean_diff"] == pytest.approx(2.0) and p["se"] == 0.0 and p["wins"] == 20
+    # 8 of 400 images: binomial-like s.e. of the shared gain, sqrt(0.02 * 0.98 / 400) = 0.70 points
+    assert 0.4 < p["se_boot"] < 1.0
+    # no difference anywhere: nothing to be uncertain about
+    assert bootstrap_se([(ref, ref)], reps=50) == 0.0
+    # subnet-to-subnet spread alone (each subnet wins its own image) is counted too
+    own = ref.clone()
+    for j in range(n_sub):
+        own[j, 300 + j] = j % 2 == 0
+    assert bootstrap_se([(own, ref)], reps=300) > 0.0
