@@ -10,7 +10,9 @@ the run's: weights, batches, sampled subnets and the held-out split), then top-1
 run's held-out split of 20 fixed random subnets (drawn with seed 0, default width) after BN
 recalibration; mean, standard deviation, min and max, plus the largest and smallest subnets.
 With several seeds the table gives each figure's mean over seeds and the per-seed means.
-Resumable: a finished run (``OUT/<method>-seed<S>/supernet.pt``) is evaluated, not retrained.
+Resumable: a finished run (``OUT/<method>-seed<S>/supernet.pt``) is evaluated, not retrained,
+and its evaluation is kept in ``evaluation.pt`` beside it, reused while the supernet file,
+the subnet and image counts and the threads are the same (``evaluation_cached`` in its row).
 The BN comparison trains the sandwich rule with the width multiplier elastic (1.0 and 1.5) once
 with shared and once with switchable BN and reports the 20 subnets at width 1.0 (the
 smallest), with and without recalibration.
@@ -55,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from supernet.evaluation import Evaluator, load_supernet  # noqa: E402
 from supernet.data import DataError, load_data, load_test  # noqa: E402
 from supernet.presets import get_preset, with_method  # noqa: E402
-from supernet.trainer import train  # noqa: E402
+from supernet.trainer import atomic_save, train  # noqa: E402
 
 
 def stats(xs):
@@ -121,6 +123,38 @@ def bootstrap_se(hits: list[tuple[torch.Tensor, torch.Tensor]], reps: int = 1000
             means[s] = d[:, cols].mean(1)[rows].mean()
         draws[k] = (means * weights).sum() / weights.sum()
     return 100.0 * draws.std().item()
+
+
+EVAL_CACHE = "evaluation.pt"
+EVAL_VERSION = 1
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cached_evaluation(path: Path, key: dict, compute) -> tuple[dict, bool]:
+    """A run's evaluation (accuracies and per-image hits), kept in ``path`` beside its
+    supernet: reused when ``key`` (the supernet file's SHA-256, the subnet and image counts,
+    the threads) is the one it was computed under, else computed and written atomically.
+    Returns (evaluation, whether it came from the file).  An unreadable file is computed
+    again, never trusted."""
+    if path.is_file():
+        try:
+            stored = torch.load(path, weights_only=True)
+            if isinstance(stored, dict) and stored.get("key") == key:
+                return stored["value"], True
+        except Exception:  # noqa: BLE001 - a torn or foreign file: evaluate again
+            pass
+    value = compute()
+    atomic_save({"key": key, "value": value}, path)
+    return value, False
 
 
 def curve_rows(name: str, seed: int, run: Path) -> list[dict]:
@@ -244,21 +278,33 @@ def main() -> None:
             if not (out / "supernet.pt").is_file():
                 train(cfg, out, resume=True, progress=False)
             wall = time.time() - t
-            net, _ = load_supernet(out / "supernet.pt")
-            evs = [Evaluator(net, data, base.recal_images, args.eval_images)]
-            if test is not None:  # the same recalibration images, the dataset's test images instead of this seed's split
-                evs.append(Evaluator(net, replace(data, valid=test), base.recal_images, args.test_images))
-            rng = random.Random(0)
-            subnets = [net.space.sample(rng) for _ in range(args.subnets)]
-            held_out, *on_test = scores(evs, subnets, net.space)
+
+            def evaluate() -> dict:
+                net, _ = load_supernet(out / "supernet.pt")
+                evs = [Evaluator(net, data, base.recal_images, args.eval_images)]
+                if test is not None:  # the same recalibration images, the dataset's test images instead of this seed's split
+                    evs.append(Evaluator(net, replace(data, valid=test), base.recal_images, args.test_images))
+                rng = random.Random(0)
+                subnets = [net.space.sample(rng) for _ in range(args.subnets)]
+                held_out, *on_test = scores(evs, subnets, net.space)
+                return {"held_out": held_out, "test": on_test[0] if on_test else None,
+                        "random_no_recal": (stats([evs[0].evaluate(c, recalibrate=False) for c in subnets])
+                                            if name.startswith("bn_") else None)}
+
+            key = {"version": EVAL_VERSION, "supernet_sha256": file_sha256(out / "supernet.pt"),
+                   "subnets": args.subnets, "eval_images": args.eval_images, "test_images": args.test_images,
+                   "recal_images": base.recal_images, "threads": args.threads}
+            ev, cached = cached_evaluation(out / EVAL_CACHE, key, evaluate)
+            held_out = dict(ev["held_out"])
             hits[(name, seed, "held_out")] = held_out.pop("hits")
-            if on_test:
-                hits[(name, seed, "test")] = on_test[0].pop("hits")
-            row = {"seed": seed, "budget_subnet_epochs": cfg.budget(), "train_wall_s": round(wall, 1), **held_out}
-            if name.startswith("bn_"):
-                row["random_no_recal"] = stats([evs[0].evaluate(c, recalibrate=False) for c in subnets])
-            if on_test:
-                row["test"] = {"images": min(args.test_images, len(test)), **on_test[0]}
+            row = {"seed": seed, "budget_subnet_epochs": cfg.budget(), "train_wall_s": round(wall, 1),
+                   "evaluation_cached": cached, **held_out}
+            if ev["random_no_recal"] is not None:
+                row["random_no_recal"] = ev["random_no_recal"]
+            if ev["test"] is not None:
+                on_test = dict(ev["test"])
+                hits[(name, seed, "test")] = on_test.pop("hits")
+                row["test"] = {"images": min(args.test_images, len(test)), **on_test}
             results.setdefault(name, []).append(row)
             curves.extend(curve_rows(name, seed, out))
             print(f"{name} seed {seed}: {row['random']} largest {row['largest']} smallest {row['smallest']} "

@@ -55,11 +55,28 @@ def test_ps_vs_naive_pairs_subnets_with_ps_and_writes_curves(tmp_path):
                                             abs=0.01)
     assert out["test_images"] == 64 and "test images" in out["table"][0]
 
+    assert naive["evaluation_cached"] is False and (tmp_path / "naive-seed0" / "evaluation.pt").is_file()
+
+    # the same invocation again: neither trained nor evaluated again, the same figures
+    same = _run(tmp_path, "ps,naive")
+    for name in ("ps", "naive"):
+        row = same["results"][name][0]
+        assert row["evaluation_cached"] is True and row["train_wall_s"] < 1.0
+        assert row["top1"] == out["results"][name][0]["top1"] and row["test"] == out["results"][name][0]["test"]
+    assert same["paired_vs_ps"] == out["paired_vs_ps"] and same["paired_vs_ps_test"] == out["paired_vs_ps_test"]
+
+    # a torn evaluation file is evaluated again, not trusted
+    (tmp_path / "naive-seed0" / "evaluation.pt").write_bytes(b"not a torch file")
+    torn = _run(tmp_path, "ps,naive")
+    assert torn["results"]["naive"][0]["evaluation_cached"] is False
+    assert torn["results"]["naive"][0]["top1"] == naive["top1"]
+
     # resumable: the finished runs are evaluated, not trained again; --test-images 0 leaves the test split alone
     again = _run(tmp_path, "ps,naive", test_images=0)
     assert again["results"]["naive"][0]["top1"] == naive["top1"]
     assert again["results"]["naive"][0]["train_wall_s"] < 1.0
     assert "test" not in again["results"]["naive"][0] and again["paired_vs_ps_test"] == {}
+    assert again["results"]["naive"][0]["evaluation_cached"] is False  # another image count: evaluated again
 
 
 def test_ps_vs_naive_refuses_a_negative_test_image_count(tmp_path):
