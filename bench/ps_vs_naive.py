@@ -88,7 +88,7 @@ def scores(evs: list, subnets: list, space) -> list[dict]:
 
 
 def paired(xs: list[float], refs: list[float], hits: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-           reps: int = 1000) -> dict:
+           reps: int = 1000, shared_images: bool = False) -> dict:
     """Paired differences ``xs - refs`` (same subnets, seed and images): mean, standard error
     of the mean over the pairs (``se``), and the pairs won, tied and lost.
 
@@ -96,31 +96,38 @@ def paired(xs: list[float], refs: list[float], hits: list[tuple[torch.Tensor, to
     images, so the luck of that image sample is shared by all its pairs and ``se`` leaves it
     out.  With ``hits`` (per seed, the method's and the reference's subnets x images hit
     matrices), ``se_boot`` is the standard error from a two-way bootstrap that draws the
-    subnets and the images again (each seed its own draw; ``reps`` draws, seeded)."""
+    subnets and the images again (``bootstrap_se``; ``shared_images`` when every seed was
+    scored on the same images, as on the test split)."""
     d = [x - r for x, r in zip(xs, refs, strict=True)]
     se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
     out = {"mean_diff": round(statistics.mean(d), 2), "se": round(se, 2), "pairs": len(d),
            "wins": sum(x > 0 for x in d), "ties": sum(x == 0 for x in d), "losses": sum(x < 0 for x in d)}
     if hits:
-        out["se_boot"] = round(bootstrap_se(hits, reps), 2)
+        out["se_boot"] = round(bootstrap_se(hits, reps, shared_images=shared_images), 2)
     return out
 
 
-def bootstrap_se(hits: list[tuple[torch.Tensor, torch.Tensor]], reps: int = 1000, seed: int = 0) -> float:
+def bootstrap_se(hits: list[tuple[torch.Tensor, torch.Tensor]], reps: int = 1000, seed: int = 0,
+                 shared_images: bool = False) -> float:
     """Standard error (points) of the mean paired difference over seeds, subnets and images,
     by a two-way bootstrap: each draw takes, per seed, the subnets and the images with
-    replacement and averages the method's minus the reference's hits over them."""
+    replacement and averages the method's minus the reference's hits over them.  Each seed
+    draws its own images (each seed's own held-out split) unless ``shared_images``: then one
+    draw of images serves every seed, whose luck they share."""
     g = torch.Generator().manual_seed(seed)
     diffs = [a.float() - b.float() for a, b in hits]
+    if shared_images and len({d.shape[1] for d in diffs}) > 1:
+        raise ValueError("shared_images needs the same images for every seed")
     weights = torch.tensor([float(d.shape[0]) for d in diffs])
     draws = torch.empty(reps)
     for k in range(reps):
         means = torch.empty(len(diffs))
+        cols = torch.randint(diffs[0].shape[1], (diffs[0].shape[1],), generator=g) if shared_images else None
         for s, d in enumerate(diffs):
             n_sub, n_img = d.shape
-            cols = torch.randint(n_img, (n_img,), generator=g)
+            c = cols if shared_images else torch.randint(n_img, (n_img,), generator=g)
             rows = torch.randint(n_sub, (n_sub,), generator=g)
-            means[s] = d[:, cols].mean(1)[rows].mean()
+            means[s] = d[:, c].mean(1)[rows].mean()
         draws[k] = (means * weights).sum() / weights.sum()
     return 100.0 * draws.std().item()
 
@@ -320,7 +327,8 @@ def main() -> None:
                 kept = [r for r in rs if r["seed"] in ref and top1(r) is not None]
                 if kept:
                     out[name] = paired([a for r in kept for a in top1(r)], [b for r in kept for b in ref[r["seed"]]],
-                                       [(hits[(name, r["seed"], split)], hits[("ps", r["seed"], split)]) for r in kept])
+                                       [(hits[(name, r["seed"], split)], hits[("ps", r["seed"], split)]) for r in kept],
+                                       shared_images=split == "test")  # every seed scores the same test images
         return out
 
     paired_vs_ps = paired_with_ps(lambda r: r["top1"], "held_out")

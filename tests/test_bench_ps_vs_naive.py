@@ -113,3 +113,21 @@ def test_bootstrap_se_counts_the_images_all_subnets_share():
     for j in range(n_sub):
         own[j, 300 + j] = j % 2 == 0
     assert bootstrap_se([(own, ref)], reps=300) > 0.0
+
+
+def test_bootstrap_se_draws_shared_test_images_once_for_every_seed():
+    """Three seeds scored on the same images, each winning the same 8 of them: drawn apart,
+    the images' luck averages out over the seeds; drawn once for all, it does not."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from ps_vs_naive import bootstrap_se
+
+    ref = torch.zeros(10, 400, dtype=torch.bool)
+    gain = ref.clone()
+    gain[:, :8] = True
+    apart = bootstrap_se([(gain, ref)] * 3, reps=400)
+    shared = bootstrap_se([(gain, ref)] * 3, reps=400, shared_images=True)
+    assert shared > 1.4 * apart  # sqrt(3) in expectation
+    with pytest.raises(ValueError, match="same images"):
+        bootstrap_se([(gain, ref), (gain[:, :200], ref[:, :200])], shared_images=True)
