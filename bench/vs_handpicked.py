@@ -41,7 +41,10 @@ latency (``--runtime``) is under ``--multi-seed-below-ms`` are trained with ever
 per trained or evaluated model and seed; the JSON adds, per hand-picked model, whether our
 subnet at no more than its measured latency has at least its accuracy.  ``--resume`` keeps
 the rows already in the CSV (each is written as soon as it is known) and the latencies of
-``OUT/latency.json``.
+``OUT/latency.json``.  The run goes seed by seed (every model's first seed, theirs and ours,
+before any second one), so a run stopped early holds whole seeds; when one subnet answers
+several hand-picked models' budgets it is fine-tuned once per seed and the other models'
+rows carry that result, naming the model it was trained for (``trained_for``).
 """
 
 from __future__ import annotations
@@ -226,7 +229,7 @@ def fronts_png(path: Path, rows: list[dict[str, Any]], runtimes: list[str]) -> N
 
 FIELDS = ["side", "model", "family", "width", "r", "seed", "params", "macs", "heldout_top1", "test_top1",
           "heldout_top1_running_bn", "epochs", "train_seconds", "images_per_s", "budget_ms", "predicted_ms",
-          "predicted_top1", "searches", "subnet", "note"]
+          "predicted_top1", "searches", "subnet", "trained_for", "note"]
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -236,7 +239,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
         rows = list(csv.DictReader(f))
     for r in rows:
         for k, v in r.items():
-            if k not in ("side", "model", "family", "subnet", "note") and v not in ("", None):
+            if k not in ("side", "model", "family", "subnet", "trained_for", "note") and v not in ("", None):
                 r[k] = float(v)
     return rows
 
@@ -395,28 +398,26 @@ def main(argv: list[str] | None = None) -> int:
         ms = lat[m].get(args.runtime)
         return seeds if ms is not None and ms < args.multi_seed_below_ms else seeds[:1]
 
-    # 2. the hand-picked models trained from scratch
-    for m in models:
+    # 2. seed by seed: every hand-picked model trained from scratch, then ours (the subnet
+    # searched under each one's measured latency, extracted, then fine-tuned), so that a run
+    # stopped early holds whole seeds
+    def train_theirs(m: str, s: int) -> None:
         fam, w = HANDPICKED[m]
-        for s in seeds_for(m):
-            if ("hand-picked", m, s) in done:
-                continue
-            model = build(m, s)
-            params, macs = count_params(model), count_macs(model, (1, space.in_channels, r_hand, r_hand))
-            res = train_standalone(model, ev.data, r_hand, recipe, ev.device, seed=s, progress=progress,
-                                   desc=f"{m} seed {s}")
-            ev.recalibrate(model, r_hand)
-            row = {"side": "hand-picked", "model": m, "family": fam, "width": w, "r": r_hand, "seed": s,
-                   "params": params, "macs": macs, **{f"{rt}_ms": lat[m].get(rt) for rt in runtimes},
-                   "heldout_top1": round(ev.top1(model, r_hand), 3), "test_top1": test_top1(model, r_hand),
-                   "heldout_top1_running_bn": res["top1"], "epochs": res["epochs"],
-                   "train_seconds": res["seconds"], "images_per_s": res["images_per_s"],
-                   "note": "; ".join(v for k, v in lat[m].items() if k.endswith("_error"))}
-            keep(row)
-            print(f"{m:>22} seed {s}: held-out {row['heldout_top1']:.2f}%, test {row['test_top1'] or float('nan'):.2f}% "
-                  f"({res['epochs']:.2f} epochs in {res['seconds']:.0f} s)", flush=True)
+        model = build(m, s)
+        params, macs = count_params(model), count_macs(model, (1, space.in_channels, r_hand, r_hand))
+        res = train_standalone(model, ev.data, r_hand, recipe, ev.device, seed=s, progress=progress,
+                               desc=f"{m} seed {s}")
+        ev.recalibrate(model, r_hand)
+        row = {"side": "hand-picked", "model": m, "family": fam, "width": w, "r": r_hand, "seed": s,
+               "params": params, "macs": macs, **{f"{rt}_ms": lat[m].get(rt) for rt in runtimes},
+               "heldout_top1": round(ev.top1(model, r_hand), 3), "test_top1": test_top1(model, r_hand),
+               "heldout_top1_running_bn": res["top1"], "epochs": res["epochs"],
+               "train_seconds": res["seconds"], "images_per_s": res["images_per_s"],
+               "note": "; ".join(v for k, v in lat[m].items() if k.endswith("_error"))}
+        keep(row)
+        print(f"{m:>22} seed {s}: held-out {row['heldout_top1']:.2f}%, test {row['test_top1'] or float('nan'):.2f}% "
+              f"({res['epochs']:.2f} epochs in {res['seconds']:.0f} s)", flush=True)
 
-    # 3. ours: the best subnet under each hand-picked model's measured latency
     params_ev = EvolutionParams(generations=args.generations)
     net_cache: dict[str, dict[str, float | None]] = {}
 
@@ -441,52 +442,70 @@ def main(argv: list[str] | None = None) -> int:
         except InfeasibleBudget:
             return None
 
-    for m in models:
-        target = lat[m].get(args.runtime)
-        if target is None:
-            continue
-        if ("hwnas extracted", m, -1) not in done:
-            found, ms, budget, tries = fit_to_latency(target, search, lambda res: measure_subnet(res.subnet)[args.runtime],
-                                                      args.fit_tries)
-            if found is None:
-                keep({"side": "hwnas extracted", "model": m, "seed": "", "budget_ms": target,
-                      "note": f"no subnet of {space.name} fits under {target:.3f} ms ({latency.where})"})
-                print(f"{m:>22}: no subnet fits under {target:.3f} ms", flush=True)
-                continue
-            cfg = found.subnet
-            sub = ev.subnet(cfg)
-            measured = measure_subnet(cfg)
-            row = {"side": "hwnas extracted", "model": m, "family": "hwnas", "width": cfg.w, "r": cfg.r, "seed": "",
-                   "params": count_params(sub), "macs": count_macs(sub.cpu(), (1, space.in_channels, cfg.r, cfg.r)),
-                   **{f"{rt}_ms": measured.get(rt) for rt in runtimes},
-                   "heldout_top1": round(ev.evaluate(cfg), 3), "test_top1": None, "budget_ms": round(budget, 4),
-                   "predicted_ms": round(found.cost, 4), "predicted_top1": round(100 * found.accuracy, 3),
-                   "searches": tries, "subnet": cfg.to_json(),
-                   "note": "" if ms is not None and ms <= target else f"measured over {m}'s {target:.3f} ms"}
-            row["test_top1"] = test_top1(ev.subnet(cfg), cfg.r)
+    def extract_ours(m: str, target: float) -> None:
+        found, ms, budget, tries = fit_to_latency(target, search, lambda res: measure_subnet(res.subnet)[args.runtime],
+                                                  args.fit_tries)
+        if found is None:
+            keep({"side": "hwnas extracted", "model": m, "seed": "", "budget_ms": target,
+                  "note": f"no subnet of {space.name} fits under {target:.3f} ms ({latency.where})"})
+            print(f"{m:>22}: no subnet fits under {target:.3f} ms", flush=True)
+            return
+        cfg = found.subnet
+        sub = ev.subnet(cfg)
+        measured = measure_subnet(cfg)
+        row = {"side": "hwnas extracted", "model": m, "family": "hwnas", "width": cfg.w, "r": cfg.r, "seed": "",
+               "params": count_params(sub), "macs": count_macs(sub.cpu(), (1, space.in_channels, cfg.r, cfg.r)),
+               **{f"{rt}_ms": measured.get(rt) for rt in runtimes},
+               "heldout_top1": round(ev.evaluate(cfg), 3), "test_top1": None, "budget_ms": round(budget, 4),
+               "predicted_ms": round(found.cost, 4), "predicted_top1": round(100 * found.accuracy, 3),
+               "searches": tries, "subnet": cfg.to_json(),
+               "note": "" if ms is not None and ms <= target else f"measured over {m}'s {target:.3f} ms"}
+        row["test_top1"] = test_top1(ev.subnet(cfg), cfg.r)
+        keep(row)
+        print(f"{m:>22}: ours r{cfg.r} {row[f'{args.runtime}_ms']} ms (theirs {target:.3f}), extracted held-out "
+              f"{row['heldout_top1']:.2f}%", flush=True)
+
+    def finetune_ours(m: str, s: int, ours: dict[str, Any]) -> None:
+        row = {k: ours.get(k) for k in fields if k in ("family", "width", "r", "params", "macs", "budget_ms",
+                                                       "predicted_ms", "predicted_top1", "searches", "subnet",
+                                                       "note") or k.endswith("_ms")}
+        # the same subnet fine-tuned with the same seed for another model's budget: the same
+        # training (same weights, recipe, data order), so it is trained once and its result kept
+        twin = next((r for r in rows if r["side"] == "hwnas fine-tuned" and r.get("subnet") == ours["subnet"]
+                     and r.get("seed") not in ("", None) and int(r["seed"]) == s and not r.get("trained_for")), None)
+        if twin is not None:
+            row.update({k: twin[k] for k in ("heldout_top1", "test_top1", "heldout_top1_running_bn", "epochs",
+                                             "train_seconds", "images_per_s")})
+            row.update({"side": "hwnas fine-tuned", "model": m, "seed": s, "trained_for": twin["model"]})
             keep(row)
-            print(f"{m:>22}: ours r{cfg.r} {row[f'{args.runtime}_ms']} ms (theirs {target:.3f}), extracted held-out "
-                  f"{row['heldout_top1']:.2f}%", flush=True)
-        ours = next(r for r in rows if r["side"] == "hwnas extracted" and r["model"] == m)
-        if not ours.get("subnet"):
-            continue
+            print(f"{m:>22}: ours fine-tuned seed {s}: the subnet fine-tuned for {twin['model']} "
+                  f"({float(row['heldout_top1']):.2f}%)", flush=True)
+            return
         cfg = SubnetConfig.from_json(ours["subnet"])
-        for s in seeds_for(m):
-            if ("hwnas fine-tuned", m, s) in done:
+        sub = ev.subnet(cfg)
+        res = train_standalone(sub, ev.data, cfg.r, ft_recipe, ev.device, seed=s, progress=progress,
+                               desc=f"ours@{m} seed {s}")
+        ev.recalibrate(sub, cfg.r)
+        row.update({"side": "hwnas fine-tuned", "model": m, "seed": s, "heldout_top1": round(ev.top1(sub, cfg.r), 3),
+                    "test_top1": test_top1(sub, cfg.r), "heldout_top1_running_bn": res["top1"],
+                    "epochs": res["epochs"], "train_seconds": res["seconds"],
+                    "images_per_s": res["images_per_s"], "trained_for": ""})
+        keep(row)
+        print(f"{m:>22}: ours fine-tuned seed {s}: held-out {row['heldout_top1']:.2f}%", flush=True)
+
+    for s in seeds:
+        for m in models:
+            if s in seeds_for(m) and ("hand-picked", m, s) not in done:
+                train_theirs(m, s)
+        for m in models:
+            target = lat[m].get(args.runtime)
+            if target is None:
                 continue
-            sub = ev.subnet(cfg)
-            res = train_standalone(sub, ev.data, cfg.r, ft_recipe, ev.device, seed=s, progress=progress,
-                                   desc=f"ours@{m} seed {s}")
-            ev.recalibrate(sub, cfg.r)
-            row = {k: ours.get(k) for k in fields if k in ("family", "width", "r", "params", "macs", "budget_ms",
-                                                           "predicted_ms", "predicted_top1", "searches", "subnet",
-                                                           "note") or k.endswith("_ms")}
-            row.update({"side": "hwnas fine-tuned", "model": m, "seed": s, "heldout_top1": round(ev.top1(sub, cfg.r), 3),
-                        "test_top1": test_top1(sub, cfg.r), "heldout_top1_running_bn": res["top1"],
-                        "epochs": res["epochs"], "train_seconds": res["seconds"],
-                        "images_per_s": res["images_per_s"]})
-            keep(row)
-            print(f"{m:>22}: ours fine-tuned seed {s}: held-out {row['heldout_top1']:.2f}%", flush=True)
+            if ("hwnas extracted", m, -1) not in done:
+                extract_ours(m, target)
+            ours = next(r for r in rows if r["side"] == "hwnas extracted" and r["model"] == m)
+            if ours.get("subnet") and s in seeds_for(m) and ("hwnas fine-tuned", m, s) not in done:
+                finetune_ours(m, s, ours)
 
     table = compare(rows, args.runtime)
     summary = {"run": str(args.run), "lut": str(args.lut), "device": device.name, "search_runtime": args.runtime,

@@ -155,6 +155,19 @@ def test_end_to_end_on_a_real_run_lut_and_device_then_resume(vh, tmp_path, artif
         return real(self, net, r)
 
     monkeypatch.setattr(Evaluator, "recalibrate", spy)
+    # every search returns the first search's subnet, so both models' budgets get the same
+    # subnet: it is fine-tuned once per seed and the second model's row says whose it is
+    import search.evolve
+
+    first = []
+    real_evolve = search.evolve.evolve
+
+    def same_subnet(*a, **k):
+        if not first:
+            first.append(real_evolve(*a, **k))
+        return first[0]
+
+    monkeypatch.setattr(search.evolve, "evolve", same_subnet)
     assert vh.main(argv) == 0
     capsys.readouterr()
     doc = json.loads((out / "vs_handpicked.json").read_text())
@@ -166,9 +179,21 @@ def test_end_to_end_on_a_real_run_lut_and_device_then_resume(vh, tmp_path, artif
         assert sum(r["side"] == side for r in rows) == n, side
     # trained networks are evaluated with recalibrated BN, as extracted subnets are: each of
     # the 4 hand-picked ones once after training; our 2 subnets 3 times each as extracted
-    # (subnet, held-out, test) and each of the 4 fine-tuned ones before and after training
+    # (subnet, held-out, test) and each fine-tuning (one subnet, 2 seeds) before and after training
     assert sum(m.startswith("torchvision.") for m in recalibrated) == 4
-    assert len(recalibrated) == 4 + 2 * 3 + 4 * 2, recalibrated
+    assert len(recalibrated) == 4 + 2 * 3 + 2 * 2, recalibrated
+    tuned = [r for r in rows if r["side"] == "hwnas fine-tuned"]
+    assert len({r["subnet"] for r in tuned}) == 1
+    for r in tuned:
+        if r["trained_for"]:  # the same subnet and seed, trained once for the first model
+            twin = next(t for t in tuned if t["model"] == r["trained_for"] and t["seed"] == r["seed"])
+            assert not twin["trained_for"] and r["model"] != twin["model"]
+            assert (r["heldout_top1"], r["test_top1"], r["epochs"]) == (twin["heldout_top1"], twin["test_top1"],
+                                                                      twin["epochs"])
+    assert sorted(bool(r["trained_for"]) for r in tuned) == [False, False, True, True]
+    # seed by seed: every row of seed 0 (and the extracted subnets) before any of seed 1
+    order = [r["seed"] for r in rows]
+    assert order.index(1) > max(i for i, s in enumerate(order) if s in (0, ""))
     for r in rows:
         assert 0 <= float(r["heldout_top1"]) <= 100 and 0 <= float(r["test_top1"]) <= 100
         assert float(r["onnxruntime_ms"]) > 0
