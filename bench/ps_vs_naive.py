@@ -319,21 +319,31 @@ def main() -> None:
 
     mean = statistics.mean
 
-    def paired_with_ps(top1, split: str) -> dict:
-        ref = {r["seed"]: top1(r) for r in results.get("ps", []) if top1(r) is not None}
+    def paired_with(reference: str, names: list[str], top1, split: str) -> dict:
+        ref = {r["seed"]: top1(r) for r in results.get(reference, []) if top1(r) is not None}
         out = {}
-        for name, rs in results.items():
-            if name != "ps" and not name.startswith("bn_"):
-                kept = [r for r in rs if r["seed"] in ref and top1(r) is not None]
-                if kept:
-                    out[name] = paired([a for r in kept for a in top1(r)], [b for r in kept for b in ref[r["seed"]]],
-                                       [(hits[(name, r["seed"], split)], hits[("ps", r["seed"], split)]) for r in kept],
-                                       shared_images=split == "test")  # every seed scores the same test images
+        for name in names:
+            kept = [r for r in results.get(name, []) if r["seed"] in ref and top1(r) is not None]
+            if kept:
+                out[name] = paired([a for r in kept for a in top1(r)], [b for r in kept for b in ref[r["seed"]]],
+                                   [(hits[(name, r["seed"], split)], hits[(reference, r["seed"], split)])
+                                    for r in kept],
+                                   shared_images=split == "test")  # every seed scores the same test images
         return out
 
-    paired_vs_ps = paired_with_ps(lambda r: r["top1"], "held_out")
-    paired_vs_ps_test = (paired_with_ps(lambda r: r.get("test", {}).get("top1"), "test")
-                         if test is not None else {})
+    def held_out_top1(r):
+        return r["top1"]
+
+    def test_top1(r):
+        return r.get("test", {}).get("top1")
+
+    vs_ps = [n for n in results if n != "ps" and not n.startswith("bn_")]
+    paired_vs_ps = paired_with("ps", vs_ps, held_out_top1, "held_out")
+    paired_vs_ps_test = paired_with("ps", vs_ps, test_top1, "test") if test is not None else {}
+    # the BN pair: switchable against shared BN, the same subnets, seeds and images
+    paired_bn = {"held_out": paired_with("bn_shared", ["bn_switchable"], held_out_top1, "held_out"),
+                 "test": paired_with("bn_shared", ["bn_switchable"], test_top1, "test") if test is not None else {}}
+    paired_bn = {k: v["bn_switchable"] for k, v in paired_bn.items() if v}
     lines = [f"| method | budget (subnet-epochs) | {args.subnets} random: mean ± std [min, max] (averaged over seeds) "
              "| per-seed means | largest | smallest | against PS, paired: mean diff ± s.e. over subnets / "
              "over subnets and images (won/lost) "
@@ -350,8 +360,13 @@ def main() -> None:
                      f"[{s['min']:.2f}, {s['max']:.2f}]{extra} | {per_seed} | {mean([r['largest'] for r in rs]):.2f} "
                      f"| {mean([r['smallest'] for r in rs]):.2f} | {_paired_cell(paired_vs_ps.get(name))} "
                      f"| {_test_cell(rs)} | {_paired_cell(paired_vs_ps_test.get(name))} |")
+    if paired_bn:
+        lines.append("")
+        lines.append("bn_switchable against bn_shared, paired: held-out " + _paired_cell(paired_bn.get("held_out"))
+                     + "; test images " + _paired_cell(paired_bn.get("test")))
     print("\n".join(lines), file=sys.stderr)
     out = {"bench": "ps_vs_naive", "preset": args.preset, "subnets": args.subnets, "paired_vs_ps": paired_vs_ps,
+           "paired_bn_switchable_vs_shared": paired_bn,
            "seeds": seeds, "eval_images": args.eval_images, "recal_images": base.recal_images, "threads": torch.get_num_threads(),
            "test_images": args.test_images, "paired_vs_ps_test": paired_vs_ps_test,
            "load_avg": os.getloadavg(), "results": results, "table": lines}

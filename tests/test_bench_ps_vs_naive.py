@@ -79,6 +79,21 @@ def test_ps_vs_naive_pairs_subnets_with_ps_and_writes_curves(tmp_path):
     assert again["results"]["naive"][0]["evaluation_cached"] is False  # another image count: evaluated again
 
 
+@pytest.mark.slow
+def test_ps_vs_naive_pairs_switchable_with_shared_bn(tmp_path):
+    out = _run(tmp_path, "bn_shared,bn_switchable", test_images=32)
+    shared, switchable = out["results"]["bn_shared"][0], out["results"]["bn_switchable"][0]
+    pair = out["paired_bn_switchable_vs_shared"]
+    diffs = [a - b for a, b in zip(switchable["top1"], shared["top1"])]
+    assert pair["held_out"]["pairs"] == 3 == pair["held_out"]["wins"] + pair["held_out"]["ties"] + pair["held_out"]["losses"]
+    assert pair["held_out"]["mean_diff"] == pytest.approx(sum(diffs) / 3, abs=0.01)
+    assert pair["held_out"]["se_boot"] >= 0 and pair["test"]["pairs"] == 3
+    assert pair["test"]["mean_diff"] == pytest.approx(
+        sum(a - b for a, b in zip(switchable["test"]["top1"], shared["test"]["top1"])) / 3, abs=0.01)
+    assert out["paired_vs_ps"] == {}  # no PS run to pair them with
+    assert any(line.startswith("bn_switchable against bn_shared, paired") for line in out["table"])
+
+
 def test_ps_vs_naive_refuses_a_negative_test_image_count(tmp_path):
     res = subprocess.run([sys.executable, "bench/ps_vs_naive.py", "--preset", "test", "--test-images", "-1",
                           "--out", str(tmp_path / "out")], cwd=ROOT, text=True, capture_output=True)
