@@ -398,9 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         ms = lat[m].get(args.runtime)
         return seeds if ms is not None and ms < args.multi_seed_below_ms else seeds[:1]
 
-    # 2. seed by seed: every hand-picked model trained from scratch, then ours (the subnet
-    # searched under each one's measured latency, extracted, then fine-tuned), so that a run
-    # stopped early holds whole seeds
+    # 2. seed by seed, model by model (cheapest first): the hand-picked model trained from
+    # scratch, then ours (the subnet searched under its measured latency, extracted, then
+    # fine-tuned), so that a run stopped early holds whole comparisons
     def train_theirs(m: str, s: int) -> None:
         fam, w = HANDPICKED[m]
         model = build(m, s)
@@ -494,10 +494,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{m:>22}: ours fine-tuned seed {s}: held-out {row['heldout_top1']:.2f}%", flush=True)
 
     for s in seeds:
-        for m in models:
+        for m in models:  # cheapest first, each model's pair complete before the next model
             if s in seeds_for(m) and ("hand-picked", m, s) not in done:
                 train_theirs(m, s)
-        for m in models:
             target = lat[m].get(args.runtime)
             if target is None:
                 continue
