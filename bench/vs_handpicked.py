@@ -41,10 +41,11 @@ latency (``--runtime``) is under ``--multi-seed-below-ms`` are trained with ever
 per trained or evaluated model and seed; the JSON adds, per hand-picked model, whether our
 subnet at no more than its measured latency has at least its accuracy.  ``--resume`` keeps
 the rows already in the CSV (each is written as soon as it is known) and the latencies of
-``OUT/latency.json``.  The run goes seed by seed (every model's first seed, theirs and ours,
-before any second one), so a run stopped early holds whole seeds; when one subnet answers
-several hand-picked models' budgets it is fine-tuned once per seed and the other models'
-rows carry that result, naming the model it was trained for (``trained_for``).
+``OUT/latency.json``.  The run goes seed by seed and, within a seed, model by model from
+the cheapest (theirs, then ours at its latency), so a run stopped early holds whole
+comparisons; when one subnet answers several hand-picked models' budgets it is fine-tuned
+once per seed and the other models' rows carry that result, naming the model it was
+trained for (``trained_for``).
 """
 
 from __future__ import annotations
