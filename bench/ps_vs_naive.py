@@ -319,7 +319,11 @@ def main() -> None:
 
     mean = statistics.mean
 
-    def paired_with(reference: str, names: list[str], top1, split: str) -> dict:
+    def top1_on(split: str):
+        return (lambda r: r["top1"]) if split == "held_out" else (lambda r: r.get("test", {}).get("top1"))
+
+    def paired_with(reference: str, names: list[str], split: str) -> dict:
+        top1 = top1_on(split)
         ref = {r["seed"]: top1(r) for r in results.get(reference, []) if top1(r) is not None}
         out = {}
         for name in names:
@@ -331,19 +335,13 @@ def main() -> None:
                                    shared_images=split == "test")  # every seed scores the same test images
         return out
 
-    def held_out_top1(r):
-        return r["top1"]
-
-    def test_top1(r):
-        return r.get("test", {}).get("top1")
-
+    splits = ("held_out", "test") if test is not None else ("held_out",)
     vs_ps = [n for n in results if n != "ps" and not n.startswith("bn_")]
-    paired_vs_ps = paired_with("ps", vs_ps, held_out_top1, "held_out")
-    paired_vs_ps_test = paired_with("ps", vs_ps, test_top1, "test") if test is not None else {}
+    paired_vs_ps = paired_with("ps", vs_ps, "held_out")
+    paired_vs_ps_test = paired_with("ps", vs_ps, "test") if test is not None else {}
     # the BN pair: switchable against shared BN, the same subnets, seeds and images
-    paired_bn = {"held_out": paired_with("bn_shared", ["bn_switchable"], held_out_top1, "held_out"),
-                 "test": paired_with("bn_shared", ["bn_switchable"], test_top1, "test") if test is not None else {}}
-    paired_bn = {k: v["bn_switchable"] for k, v in paired_bn.items() if v}
+    paired_bn = {split: p["bn_switchable"] for split in splits
+                 if (p := paired_with("bn_shared", ["bn_switchable"], split))}
     lines = [f"| method | budget (subnet-epochs) | {args.subnets} random: mean ± std [min, max] (averaged over seeds) "
              "| per-seed means | largest | smallest | against PS, paired: mean diff ± s.e. over subnets / "
              "over subnets and images (won/lost) "
