@@ -121,7 +121,8 @@ def fp32_twin(path: Path, key: str, fmt: str) -> Path:
 def quiet_fds() -> Iterator[Path]:
     """Send file descriptors 1 and 2 (Python and C++ writers alike) to a temporary file for
     the duration; the converters print progress and absl logs there.  Yields the file's path
-    so an error message can quote its tail."""
+    so an error message can quote its tail (inside the block: the file is removed on the way
+    out, so that thousands of exports and quantizations leave no logs behind in /tmp)."""
     with tempfile.NamedTemporaryFile("w+b", suffix=".log", delete=False) as log:
         path = Path(log.name)
     import sys
@@ -141,6 +142,7 @@ def quiet_fds() -> Iterator[Path]:
         os.dup2(saved[1], 2)
         for f in (fd, *saved):
             os.close(f)
+        path.unlink(missing_ok=True)
 
 
 def _tail(path: Path, n: int = 400) -> str:
@@ -225,8 +227,6 @@ def export_onnx(module, example, path: Path) -> None:
                                       input_names=["input"], output_names=["output"])
             except Exception as exc:
                 raise RuntimeError(f"ONNX export failed: {exc.__class__.__name__}: {exc} [{_tail(log)}]") from None
-            finally:
-                log.unlink(missing_ok=True)
 
     _write_atomic(path, write)
 
@@ -252,8 +252,6 @@ def export_tflite(module, example_nchw, path: Path, nhwc_module=None) -> None:
                 edge.export(str(tmp))
             except Exception as exc:
                 raise RuntimeError(f"TFLite conversion failed: {exc.__class__.__name__}: {exc} [{_tail(log)}]") from None
-            finally:
-                log.unlink(missing_ok=True)
 
     _write_atomic(path, write)
 
@@ -307,8 +305,6 @@ def export_tflite_many(modules: Sequence, examples: Sequence, paths: Sequence[Pa
         except Exception as exc:
             raise RuntimeError(f"TFLite conversion of {n} {what} failed: {exc.__class__.__name__}: {exc} "
                                f"[{_tail(log)}]") from None
-        finally:
-            log.unlink(missing_ok=True)
     for path, data in zip(paths, parts):
         _write_atomic(Path(path), lambda tmp, data=data: tmp.write_bytes(data))
 

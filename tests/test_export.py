@@ -234,3 +234,22 @@ def test_split_refuses_a_model_whose_outputs_are_not_independent(tmp_path):
         split_model(path.read_bytes(), 2)
     with pytest.raises(SplitError, match="signature"):
         split_model(path.read_bytes(), 3)
+
+
+def test_quiet_fds_captures_the_converters_output_and_leaves_no_log_behind():
+    """Exports and quantizations silence fds 1 and 2 into a temporary log (an error quotes its
+    tail); the log is removed afterwards, on success and on failure, so that a LUT build of
+    thousands of artifacts leaves nothing in the temporary folder."""
+    import os
+
+    from profiler.export import _tail, quiet_fds
+
+    with quiet_fds() as log:
+        os.write(1, b"converter progress on fd 1\n")
+        os.write(2, b"absl warning on fd 2\n")
+        assert "converter progress on fd 1 | absl warning on fd 2" in _tail(log)
+    assert not log.exists()
+    with pytest.raises(RuntimeError, match="failed"):
+        with quiet_fds() as log2:
+            raise RuntimeError("failed")
+    assert not log2.exists()
