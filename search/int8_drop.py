@@ -2,10 +2,11 @@
 drop model ``search.evolve --precision fp32,int8`` ranks int8 candidates with.
 
     python -m search.int8_drop --run RUN [--subnets 20] [--runtime tflite,onnxruntime]
-        [--resolutions 32,48] [--seed 0] [--eval-images N] [--calib-images 128] [--out DIR]
+        [--resolutions 32,48] [--width W] [--seed 0] [--eval-images N] [--calib-images 128] [--out DIR]
 
 Subnet ``i`` is ``search.collect``'s subnet ``i`` of the same seed (plus the largest and the
-smallest at the space's largest resolution first), extracted, BN recalibrated, evaluated in
+smallest at the largest of ``--resolutions`` first; every subnet at width ``--width``, by
+default the space's), extracted, BN recalibrated, evaluated in
 PyTorch fp32, then post-training quantized per runtime the way the profiler quantizes blocks
 for a device (``profiler.quantize``: LiteRT's ``static_wi8_ai8`` all-int8 graph, onnxruntime's
 QDQ u8/s8 per channel; calibrated on real training images) and run image by image on the same
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subnets", type=int, default=20, help="subnets (the largest and smallest among them)")
     ap.add_argument("--runtime", default="tflite,onnxruntime")
     ap.add_argument("--resolutions", default=None, help="default: the space's")
+    ap.add_argument("--width", type=float, default=None, help="width multiplier of every subnet (default: the space's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-images", type=int, default=None, help="held-out images (default: all)")
     ap.add_argument("--calib-images", type=int, default=128)
@@ -74,14 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         if bad_r or not res:
             raise ValueError(f"--resolutions: {bad_r[0] if bad_r else '(none)'} is not a resolution of space "
                              f"{space.name!r} ({', '.join(map(str, space.resolutions))})")
+        width = space.default_width if args.width is None else args.width
+        if width not in space.width_mults:
+            raise ValueError(f"--width: {width:g} is not a width multiplier of space {space.name!r} "
+                             f"({', '.join(f'{w:g}' for w in space.width_mults)})")
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.eval_images:
         evaluator.eval_images = args.eval_images
     r_max = max(res)
-    cfgs = [space.max_subnet(r_max), space.min_subnet(r_max)]
-    cfgs += [subnet_at(space, args.seed, i, res, [space.default_width]) for i in range(args.subnets - 2)]
+    cfgs = [space.max_subnet(r_max, width), space.min_subnet(r_max, width)]
+    cfgs += [subnet_at(space, args.seed, i, res, [width]) for i in range(args.subnets - 2)]
     out_dir = args.out or args.run
     out_dir.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
@@ -110,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     w.writerows(rows)
     atomic_write_text(out_dir / "int8_drop.csv", buf.getvalue())
     summary = {"what": "int8_drop", "run": str(args.run), "subnets": len(cfgs), "seed": args.seed,
+               "resolutions": res, "width": width,
                "held_out_images": min(evaluator.eval_images or len(evaluator.data.valid), len(evaluator.data.valid)),
                "calib_images": args.calib_images, "runtimes": {}}
     for rt in runtimes:

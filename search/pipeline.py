@@ -9,13 +9,18 @@
 2. train a small supernet on Fashion-MNIST with progressive shrinking (supernet.train);
 3. collect (subnet, held-out accuracy) rows from it (search.collect);
 4. train the accuracy predictor on them (search.predictor);
+4b. (``--precision fp32,int8``, the default) measure the fp32 -> int8 accuracy drop of a few
+   subnets, quantized per runtime as the profiler quantizes blocks (search.int8_drop): the
+   drop model the search scores int8 candidates with;
 5. search two or three latency budgets per runtime (search.evolve), the budgets spread over
-   each runtime's own range (``--fractions`` of the way from its cheapest to its largest subnet);
+   each runtime's own range (``--fractions`` of the way from its cheapest to its largest
+   subnet); with both precisions, per budget the better of an fp32 and an int8 search, each
+   priced from its own precision's rows, and the precision to deploy it in;
 6. a table and a plot: the architecture chosen for each runtime and budget, with its latency
    under *both* runtimes' LUTs, so where the runtimes' costs differ the choices differ, and
-   (``--precision fp32,int8``, the default) its int8 latency under each runtime's int8 rows,
-   with a line per runtime saying where int8 is slower than fp32 on this device and which
-   block kinds cause it (``profiler.int8_report``; issue 16).
+   (both precisions) the precision chosen and its int8 latency under each runtime's int8
+   rows, with a line per runtime saying where int8 is slower than fp32 on this device and
+   which block kinds cause it (``profiler.int8_report``; issue 16).
 
 Every stage is the project's own command line, run as a subprocess with a timeout
 (`--stage-timeout`, 4 hours by default: a guard against a hung stage; its own
@@ -54,7 +59,7 @@ from profiler.validate import fidelity_line
 from supernet.atomic import atomic_open, atomic_write_text
 
 RUNTIMES = ("onnxruntime", "tflite")
-STAGES = ("profile", "validate", "train", "collect", "predictor", "search", "summary")
+STAGES = ("profile", "validate", "train", "collect", "predictor", "int8 drop", "search", "summary")
 
 
 def fail(msg: str) -> "SystemExit":
@@ -216,7 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--width", default="1.0", help="width multiplier (profiled, sampled, searched)")
     ap.add_argument("--runtimes", default=",".join(RUNTIMES), help="runtimes to profile and search for")
     ap.add_argument("--precision", default="fp32,int8",
-                    help="fp32, or fp32,int8 (default): also profile int8 blocks and price the chosen subnets in int8")
+                    help="fp32, or fp32,int8 (default): also profile int8 blocks, measure the int8 accuracy drop, "
+                         "search both precisions per budget and price the chosen subnets in int8")
+    ap.add_argument("--int8-subnets", type=int, default=8,
+                    help="subnets whose fp32 -> int8 accuracy drop is measured (the largest and smallest among them)")
+    ap.add_argument("--int8-eval-images", type=int, default=2000,
+                    help="held-out images each int8 drop is measured on (fp32 and int8 on the same images)")
     ap.add_argument("--cache", type=Path, default=None,
                     help="artifact cache shared by every stage and run (default: the profiler's, cache/artifacts)")
     ap.add_argument("--export-workers", type=int, default=2)
@@ -274,11 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     int8 = "int8" in precisions
     if not fractions or any(not 0 <= f <= 1 for f in fractions):
         raise fail(f"--fractions must lie in 0..1, got {args.fractions!r}")
-    for name in ("subnets", "generations", "population", "predictor_epochs", "recal_images", "eval_images"):
+    for name in ("subnets", "generations", "population", "predictor_epochs", "recal_images", "eval_images",
+                 "int8_eval_images"):
         if getattr(args, name) < 1:
             raise fail(f"--{name.replace('_', '-')} must be at least 1")
     if args.subnets < 5:
         raise fail("--subnets must be at least 5 (the predictor holds some rows out)")
+    if args.int8_subnets < 2:
+        raise fail("--int8-subnets must be at least 2 (the largest and the smallest)")
     if not args.stage_timeout >= 0:  # also refuses nan
         raise fail(f"--stage-timeout must be 0 (no limit) or a number of seconds, got {args.stage_timeout:g}")
     limit = args.stage_timeout or None
@@ -343,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [py, "-m", "search.predictor", "--data", str(run / "accuracy.csv"), "--space", args.space,
            "--out", str(run / "predictor.pt"), "--epochs", str(args.predictor_epochs), "--seed", seed]
     times["predictor"] = stages.run("predictor", cmd, [run / "predictor.pt"], limit)
+    # 4b. the int8 accuracy drop the search across precisions scores int8 candidates with
+    if int8:
+        cmd = [py, "-m", "search.int8_drop", "--run", str(run), "--subnets", str(args.int8_subnets),
+               "--runtime", ",".join(runtimes), "--resolutions", res_arg, "--width", w_arg,
+               "--eval-images", str(args.int8_eval_images), "--seed", seed, *quiet]
+        times["int8 drop"] = stages.run("int8 drop", cmd, [run / "int8_drop.json"], limit)
     # 5. search per runtime, budgets spread over each runtime's own latency range
     searches = {}
     for rt in runtimes:
@@ -356,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
                "--latency-ms", ",".join(map(str, budgets)), "--generations", str(args.generations),
                "--population", str(args.population), "--samples", str(args.samples), "--seed", seed,
                "--out", str(dest)]
+        if int8:  # per budget the better of an fp32 and an int8 search (drop: run/int8_drop.json)
+            cmd += ["--precision", "fp32,int8"]
         times[f"search {rt}"] = stages.run(f"search {rt}", cmd, [dest / "search.json"], limit)
         searches[rt] = {"budgets": budgets, "cheapest_ms": lo, "largest_ms": hi,
                         "summary": json.loads((dest / "search.json").read_text())}
@@ -372,15 +393,21 @@ def main(argv: list[str] | None = None) -> int:
         rep = report(lut, runtimes)
         write(lut, rep)
         int8_summary = rep["runtimes"]
+        try:
+            drops = json.loads((run / "int8_drop.json").read_text())["runtimes"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise fail(f"{run / 'int8_drop.json'}: unreadable ({exc}); rerun with --force") from None
+        int8_summary = {rt: {**v, "accuracy_drop": drops.get(rt)} for rt, v in int8_summary.items()}
     write_summary(out, rows, searches, runtimes, stages, time.time() - t_start, quality, fidelity, int8_summary)
     stages.record("summary", None, time.time() - t0)
     return 0
 
 
 def cross_table(searches: dict, lut: Path, space, int8_runtimes: list[str] | tuple = ()) -> list[dict]:
-    """One row per (runtime searched for, budget): the chosen subnet and its predicted
-    latency under every runtime's LUT (and, for ``int8_runtimes``, under their int8 rows:
-    ``<runtime>_int8_ms``)."""
+    """One row per (runtime searched for, budget): the chosen subnet, the precision to deploy
+    it in (``fp32`` unless the search compared both) and its predicted latency under every
+    runtime's LUT (and, for ``int8_runtimes``, under their int8 rows: ``<runtime>_int8_ms``);
+    ``fits``: under the budget in the chosen precision on the runtime searched for."""
     from search.latency import LatencyModel, MissingKeysError
     from supernet.space import SubnetConfig
 
@@ -391,14 +418,18 @@ def cross_table(searches: dict, lut: Path, space, int8_runtimes: list[str] | tup
     for rt, s in searches.items():
         for level, res in enumerate(s["summary"]["results"]):
             cfg = SubnetConfig.from_dict(res["subnet"])
-            row = {"searched_for": rt, "level": level, "budget_ms": res["budget"],
+            prec = res.get("precision") or "fp32"
+            row = {"searched_for": rt, "level": level, "budget_ms": res["budget"], "precision": prec,
                    "predicted_accuracy": res["predicted_accuracy"], "subnet": res["subnet"]}
+            if res.get("alternative"):
+                row["alternative"] = res["alternative"]
             for other, m in models.items():
                 try:
                     row[f"{other}_ms"] = round(float(m.latency([cfg])[0]), 4)
                 except MissingKeysError:  # an int8 block that failed (its error row says why)
                     row[f"{other}_ms"] = None
-            row["fits"] = row[f"{rt}_ms"] <= res["budget"] + 1e-9
+            own = row.get(f"{rt}_int8_ms" if prec == "int8" else f"{rt}_ms")
+            row["fits"] = own is not None and own <= res["budget"] + 1e-9
             rows.append(row)
     return rows
 
@@ -503,10 +534,10 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
     cols = [*runtimes, *([f"{rt}_int8" for rt in runtimes] if int8 else [])]
     with atomic_open(out / "summary.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["searched_for", "level", "budget_ms", "predicted_accuracy", *[f"{c}_ms" for c in cols],
+        w.writerow(["searched_for", "level", "budget_ms", "precision", "predicted_accuracy", *[f"{c}_ms" for c in cols],
                     "fits", "arch", "subnet"])
         for r in rows:
-            w.writerow([r["searched_for"], r["level"], r["budget_ms"], r["predicted_accuracy"],
+            w.writerow([r["searched_for"], r["level"], r["budget_ms"], r.get("precision", "fp32"), r["predicted_accuracy"],
                         *[r[f"{c}_ms"] for c in cols], r["fits"], _short(r["subnet"]),
                         json.dumps(r["subnet"], separators=(",", ":"))])
     levels = sorted({r["level"] for r in rows})
@@ -526,12 +557,17 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
     for ax, lut_rt in zip(axes[0], runtimes):
         for rt, marker in zip(runtimes, ("o", "s")):
             rs = [r for r in rows if r["searched_for"] == rt]
-            ax.plot([r[f"{lut_rt}_ms"] for r in rs], [100 * r["predicted_accuracy"] for r in rs], marker=marker,
-                    label=f"chosen for {rt}")
+            # each subnet at its latency in the precision it is deployed in
+            xs = [r.get(f"{lut_rt}_int8_ms") if r.get("precision") == "int8" else r[f"{lut_rt}_ms"] for r in rs]
+            line, = ax.plot(xs, [100 * r["predicted_accuracy"] for r in rs], marker=marker, label=f"chosen for {rt}")
+            q8 = [(x, 100 * r["predicted_accuracy"]) for x, r in zip(xs, rs) if r.get("precision") == "int8" and x]
+            if q8:
+                ax.scatter(*zip(*q8), s=120, facecolors="none", edgecolors=line.get_color(),
+                           label=f"chosen for {rt}: int8")
         for b in searches[lut_rt]["budgets"]:
             ax.axvline(b, ls="--", lw=0.8, color="0.6")
         ax.set_title(f"latency on the local {lut_rt} LUT (dashed: its budgets)", fontsize=9)
-        ax.set_xlabel(f"{lut_rt} latency, LUT sum (ms)")
+        ax.set_xlabel(f"{lut_rt} latency, LUT sum in the deployed precision (ms)")
         ax.set_ylabel("predicted accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -539,11 +575,12 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
     fig.savefig(out / "summary.png")
     plt.close(fig)
 
-    print(f"{'searched for':>12} {'budget ms':>9} {'pred.acc%':>9} "
+    print(f"{'searched for':>12} {'budget ms':>9}{' deploy' if int8 else ''} {'pred.acc%':>9} "
           + " ".join(f"{c.replace('_int8', ' int8') + ' ms':>{19 if c.endswith('_int8') else 14}}" for c in cols)
           + "  architecture")
     for r in rows:
-        print(f"{r['searched_for']:>12} {r['budget_ms']:>9.3f} {100 * r['predicted_accuracy']:>9.2f} "
+        dep = f" {r.get('precision', 'fp32'):>6}" if int8 else ""
+        print(f"{r['searched_for']:>12} {r['budget_ms']:>9.3f}{dep} {100 * r['predicted_accuracy']:>9.2f} "
               + " ".join(f"{r[f'{c}_ms']:>{19 if c.endswith('_int8') else 14}.3f}" if r[f"{c}_ms"] is not None
                          else f"{'n/a':>{19 if c.endswith('_int8') else 14}}" for c in cols)
               + f"  {_short(r['subnet'])}")
@@ -555,6 +592,15 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
         print("LUT fidelity, " + fidelity_line(rt, f) + f" ({f['n']} networks x {f['passes']} passes)")
     for rt, s in (int8 or {}).items():
         print("int8 blocks against fp32, " + verdict(rt, s))
+    for rt, s in (int8 or {}).items():
+        d = s.get("accuracy_drop")
+        if d:
+            chosen = sum(1 for r in rows if r["searched_for"] == rt and r.get("precision") == "int8")
+            n_rt = sum(1 for r in rows if r["searched_for"] == rt)
+            se = f" +- {d['standard_error_pp']:.2f}" if d.get("standard_error_pp") is not None else ""
+            print(f"int8 accuracy drop, {rt}: {d['mean_drop_pp']:+.2f}{se} pp mean over the measured subnets "
+                  f"({d['min_drop_pp']:+.2f} .. {d['max_drop_pp']:+.2f}; negative: int8 scored higher), the "
+                  f"search's drop model; int8 chosen for {chosen} of {n_rt} budgets")
     if int8 and any(r[f"{c}_ms"] is None for r in rows for c in cols):
         print(f"n/a: a block of that subnet has no int8 row (its quantization failed; the error rows of "
               f"{out / 'luts' / 'local.csv'} say why)")

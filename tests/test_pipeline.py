@@ -41,7 +41,8 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
             "--train-limit", "16", "--resolutions", "32", "--repeats", "3", "--min-time", "0.005",
             "--cache", artifact_cache,
             "--subnets", "6", "--validate-subnets", "2", "--eval-images", "32", "--predictor-epochs", "10", "--generations", "2",
-            "--population", "8", "--samples", "10", "--fractions", "0.3,0.8", "--no-progress"]
+            "--population", "8", "--samples", "10", "--fractions", "0.3,0.8", "--int8-subnets", "2",
+            "--int8-eval-images", "24", "--no-progress"]
     # bad input: one error line, nothing written
     bad = run_cli("search.pipeline", "--out", tmp_path / "bad", "--data", f"fmnist:{tmp_path / 'nope'}", timeout=120)
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
@@ -56,6 +57,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["resolutions"] == [32] and cfg["runtimes"] == ["onnxruntime", "tflite"]
     for f in ("luts/local.csv", "supernet/supernet.pt", "supernet/accuracy.csv", "supernet/predictor.pt",
+              "supernet/int8_drop.json",
               "search-onnxruntime/search.json", "search-tflite/search.json", "summary.csv", "summary.png",
               "stages.json"):
         assert (out / f).exists(), f
@@ -70,15 +72,20 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
         int8_rows = [r for r in csv.DictReader(f) if r["precision"] == "int8"]
     assert int8_rows and all(r["quant_calibration"].startswith("real images") for r in int8_rows)
     for rt in ("onnxruntime", "tflite"):
-        model = LatencyModel.from_lut(lut, space, rt, calibration="auto")
         budgets = summary["budgets"][rt]
         assert budgets == sorted(budgets) and len(budgets) == 2
         for r in (r for r in rows if r["searched_for"] == rt):
+            # each chosen subnet fits its budget in the precision it is to be deployed in
+            prec = r["precision"]
+            assert prec in ("fp32", "int8")
+            model = LatencyModel.from_lut(lut, space, rt, calibration="auto", precision=prec)
             cfg_ = SubnetConfig.from_dict(r["subnet"])
             lat = float(model.latency([cfg_])[0])
-            assert lat <= r["budget_ms"] + 1e-6, (rt, lat, r["budget_ms"])
-            assert abs(lat - r[f"{rt}_ms"]) < 1e-3 and r["fits"]
+            assert lat <= r["budget_ms"] + 1e-6, (rt, prec, lat, r["budget_ms"])
+            assert abs(lat - r[f"{rt}_int8_ms" if prec == "int8" else f"{rt}_ms"]) < 1e-3 and r["fits"]
             assert cfg_.r == 32 and 0.0 <= r["predicted_accuracy"] <= 1.0
+            # the other precision's best under the same budget, where it has one
+            assert r.get("alternative") is None or r["alternative"]["precision"] == {"fp32": "int8", "int8": "fp32"}[prec]
     assert len(summary["architectures_differ_per_budget_level"]) == 2
     assert "summary.png" in p.stdout and "architecture" in p.stdout
     # the LUT's fidelity for both runtimes, beside the noise floor, printed with the table
@@ -96,13 +103,22 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
                 float(int8_model.latency([SubnetConfig.from_dict(r["subnet"])])[0]), abs=1e-3)
         assert summary["int8"][rt]["blocks"] > 0
         assert f"int8 blocks against fp32, {rt}: int8 / fp32 median" in p.stdout
+        # the measured accuracy drop the search scored int8 candidates with, per runtime
+        drop = json.loads((out / "supernet" / "int8_drop.json").read_text())["runtimes"][rt]
+        assert summary["int8"][rt]["accuracy_drop"] == drop and drop["min_drop_pp"] <= drop["mean_drop_pp"]
+        assert f"int8 accuracy drop, {rt}: {drop['mean_drop_pp']:+.2f}" in p.stdout
+        search = json.loads((out / f"search-{rt}" / "search.json").read_text())
+        assert search["precision"] == "fp32,int8" and search["int8_drop"]["pp"] == pytest.approx(drop["mean_drop_pp"])
+    with (out / "summary.csv").open() as f:
+        assert [r["precision"] for r in csv.DictReader(f)] == [r["precision"] for r in rows]
+    assert " deploy " in p.stdout
     assert (out / "luts" / "local.int8.csv").is_file()
 
     # a rerun skips every finished stage and writes the same table
     t1 = time.time()
     again = run_cli("search.pipeline", *args, timeout=200)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("skipped") >= 7, again.stdout
+    assert again.stdout.count("skipped") >= 8, again.stdout
     assert json.loads((out / "summary.json").read_text())["rows"] == rows
     assert time.time() - t1 < first
 

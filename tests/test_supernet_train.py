@@ -121,8 +121,17 @@ def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path):
     assert summary["subnets"] == 2 and rt["fp32_runtime_vs_torch_max_abs_pp"] <= 100.0 / summary["held_out_images"]
     rows = (out / "int8_drop.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("index,subnet,r,runtime")
+    # every subnet at the run's default width unless --width says otherwise
+    import csv as csv_
+
+    from supernet.space import SubnetConfig
+
+    with (out / "int8_drop.csv").open() as f:
+        subnets = [SubnetConfig.from_json(r["subnet"]) for r in csv_.DictReader(f)]
+    assert summary["width"] == subnets[0].w == subnets[1].w
     # bad input: one error line, nothing written
     for args, message in ((["--resolutions", "33"], "--resolutions: 33 is not a resolution of space"),
+                          (["--width", "0.33"], "--width: 0.33 is not a width multiplier of space"),
                           (["--runtime", "tvm"], "--runtime: tflite and/or onnxruntime"),
                           (["--calib-images", "0"], "--calib-images must be at least 1")):
         bad = _run(["-m", "search.int8_drop", "--run", str(full_run), "--out", str(tmp_path / "bad"), *args], check=False)
