@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--precision", default="fp32,int8",
                     help="fp32, or fp32,int8 (default): also profile int8 blocks, measure the int8 accuracy drop, "
                          "search both precisions per budget and price the chosen subnets in int8")
-    ap.add_argument("--int8-subnets", type=int, default=8,
+    ap.add_argument("--int8-subnets", type=int, default=6,
                     help="subnets whose fp32 -> int8 accuracy drop is measured (the largest and smallest among them)")
     ap.add_argument("--int8-eval-images", type=int, default=2000,
                     help="held-out images each int8 drop is measured on (fp32 and int8 on the same images)")
