@@ -205,7 +205,7 @@ def fronts_png(path: Path, rows: list[dict[str, Any]], runtimes: list[str]) -> N
             ax.errorbar(xs, ys, yerr=es, fmt=marker, color=color, label=side, ms=5, capsize=2)
             if side == "hand-picked":
                 for (name, _), x, y in zip(pts.items(), xs, ys):
-                    ax.annotate(name.replace("mobilenet_", "mbv"), (x, y), fontsize=6, alpha=0.7)
+                    ax.annotate(name.replace("mobilenet_v", "mbv"), (x, y), fontsize=6, alpha=0.7)
             order = np.argsort(xs)
             fx, fy, top = [], [], -math.inf
             for i in order:

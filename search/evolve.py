@@ -739,7 +739,10 @@ def _stdout_to_stderr():
 def int8_drop(arg: str | None, predictor_path: str | None, runtime: str) -> tuple[float, str]:
     """(drop in points, where it came from): ``arg`` as a number or an ``int8_drop.json``
     (``search.int8_drop``), else the predictor's run folder's ``int8_drop.json``, its mean
-    drop for ``runtime``.  Raises ValueError naming what is missing."""
+    drop for ``runtime``.  A measured mean below zero (int8 scoring higher than fp32 on the
+    evaluated subnets, which is evaluation noise: quantization adds error) is taken as 0, so
+    that int8 is never preferred for a gain it does not have; a number given as ``arg`` is
+    taken as given.  Raises ValueError naming what is missing."""
     if arg is not None:
         try:
             value = float(arg)
@@ -764,6 +767,8 @@ def int8_drop(arg: str | None, predictor_path: str | None, runtime: str) -> tupl
         raise ValueError(f"{path}: not an int8_drop.json ({exc.__class__.__name__}: {exc})") from None
     if not math.isfinite(value):
         raise ValueError(f"{path}: mean_drop_pp for {runtime} is not a number")
+    if value < 0:
+        return 0.0, f"{path}, measured {value:+.2f} and taken as 0: int8 is not credited with a gain"
     return value, str(path)
 
 

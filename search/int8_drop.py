@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         rs = [r for r in rows if r["runtime"] == rt]
         drops = np.array([r["drop_pp"] for r in rs])
         summary["runtimes"][rt] = {
-            "mean_drop_pp": round(float(drops.mean()), 3), "median_drop_pp": round(float(np.median(drops)), 3),
+            "subnets": len(rs), "mean_drop_pp": round(float(drops.mean()), 3), "median_drop_pp": round(float(np.median(drops)), 3),
             "min_drop_pp": round(float(drops.min()), 3), "max_drop_pp": round(float(drops.max()), 3),
             "std_drop_pp": round(float(drops.std(ddof=1)), 3) if len(drops) > 1 else None,
             "standard_error_pp": round(float(drops.std(ddof=1) / np.sqrt(len(drops))), 3) if len(drops) > 1 else None,

@@ -139,7 +139,14 @@ def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path):
         assert bad.returncode == 2 and len(lines) == 1 and message in lines[0], bad.stderr
     assert not (tmp_path / "bad").exists()
     value, source = int8_drop(None, str(out / "predictor.pt"), "tflite")
-    assert value == rt["mean_drop_pp"] and source == str(out / "int8_drop.json")
+    assert value == max(0.0, rt["mean_drop_pp"]) and source.startswith(str(out / "int8_drop.json"))
+    # a negative measured drop (int8 scoring higher: noise) is not credited to int8; a given one is
+    doc = json.loads((out / "int8_drop.json").read_text())
+    doc["runtimes"]["tflite"]["mean_drop_pp"] = -0.25
+    (out / "int8_drop.json").write_text(json.dumps(doc))
+    value, source = int8_drop(None, str(out / "predictor.pt"), "tflite")
+    assert value == 0.0 and "measured -0.25 and taken as 0" in source
+    assert int8_drop("-0.25", None, "tflite") == (-0.25, "--int8-drop")
     with pytest.raises(ValueError, match="no int8 drop measured for runtime onnxruntime"):
         int8_drop(None, str(out / "predictor.pt"), "onnxruntime")
 
