@@ -32,9 +32,10 @@ training continues from its checkpoint; ``--force`` redoes everything).  Bad inp
 dataset, a resolution the space lacks) is one ``error:`` line before any work.
 
 Defaults (two resolutions, both precisions, the ``main`` preset, 100 subnets on 2,500
-held-out images each after BN recalibration on 4,000 training images, 100 generations) measured 13.5 minutes on 2 cores with a cold artifact cache
-(2026-12-04: profile 2.8, validate 1.9, train 5.7, collect 2.8 minutes; issue 13's target is
-20); keep ``--cache`` across runs to skip the block and probe exports of the profile stage and
+held-out images each after BN recalibration on 4,000 training images, the int8 drop of 6
+subnets, 100 generations) measured 12.9 minutes on 2 cores with a cold artifact cache
+(2026-12-05, AMD EPYC: profile 3.0, validate 1.8, train 4.5, collect 1.8, int8 drop 1.3
+minutes; issue 13's target is 20); keep ``--cache`` across runs to skip the block and probe exports of the profile stage and
 the network exports of validate.
 
 Outputs: ``OUT/config.json``, ``OUT/stages.json``, ``OUT/luts/local.csv`` (both runtimes),
