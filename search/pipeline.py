@@ -599,9 +599,11 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
             chosen = sum(1 for r in rows if r["searched_for"] == rt and r.get("precision") == "int8")
             n_rt = sum(1 for r in rows if r["searched_for"] == rt)
             se = f" +- {d['standard_error_pp']:.2f}" if d.get("standard_error_pp") is not None else ""
+            used = (searches[rt]["summary"].get("int8_drop") or {}).get("pp")  # what the search scored int8 with
+            used_s = f"the search used {used:+.2f}" if used is not None else "the search used none"
             print(f"int8 accuracy drop, {rt}: {d['mean_drop_pp']:+.2f}{se} pp mean over {d.get('subnets', 'the')} "
                   f"subnets ({d['min_drop_pp']:+.2f} .. {d['max_drop_pp']:+.2f}; negative: int8 scored higher), "
-                  f"the search's drop model (below 0 taken as 0); int8 chosen for {chosen} of {n_rt} budgets")
+                  f"{used_s}; int8 chosen for {chosen} of {n_rt} budgets")
     if int8 and any(r[f"{c}_ms"] is None for r in rows for c in cols):
         print(f"n/a: a block of that subnet has no int8 row (its quantization failed; the error rows of "
               f"{out / 'luts' / 'local.csv'} say why)")

@@ -109,6 +109,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
         assert f"int8 accuracy drop, {rt}: {drop['mean_drop_pp']:+.2f}" in p.stdout
         search = json.loads((out / f"search-{rt}" / "search.json").read_text())
         assert search["precision"] == "fp32,int8" and search["int8_drop"]["pp"] == pytest.approx(max(0.0, drop["mean_drop_pp"]))
+        assert f"the search used {search['int8_drop']['pp']:+.2f}" in p.stdout
     with (out / "summary.csv").open() as f:
         assert [r["precision"] for r in csv.DictReader(f)] == [r["precision"] for r in rows]
     assert " deploy " in p.stdout
