@@ -17,7 +17,7 @@ subnet, which is the approximation).  Whose weights carry them:
 
 A block is matched to the largest subnet's block of the same kind, input shape, stride and
 residual (then kind and input shape, then input shape alone: the overhead probes); a block
-nothing matches keeps random calibration, and its row says so.  The activations are computed
+nothing matches (and every ``stream`` probe) keeps random calibration, and its row says so.  The activations are computed
 once, in the parent process, and stored in the artifact cache under
 ``calib/<id>/<block>.npy`` beside a ``label.txt``; the int8 artifacts' cache version carries
 the id (``-cal<id>``), so random- and real-calibrated artifacts never share a cache entry.
@@ -122,7 +122,11 @@ def _carrier(space, data_spec: str | None, run: Path | None, n: int, seed: int):
 
 
 def _signatures(spec) -> list[tuple]:
-    """How a profiled block is matched to a block of the largest subnet, most specific first."""
+    """How a profiled block is matched to a block of the largest subnet, most specific first
+    (none for a ``stream`` probe: a chain of orthogonal layers that no network holds keeps
+    its seeded random calibration, whatever shares its input shape)."""
+    if spec.kind == "stream":
+        return []
     shape = (spec.in_h, spec.in_w, spec.in_c)
     return [(spec.kind, *shape, spec.stride, spec.residual), (spec.kind, *shape), shape]
 

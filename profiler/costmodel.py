@@ -27,7 +27,8 @@ chains of matrix-vector products with 0.25 MiB of weights up to the largest netw
 ``c(W)`` (each less its input shape's overhead probe) is flat while the weights fit and rises
 once they do not; call ``e(W) = c(W) - c_min`` its excess (made non-decreasing above the
 minimum, held at its last value beyond the largest probe).  A network of ``W`` weight bytes
-(parameters x 4 in float32) pays, for each block of ``w_b`` weight bytes, ``max(0, e(W) -
+(parameters x 4 in float32; x 1 in int8, priced from the int8 table's own probes, the same
+chains quantized) pays, for each block of ``w_b`` weight bytes, ``max(0, e(W) -
 e(s_b)) * w_b``, where ``s_b`` is what the block touches alone (weights and activations,
 ``solo_bytes``): a block that overflows the caches on its own (at 160-224 px) streamed its
 weights in its LUT row already.  LUTs without stream rows get no such term; ``stream=False``

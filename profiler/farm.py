@@ -83,12 +83,9 @@ def run_farm(
     per_device: dict[int, list[ProfileResult]] = {}
 
     def specs_for(precision: str) -> list[BlockSpec]:
-        # the weight-streaming probes price float32 weights: int8 tables go without them and
-        # without the overhead probes that only they needed
-        if precision == "fp32":
-            return list(specs)
-        shapes = {s.input_shape for s in specs if s.kind not in ("stream", "overhead")}
-        return [s for s in specs if s.kind != "stream" and (s.kind != "overhead" or s.input_shape in shapes)]
+        # every precision gets the same blocks and probes: an int8 table's stream probes are
+        # the same chains quantized, whose time per int8 weight byte prices int8 networks
+        return list(specs)
 
     def work(i: int, device: Device) -> None:
         out: list[ProfileResult] = []

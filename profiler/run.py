@@ -16,9 +16,10 @@ MiB of weights up to the space's largest network's (``supernet.space.stream_laye
 weights that no longer fit the device's caches than its blocks paid one at a time
 (``supernet.space.stream_probes``).
 ``--precision int8`` (or ``fp32,int8``) measures post-training-quantized blocks too
-(``profiler.quantize``): their rows sit in the same LUT with ``precision`` int8, and their
-summary goes to ``<lut>.run-int8.json``.  int8 blocks are calibrated on seeded random inputs,
-or with ``--data`` on real images carried to each block's input (``profiler.calibrate``).
+(``profiler.quantize``), and the same probes quantized (an int8 weight is one byte): their rows
+sit in the same LUT with ``precision`` int8, and their summary goes to ``<lut>.run-int8.json``.
+int8 blocks are calibrated on seeded random inputs, or with ``--data`` on real images carried
+to each block's input (``profiler.calibrate``; stream probes keep random inputs).
 """
 
 from __future__ import annotations

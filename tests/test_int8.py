@@ -15,7 +15,7 @@ from profiler.costmodel import LatencyModel, MissingKeysError
 from profiler.export import ArtifactCache
 from profiler.lut import COLUMNS, LutError, LutTable, LutWriter, read_rows, record_space
 from profiler.quantize import ERROR_BOUND, read_meta, tflite_types
-from supernet.space import TINY, overhead_probe
+from supernet.space import TINY, overhead_probe, stream_probes
 
 from conftest import last_error_line, run_cli
 
@@ -242,12 +242,15 @@ def test_real_calibration_carries_images_block_by_block(fake_fm):
 
     from profiler.calibrate import _carrier, block_activations
 
-    acts, label = block_activations(TINY, BLOCKS, f"fmnist:{fake_fm}", None, n=4)
+    chain = TINY.blocks(TINY.max_subnet(r=32))
+    # a stream probe of the feature mix's input shape is still no block: random calibration
+    probe = stream_probes(channels=chain[-2].in_c, layers=(2,))[0]
+    assert probe.input_shape == chain[-2].input_shape
+    acts, label = block_activations(TINY, BLOCKS + [probe], f"fmnist:{fake_fm}", None, n=4)
     assert label.startswith("real images n=4") and set(acts) == {str(b) for b in BLOCKS}
     for b in BLOCKS:
         assert acts[str(b)].shape == (4, b.in_c, b.in_h, b.in_w) and acts[str(b)].dtype == np.float32
     net, images = _carrier(TINY, f"fmnist:{fake_fm}", None, 4, 0)(32, TINY.default_width)
-    chain = TINY.blocks(TINY.max_subnet(r=32))
     np.testing.assert_allclose(acts[str(chain[0])], images.numpy(), rtol=0, atol=0)
     with torch.no_grad():
         for j in range(len(chain) - 1):

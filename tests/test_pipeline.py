@@ -32,7 +32,7 @@ def _image_folder(root, classes: int = 10, per_class: int = 12) -> None:
 
 def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
     from search.latency import LatencyModel
-    from supernet.space import SubnetConfig, get_space
+    from supernet.space import BlockSpec, SubnetConfig, get_space
 
     data = tmp_path / "images"
     _image_folder(data)
@@ -70,7 +70,13 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
     lut = out / "luts" / "local.csv"
     with lut.open() as f:  # int8 blocks calibrated on the job's own images (profiler.calibrate)
         int8_rows = [r for r in csv.DictReader(f) if r["precision"] == "int8"]
-    assert int8_rows and all(r["quant_calibration"].startswith("real images") for r in int8_rows)
+    # every block, and every overhead probe at a block's input shape; the weight-streaming
+    # probes are measured in int8 too, on seeded random inputs (they are in no network)
+    shapes = {BlockSpec.parse(r["key"]).input_shape for r in int8_rows if r["kind"] not in ("stream", "overhead")}
+    in_net = [r for r in int8_rows if r["kind"] != "stream" and BlockSpec.parse(r["key"]).input_shape in shapes]
+    assert in_net and all(r["quant_calibration"].startswith("real images") for r in in_net)
+    streams = [r for r in int8_rows if r["kind"] == "stream"]
+    assert streams and all(r["quant_calibration"].startswith("random-normal") for r in streams)
     for rt in ("onnxruntime", "tflite"):
         budgets = summary["budgets"][rt]
         assert budgets == sorted(budgets) and len(budgets) == 2

@@ -148,12 +148,14 @@ def test_a_calibration_applies_only_to_the_same_kind_of_sum(tmp_path):
 
 
 
-def test_profiler_run_measures_stream_probes_for_float32_only(tmp_path):
+def test_profiler_run_measures_stream_probes_in_each_precision(tmp_path):
     """A warm run of the whole space measures the probes (``--stream-probes auto``); with
-    --limit they are asked for (``on``); int8 tables go without them; the LUT's model then
-    prices weight streaming for fp32 and not for int8; a rotation refuses them."""
+    --limit they are asked for (``on``); an int8 table gets the same chains quantized (each
+    within its depth's error bound) and its model prices int8 weights from them, a byte a
+    parameter; a rotation refuses them."""
     from conftest import run_cli
     from profiler.lut import LutTable
+    from profiler.quantize import error_bound
 
     lut = tmp_path / "s.csv"
     args = ["--device", "local", "--runtime", "onnxruntime", "--space", "tiny", "--resolutions", "32", "--limit", "2",
@@ -162,12 +164,20 @@ def test_profiler_run_measures_stream_probes_for_float32_only(tmp_path):
     p = run_cli("profiler.run", *args, "--stream-probes", "on")
     assert p.returncode == 0, p.stderr[-2000:]
     table = LutTable.load(lut)
-    streams = {(k[0], k[3]) for k, row in table.rows.items() if row["kind"] == "stream"}
-    assert streams == {(str(s), "fp32") for s in stream_probes()}
+    streams = {(k[0], k[3]) for k, row in table.rows.items() if row["kind"] == "stream" and row["status"] == "ok"}
+    assert streams == {(str(s), p) for s in stream_probes() for p in ("fp32", "int8")}
+    for k, row in table.rows.items():
+        if row["kind"] == "stream" and k[3] == "int8":
+            bound = error_bound("stream", k[0])
+            assert float(row["quant_bound"]) == bound and 0 < float(row["quant_error"]) <= bound
+    deep, shallow = (str(stream_probes(layers=(n,))[0]) for n in (128, 1))
+    assert error_bound("stream", deep) > error_bound("stream", shallow)  # rounding adds up along a chain
     stream_input = BlockSpec("overhead", 1, 1, 256, 1, 1, 256, act="relu")
-    assert {k[3] for k in table.rows if k[0] == str(stream_input)} == {"fp32"}
+    assert {k[3] for k in table.rows if k[0] == str(stream_input)} == {"fp32", "int8"}
     fp32 = LatencyModel.from_lut(lut, TINY, "onnxruntime")
     int8 = LatencyModel.from_lut(lut, TINY, "onnxruntime", precision="int8")
-    assert fp32.stream_curve(R) is not None and int8.stream_curve(R) is None
+    w32, _ = fp32.stream_curve(R)
+    w8, _ = int8.stream_curve(R)
+    assert np.allclose(w32, 4 * w8)  # the same chains: four bytes a weight in fp32, one in int8
     p = run_cli("profiler.run", *args[:-1], "--context", "round-robin", "--stream-probes", "on")
     assert p.returncode == 2 and "--stream-probes on needs --context warm" in p.stderr
