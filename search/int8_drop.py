@@ -3,6 +3,7 @@ drop model ``search.evolve --precision fp32,int8`` ranks int8 candidates with.
 
     python -m search.int8_drop --run RUN [--subnets 20] [--runtime tflite,onnxruntime]
         [--resolutions 32,48] [--width W] [--seed 0] [--eval-images N] [--calib-images 128] [--out DIR]
+        [--workers 2]
 
 Subnet ``i`` is ``search.collect``'s subnet ``i`` of the same seed (plus the largest and the
 smallest at the largest of ``--resolutions`` first; every subnet at width ``--width``, by
@@ -14,6 +15,14 @@ held-out images.  Writes ``DIR/int8_drop.csv`` (one row per subnet and runtime) 
 ``DIR/int8_drop.json`` (default DIR: the run folder; per runtime: mean, median, min and max
 drop, its standard error, and the Kendall tau between the fp32 and int8 accuracies: whether
 int8 preserves the fp32 ranking the predictor is trained on) and prints that JSON.
+
+``--workers N`` (default: 2, or the cores there are if fewer) evaluates N subnets at a time in
+processes of their own: converting a network to TFLite (litert-torch) and running it image
+by image use one core each, so one process left the other core of a 2-core machine idle for
+most of the stage.  Every evaluation runs PyTorch on one thread, whatever N is, so that the
+rows do not depend on N: BN recalibration on 2 threads sums in another order, and the int8
+models amplify those last-bit differences into a few flipped images (0.05-0.3 points a
+subnet, measured on the main job's run against 1 thread).
 """
 
 from __future__ import annotations
@@ -22,11 +31,62 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 FIELDS = ["index", "subnet", "r", "runtime", "torch_top1", "fp32_top1", "int8_top1", "drop_pp", "seconds"]
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class SubnetError(RuntimeError):
+    """One subnet's int8 evaluation failed (the message names the subnet and the runtime)."""
+
+
+def subnet_rows(evaluator, i: int, cfg, runtimes: list[str], calib_images: int) -> list[dict]:
+    """The rows of subnet ``i`` (``cfg``), one per runtime.  Raises SubnetError."""
+    rows = []
+    for rt in runtimes:
+        t0 = time.perf_counter()
+        try:
+            q = evaluator.int8_top1(cfg, rt, calib_images)
+        except (RuntimeError, ValueError) as exc:
+            raise SubnetError(f"int8 evaluation of subnet {i} ({cfg.to_json()}) with {rt}: {exc}") from None
+        rows.append({"index": i, "subnet": cfg.to_json(), "r": cfg.r, "runtime": rt,
+                     "torch_top1": round(q["torch_top1"], 3), "fp32_top1": round(q["fp32_top1"], 3),
+                     "int8_top1": round(q["int8_top1"], 3), "drop_pp": round(q["drop_pp"], 3),
+                     "seconds": round(time.perf_counter() - t0, 1)})
+    return rows
+
+
+_WORKER: dict = {}
+
+
+def _worker_init(run: str, eval_images: int | None) -> None:
+    """A worker process: dies with its parent (``profiler.export``'s watchdog, which also
+    sets one thread), and loads the run once for all the subnets it is given."""
+    from profiler.export import _worker_init as watch_parent
+    from supernet.evaluation import load_run
+
+    watch_parent()
+    _, evaluator, _ = load_run(Path(run), device="cpu", amp="off")
+    if eval_images:
+        evaluator.eval_images = eval_images
+    _WORKER["evaluator"] = evaluator
+
+
+def _worker_task(i: int, cfg_json: str, runtimes: list[str], calib_images: int) -> list[dict]:
+    from supernet.space import SubnetConfig
+
+    return subnet_rows(_WORKER["evaluator"], i, SubnetConfig.from_json(cfg_json), runtimes, calib_images)
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float | None:
@@ -55,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-images", type=int, default=None, help="held-out images (default: all)")
     ap.add_argument("--calib-images", type=int, default=128)
     ap.add_argument("--out", type=Path, default=None, help="folder for int8_drop.csv/json (default: the run folder)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="subnets evaluated at a time, each in a process of its own (default: 2, or the cores there "
+                         "are if fewer)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
@@ -66,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--subnets must be at least 2 (the largest and the smallest)")
         if args.calib_images < 1:
             raise ValueError("--calib-images must be at least 1")
+        if args.workers is not None and args.workers < 1:
+            raise ValueError("--workers must be at least 1")
         net, evaluator, _ = load_run(args.run, device="cpu", amp="off")
         space = net.space
         try:
@@ -92,24 +157,47 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
-    rows = []
-    bar = tqdm(total=len(cfgs) * len(runtimes), desc="int8 drop", unit="eval", disable=args.no_progress)
-    for i, cfg in enumerate(cfgs):
-        for rt in runtimes:
-            t0 = time.perf_counter()
-            try:
-                q = evaluator.int8_top1(cfg, rt, args.calib_images)
-            except (RuntimeError, ValueError) as exc:
-                bar.close()
-                print(f"error: int8 evaluation of subnet {i} ({cfg.to_json()}) with {rt}: {exc}", file=sys.stderr)
-                return 1
-            rows.append({"index": i, "subnet": cfg.to_json(), "r": cfg.r, "runtime": rt,
-                         "torch_top1": round(q["torch_top1"], 3), "fp32_top1": round(q["fp32_top1"], 3),
-                         "int8_top1": round(q["int8_top1"], 3), "drop_pp": round(q["drop_pp"], 3),
-                         "seconds": round(time.perf_counter() - t0, 1)})
-            bar.set_postfix(rt=rt, fp32=f"{q['torch_top1']:.2f}", int8=f"{q['int8_top1']:.2f}", refresh=False)
-            bar.update(1)
+    held_out = min(evaluator.eval_images or len(evaluator.data.valid), len(evaluator.data.valid))
+    workers = min(args.workers or min(2, cores()), len(cfgs))
+    bar = tqdm(total=len(cfgs), desc="int8 drop", unit="subnet", disable=args.no_progress)
+    by_subnet: dict[int, list[dict]] = {}
+
+    def done(i: int, got: list[dict]) -> None:
+        by_subnet[i] = got
+        bar.set_postfix({r["runtime"]: f"{r['torch_top1']:.2f}->{r['int8_top1']:.2f}" for r in got}, refresh=False)
+        bar.update(1)
+
+    try:
+        if workers == 1:
+            import torch
+
+            torch.set_num_threads(1)  # as in a worker: the rows must not depend on --workers
+            for i, cfg in enumerate(cfgs):
+                done(i, subnet_rows(evaluator, i, cfg, runtimes, args.calib_images))
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures.process import BrokenProcessPool
+
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                     initargs=(str(args.run), args.eval_images)) as pool:
+                futures = {pool.submit(_worker_task, i, cfg.to_json(), runtimes, args.calib_images): i
+                           for i, cfg in enumerate(cfgs)}
+                try:
+                    for f in as_completed(futures):
+                        done(futures[f], f.result())
+                except BrokenProcessPool:
+                    raise SubnetError("an int8 evaluation worker died (out of memory?); rerun with --workers 1") from None
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+    except SubnetError as exc:
+        bar.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     bar.close()
+    rows = [r for i in sorted(by_subnet) for r in by_subnet[i]]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
     w.writeheader()
@@ -117,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out_dir / "int8_drop.csv", buf.getvalue())
     summary = {"what": "int8_drop", "run": str(args.run), "subnets": len(cfgs), "seed": args.seed,
                "resolutions": res, "width": width,
-               "held_out_images": min(evaluator.eval_images or len(evaluator.data.valid), len(evaluator.data.valid)),
+               "held_out_images": held_out, "workers": workers,
                "calib_images": args.calib_images, "runtimes": {}}
     for rt in runtimes:
         rs = [r for r in rows if r["runtime"] == rt]

@@ -111,7 +111,10 @@ def test_eval_int8_quantizes_the_extracted_subnet_and_reports_the_drop(full_run,
 def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path):
     """search.int8_drop: per runtime the measured fp32 -> int8 drop, in the file that
     search.evolve --precision fp32,int8 reads from the predictor's run folder."""
+    import csv as csv_
+
     from search.evolve import int8_drop
+    from search.int8_drop import cores
 
     out = tmp_path / "drop"
     proc = _run(["-m", "search.int8_drop", "--run", str(full_run), "--subnets", "2", "--runtime", "tflite",
@@ -121,9 +124,19 @@ def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path):
     assert summary["subnets"] == 2 and rt["fp32_runtime_vs_torch_max_abs_pp"] <= 100.0 / summary["held_out_images"]
     rows = (out / "int8_drop.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("index,subnet,r,runtime")
-    # every subnet at the run's default width unless --width says otherwise
-    import csv as csv_
+    # two worker processes (the default on 2 cores) and one give the same rows, in subnet order
+    assert summary["workers"] == min(2, cores())
+    one = tmp_path / "one"
+    _run(["-m", "search.int8_drop", "--run", str(full_run), "--subnets", "2", "--runtime", "tflite",
+          "--calib-images", "8", "--out", str(one), "--workers", "1"])
 
+    def without_seconds(path):
+        with path.open() as f:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv_.DictReader(f)]
+
+    assert without_seconds(one / "int8_drop.csv") == without_seconds(out / "int8_drop.csv")
+    assert [r["index"] for r in without_seconds(out / "int8_drop.csv")] == ["0", "1"]
+    # every subnet at the run's default width unless --width says otherwise
     from supernet.space import SubnetConfig
 
     with (out / "int8_drop.csv").open() as f:
@@ -133,7 +146,8 @@ def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path):
     for args, message in ((["--resolutions", "33"], "--resolutions: 33 is not a resolution of space"),
                           (["--width", "0.33"], "--width: 0.33 is not a width multiplier of space"),
                           (["--runtime", "tvm"], "--runtime: tflite and/or onnxruntime"),
-                          (["--calib-images", "0"], "--calib-images must be at least 1")):
+                          (["--calib-images", "0"], "--calib-images must be at least 1"),
+                          (["--workers", "0"], "--workers must be at least 1")):
         bad = _run(["-m", "search.int8_drop", "--run", str(full_run), "--out", str(tmp_path / "bad"), *args], check=False)
         lines = bad.stderr.strip().splitlines()
         assert bad.returncode == 2 and len(lines) == 1 and message in lines[0], bad.stderr
