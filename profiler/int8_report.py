@@ -41,7 +41,7 @@ def block_ratios(table: LutTable, runtime: str) -> list[dict[str, Any]]:
     out = []
     for key in sorted(set(fp32) & set(int8)):
         spec = BlockSpec.parse(key)
-        if spec.kind == "overhead" or fp32[key] <= 0:
+        if spec.kind in ("overhead", "stream") or fp32[key] <= 0:  # probes, in no network
             continue
         out.append({"runtime": runtime, "key": key, "group": group_of(spec), "fp32_ms": fp32[key],
                     "int8_ms": int8[key], "ratio": int8[key] / fp32[key]})

@@ -202,13 +202,13 @@ def test_int8_report_groups_blocks_and_names_the_slower_kinds(tmp_path):
     path = tmp_path / "l.csv"
     blocks = [b for b in BLOCKS if b.kind != "overhead"]
     with LutWriter(path) as w:
-        for b in blocks + [overhead_probe(blocks[0])]:
+        for b in blocks + [overhead_probe(blocks[0]), stream_probes(layers=(2,))[0]]:
             slow = b.act == "hswish"  # h-swish blocks twice as slow in int8, the rest half
             w.add(_row(str(b), 0.1))
             w.add(_row(str(b), 0.2 if slow else 0.05, precision="int8"))
     assert report_main(["--lut", str(path), "--json"]) == 0
     rep = json.loads((tmp_path / "l.int8.json").read_text())["runtimes"]["tflite"]
-    assert rep["blocks"] == len(blocks)  # the probe is no block of a network
+    assert rep["blocks"] == len(blocks)  # the probes are no blocks of a network
     by = {g["group"]: g for g in rep["groups"]}
     for b in blocks:
         g = next(v for k, v in by.items() if k.startswith(b.kind) and (b.kind != "mbconv" or f"k{b.kernel} " in k))
