@@ -68,7 +68,8 @@ def run_farm(
         transport_factory: builds each device's transport (default: from its entry).
         on_result: called (from the worker thread) with each finished ``ProfileResult``.
         precisions: ``fp32`` and/or ``int8``, each measured for every runtime into the same
-            LUT (rows differ by precision), fp32 first.
+            LUT (rows differ by precision), fp32 first; each precision gets every block and
+            probe of ``specs`` (an int8 table's stream probes are the same chains quantized).
         context: ``warm`` or ``round-robin`` (``profile_device``).
 
     Returns:
@@ -82,11 +83,6 @@ def run_farm(
     local_lock = threading.Lock()
     per_device: dict[int, list[ProfileResult]] = {}
 
-    def specs_for(precision: str) -> list[BlockSpec]:
-        # every precision gets the same blocks and probes: an int8 table's stream probes are
-        # the same chains quantized, whose time per int8 weight byte prices int8 networks
-        return list(specs)
-
     def work(i: int, device: Device) -> None:
         out: list[ProfileResult] = []
         for runtime, precision in [(rt, p) for rt in runtimes or device.all_runtimes for p in precisions]:
@@ -94,7 +90,7 @@ def run_farm(
             guard = local_lock if device.transport == "local" and len(devices) > 1 else _NoLock()
             try:
                 with guard:
-                    res = profile_device(device, specs_for(precision), runtime, lut_path, cache, progress=progress, position=i,
+                    res = profile_device(device, specs, runtime, lut_path, cache, progress=progress, position=i,
                                          broker=broker, precision=precision, context=context,
                                          transport=transport_factory(device) if transport_factory else None)
             except (LutError, ValueError, OSError) as exc:
@@ -110,7 +106,7 @@ def run_farm(
     try:
         if len(devices) > 1 and any(d.transport == "local" for d in devices):
             items = [(str(s), format_for_runtime(rt, p)) for d in devices for rt in (runtimes or d.all_runtimes)
-                     for p in precisions for s in specs_for(p)]
+                     for p in precisions for s in specs]
             broker.ensure(items, progress=progress, desc="export (before local timing)")
         if len(devices) == 1:
             work(0, devices[0])
