@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import pickle
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -137,14 +138,28 @@ class Evaluator:
         top-1 of the PyTorch subnet (``torch_top1``) and of the runtime's fp32 model.  The
         quantizer is the profiler's (imported here only, lazily: the int8 path of an
         evaluation command, not a layer of ``supernet``)."""
+        return self.int8_top1_runtimes(cfg, [runtime], calib_images)[runtime]
+
+    def int8_top1_runtimes(self, cfg: SubnetConfig, runtimes: list[str], calib_images: int = 128) -> dict[str, dict]:
+        """``int8_top1`` for several runtimes, keyed by runtime: the subnet is extracted, its BN
+        recalibrated and its PyTorch top-1 measured once for all of them.  Each result's
+        ``seconds`` is the time spent on it, the shared part counted in the first runtime's."""
         from profiler.quantize import quantized_top1
 
+        t0 = time.perf_counter()
         net = self.subnet(cfg)
         torch_top1 = self.top1(net, cfg.r)
         images, labels = self.held_out_arrays(cfg.r)
-        out = quantized_top1(net.float().cpu().eval(), self.calibration_array(cfg.r, calib_images), images, labels,
-                             runtime)
-        return {"torch_top1": torch_top1, **out, "drop_pp": torch_top1 - out["int8_top1"]}
+        calib = self.calibration_array(cfg.r, calib_images)
+        module = net.float().cpu().eval()
+        results = {}
+        for runtime in runtimes:
+            out = quantized_top1(module, calib, images, labels, runtime)
+            t1 = time.perf_counter()
+            results[runtime] = {"torch_top1": torch_top1, **out, "drop_pp": torch_top1 - out["int8_top1"],
+                                "seconds": t1 - t0}
+            t0 = t1
+        return results
 
     def _nchw(self, x: torch.Tensor, r: int):
         return self._at(x, r).float().cpu().contiguous().numpy()

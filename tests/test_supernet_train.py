@@ -108,6 +108,29 @@ def test_eval_int8_quantizes_the_extracted_subnet_and_reports_the_drop(full_run,
 
 
 @pytest.mark.slow
+def test_int8_top1_for_several_runtimes_recalibrates_once(full_run, monkeypatch):
+    """search.int8_drop evaluates each subnet in both runtimes: the subnet is extracted and its
+    BN recalibrated once for all of them, and each runtime's result is what int8_top1 gives
+    for that runtime alone."""
+    from supernet.evaluation import Evaluator, load_run
+
+    _, ev, _ = load_run(full_run, device="cpu")
+    ev.eval_images = 64
+    calls = []
+    real = Evaluator.subnet
+    monkeypatch.setattr(Evaluator, "subnet", lambda self, cfg: calls.append(cfg) or real(self, cfg))
+    cfg = ev.supernet.space.min_subnet(r=ev.supernet.space.resolutions[0])
+    both = ev.int8_top1_runtimes(cfg, ["onnxruntime", "tflite"], calib_images=8)
+    assert len(calls) == 1 and set(both) == {"onnxruntime", "tflite"}
+    assert both["onnxruntime"]["torch_top1"] == both["tflite"]["torch_top1"]
+    assert all(q["seconds"] > 0 and q["runtime"] == rt for rt, q in both.items())
+    alone = ev.int8_top1(cfg, "onnxruntime", calib_images=8)
+    assert len(calls) == 2
+    assert {k: v for k, v in alone.items() if k != "seconds"} == \
+        {k: v for k, v in both["onnxruntime"].items() if k != "seconds"}
+
+
+@pytest.mark.slow
 def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path):
     """search.int8_drop: per runtime the measured fp32 -> int8 drop, in the file that
     search.evolve --precision fp32,int8 reads from the predictor's run folder."""
