@@ -91,6 +91,18 @@ def pending(writer: LutWriter, specs: Sequence[BlockSpec], runtime: str, max_att
     return todo, skipped
 
 
+def with_their_probes(todo: Sequence[BlockSpec], specs: Sequence[BlockSpec]) -> list[BlockSpec]:
+    """``todo`` and, from ``specs``, the overhead probe of every block in it, measured or
+    not, in the order of ``specs``: in a rotation a block's probe is timed just before it
+    and takes off the cold invocation that block paid (a rerun that times some blocks
+    again, after a kill or a failure, times their probes with them)."""
+    from supernet.space import overhead_probe
+
+    keys = {str(s) for s in todo}
+    keys |= {str(overhead_probe(s)) for s in todo if s.kind not in ("overhead", "stream")}
+    return [s for s in specs if str(s) in keys]
+
+
 def check_threads(writer: LutWriter, runtime: str, threads: int) -> None:
     """A LUT holds one thread count per runtime: mixing them would make a meaningless table."""
     other = {r["threads"] for (k, rt, res, _prec), r in writer.table.rows.items()
@@ -307,6 +319,9 @@ def profile_device(
         if context not in CONTEXTS:
             raise ValueError(f"unknown measurement context {context!r} (known: {', '.join(CONTEXTS)})")
         todo, res.skipped = pending(writer, specs, runtime, device.max_attempts, precision, context)
+        if context == "round-robin":
+            todo = with_their_probes(todo, specs)
+            res.skipped = len(specs) - len(todo)
         res.todo = len(todo)
         if not todo:
             return res
@@ -403,9 +418,20 @@ def profile_device(
 
             if context == "round-robin":
                 built_all = [(spec, path) for spec, fut in futures if (path := built_path(spec, fut)) is not None]
-                for group in rotation_groups(built_all):
+                groups = rotation_groups(built_all)
+                # a probe timed in several groups is recorded once, its samples from all of them
+                # pooled, after the last group that times it
+                last = {str(s): gi for gi, group in enumerate(groups) for s, _ in group if s.kind == "overhead"}
+                held: dict[str, tuple[BlockSpec, Path, dict[str, Any] | str]] = {}
+                for gi, group in enumerate(groups):
                     outcomes = measure_group_artifacts(session, device, [pth for _, pth in group], req_base)
                     for spec, pth, outcome in pool_outcomes(group, outcomes):
+                        if spec.kind == "overhead":
+                            have = held.get(str(spec))
+                            held[str(spec)] = (spec, pth, outcome if have is None else _pooled(have[2], outcome))
+                            if last[str(spec)] != gi:
+                                continue
+                            spec, pth, outcome = held.pop(str(spec))
                         record(spec, pth, outcome)
                         bar.update(1)
             else:
@@ -557,21 +583,27 @@ def pool_outcomes(group: Sequence[tuple[BlockSpec, Path]], outcomes: Sequence[di
     """One outcome per distinct block of a rotation group, in first-seen order: a model timed
     at several places of the rotation (a probe before each block of its shape) gets all its
     samples pooled, statistics recomputed; an error at any place is its outcome."""
-    from .runner import _stats
-
     merged: dict[str, tuple[BlockSpec, Path, dict[str, Any] | str]] = {}
     for (spec, path), out in zip(group, outcomes):
-        key = str(spec)
-        have = merged.get(key)
-        if have is None or isinstance(out, str):
-            merged[key] = (spec, path, out)
-        elif not isinstance(have[2], str):
-            reply = dict(have[2])
-            reply["samples_ms"] = reply["samples_ms"] + out["samples_ms"]
-            reply["timed_s"] = reply.get("timed_s", 0.0) + out.get("timed_s", 0.0)
-            reply.update(_stats(reply["samples_ms"]))
-            merged[key] = (spec, path, reply)
+        have = merged.get(str(spec))
+        merged[str(spec)] = (spec, path, out if have is None else _pooled(have[2], out))
     return list(merged.values())
+
+
+def _pooled(have: dict[str, Any] | str, out: dict[str, Any] | str) -> dict[str, Any] | str:
+    """Two outcomes of one model timed at two places of a rotation as one: the samples
+    joined and the statistics recomputed; an error at either place is the outcome."""
+    from .runner import _stats
+
+    if isinstance(have, str):
+        return have
+    if isinstance(out, str):
+        return out
+    reply = dict(have)
+    reply["samples_ms"] = reply["samples_ms"] + out["samples_ms"]
+    reply["timed_s"] = reply.get("timed_s", 0.0) + out.get("timed_s", 0.0)
+    reply.update(_stats(reply["samples_ms"]))
+    return reply
 
 
 def measure_group_artifacts(session: Session, device: Device, paths: Sequence[Path],

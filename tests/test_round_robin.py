@@ -120,3 +120,54 @@ def test_rotation_puts_each_blocks_probe_before_it_and_pools_its_samples(tmp_pat
     # an error at any place is the model's outcome
     outs[0] = "runtime: boom"
     assert dict((str(s), o) for s, _, o in pool_outcomes(group, outs))[str(group[0][0])] == "runtime: boom"
+
+
+def test_a_probe_in_several_rotation_groups_is_one_row_and_a_rerun_times_probes_again(tmp_path, monkeypatch):
+    """A rotation longer than one group: a probe placed in two groups gets one row with the
+    samples of both (not the second group's alone), ``measured`` counts it once, and a rerun
+    that times some blocks again times their probes with them."""
+    from pathlib import Path
+
+    from profiler import measure
+    from profiler.devices import parse_device
+    from profiler.export import ArtifactCache
+    from profiler.run import with_overhead_probes
+    from supernet.space import overhead_probe
+
+    monkeypatch.setattr(measure, "GROUP_SIZE", 4)
+    specs = with_overhead_probes(TINY.all_blocks([32]))
+    blocks = [s for s in specs if s.kind != "overhead"]
+    groups = measure.rotation_groups([(s, Path(str(i))) for i, s in enumerate(specs)])
+    in_groups = {}
+    for gi, g in enumerate(groups):
+        for s, _ in g:
+            if s.kind == "overhead":
+                in_groups.setdefault(str(s), set()).add(gi)
+    split = [k for k, gs in in_groups.items() if len(gs) > 1]
+    assert split, "the test needs a probe timed in two groups"
+    dev = parse_device(Path("d.yaml"), "local", {"transport": "local", "runtime": "onnxruntime", "warmup": 1,
+                                                 "repeats": 3, "min_time_s": 0})
+    lut = tmp_path / "l.csv"
+    cache = ArtifactCache(tmp_path / "cache")
+    res = measure.profile_device(dev, specs, "onnxruntime", lut, cache, progress=False, export_workers=0,
+                                 context="round-robin")
+    assert res.failed == 0 and res.measured == res.todo == len(specs), res
+    rows = {r["key"]: r for r in read_rows(lut)}
+    assert len(rows) == len(specs)
+    (rounds,) = {rows[str(s)]["count"] for s in blocks}
+    for key in split:  # 3 samples at each place: pooled over every group that timed it
+        places = sum(1 for g in groups for s, _ in g if str(s) == key)
+        assert rows[key]["count"] == rounds * places
+    # drop one block's row: the rerun times it again with its probe before it
+    victim = blocks[-1]
+    kept = [r for r in read_rows(lut) if r["key"] != str(victim)]
+    (tmp_path / "l.raw.jsonl").unlink()
+    with open(lut, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(kept[0]))
+        w.writeheader()
+        w.writerows(kept)
+    res = measure.profile_device(dev, specs, "onnxruntime", lut, cache, progress=False, export_workers=0,
+                                 context="round-robin")
+    assert res.measured == res.todo == 2 and res.skipped == len(specs) - 2, res
+    rows = {r["key"]: r for r in read_rows(lut)}
+    assert rows[str(victim)]["status"] == "ok" and rows[str(overhead_probe(victim))]["count"] == rounds
