@@ -203,11 +203,25 @@ def collect(
 
 
 SETTINGS = ("seed", "resolutions", "widths", "space_name")  # what decides subnet number i
+# and what decides its accuracy: the supernet's weights (a run trained again is another supernet)
+IDENTITY = ("supernet_sha256",)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (a supernet checkpoint: what the accuracy rows belong to)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def check_settings(run: Path, config: dict, force: bool, rank: int, world: int, stem: str = "accuracy") -> None:
     """Refuse to add to accuracy data collected with other settings (row ``i`` would be
-    another subnet's); with ``force``, rank 0 renames the old data aside first.  Raises
+    another subnet's) or from another supernet (its rows would be another network's
+    accuracies: the run was trained again); with ``force``, rank 0 renames the old data aside first.  Raises
     ValueError."""
     path = run / f"{stem}.config.json"
     old_data = [p for p in (run / f"{stem}.csv", run / f"{stem}.parts") if p.exists()]
@@ -217,10 +231,13 @@ def check_settings(run: Path, config: dict, force: bool, rank: int, world: int, 
         prev = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable ({exc}); move it and the accuracy data aside") from None
-    changed = [k for k in SETTINGS if isinstance(prev, dict) and k in prev and prev[k] != config[k]]
+    changed = [k for k in (*SETTINGS, *IDENTITY) if isinstance(prev, dict) and k in prev and k in config
+               and prev[k] != config[k]]
     if not changed:
         return
-    said = ", ".join(f"--{k.replace('_name', '')} {prev[k]} (now {config[k]})" for k in changed)
+    said = ", ".join(f"another supernet.pt (SHA-256 {str(prev[k])[:12]}, now {str(config[k])[:12]}: the run was "
+                     f"trained again)" if k in IDENTITY else f"--{k.replace('_name', '')} {prev[k]} (now {config[k]})"
+                     for k in changed)
     if not force:
         raise ValueError(f"{path}: the accuracy data there was collected with {said}; use the same settings, "
                          f"or --force to set it aside and start again")
@@ -245,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="training images each subnet's BN is recalibrated on (default: the run's recal_images)")
     ap.add_argument("--data", help="override the run's dataset location")
     ap.add_argument("--force", action="store_true",
-                    help="other --seed/--resolutions/--widths than the run's accuracy data was collected with: "
+                    help="other --seed/--resolutions/--widths (or another supernet.pt) than the run's accuracy data was "
+                         "collected with: "
                          "set the old data aside (renamed with a time stamp) and start a new list")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (under torchrun: cuda:LOCAL_RANK)")
     ap.add_argument("--amp", default="auto", help="auto | bf16 | fp16 | off (auto: bf16 on CUDA, off on the CPU)")
@@ -297,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
               "space": ckpt["space"].get("base", space.name), "space_name": space.name,
               "eval_images": evaluator.eval_images, "recal_images": evaluator.recal_images, "world": world,
               "device": str(evaluator.device), "amp": evaluator.amp, "precision": args.precision,
-              **({"runtime": args.runtime} if args.precision == "int8" else {})}
+              **({"runtime": args.runtime} if args.precision == "int8" else {}),
+              "supernet_sha256": file_sha256(args.run / "supernet.pt")}
     evaluate = evaluator.evaluate
     if args.precision == "int8":
         def evaluate(cfg):  # noqa: E306 - the int8 top-1, the fp32 one beside it

@@ -102,6 +102,9 @@ def main(argv=None) -> None:
 
 
 OUTPUTS = ("config.yaml", "metrics.csv", "supernet.pt", "result.json", "checkpoints")
+# what other commands derive from a run's supernet: meaningless for a supernet trained again
+DERIVED = ("accuracy*.csv", "accuracy*.parts", "accuracy*.config.json", "predictor*.pt", "predictor*.json",
+           "int8_drop.csv", "int8_drop.json", "vs_handpicked")
 
 
 def check_out(out: Path, resume: bool, force: bool) -> None:
@@ -119,10 +122,29 @@ def check_out(out: Path, resume: bool, force: bool) -> None:
         for name in existing:
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+        set_aside_derived(out)
     probe = out  # the nearest existing folder: nothing is created before the run starts
     while not probe.exists():
         probe = probe.parent
     ensure_writable_folder(probe, f"run folder {out} (in it)")
+
+
+def set_aside_derived(out: Path) -> Path | None:
+    """Move what was derived from the run's old supernet (accuracy rows, predictors, the int8
+    drop, benchmark tables) into ``out/replaced-<time>/``, so that nothing reads them as the
+    new supernet's and nothing measured is lost; the folder, or None when there was none."""
+    import time
+
+    found = sorted({p for pattern in DERIVED for p in out.glob(pattern)}) if out.is_dir() else []
+    if not found:
+        return None
+    aside = out / f"replaced-{time.strftime('%Y%m%dT%H%M%S')}"
+    aside.mkdir()
+    for p in found:
+        p.rename(aside / p.name)
+    print(f"note: {', '.join(p.name for p in found)} (from the supernet trained before) moved to {aside}",
+          file=sys.stderr)
+    return aside
 
 
 if __name__ == "__main__":

@@ -108,6 +108,55 @@ def test_collect_rerun_with_other_settings_needs_force(tmp_path, capsys):
     assert read_rows([tmp_path / "accuracy.csv"])[0]["subnet"] == subnet_at(TINY, 1, 0, RES, WID).to_json()
 
 
+def test_collect_refuses_rows_of_a_supernet_trained_again(tmp_path):
+    """Accuracy rows belong to the supernet that was evaluated: after the run is trained
+    again (another supernet.pt), adding to them needs --force, which sets them aside."""
+    from search.collect import file_sha256
+
+    (tmp_path / "supernet.pt").write_bytes(b"old weights")
+    config = {"seed": 0, "resolutions": list(RES), "widths": list(WID), "space_name": "tiny",
+              "supernet_sha256": file_sha256(tmp_path / "supernet.pt")}
+    collect(tmp_path, TINY, lambda cfg: 50.0, 2, 0, RES, WID, progress=False)
+    (tmp_path / "accuracy.config.json").write_text(json.dumps(config))
+    (tmp_path / "supernet.pt").write_bytes(b"new weights")
+    now = {**config, "supernet_sha256": file_sha256(tmp_path / "supernet.pt")}
+    with pytest.raises(ValueError, match=r"collected with another supernet.pt \(SHA-256 [0-9a-f]{12}, now "
+                                         r"[0-9a-f]{12}: the run was trained again\)"):
+        check_settings(tmp_path, now, force=False, rank=0, world=1)
+    old = {k: v for k, v in config.items() if k != "supernet_sha256"}  # data from before the field: accepted
+    (tmp_path / "accuracy.config.json").write_text(json.dumps(old))
+    check_settings(tmp_path, now, force=False, rank=0, world=1)
+    (tmp_path / "accuracy.config.json").write_text(json.dumps(config))
+    check_settings(tmp_path, now, force=True, rank=0, world=1)
+    assert not (tmp_path / "accuracy.csv").exists() and len(list(tmp_path.glob("accuracy.*.csv"))) == 1
+
+
+def test_train_force_sets_aside_what_was_derived_from_the_old_supernet(tmp_path, capsys):
+    """supernet.train --force starts over: the old supernet's accuracy rows, predictor and int8
+    drop would be read as the new one's, so they move to replaced-<time>/, byte for byte."""
+    from supernet.train import check_out
+
+    run = tmp_path / "run"
+    (run / "accuracy.parts").mkdir(parents=True)
+    files = {"supernet.pt": b"w", "config.yaml": b"c: 1\n", "accuracy.csv": b"index\n", "accuracy.config.json": b"{}",
+             "accuracy-int8-tflite.csv": b"i\n", "predictor.pt": b"p", "predictor.json": b"{}",
+             "int8_drop.json": b"{}", "notes.txt": b"mine"}
+    for name, data in files.items():
+        (run / name).write_bytes(data)
+    with pytest.raises(ValueError, match="already holds a run"):
+        check_out(run, resume=False, force=False)
+    check_out(run, resume=True, force=False)  # a resume keeps everything
+    assert all((run / name).exists() for name in files)
+    check_out(run, resume=False, force=True)
+    (aside,) = run.glob("replaced-*")
+    moved = {"accuracy.csv", "accuracy.config.json", "accuracy-int8-tflite.csv", "predictor.pt", "predictor.json",
+             "int8_drop.json", "accuracy.parts"}
+    assert {p.name for p in aside.iterdir()} == moved
+    assert all((aside / n).read_bytes() == files[n] for n in moved if n in files)
+    assert sorted(p.name for p in run.iterdir()) == sorted(["notes.txt", aside.name])
+    assert "moved to" in capsys.readouterr().err
+
+
 def test_evolve_unwritable_out_is_one_line_before_searching(tmp_path):
     from test_untrusted_files import _saved_predictor
 
