@@ -246,8 +246,9 @@ class Encoder:
 
     ``res_bins`` are the lower edges of the resolution bins: resolution ``r`` goes to bin
     ``i`` with ``res_bins[i] <= r < res_bins[i+1]`` (the last bin ends at ``res_end``).  For
-    our own predictors the bins are the trained resolutions themselves; for OFA's they are
-    112, 128, ..., 224, i.e. ``(r - 112) // 16``.
+    our own predictors the bins are the trained resolutions themselves and nothing between
+    them is supported (``one_bin_per_resolution``); for OFA's they are 112, 128, ..., 224,
+    i.e. ``(r - 112) // 16``.
     """
 
     kernels: tuple[int, ...]
@@ -323,7 +324,15 @@ class Encoder:
                 f"{[f'{x:g}' for x in space.expands]}, depths {list(space.depths)} over {space.num_blocks}"
             )
 
+    @property
+    def one_bin_per_resolution(self) -> bool:
+        """Our layout (``for_space``): each bin is one trained resolution, and a resolution
+        between two of them was never seen (OFA's bins are 16-px ranges)."""
+        return self.res_end == self.res_bins[-1] + 1
+
     def supports_resolution(self, r: int) -> bool:
+        if self.one_bin_per_resolution:
+            return int(r) in self.res_bins
         return self.res_bins[0] <= r < self.res_end
 
     def supports_width(self, w: float) -> bool:
@@ -332,6 +341,11 @@ class Encoder:
     # encoding ---------------------------------------------------------------------------
     def res_index(self, r: np.ndarray) -> np.ndarray:
         r = np.asarray(r)
+        if self.one_bin_per_resolution:
+            bad = ~np.isin(r, np.asarray(self.res_bins))
+            if bad.any():
+                raise ValueError(f"resolution {int(r[bad].flat[0])} is not one the predictor was trained on "
+                                 f"({', '.join(map(str, self.res_bins))})")
         bad = (r < self.res_bins[0]) | (r >= self.res_end)
         if bad.any():
             raise ValueError(

@@ -117,3 +117,21 @@ def test_resolution_interactions_repeat_the_choices_times_the_scaled_resolution(
     np.testing.assert_array_equal(xi[:, :base.n_dim], xb)
     scale = np.array([{32: -1.0, 40: 0.0, 48: 1.0}[s.r] for s in subs], dtype=np.float32)
     np.testing.assert_allclose(xi[:, base.n_dim:], xb[:, :base.n_arch] * scale[:, None])
+
+
+def test_own_predictors_support_only_the_resolutions_they_were_trained_on():
+    """Our encoder has one bin per trained resolution: a resolution between two of them was
+    never seen and must not be scored as the bin below it; OFA's 16-px bins are ranges."""
+    from search.evolve import covered_choices
+    from search.latency import MacsModel
+    from supernet.space import FMNIST
+
+    enc = Encoder.for_space(FMNIST, [32, 48])
+    assert enc.one_bin_per_resolution and not Encoder.ofa().one_bin_per_resolution
+    assert [r for r in FMNIST.resolutions if enc.supports_resolution(r)] == [32, 48]
+    assert list(enc.res_index(np.array([32, 48]))) == [0, 1]
+    with pytest.raises(ValueError, match="resolution 40 is not one the predictor was trained on"):
+        enc.res_index(np.array([32, 40]))
+    assert all(Encoder.ofa().supports_resolution(r) for r in OFA_MBV3.resolutions)  # 128..224 in 16-px bins
+    choices = covered_choices(MacsModel(FMNIST), FMNIST, lambda r, w: enc.supports_resolution(r))
+    assert sorted(choices.resolutions) == [32, 48]
