@@ -207,22 +207,25 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
+        if dist.device.type == "cuda":  # cuBLAS matrix products are deterministic only with a fixed workspace
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     cfg = resolve_runtime(cfg, dist)
     apply_cudnn(cfg.cudnn)
     apply_allocator(cfg.allocator)
     data, model = prepare(cfg, dist)  # a missing dataset fails here, before anything is written
+    teacher, teacher_cfg, ckpt = None, None, None
+    if resume and ckpt_path.is_file():  # a refused resume leaves the run folder as it was
+        ckpt = load_checkpoint(ckpt_path)
+        if _comparable(ckpt["config"]) != _comparable(cfg.to_dict()):
+            raise CheckpointError(f"{ckpt_path} was written by a different config; resume with the same flags")
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     space = model.space
     record = space_record(cfg.space, space)
     state = {"phase": 0, "pstep": 0, "global_step": 0, "elapsed": 0.0}
-    teacher, teacher_cfg, ckpt = None, None, None
-    if resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        if _comparable(ckpt["config"]) != _comparable(cfg.to_dict()):
-            raise CheckpointError(f"{ckpt_path} was written by a different config; resume with the same flags")
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         state = dict(ckpt["state"])
         if ckpt.get("teacher") is not None:
@@ -230,6 +233,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
             teacher = _teacher_from_state(space, teacher_cfg, ckpt["teacher"], device=dist.device,
                                           channels_last=cfg.channels_last)
         torch.set_rng_state(ckpt["torch_rng"])  # last: dropout continues exactly
+        if dist.device.type == "cuda" and ckpt.get("cuda_rng") is not None:  # dropout on the GPU draws from it
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], dist.device)
     metrics = Metrics(out / "metrics.csv", dist.main, state["global_step"] if ckpt else None)
 
     ddp = model
@@ -266,6 +271,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
             "scaler": scaler.state_dict() if scaler is not None else None,
             "teacher": teacher.state_dict() if teacher is not None else None, "teacher_cfg": teacher_cfg,
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(dist.device) if dist.device.type == "cuda" else None,
         }, ckpt_path)
 
     def evaluate(kind: str, phase: Phase, images: int | None):
@@ -288,6 +294,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
     for p in cfg.phases[:state["phase"]]:
         trained_expands.update(p.choices.resolve(space).expands)
 
+    state_phase_at_start = state["phase"]
     for pi in range(state["phase"], len(cfg.phases)):
         phase = cfg.phases[pi]
         total = totals[pi]
@@ -300,8 +307,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
         if not fresh and ckpt is not None and ckpt["optimizer"] is not None:
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
+        if pi == state_phase_at_start and ckpt is not None and scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])  # fp16's loss scale carries over phases, as in an unbroken run
         use_teacher = phase.distill and teacher is not None and cfg.kd_weight > 0
         model.train()
         t_log, n_log = time.time(), 0

@@ -257,6 +257,11 @@ def test_resume_after_kill_reaches_same_weights(full_run, fake_fmnist, tmp_path)
     assert (state["phase"], state["pstep"], state["global_step"]) == (2, 3, 11)
     with (out / "metrics.csv").open("a") as f:  # a row torn by the kill: dropped, no traceback
         f.write("train,depth,99,99,0.5,0.01,1.")
+    # a resume with other flags is refused and leaves the run folder as it was
+    config = (out / "config.yaml").read_bytes()
+    bad = _train(fake_fmnist, out, "--resume", "--seed", "7", check=False)
+    assert bad.returncode != 0 and "different config" in bad.stderr
+    assert (out / "config.yaml").read_bytes() == config
     _train(fake_fmnist, out, "--resume")
     a = torch.load(full_run / "supernet.pt", weights_only=True)["model"]
     b = torch.load(out / "supernet.pt", weights_only=True)["model"]
@@ -289,6 +294,7 @@ def test_corrupt_checkpoint_is_one_clear_line(fake_fmnist, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "last.pt" in lines[0] and "corrupt" in lines[0]
     assert (out / "checkpoints" / "last.pt").read_bytes() == b"\x00garbage"  # never overwritten
+    assert not (out / "config.yaml").exists()  # nothing written for a resume that cannot start
 
 
 @pytest.mark.slow
@@ -386,6 +392,22 @@ def test_cuda_training_with_bf16(fake_fmnist, tmp_path):
     res = json.loads(_run(["-m", "supernet.eval", "--run", str(out), "--subnet", "max", "--json",
                            "--device", "cuda"]).stdout)
     assert res["device"].startswith("cuda")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_cuda_deterministic_resume_reaches_the_same_weights(fake_fmnist, tmp_path):
+    """On a GPU too (fp16, its loss scale, dropout drawn from the CUDA generator), a run
+    killed and resumed with --deterministic ends with the weights of an unbroken run."""
+    flags = ["--device", "cuda", "--amp", "fp16"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _train(fake_fmnist, whole, *flags)
+    proc = _train(fake_fmnist, killed, *flags, "--crash-after-step", "11", check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    _train(fake_fmnist, killed, *flags, "--resume")
+    a = torch.load(whole / "supernet.pt", weights_only=True)["model"]
+    b = torch.load(killed / "supernet.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
