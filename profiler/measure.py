@@ -157,27 +157,69 @@ class ExportBroker:
                 out[(key, fmt)] = fut
             tasks = [[(k, f, str(self.cache.path(k, f))) for k, f in task]
                      for task in plan_tasks(new, self.workers)]
-            if tasks and self.workers > 0 and self._pool is None:
-                import multiprocessing as mp
-
-                from .export import _worker_init
-
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                                 initializer=_worker_init)
             for task in tasks:
                 if self.workers <= 0:
                     self._finish_task(task, _export_tasks(task))
                 else:
-                    inner = self._pool.submit(_export_tasks, task)
-                    inner.add_done_callback(lambda f, task=task: self._task_done(f, task))
+                    self._submit_task(task)
         return out
 
-    def _task_done(self, f: Future, task: list[tuple[str, str, str]]) -> None:
+    def _live_pool(self) -> ProcessPoolExecutor:
+        """The worker pool, started (again, after a worker died) on need.  Holds the lock."""
+        if self._pool is None:
+            import multiprocessing as mp
+
+            from .export import _worker_init
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=_worker_init)
+        return self._pool
+
+    def _drop_pool(self, pool: ProcessPoolExecutor) -> None:
+        """Forget ``pool`` (broken: a worker died) so that the next task starts a new one."""
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def _submit_task(self, task: list[tuple[str, str, str]], tries: int = 0) -> None:
+        """Convert ``task`` in a worker.  A worker that dies (killed, out of memory, a crash in
+        a converter) breaks the whole pool and fails every task queued in it: each such task
+        is given once more to a new pool, then its blocks become error rows."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        from .export import _export_tasks
+
+        for _ in range(2):
+            with self._lock:
+                pool = self._live_pool()
+            try:
+                inner = pool.submit(_export_tasks, task)
+            except BrokenProcessPool:
+                self._drop_pool(pool)
+                continue
+            inner.add_done_callback(lambda f, task=task, pool=pool: self._task_done(f, task, pool, tries))
+            return
+        self._finish_task(task, [(k, fmt, "export worker pool could not be started again") for k, fmt, _ in task])
+
+    def _task_done(self, f: Future, task: list[tuple[str, str, str]], pool: ProcessPoolExecutor,
+                   tries: int) -> None:
+        from concurrent.futures.process import BrokenProcessPool
+
         try:
             results = f.result()
-        except BaseException as exc:  # noqa: BLE001 - a dead worker is each of its blocks' failure
+        except BrokenProcessPool as exc:
+            if tries == 0:  # from a thread of its own: this callback runs in the dying pool's
+                threading.Thread(target=self._retry, args=(task, pool), daemon=True).start()
+                return
+            results = [(k, fmt, f"export worker died (twice, in new pools): {exc}") for k, fmt, _ in task]
+        except BaseException as exc:  # noqa: BLE001 - a failed task is each of its blocks' failure
             results = [(k, fmt, f"export worker failed: {exc.__class__.__name__}: {exc}") for k, fmt, _ in task]
         self._finish_task(task, results)
+
+    def _retry(self, task: list[tuple[str, str, str]], pool: ProcessPoolExecutor) -> None:
+        self._drop_pool(pool)
+        self._submit_task(task, 1)
 
     def _finish_task(self, task: list[tuple[str, str, str]], results: list[tuple[str, str, str]]) -> None:
         errors = {(k, fmt): err for k, fmt, err in results}

@@ -253,3 +253,31 @@ def test_quiet_fds_captures_the_converters_output_and_leaves_no_log_behind():
         with quiet_fds() as log2:
             raise RuntimeError("failed")
     assert not log2.exists()
+
+
+@pytest.mark.slow
+def test_a_dead_export_worker_costs_no_block_and_the_next_submit_works(tmp_path):
+    """A worker killed mid-run (out of memory, a converter's crash) breaks the whole process
+    pool: its tasks are given once more to a new pool, so no block gets an error row for
+    it, and later submissions start a new pool instead of raising BrokenProcessPool."""
+    import os
+    import signal
+
+    from profiler.export import ArtifactCache
+    from profiler.measure import ExportBroker
+    from supernet.space import TINY
+
+    blocks = TINY.all_blocks([32])[:4]
+    broker = ExportBroker(ArtifactCache(tmp_path / "cache"), workers=1)
+    try:
+        futures = broker.submit_many([(str(b), "onnx") for b in blocks[:3]])
+        first = broker._pool
+        for pid in list(first._processes):  # dies before converting anything
+            os.kill(pid, signal.SIGKILL)
+        results = [f.result(timeout=120) for f in futures.values()]
+        assert all(r.path is not None and r.path.is_file() and not r.error for r in results), results
+        later = broker.submit_many([(str(blocks[3]), "onnx")])
+        (r,) = [f.result(timeout=120) for f in later.values()]
+        assert r.path is not None and not r.error and broker._pool is not first
+    finally:
+        broker.close()
