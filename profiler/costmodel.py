@@ -31,7 +31,8 @@ minimum, held at its last value beyond the largest probe).  A network of ``W`` w
 chains quantized) pays, for each block of ``w_b`` weight bytes, ``max(0, e(W) -
 e(s_b)) * w_b``, where ``s_b`` is what the block touches alone (weights and activations,
 ``solo_bytes``): a block that overflows the caches on its own (at 160-224 px) streamed its
-weights in its LUT row already.  LUTs without stream rows get no such term; ``stream=False``
+weights in its LUT row already.  LUTs without stream rows, and LUTs whose blocks were timed in rotation
+(``--context round-robin``: each block already met cold caches), get no such term; ``stream=False``
 forces that.  It is not additive over blocks (it depends on the whole network's ``W``):
 ``cost`` adds it per subnet from per-block parameter tables (``param_tables``).
 
@@ -281,6 +282,7 @@ class LatencyModel(CostModel):
         self.precision = precision
         self.overhead_requested = overhead
         self.calibration_skipped = ""  # from_lut(calibration="auto"): why the file beside the LUT was not applied
+        self.context = "warm"  # how the LUT's block rows were timed (from_lut reads it)
         super().__init__(space, self._lookup, calibration, where)
 
     def _table(self, r: int) -> tuple[dict[str, float], bool]:
@@ -375,10 +377,12 @@ class LatencyModel(CostModel):
         check_space(path, (space or OFA_MBV3).name)
         rt = lut.pick_runtime(runtime)
         lut.check_precision(rt, precision)
+        context = lut.block_context(rt, precision)
         model = cls(space or OFA_MBV3, lambda r: lut.table(rt, stat, resolution=r, precision=precision), None,
                     where=str(path) if precision == "fp32" else f"{path} ({precision} rows)",
                     runtime=rt, device=",".join(lut.devices), overhead=overhead, precision=precision,
-                    stream=stream)
+                    stream=stream and context == "warm")  # blocks timed in rotation paid cold caches already
+        model.context = context
         use = model.uses_overhead()
         streams = model.has_weight_cost(model.space.resolutions[-1])
         key = calibration_key(rt, precision)
@@ -386,11 +390,12 @@ class LatencyModel(CostModel):
             cp = calibration_path(Path(path))
             if cp.exists():
                 try:
-                    model.calibration = read_calibration(cp, key, overhead=use, stream=streams)
+                    model.calibration = read_calibration(cp, key, overhead=use, stream=streams, context=context)
                 except CalibrationMismatch as exc:  # another runtime's, or the other kind of sum
                     model.calibration_skipped = str(exc)
         elif isinstance(calibration, (str, Path)):
-            model.calibration = read_calibration(Path(calibration), key, overhead=use, stream=streams)
+            model.calibration = read_calibration(Path(calibration), key, overhead=use, stream=streams,
+                                                 context=context)
         else:
             model.calibration = calibration
         return model
@@ -434,10 +439,12 @@ def calibration_entries(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def read_calibration(path: Path, runtime: str | None = None, overhead: bool | None = None,
-                     stream: bool | None = None) -> tuple[float, float]:
+                     stream: bool | None = None, context: str | None = None) -> tuple[float, float]:
     """(a, b) from a calibration JSON written by ``profiler.validate``.  Raises
-    CalibrationMismatch when it holds nothing for ``runtime`` or was fitted on sums with (or
-    without) the overhead model where ``overhead`` says otherwise; ValueError when corrupt."""
+    CalibrationMismatch when it holds nothing for ``runtime``, was fitted on sums with (or
+    without) the overhead model or the streaming term where ``overhead`` or ``stream`` says
+    otherwise, or on block rows timed in another ``context`` (files without one: warm);
+    ValueError when corrupt."""
     entries = calibration_entries(path)
     if runtime and runtime in entries:
         data = entries[runtime]
@@ -463,6 +470,11 @@ def read_calibration(path: Path, runtime: str | None = None, overhead: bool | No
                 f"{path}: calibration for {runtime or 'this runtime'} was fitted on LUT sums "
                 f"{'with' if fitted else 'without'} {what}, and these sums are "
                 f"{'with' if wanted else 'without'} it: run profiler.validate again")
+    fitted_ctx = str(data.get("context") or "warm")
+    if context is not None and fitted_ctx != context:
+        raise CalibrationMismatch(
+            f"{path}: calibration for {runtime or 'this runtime'} was fitted on block rows timed {fitted_ctx}, "
+            f"and the LUT's are now timed {context}: run profiler.validate again")
     return a, b
 
 

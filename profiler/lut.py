@@ -299,6 +299,14 @@ class LutTable:
         have = {p for _, rt, _, p in self.rows if runtime is None or rt == runtime}
         return [p for p in PRECISIONS if p in have]
 
+    def block_context(self, runtime: str, precision: str = "fp32") -> str:
+        """How the ``ok`` block rows of ``runtime`` and ``precision`` were timed (probes aside):
+        ``warm``, ``round-robin``, or ``mixed`` (a partial run in the other context)."""
+        seen = {r["context"] for (_k, rt, _res, prec), r in self.rows.items()
+                if rt == runtime and prec == precision and r["status"] == "ok"
+                and r.get("kind") not in ("overhead", "stream")}
+        return seen.pop() if len(seen) == 1 else ("mixed" if seen else "warm")
+
     @property
     def devices(self) -> list[str]:
         return sorted({r["device"] for r in self.rows.values() if r.get("device")})

@@ -347,7 +347,7 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
     for rt, s in summaries.items():
         write_calibration(outputs[".calibration.json"], calibration_key(rt, args.precision), {
             "a": s["a"], "b": s["b"], "overhead": s["overhead_model"], "stream": s["stream_model"],
-            "device": device.name, "n": s["n"],
+            "context": models[rt][0].context, "device": device.name, "n": s["n"],
             "fitted_at": s["validated_at"]})
     _plot(outputs[".validate.png"], panels)
     if args.json:

@@ -171,3 +171,38 @@ def test_a_probe_in_several_rotation_groups_is_one_row_and_a_rerun_times_probes_
     assert res.measured == res.todo == 2 and res.skipped == len(specs) - 2, res
     rows = {r["key"]: r for r in read_rows(lut)}
     assert rows[str(victim)]["status"] == "ok" and rows[str(overhead_probe(victim))]["count"] == rounds
+
+
+def test_a_lut_timed_in_rotation_prices_no_streaming_and_takes_no_warm_calibration(tmp_path):
+    """Blocks timed in rotation met cold caches already: the latency model adds no
+    weight-streaming term even where warm stream rows remain in the file, and a calibration
+    fitted on warm rows is not applied to them (nor the other way round)."""
+    import json
+
+    from profiler.costmodel import LatencyModel, read_calibration
+    from profiler.lut import LutTable
+    from supernet.space import stream_probes
+
+    lut = tmp_path / "l.csv"
+    p = run_cli("profiler.run", "--runtime", "onnxruntime", "--space", "tiny", "--resolutions", "32", "--lut", lut,
+                "--cache", tmp_path / "cache", "--context", "round-robin", *FAST)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = read_rows(lut)
+    probe = next(r for r in rows if r["kind"] == "overhead")
+    with open(lut, "a", newline="") as fh:  # warm stream rows left by an earlier warm run
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        for k, spec in enumerate(stream_probes(layers=(1, 2, 4))):
+            w.writerow({**probe, "key": str(spec), "kind": "stream", "context": "warm",
+                        "median_ms": 0.01 * 4 ** k, "measured_at": "2026-01-01T00:00:00+00:00"})
+    (tmp_path / "l.raw.jsonl").unlink()
+    assert LutTable.load(lut).block_context("onnxruntime") == "round-robin"
+    model = LatencyModel.from_lut(lut, TINY, "onnxruntime")
+    assert model.context == "round-robin" and not model.has_weight_cost(32)
+    cal = tmp_path / "l.calibration.json"
+    cal.write_text(json.dumps({"runtimes": {"onnxruntime": {"a": 1.1, "b": 0.0, "overhead": True, "stream": False}}}))
+    model = LatencyModel.from_lut(lut, TINY, "onnxruntime", calibration="auto")
+    assert model.calibration is None and "timed warm" in model.calibration_skipped
+    assert read_calibration(cal, "onnxruntime", overhead=True, stream=False) == (1.1, 0.0)  # no context asked
+    cal.write_text(json.dumps({"runtimes": {"onnxruntime": {"a": 1.1, "b": 0.0, "overhead": True, "stream": False,
+                                                             "context": "round-robin"}}}))
+    assert LatencyModel.from_lut(lut, TINY, "onnxruntime", calibration="auto").calibration == (1.1, 0.0)
