@@ -7,7 +7,7 @@
 
 Several devices (``--device a,b`` or ``--device all``) are measured concurrently, one worker
 and one progress bar per device (``profiler.farm``).  Writes ``luts/<device>.csv`` (every runtime of the device's entry in
-that one file, ``luts/<device>-<runtime>.csv`` for a runtime the entry does not list), its raw-sample journal, and a run summary ``<lut>.run.json``.  A rerun skips
+that one file, ``luts/<device>-<runtime>.csv`` for a runtime the entry does not list), its raw-sample journal, and a run summary ``<lut>.run.json`` (one entry per runtime).  A rerun skips
 what is measured; a killed run resumes where it stopped.  Beside the blocks it measures an
 ``overhead`` probe at each input shape (the runtime's fixed cost of one invocation, which the
 latency model takes off every block and charges a network once; ``profiler.costmodel``),
@@ -213,8 +213,19 @@ def _real_calibration(space, specs: list[BlockSpec], args, root: Path) -> Artifa
 
 
 def _write_summary(res: ProfileResult, space: str) -> None:
+    """The run's summary beside the LUT, one entry per runtime (``{"runtimes": {rt: ...}}``):
+    a device's runtimes share one LUT, and one runtime's run keeps the others' summaries."""
     suffix = ".run.json" if res.precision == "fp32" else f".run-{res.precision}.json"
-    atomic_write_text(lut_sibling(Path(res.lut), suffix), json.dumps(res.as_dict(), indent=2) + "\n")
+    path = lut_sibling(Path(res.lut), suffix)
+    entries: dict = {}
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(old, dict) and isinstance(old.get("runtimes"), dict):
+            entries = {k: v for k, v in old["runtimes"].items() if isinstance(v, dict)}
+    except (OSError, ValueError):
+        pass  # none yet, or one of the one-runtime form before: replaced
+    entries[res.runtime] = res.as_dict()
+    atomic_write_text(path, json.dumps({"runtimes": entries}, indent=2) + "\n")
     record_space(Path(res.lut), space)
 
 

@@ -147,7 +147,22 @@ def test_nan_timed_s_never_reaches_run_json_or_json_output(tmp_path, cache):
 
     run = strict(p.stdout)["runs"][0]
     assert run["failed"] == 1 and run["timed_s"] == 0
-    strict((tmp_path / "fake.run.json").read_text())
+    summary = strict((tmp_path / "fake.run.json").read_text())["runtimes"]
+    assert summary[run["runtime"]]["failed"] == 1
+
+
+def test_run_summary_keeps_one_entry_per_runtime(tmp_path):
+    """A device's runtimes share one LUT: each run's summary is kept beside the others'."""
+    from profiler.measure import ProfileResult
+    from profiler.run import _write_summary
+
+    lut = tmp_path / "local.csv"
+    for rt, n in (("onnxruntime", 3), ("tflite", 5), ("onnxruntime", 4)):
+        res = ProfileResult("local", rt, str(lut))
+        res.measured = n
+        _write_summary(res, "tiny")
+    runs = json.loads((tmp_path / "local.run.json").read_text())["runtimes"]
+    assert {rt: r["measured"] for rt, r in runs.items()} == {"onnxruntime": 4, "tflite": 5}
 
 
 def test_adb_output_has_a_byte_cap_and_one_deadline(phone):
