@@ -254,7 +254,10 @@ def quantize_model(fmt: str, fp32: Path, out: Path, input_shape_nchw: Sequence[i
             raise QuantizationError(f"int8 model does not run on the host: {exc.__class__.__name__}: {exc}") from None
         bound = error_bound(kind, name)
         record.update(error=round(err, 6), bound=bound)
-        if not np.isfinite(err) or (bound is not None and err > bound):
+        if not np.isfinite(err):
+            raise QuantizationError(f"int8 output against fp32: relative L2 error {err} (the fp32 output is zero "
+                                    f"or not finite, or the int8 one is not finite)")
+        if bound is not None and err > bound:
             raise QuantizationError(f"int8 output differs from fp32 by {err:.1%} (relative L2), above the "
                                     f"{bound:.0%} bound for {kind} blocks")
         atomic_write_text(meta_path(out), json.dumps(record) + "\n")
