@@ -122,15 +122,23 @@ def read_rows(paths: Iterable[Path]) -> dict[int, dict[str, str]]:
 
 
 def merge(run: Path, stem: str = "accuracy") -> Path:
-    """Write ``<stem>.csv`` from every part (sorted by index), atomically."""
-    parts = sorted((run / f"{stem}.parts").glob("rank*.csv"))
-    rows = read_rows([run / f"{stem}.csv", *parts])
-    path = run / f"{stem}.csv"
-    with atomic_open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns_for(stem), extrasaction="ignore")
-        w.writeheader()
-        for idx in sorted(rows):
-            w.writerow(rows[idx])
+    """Write ``<stem>.csv`` from every part (sorted by index), atomically.  Ranks merge one at
+    a time (a lock in the parts folder), so a rank that read the parts before another rank's
+    last row cannot replace that rank's later, complete table."""
+    import fcntl
+
+    parts_dir = run / f"{stem}.parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    with open(parts_dir / ".merge.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        parts = sorted(parts_dir.glob("rank*.csv"))
+        rows = read_rows([run / f"{stem}.csv", *parts])
+        path = run / f"{stem}.csv"
+        with atomic_open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns_for(stem), extrasaction="ignore")
+            w.writeheader()
+            for idx in sorted(rows):
+                w.writerow(rows[idx])
     return path
 
 

@@ -68,3 +68,20 @@ def test_a_failing_subnet_is_an_error_row_and_is_retried(tmp_path):
     new, _ = collect(tmp_path, TINY, fake_top1, 12, 1, RES, WID, progress=False)
     assert new == len(bad)
     assert all(r["status"] == "ok" for r in read_rows([merge(tmp_path)]).values())
+
+
+def test_ranks_merge_one_at_a_time(tmp_path):
+    """A rank's merge waits for another's: otherwise a rank that read the parts before the
+    other rank's last row could replace that rank's complete table with its older one."""
+    import fcntl
+    import threading
+
+    collect(tmp_path, TINY, fake_top1, 4, 0, RES, WID, progress=False)
+    done = threading.Event()
+    with open(tmp_path / "accuracy.parts" / ".merge.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        t = threading.Thread(target=lambda: (merge(tmp_path), done.set()))
+        t.start()
+        assert not done.wait(0.3)
+    t.join(10)
+    assert done.is_set() and sorted(read_rows([tmp_path / "accuracy.csv"])) == [0, 1, 2, 3]
