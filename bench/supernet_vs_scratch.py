@@ -39,7 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from search.latency import _unwrap_result  # noqa: E402
 from supernet.atomic import atomic_open, atomic_write_text  # noqa: E402
-from supernet.evaluation import load_run  # noqa: E402
+from supernet.data import DataError  # noqa: E402
+from supernet.evaluation import CheckpointError, load_run  # noqa: E402
 from supernet.ops import build_network, count_params  # noqa: E402
 from supernet.space import SubnetConfig, parse_subnet  # noqa: E402
 from supernet.standalone import Recipe, train_standalone  # noqa: E402
@@ -88,7 +89,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: RUN)")
     args = ap.parse_args()
 
-    net, ev, ckpt = load_run(args.run, device=args.device)
+    try:
+        net, ev, ckpt = load_run(args.run, device=args.device)
+        compare = subnets_to_compare(net.space, args.subnets, args.search)
+    except (CheckpointError, DataError, ValueError, OSError) as exc:
+        raise SystemExit(f"supernet_vs_scratch: error: {exc}") from None
+    if not compare:
+        raise SystemExit("supernet_vs_scratch: error: no subnet to compare (--subnets and --search name none)")
     rc = TrainConfig.from_dict(ckpt["config"])
     threads = args.threads or rc.threads
     if threads:
@@ -101,7 +108,7 @@ def main() -> None:
     out = args.out or args.run
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, cfg in subnets_to_compare(space, args.subnets, args.search):
+    for name, cfg in compare:
         t = time.time()
         from_supernet = ev.evaluate(cfg)
         alone = train_alone(space, cfg, rc, ev.data, seconds, ev.device, args.seed)

@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--recal-images must be at least 1")
         if args.subnets < 1:
             raise ValueError("--subnets must be at least 1")
+        if args.eval_images is not None and args.eval_images < 1:
+            raise ValueError("--eval-images must be at least 1 (leave it out for all held-out images)")
         device = args.device
         if world > 1 and device in ("auto", "cuda"):
             import torch

@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--calib-images must be at least 1")
         if args.workers is not None and args.workers < 1:
             raise ValueError("--workers must be at least 1")
+        if args.eval_images is not None and args.eval_images < 1:
+            raise ValueError("--eval-images must be at least 1 (leave it out for all held-out images)")
         net, evaluator, _ = load_run(args.run, device="cpu", amp="off")
         space = net.space
         try:

@@ -131,6 +131,7 @@ class Search:
         from supernet.standalone import sgd
 
         self.space, self.r, self.data, self.model, self.cfg, self.device = space, r, data, model, cfg, device
+        self.inputs: dict[str, Any] = {}  # the data, LUT and calibration the search ran on (main sets them)
         torch.manual_seed(cfg.seed)
         self.net = ProxylessSupernet(space, r).to(device)
         self.base, self.costs = path_costs(self.net, model, r)
@@ -236,6 +237,7 @@ class Search:
         import torch
 
         return {"format": CKPT_FORMAT, "config": asdict(self.cfg), "space": self.space.name, "r": self.r,
+                "inputs": dict(self.inputs),
                 "step": step, "epoch": epoch, "a_order": a_order, "a_pos": a_pos, "elapsed": elapsed,
                 "net": self.net.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
                 "gen": self.gen.get_state(), "baseline": self.baseline, "history": self.history,
@@ -258,6 +260,8 @@ class Search:
             raise ValueError(f"{path}: not a search.proxyless checkpoint")
         mine = asdict(self.cfg)
         diff = sorted(k for k in mine if st["config"].get(k) != mine[k])
+        theirs = st.get("inputs") or {}  # what the search ran on: data, LUT, calibration
+        diff += sorted(k for k in self.inputs if k in theirs and theirs[k] != self.inputs[k])
         if st["space"] != self.space.name or st["r"] != self.r or diff:
             what = ", ".join(diff) or f"space/resolution {st['space']} {st['r']}"
             raise ValueError(f"{path}: a search with other settings ({what}); use the same flags, or --force")
@@ -390,6 +394,16 @@ def plot_history(path: Path, rows: list[dict[str, Any]], target: float | None) -
     os.replace(tmp, path)
 
 
+OUTPUTS = ("search.ckpt.pt", "search.csv", "search.png", "alphas.json", "arch.json", "subnet.onnx", "subnet.tflite",
+           "result.json")  # what a search writes in its --out folder
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m search.proxyless", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -457,6 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(f"--{name.replace('_', '-')} must be >= 0")
     if args.search_epochs <= 0:
         return fail("--search-epochs must be > 0")
+    for name in ("batch_size", "arch_images", "checkpoint_every", "arch_every", "log_every"):
+        if getattr(args, name) < 1:
+            return fail(f"--{name.replace('_', '-')} must be at least 1")
     progress = not (args.no_progress or args.json)
     try:
         recorded = lut_spaces(Path(args.lut))
@@ -487,6 +504,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(exc))
     except (ValueError, LutError, DataError) as exc:
         return fail(str(exc))
+    n_arch = min(args.arch_images, len(data.train) // 5)
+    if len(data.train) - n_arch < args.batch_size:
+        return fail(f"{len(data.train) - n_arch} training images for weight steps ({len(data.train)} less {n_arch} "
+                    f"for architecture steps) give no full batch of {args.batch_size}: a larger --train-limit or a "
+                    f"smaller --batch-size")
     target = args.latency_ms
     out = args.out or Path("runs") / f"proxyless-{Path(args.lut).stem}-{f'{target:g}ms' if target else 'add'}"
     ckpt = out / "search.ckpt.pt"
@@ -494,12 +516,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail("--resume and --force exclude each other")
     if args.resume and not ckpt.is_file():
         return fail(f"{out}: no search checkpoint to resume (search.ckpt.pt); start without --resume")
+    if out.exists() and not out.is_dir():
+        return fail(f"--out {out} exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not (args.force or args.resume):
         return fail(f"{out}: already exists (--resume to continue its search, --force to start over, or another --out)")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        if args.force and ckpt.exists():
-            ckpt.unlink()
+        if args.force:  # what an earlier search wrote there describes another architecture
+            for name in OUTPUTS:
+                if (out / name).exists():
+                    (out / name).unlink()
     except OSError as exc:
         return fail(f"{out}: cannot write there ({exc.strerror or exc})")
 
@@ -518,6 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"note: {adapted}", file=sys.stderr)
     t0 = time.time()
     search = Search(space, r, data, model, cfg, device)
+    search.inputs = {"data": args.data, "train_limit": args.train_limit, "valid_size": args.valid_size,
+                     "lut_sha256": file_sha256(Path(args.lut)), "runtime": model.runtime,
+                     "calibration": list(model.calibration) if model.calibration else None}
     state = None
     if args.resume:
         try:

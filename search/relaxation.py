@@ -9,10 +9,15 @@ loss, is ``search.proxyless``.
 For each (resolution, width) the search holds categorical distributions (logits) over every
 slot's kernel and expand ratio and every stage's depth.  A slot is active with probability
 ``P(depth > position)``; the predictor sees the *expected* one-hot features (active
-probability times the kernel / expand probabilities), and the expected cost is exact,
-because the cost is a sum over slots of independent choices::
+probability times the kernel / expand probabilities), and the expected block sum is exact,
+because it is a sum over slots of independent choices::
 
     E[cost] = a * (base + sum_slot P(active) * sum_{k,e} p_k p_e slot[k, e]) + b
+
+The LUT's weight-streaming term (``profiler.costmodel``, when the LUT has stream probes)
+depends on the whole network's weights, not on one slot, so the penalty leaves it out: the
+relaxation may aim slightly over budget, and the real cost (term included) is what decides
+which proposals fit, below.
 
 The loss is ``-predicted accuracy + lam * max(0, E[cost] / budget - 1)``, minimised with Adam
 while ``lam`` grows by dual ascent whenever the expected cost is over budget (as in a

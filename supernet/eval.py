@@ -38,6 +38,8 @@ def main(argv=None) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
 
+    if args.eval_images is not None and args.eval_images < 1:
+        p.exit(2, f"{p.prog}: error: --eval-images must be at least 1 (leave it out for all held-out images)\n")
     try:
         net, evaluator, ckpt = load_run(args.run, args.data, args.device, args.amp, args.cudnn,
                                            allocator=args.allocator)

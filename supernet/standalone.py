@@ -85,6 +85,8 @@ def train_standalone(net: nn.Module, data: Data, r: int, recipe: Recipe, device:
     net = place(net, device, recipe.channels_last).train()
     opt = sgd(list(net.named_parameters()), recipe.lr, recipe.momentum, recipe.weight_decay, recipe.nesterov)
     spe = steps_per_epoch(len(data.train), recipe.batch_size)
+    if spe < 1:  # no batch would ever be drawn: the loop below would never end
+        raise ValueError(f"{len(data.train)} training images give no full batch of {recipe.batch_size}")
     total = None if seconds else max(1, round(recipe.epochs * spe))
     warm = max(1, round(recipe.warmup_epochs * spe))
     # with ``seconds``: steps timed, after 3 untimed ones, to size the schedule (at least 12

@@ -313,6 +313,16 @@ def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
     assert "--lambda-latency" in err("--lut", lut)
     assert "search.evolve" in err("--lut", REPO / "luts" / "note10.csv", "--latency-ms", "20", "--out", tmp_path / "x")
     assert "lacks" in err("--lut", lut, "--latency-ms", "2", "--resolution", "48", "--out", tmp_path / "y")
+    # numbers that would divide by zero, make an empty architecture split or loop forever
+    base = ("--lut", lut, "--latency-ms", "2", "--out", tmp_path / "z", "--valid-size", "200")
+    for flag in ("--batch-size", "--arch-images", "--checkpoint-every"):
+        assert f"{flag} must be at least 1" in err(*base, flag, "0")
+    assert "give no full batch of 64" in err(*base, "--train-limit", "64")
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert "exists and is not a folder" in err("--lut", lut, "--latency-ms", "2", "--out", blocker,
+                                              "--train-limit", "640", "--valid-size", "200")
+    assert not (tmp_path / "z").exists() and blocker.read_text() == "x"
 
 
 def test_grayscale_data_is_fitted_to_the_pixel1_network(small_data):
@@ -394,6 +404,27 @@ def test_a_killed_search_resumes_to_the_same_architecture(small_data, tmp_path):
     other = Search(PF, 32, small_data, model, SearchConfig(**{**cfg.__dict__, "seed": 1}), torch.device("cpu"))
     with pytest.raises(ValueError, match="other settings.*seed"):
         other.restore(ck)
+    # the same settings on other data or another LUT: refused too, naming what differs
+    first.inputs = {"train_limit": 2000, "lut_sha256": "aa"}
+    first.run(progress=False, checkpoint=ck, every=3, stop_after=4)
+    again = Search(PF, 32, small_data, model, cfg, torch.device("cpu"))
+    again.inputs = {"train_limit": None, "lut_sha256": "bb"}
+    with pytest.raises(ValueError, match=r"other settings \(.*lut_sha256, train_limit\)"):
+        again.restore(ck)
     ck.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a search.proxyless checkpoint"):
         other.restore(ck)
+
+
+def test_training_alone_on_less_than_a_batch_is_an_error_not_an_endless_loop(small_data):
+    """supernet.standalone (ProxylessNAS's retraining, the benches' networks trained alone):
+    a training split smaller than one batch draws no batch, so it is refused at once."""
+    from dataclasses import replace
+
+    from supernet.ops import build_network
+    from supernet.standalone import Recipe, train_standalone
+
+    tiny = replace(small_data, train=small_data.train.subset(torch.arange(10)))
+    net = build_network(PF, PF.min_subnet(r=32))
+    with pytest.raises(ValueError, match="10 training images give no full batch of 64"):
+        train_standalone(net, tiny, 32, Recipe(epochs=1.0, batch_size=64), torch.device("cpu"), progress=False)

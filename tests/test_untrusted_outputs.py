@@ -190,3 +190,13 @@ def test_validate_refuses_bad_passes_and_runtimes_before_measuring(tmp_path, ext
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert message in last_error_line(p)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "l.validate.csv").exists()
+
+
+@pytest.mark.parametrize("cmd", [["supernet.eval", "--subnet", "max"], ["search.collect", "--subnets", "3"],
+                                 ["search.int8_drop"]])
+def test_eval_images_below_one_is_one_error_line(tmp_path, cmd):
+    """--eval-images 0 or -5 would evaluate on no image and print 0.00% as a result."""
+    for n in ("0", "-5"):
+        p = run_cli(cmd[0], "--run", tmp_path, *cmd[1:], "--eval-images", n)
+        assert p.returncode == 2 and "Traceback" not in p.stderr
+        assert "--eval-images must be at least 1" in p.stderr.strip().splitlines()[-1]
