@@ -457,7 +457,7 @@ def read_calibration(path: Path, runtime: str | None = None, overhead: bool | No
                                   f"not {runtime!r}")
     try:
         a, b = float(data["a"]), float(data["b"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"{path}: not a calibration file ({exc.__class__.__name__}: {exc})") from None
     if not (math.isfinite(a) and math.isfinite(b)) or not 0 < a <= 1e3 or abs(b) > 1e6:
         raise ValueError(f"{path}: calibration a={a:g}, b={b:g} is not usable (a must be a finite positive "

@@ -22,7 +22,6 @@ the field.  Example::
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -31,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from .lut import finite
 from .safeyaml import load_unique, yaml_error_line
 
 TRANSPORTS = ("local", "ssh", "adb")
@@ -91,6 +91,7 @@ class Device:
 _FIELDS = {f.name: f for f in fields(Device)}
 _INT = {"threads", "warmup", "repeats", "retries", "max_attempts", "port"}
 _FLOAT = {"min_time_s", "max_time_s", "timeout_s", "connect_timeout_s"}
+MAX_SECONDS = 1e6  # about 11 days: every _FLOAT field is a duration
 _BOOL = {"insecure_accept_new_host_key"}
 _POSITIVE = {"threads", "repeats", "max_attempts", "port", "timeout_s", "max_time_s", "connect_timeout_s"}
 _REQUIRED_BY_TRANSPORT = {"local": (), "ssh": ("host", "user"), "adb": ("serial",)}
@@ -107,12 +108,16 @@ def _coerce(file: Path, name: str, key: str, value: Any) -> Any:
             raise DeviceConfigError(f"{where}: must be an integer, got {value!r}")
         if key in _POSITIVE and value < 1 or value < 0:
             raise DeviceConfigError(f"{where}: must be positive, got {value!r}")
+        if value > 1 << 31:
+            raise DeviceConfigError(f"{where}: at most {1 << 31}, got {str(value)[:40]}")
         return value
     if key in _FLOAT:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not finite(value):
             raise DeviceConfigError(f"{where}: must be a finite number, got {value!r}")
         if value < 0 or (key in _POSITIVE and value == 0):
             raise DeviceConfigError(f"{where}: must be positive, got {value!r}")
+        if value > MAX_SECONDS:  # beyond what a thread or socket wait accepts (OverflowError)
+            raise DeviceConfigError(f"{where}: at most {MAX_SECONDS:g} seconds, got {value!r}")
         return float(value)
     if key == "runtime":  # one name, a comma list or a YAML list; a tuple here (parse_device checks the names)
         if isinstance(value, str):

@@ -39,7 +39,7 @@ import yaml
 
 from supernet.space import BlockSpec
 
-from .lut import COLUMNS, MAX_MS, LutError, journal_path, record_space, write_rows_atomic
+from .lut import COLUMNS, MAX_MS, LutError, finite, journal_path, record_space, write_rows_atomic
 from .safeyaml import load_unique, yaml_error_line
 
 _SHAPE = r"(\d+)x(\d+)x(\d+)"
@@ -131,8 +131,9 @@ def import_files(files: list[Path], fmt: str, device: str, runtime: str) -> list
             mean = _stat(stats, "mean", where)
             count = int(_stat(stats, "count", where, integer=True) or 0)
             std = _stat(stats, "std", where)
-            if std is None and "var" in stats:
-                std = math.sqrt(_stat(stats, "var", where))
+            if std is None:
+                var = _stat(stats, "var", where)
+                std = math.sqrt(var) if var is not None else None
             try:
                 mapped = map_key(str(key), fmt)
             except ValueError as exc:
@@ -164,7 +165,7 @@ def _stat(stats: dict[str, Any], name: str, where: str, integer: bool = False) -
         return None
     v = stats[name]
     ok = isinstance(v, int) if integer else isinstance(v, (int, float))
-    if not ok or isinstance(v, bool) or not math.isfinite(v) or v < 0 or v > MAX_MS:
+    if not ok or isinstance(v, bool) or not finite(v) or v < 0 or v > MAX_MS:
         raise LutError(f"{where}: {name} must be a finite, non-negative {'integer' if integer else 'number'}, "
                        f"got {str(v)[:40]!r}")
     return float(v)

@@ -48,6 +48,16 @@ TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in FLOAT_COLUMNS + OTHER_FLOAT_
 NOISY_IQR_RATIO = 0.10  # torch.utils.benchmark flags IQR/median above 10%
 
 
+
+def finite(v: Any) -> bool:
+    """A number that is finite as a float.  JSON and YAML allow integers of any size, which
+    ``math.isfinite`` cannot convert (OverflowError): such a number is not finite here."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 class LutError(ValueError):
     """A LUT file that cannot be read; the message names the file and line."""
 
@@ -66,7 +76,7 @@ def _num(value: Any, cast, where: str, column: str, hi: float):
         x = cast(value) if isinstance(value, str) or cast is float else value
     except (TypeError, ValueError, OverflowError):
         raise LutError(f"{where}: column {column} is not a number: {str(value)[:40]!r}") from None
-    if not isinstance(x, (int, float)) or not math.isfinite(x) or not 0 <= x <= hi:
+    if not isinstance(x, (int, float)) or not finite(x) or not 0 <= x <= hi:
         raise LutError(f"{where}: column {column} must be a finite number in [0, {hi:g}], got {str(value)[:40]!r}")
     if cast is int and x != int(x):
         raise LutError(f"{where}: column {column} is not an integer: {str(value)[:40]!r}")

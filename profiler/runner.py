@@ -140,6 +140,8 @@ class _Model:
             providers = list(providers or ["CPUExecutionProvider"])
             self.sess = ort.InferenceSession(path, sess_options=opts, providers=providers)
             self.provider = self.sess.get_providers()[0]
+            self.wanted_provider = providers[0]
+            self.check_provider()
             feeds = {}
             for i in self.sess.get_inputs():
                 shape = tuple(d if isinstance(d, int) else 1 for d in i.shape)
@@ -152,6 +154,17 @@ class _Model:
             self.run = lambda: sess.run(names, feeds)
         else:
             raise ValueError(f"unknown runtime {runtime!r} (known: tflite, onnxruntime)")
+
+    def check_provider(self):
+        """onnxruntime falls back to the CPU by itself when a requested provider fails (at
+        session creation or while running): a GPU's table would hold CPU timings.  Raises."""
+        sess = getattr(self, "sess", None)
+        if sess is None:
+            return
+        now = sess.get_providers()[0]
+        if now != self.wanted_provider:
+            raise RuntimeError(f"onnxruntime runs this model on {now}, not the requested {self.wanted_provider} "
+                               f"(it fell back: the provider failed on this device)")
 
 
 def _load_avg():
@@ -223,6 +236,7 @@ def measure(model, runtime="tflite", threads=1, warmup=10, repeats=50, min_time_
 def _reply(m, runtime, threads, warmup, load_ms, timed_s, samples, max_samples, load_avg):
     """One model's reply: what ran it, its ``samples`` (at most ``max_samples``, every k-th
     in time order when more were taken; ``runs`` says how many) and their statistics."""
+    m.check_provider()  # onnxruntime may also fall back while running
     out = {
         "ok": True,
         "load_avg": load_avg,

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, IO
 
 from .devices import Device
+from .lut import finite
 from .runner import _stats
 
 RUNNER_PATH = Path(__file__).with_name("runner.py")
@@ -62,7 +64,7 @@ def reply_number(reply: dict[str, Any], name: str, what: str, hi: float, lo: flo
     if v is None and optional:
         return None
     kinds = (int,) if integer else (int, float)
-    if not isinstance(v, kinds) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
+    if not isinstance(v, kinds) or isinstance(v, bool) or not finite(v) or not lo <= v <= hi:
         raise RunnerError(f"{what} reply field {name} is invalid: {str(v)[:80]!r} "
                           f"(expected {'an integer' if integer else 'a number'} in [{lo:g}, {hi:g}])")
     return v if integer else float(v)
@@ -95,7 +97,7 @@ def validate_reply(reply: Any) -> dict[str, Any]:
         raise RunnerError("runner reply has no samples_ms list")
     clean = []
     for s in samples:
-        if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s) or not 0 <= s <= MAX_SAMPLE_MS:
+        if not isinstance(s, (int, float)) or isinstance(s, bool) or not finite(s) or not 0 <= s <= MAX_SAMPLE_MS:
             raise RunnerError(f"runner reply has an invalid sample {str(s)[:80]!r}")
         clean.append(float(s))
     out: dict[str, Any] = {k: reply_string(reply, k, "runner") for k in ("runtime", "runtime_version")}
@@ -137,13 +139,29 @@ def validate_info(info: Any, where: str) -> dict[str, Any]:
         raise TransportError(f"{where}: {exc}") from None
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _without_lone_surrogates(v: Any) -> Any:
+    """``v`` with every string's lone UTF-16 surrogates (legal in JSON escapes, not in UTF-8:
+    a LUT file could no longer be written) replaced by '?'."""
+    if isinstance(v, str):
+        return v.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(v, list):
+        return [_without_lone_surrogates(x) for x in v]
+    if isinstance(v, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(x) for k, x in v.items()}
+    return v
+
+
 def parse_line(line: str) -> Any:
     """A JSON value from one line, or None when the line is not JSON (a runtime's log line)
-    or nests too deeply to parse."""
+    or nests too deeply to parse.  Strings come back encodable as UTF-8."""
     try:
-        return json.loads(line)
+        value = json.loads(line)
     except (ValueError, RecursionError):
         return None
+    return _without_lone_surrogates(value) if _SURROGATE_ESCAPE.search(line) else value
 
 
 class RunnerChannel:
@@ -178,8 +196,10 @@ class RunnerChannel:
     def _read(self, timeout: float, what: str, deadline: float | None = None) -> str:
         """The next line; ``deadline`` (monotonic) bounds the wait instead of ``timeout``
         when given, so a device that keeps printing cannot stretch it."""
-        wait = timeout if deadline is None else max(0.0, deadline - time.monotonic())
+        wait = timeout if deadline is None else deadline - time.monotonic()
         try:
+            if wait <= 0:  # past the deadline, even with lines waiting: a device printing fast enough
+                raise queue.Empty  # would otherwise never let the request time out
             line = self._lines.get(timeout=wait)
         except queue.Empty:
             self.close()

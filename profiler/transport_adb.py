@@ -250,6 +250,12 @@ class AdbTransport(Transport):
                 raise
             self.shell(f"kill -9 \"$(cat {shlex.quote(pid_file)})\" 2>/dev/null", 10, check=False)
             raise RunnerTimeout(f"{d.name}: benchmark_model gave no result within {timeout:g} s") from None
+        # its size first: a tool that printed gigabytes must not fill this host's disk when pulled
+        _, size = self.shell(f"wc -c < {shlex.quote(out_file)}", 10, check=False)
+        words = size.split()
+        if words and words[0].isdigit() and int(words[0]) > MAX_OUTPUT_BYTES:
+            self.shell(f"rm -f {shlex.quote(out_file)} {shlex.quote(pid_file)}", 10, check=False)
+            return {"ok": False, "error": f"benchmark_model printed more than {MAX_OUTPUT_BYTES} bytes"}
         with tempfile.TemporaryDirectory(prefix="hwnas-adb-") as tmp:
             local = Path(tmp) / "out.txt"
             self.pull(out_file, local)

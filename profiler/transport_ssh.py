@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import shlex
 import socket
 import time
@@ -62,13 +63,21 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     """A host key not in known_hosts: refused when revoked; appended as one line with
     ``accept_new``; refused otherwise."""
 
-    def __init__(self, known_hosts: str, revoked: set[str], accept_new: bool, ca_lines: int):
+    def __init__(self, known_hosts: str, revoked: set[str], accept_new: bool, ca_lines: int,
+                 patterns: list[tuple[list[str], paramiko.PKey]] | None = None):
         self.known_hosts, self.revoked, self.accept_new, self.ca_lines = known_hosts, revoked, accept_new, ca_lines
+        self.patterns = patterns or []
 
     def missing_host_key(self, client, hostname, key):  # noqa: D401 - paramiko's interface
         what = f"{hostname} presents a {key.get_name()} host key (SHA256:{_fingerprint(key)})"
         if key.get_base64() in self.revoked:
             raise _RevokedHostKey(f"{what} that known_hosts marks @revoked")
+        # lines with wildcard or negated patterns, which paramiko compares as plain names
+        known = [k for pats, k in self.patterns if k.get_name() == key.get_name() and host_matches(pats, hostname)]
+        if known:
+            if any(k.get_base64() == key.get_base64() for k in known):
+                return  # the key a matching pattern line lists
+            raise paramiko.BadHostKeyException(hostname, key, known[0])
         if not self.accept_new:
             ca = (f"; its {self.ca_lines} @cert-authority line(s) are not used (hwnas does not verify host "
                   f"certificates)" if self.ca_lines else "")
@@ -78,10 +87,28 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         append_known_host(self.known_hosts, f"{hostname} {key.get_name()} {key.get_base64()}")
 
 
-def read_known_hosts(path: str, keys: paramiko.HostKeys) -> tuple[set[str], int]:
+def host_matches(patterns: list[str], name: str) -> bool:
+    """OpenSSH's known_hosts matching of one line's host patterns against ``name`` (``host``
+    or ``[host]:port``), case-insensitively: ``*`` and ``?`` wildcards, and a matching
+    ``!pattern`` excludes the line whatever else matches."""
+    name, hit = name.lower(), False
+    for pat in patterns:
+        negated = pat.startswith("!")
+        # only * and ? are special (``[host]:port`` brackets are literal, unlike fnmatch's)
+        rx = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pat[negated:].lower())
+        if re.fullmatch(rx, name, re.DOTALL):
+            if negated:
+                return False
+            hit = True
+    return hit
+
+
+def read_known_hosts(path: str, keys: paramiko.HostKeys,
+                     patterns: list[tuple[list[str], paramiko.PKey]] | None = None) -> tuple[set[str], int]:
     """Add the host keys of an OpenSSH known_hosts file to ``keys`` (see the module
-    docstring); return the base64 of its ``@revoked`` keys and its number of
-    ``@cert-authority`` lines.  Raises OSError or UnicodeDecodeError."""
+    docstring), and lines with wildcard or negated host patterns to ``patterns`` (paramiko
+    would compare those as plain names); return the base64 of its ``@revoked`` keys and its
+    number of ``@cert-authority`` lines.  Raises OSError or UnicodeDecodeError."""
     entries, revoked, ca_lines = [], set(), 0
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         line = line.strip()
@@ -106,8 +133,11 @@ def read_known_hosts(path: str, keys: paramiko.HostKeys) -> tuple[set[str], int]
             entries.append(entry)
     for entry in entries:
         if entry.key.get_base64() not in revoked:
+            if patterns is not None and any(c in name for name in entry.hostnames for c in "*?!"):
+                patterns.append((list(entry.hostnames), entry.key))
+                continue
             for name in entry.hostnames:
-                keys.add(name, entry.key.get_name(), entry.key)
+                keys.add(name.lower() if not name.startswith("|") else name, entry.key.get_name(), entry.key)
     return revoked, ca_lines
 
 
@@ -177,23 +207,24 @@ class SSHTransport(Transport):
         client = paramiko.SSHClient()
         revoked: set[str] = set()
         ca_lines = 0
+        patterns: list[tuple[list[str], paramiko.PKey]] = []
         try:
             if os.path.isfile(known_hosts):
-                revoked, ca_lines = read_known_hosts(known_hosts, client.get_host_keys())
+                revoked, ca_lines = read_known_hosts(known_hosts, client.get_host_keys(), patterns)
             else:
                 Path(known_hosts).parent.mkdir(parents=True, exist_ok=True)
         except (OSError, UnicodeDecodeError) as exc:
             raise fatal(f"{self.where}: field 'known_hosts': cannot read {known_hosts}: {exc}") from None
         client.set_missing_host_key_policy(
-            _HostKeyPolicy(known_hosts, revoked, d.insecure_accept_new_host_key, ca_lines))
+            _HostKeyPolicy(known_hosts, revoked, d.insecure_accept_new_host_key, ca_lines, patterns))
         try:
             sock = socket.create_connection((d.host, d.port), timeout=d.connect_timeout_s)
         except OSError as exc:
             raise TransportError(f"{self.where}: cannot connect: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            client.connect(
-                d.host, port=d.port, username=d.user or None, sock=sock,
+            client.connect(  # known_hosts names are matched case-insensitively, as by OpenSSH
+                d.host.lower(), port=d.port, username=d.user or None, sock=sock,
                 key_filename=key_file or None, password=password,
                 allow_agent=True, look_for_keys=False,
                 timeout=d.connect_timeout_s, banner_timeout=d.connect_timeout_s,

@@ -763,7 +763,7 @@ def int8_drop(arg: str | None, predictor_path: str | None, runtime: str) -> tupl
     except KeyError:
         raise ValueError(f"{path}: no int8 drop measured for runtime {runtime} (search.int8_drop --runtime "
                          f"{runtime})") from None
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, OverflowError) as exc:
         raise ValueError(f"{path}: not an int8_drop.json ({exc.__class__.__name__}: {exc})") from None
     if not math.isfinite(value):
         raise ValueError(f"{path}: mean_drop_pp for {runtime} is not a number")

@@ -275,7 +275,7 @@ def load_predictor(spec: str | Path, space: SearchSpace | None = None) -> Accura
                 pred = AccuracyPredictor(enc, tuple(hidden), state, offset, widths,
                                          space_name=str(blob.get("space", "")), source="hwnas",
                                          path=str(path), metrics=dict(blob.get("metrics", {})))
-            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
                 msg = str(exc)
                 if msg.startswith(f"{path}: "):
                     raise ValueError(msg) from None

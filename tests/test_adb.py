@@ -129,6 +129,11 @@ def test_benchmark_model_failures_are_replies_not_crashes(phone, tmp_path, monke
         monkeypatch.setenv("FAKE_BM_MODE", "garbage")
         reply = ch.request({"model": remote, "runtime": "tflite"}, 30)
         assert reply["ok"] is False and "no statistics" in reply["error"]
+        monkeypatch.setenv("FAKE_BM_MODE", "flood")  # refused by its size on the device, never pulled
+        pulls = len([ln for ln in (tmp_path / "adb.log").read_text().splitlines() if '"pull"' in ln])
+        reply = ch.request({"model": remote, "runtime": "tflite"}, 30)
+        assert reply["ok"] is False and "printed more than 1048576 bytes" in reply["error"]
+        assert len([ln for ln in (tmp_path / "adb.log").read_text().splitlines() if '"pull"' in ln]) == pulls
         monkeypatch.setenv("FAKE_BM_MODE", "hang")
         with pytest.raises(RunnerTimeout):
             ch.request({"model": remote, "runtime": "tflite"}, 1.5)

@@ -82,6 +82,9 @@ def test_a_microsecond_block_sends_a_reply_that_fits_the_line_cap(monkeypatch):
         def run(self):
             pass
 
+        def check_provider(self):
+            pass
+
     monkeypatch.setattr(runner, "_Model", FastModelDouble)
     reply = runner.measure("unused", runtime="onnxruntime", repeats=50, min_time_s=0.5, max_time_s=5.0)
     assert reply["runs"] > runner.MAX_SAMPLES  # min_time_s is still honoured
@@ -116,3 +119,26 @@ def test_a_measured_model_is_freed_at_once(tmp_path, artifact_cache, runtime, fm
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_an_onnxruntime_fallback_to_another_provider_is_an_error(tmp_path):
+    """onnxruntime silently falls back to the CPU when a requested provider fails on the
+    device (at session creation, or while running): the runner refuses to report such
+    timings as the requested provider's."""
+    from profiler import runner
+    from profiler.export import export_block
+    from supernet.space import TINY
+
+    path = export_block(TINY.all_blocks([32])[0], "onnx", tmp_path / "b.onnx")
+    m = runner._Model(str(path), "onnxruntime", 1)
+    assert m.provider == "CPUExecutionProvider"
+    m.check_provider()  # what was asked for is what runs
+
+    class FellBack:  # what a session reports after onnxruntime gave up on the requested provider
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    m.sess, m.wanted_provider = FellBack(), "CUDAExecutionProvider"
+    with pytest.raises(RuntimeError, match="runs this model on CPUExecutionProvider, not the requested "
+                                           "CUDAExecutionProvider"):
+        runner._reply(m, "onnxruntime", 1, 0, 0.0, 0.1, [1.0], 10, None)

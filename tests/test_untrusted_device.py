@@ -50,6 +50,10 @@ for line in sys.stdin:
         while True:
             print(json.dumps(dict(reply, id=-1)), flush=True)
             time.sleep(0.01)
+    if MODE == "flood":  # wrong-id replies faster than the host can parse them
+        big = json.dumps(dict(reply, id=-1, samples_ms=[1.0] * 20000))
+        while True:
+            print(big, flush=True)
     if MODE == "huge_line":
         sys.stdout.write("x" * (3 << 20) + "\n")
         sys.stdout.flush()
@@ -67,6 +71,10 @@ for line in sys.stdin:
         reply["samples_ms"] = [1e300, 1e300, 1e300]
     if MODE == "inf_load":
         reply["load_avg"] = float("inf")
+    if MODE == "giant_int":  # JSON allows integers no float can hold
+        reply["samples_ms"] = [10 ** 400]
+    if MODE == "lone_surrogate":  # legal as a JSON escape, not encodable as UTF-8
+        reply["runtime_version"] = "1.0\ud800"
     print(json.dumps(reply), flush=True)
 '''
 
@@ -96,7 +104,7 @@ def profile(tmp_path: Path, mode: str, cache):
     return res, lut, time.monotonic() - t0
 
 
-@pytest.mark.parametrize("mode", ["spam", "wrong_id"])
+@pytest.mark.parametrize("mode", ["spam", "wrong_id", "flood"])
 def test_a_device_that_keeps_printing_still_times_out(tmp_path, cache, mode):
     res, lut, took = profile(tmp_path, mode, cache)
     assert took < 10, f"timeout_s 2 took {took:.1f} s"
@@ -111,6 +119,7 @@ def test_a_device_that_keeps_printing_still_times_out(tmp_path, cache, mode):
     ("huge_threads", "threads is invalid"),
     ("huge_samples", "invalid sample"),
     ("inf_load", "load_avg is invalid"),
+    ("giant_int", "invalid sample"),
     ("huge_line", "longer than 1048576 bytes"),
 ])
 def test_lying_replies_are_failure_rows_and_the_lut_stays_readable(tmp_path, cache, mode, message):
@@ -121,6 +130,22 @@ def test_lying_replies_are_failure_rows_and_the_lut_stays_readable(tmp_path, cac
     assert [r["status"] for r in rows] == ["error"] and len(rows[0]["error"]) <= 1000
     assert LutTable.load(lut).rows  # the resume path reads it back
     json.dumps(res.as_dict(), allow_nan=False)
+
+
+def test_a_lone_surrogate_in_a_reply_cannot_make_the_lut_unwritable(tmp_path, cache):
+    res, lut, _ = profile(tmp_path, "lone_surrogate", cache)
+    assert res.measured == 1 and res.failed == 0, res
+    (row,) = read_rows(lut)
+    assert row["runtime_version"] == "1.0?" and LutTable.load(lut).rows
+
+
+def test_devices_yaml_numbers_beyond_what_a_wait_accepts_are_one_error(tmp_path):
+    from profiler.devices import DeviceConfigError
+
+    for field, value in (("timeout_s", 10 ** 10), ("timeout_s", 10 ** 400), ("repeats", 10 ** 400)):
+        entry = fake_device(tmp_path, "ok", **{field: value})
+        with pytest.raises(DeviceConfigError, match=f"field '{field}'"):
+            parse_device(Path("devices.yaml"), "fake", entry)
 
 
 def test_too_deeply_nested_reply_is_a_timeout_not_a_recursion_error(tmp_path, cache):

@@ -73,12 +73,19 @@ def _import(tmp_path, text: str, *extra: str):
     return run_cli("profiler.import_lut", "--format", "ofa", src, "--out", tmp_path / "out.csv", *extra)
 
 
-@pytest.mark.parametrize("mean", [".nan", ".inf", "-0.5"])
+@pytest.mark.parametrize("mean", [".nan", ".inf", "-0.5", "1" + "0" * 400])
 def test_import_refuses_non_finite_and_negative_means(tmp_path, mean):
     p = _import(tmp_path, f"{OFA_CONV}:\n  count: 10\n  mean: {mean}\n  std: 0.01\n")
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "mean must be a finite, non-negative number" in last_error_line(p)
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_import_an_empty_var_is_no_spread_not_a_traceback(tmp_path):
+    p = _import(tmp_path, f"{OFA_CONV}:\n  count: 10\n  mean: 1.5\n  var:\n")
+    assert p.returncode == 0, p.stderr
+    (row,) = read_rows(tmp_path / "out.csv")
+    assert row["mean_ms"] == 1.5 and row["std_ms"] == ""
 
 
 def test_import_refuses_duplicate_yaml_keys_and_duplicate_lut_keys(tmp_path):

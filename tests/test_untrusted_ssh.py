@@ -146,3 +146,31 @@ def test_remote_commands_have_one_deadline_and_a_byte_cap(server):
         assert t.run(["echo", "still here"], timeout=10)[1] == "still here\n"
     finally:
         t.close()
+
+
+def test_pattern_lines_and_case_are_matched_as_openssh_does(tmp_path, server):
+    """A known_hosts line with a wildcard pattern vouches for the hosts it matches (paramiko
+    alone compares it as a plain name, so accept-new would have appended any key), a negated
+    pattern excludes, and host names compare case-insensitively."""
+    from profiler.transport_ssh import host_matches
+
+    assert host_matches(["*.lab"], "RPi4.Lab") and not host_matches(["*.lab", "!rpi4.lab"], "rpi4.lab")
+    assert host_matches(["[127.0.0.?]:2222"], "[127.0.0.1]:2222") and not host_matches(["*.lab"], "rpi4.lan")
+    name, kind, b64 = server.known_hosts.read_text().split()
+    pattern = name.replace("127.0.0.1", "127.0.0.*")
+    other = keygen(tmp_path / "other_key")
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"{pattern} {_pub(other)}\n")  # the pattern vouches for another key: a changed key
+    before = kh.read_bytes()
+    msg = connect_error(server, known_hosts=str(kh), insecure_accept_new_host_key=True)
+    assert "does not match" in msg and kh.read_bytes() == before
+    kh.write_text(f"{pattern} {kind} {b64}\n")  # the right key under a pattern: verified, nothing added
+    before = kh.read_bytes()
+    t = transport(server, known_hosts=str(kh))
+    t.open()
+    t.close()
+    assert kh.read_bytes() == before
+    kh.write_text(f"{name.upper()} {kind} {b64}\n")  # as written by hand; OpenSSH ignores the case
+    t = transport(server, known_hosts=str(kh))
+    t.open()
+    t.close()
