@@ -355,3 +355,19 @@ def test_profiler_run_calibrates_through_a_trained_run_of_the_same_space(fake_fm
     proc = run_cli("profiler.run", *base, "--space", "tiny", "--lut", tmp_path / "t.csv")
     assert proc.returncode == 2 and "is not the profiled space tiny" in last_error_line(proc), proc.stderr[-1000:]
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_an_int8_block_over_its_bound_is_an_error_never_an_int8_price(tmp_path, monkeypatch):
+    """The guard against a broken quantization: a block whose int8 output is further from
+    fp32 than its kind's bound is refused (QuantizationError) and no artifact is left, so
+    profiler.run writes an error row for it instead of an int8 price."""
+    from profiler import quantize
+    from profiler.export import export_block
+
+    fp32 = export_block(MB, "onnx", tmp_path / "b.onnx")
+    ok = quantize.quantize_model("onnx-int8", fp32, tmp_path / "ok.onnx", MB.input_shape, str(MB), MB.kind)
+    assert 0 < ok["error"] <= ok["bound"] and (tmp_path / "ok.onnx").is_file()
+    monkeypatch.setattr(quantize, "error_bound", lambda kind, name="": ok["error"] / 2)  # the same error, over
+    with pytest.raises(quantize.QuantizationError, match=r"above the .* bound for mbconv blocks"):
+        quantize.quantize_model("onnx-int8", fp32, tmp_path / "bad.onnx", MB.input_shape, str(MB), MB.kind)
+    assert not (tmp_path / "bad.onnx").exists()

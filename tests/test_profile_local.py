@@ -257,3 +257,26 @@ def test_a_falling_calibration_fit_falls_back_to_the_ratio():
     assert s["a"] == pytest.approx(float(np.median(meas / pred)))
     good = summarise(pred, 2 * pred + 0.1)
     assert good["fit"] == "least-squares" and good["a"] == pytest.approx(2.0) and good["b"] == pytest.approx(0.1)
+
+
+def test_fidelity_statistics_are_the_ones_the_readme_reports():
+    """The figures behind every fidelity table, on numbers worked out by hand: the error is
+    relative to the measurement, its median is taken over networks, the shares count errors
+    at most 5% and 10%, and the repeat agreement pools both orders of two passes."""
+    import numpy as np
+
+    from profiler.validate import repeat_agreement, summarise
+
+    meas = np.array([1.0, 2.0, 4.0, 5.0, 10.0])
+    pred = np.array([1.04, 1.8, 4.6, 5.0, 10.3])  # errors +4%, -10%, +15%, 0%, +3% of the measurement
+    s = summarise(pred, meas)
+    assert s["median_abs_error_pct"] == pytest.approx(4.0)
+    assert s["mean_error_pct"] == pytest.approx((4 - 10 + 15 + 0 + 3) / 5)
+    assert s["within_5pct"] == pytest.approx(3 / 5) and s["within_10pct"] == pytest.approx(4 / 5)
+    assert s["sum_over_measured"] == pytest.approx(1.03)
+    a, b = np.polyfit(pred, meas, 1)
+    assert (s["a"], s["b"]) == pytest.approx((a, b))
+    passes = np.array([[1.0, 2.0, 4.0], [1.09, 2.0, 3.0]])  # +9%/-8.3%, 0/0, -25%/+33%
+    r = repeat_agreement(passes)
+    assert r["repeat_median_abs_diff_pct"] == pytest.approx(100 * np.median([0.09, 0.09 / 1.09, 0, 0, 0.25, 1 / 3]))
+    assert r["repeat_within_10pct"] == pytest.approx(4 / 6) and r["repeat_within_5pct"] == pytest.approx(2 / 6)

@@ -381,3 +381,26 @@ def test_int8_only_search_reports_int8_accuracy_where_the_drop_is_known(files, c
     (a,), (b,) = plain["results"], dropped["results"]
     assert a["subnet"] == b["subnet"] and b["predicted_accuracy"] == pytest.approx(a["predicted_accuracy"] - 0.01, abs=1e-5)
     assert b["predicted_latency_ms"] <= round(floor, 4) + 1e-9  # int8 rows: half the fp32 floor fits
+
+
+def test_cli_macs_and_params_budgets_run_to_results(files, capsys):
+    """--macs-m and --params-m (no LUT): every result fits its budget in the unit asked for,
+    its cost is that of the subnet it names, and a budget below the cheapest is refused."""
+    from search.latency import MacsModel, ParamsModel
+    from supernet.space import SubnetConfig
+
+    d, _lut, pred = files
+    for flag, unit, cm in (("--macs-m", "M MACs", MacsModel(TINY)), ("--params-m", "M params", ParamsModel(TINY))):
+        floor, _ = CostArrays(cm, CH).cheapest()
+        budgets = [round(floor * 1.3, 4), round(floor * 3, 4)]
+        code, out = run_cli(capsys, "--predictor", pred, flag, ",".join(map(str, budgets)), "--generations", 10,
+                            "--population", 16, "--samples", 40, "--out", d / f"cost{flag}", "--json")
+        assert code == 0, out.err
+        results = json.loads(out.out)["results"]
+        assert [r["budget"] for r in results] == budgets
+        for r in results:
+            cost = float(cm.cost([SubnetConfig.from_dict(r["subnet"])])[0])
+            assert r["unit"] == unit and r["cost"] == pytest.approx(cost, rel=1e-3, abs=1e-3) and cost <= r["budget"]
+        with pytest.raises(SystemExit) as exc:
+            run_cli(capsys, "--predictor", pred, flag, round(floor * 0.5, 4), "--out", d / "below")
+        assert exc.value.code == 2 and "below the smallest subnet's" in capsys.readouterr().err

@@ -426,3 +426,27 @@ def test_training_sgd_is_fused_and_computes_what_plain_sgd_does():
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
     transforms = [p for n, p in nets[0].named_parameters() if "transforms" in n]
     assert transforms and any(ours.state[p].get("momentum_buffer") is not None for p in transforms)
+
+
+def test_bn_recalibration_is_the_exact_average_over_the_batches():
+    """BN recalibration (every collected accuracy depends on it): the old running statistics
+    are discarded and replaced by the cumulative average of the per-batch statistics, the
+    momentum restored, the network left in eval mode."""
+    import torch
+    from torch import nn
+
+    from supernet.evaluation import recalibrate_bn
+
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, momentum=0.3)
+    net = nn.Sequential(conv, bn)
+    bn.running_mean.fill_(123.0)
+    bn.running_var.fill_(456.0)
+    batches = [torch.randn(8, 1, 6, 6) * (1 + i) + i for i in range(3)]
+    recalibrate_bn(net, batches)
+    with torch.no_grad():
+        feats = [conv(x) for x in batches]
+    means = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
+    vars_ = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    assert torch.allclose(bn.running_mean, means, atol=1e-5) and torch.allclose(bn.running_var, vars_, atol=1e-4)
+    assert bn.momentum == 0.3 and not net.training and bn.num_batches_tracked == 3

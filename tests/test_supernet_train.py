@@ -62,6 +62,29 @@ def test_run_folder_and_eval_cli(full_run):
 
 
 @pytest.mark.slow
+def test_training_learns(fake_fmnist, tmp_path):
+    """The supernet learns the (learnable) fake data: the full network's training loss falls
+    from chance and both the largest and the smallest subnet end far above chance (10%) on
+    held-out images.  The other training tests compare runs with runs; this one would fail if
+    no step changed the weights."""
+    import csv as csv_
+
+    cfg = tmp_path / "learn.yaml"
+    cfg.write_text("phases:\n"
+                   "- {name: full, epochs: 15, lr: 0.1, kernels: [5], expands: [3], depths: [2], rule: max}\n"
+                   "- {name: expand, epochs: 3, lr: 0.02, subnets_per_step: 2, rule: random, distill: true, "
+                   "sort_channels: true}\n"
+                   "train_limit: 160\n")
+    out = tmp_path / "learn"
+    _train(fake_fmnist, out, "--config", str(cfg))
+    with (out / "metrics.csv").open() as f:
+        full = [float(r["loss"]) for r in csv_.DictReader(f) if r["kind"] == "train" and r["phase"] == "full"]
+    assert full[0] > 2.0 and full[-1] < 1.5, full
+    res = json.loads((out / "result.json").read_text())
+    assert res["max_top1"] >= 35.0 and res["min_top1"] >= 20.0, res
+
+
+@pytest.mark.slow
 def test_more_recalibration_images_extend_the_runs_own(full_run, tmp_path):
     """``search.collect --recal-images N``: BN is recalibrated on the run's own images and
     then more of the same seeded order; the collection records how many; bench/eval_noise.py
@@ -114,14 +137,35 @@ def test_int8_top1_for_several_runtimes_recalibrates_once(full_run, monkeypatch)
     for that runtime alone."""
     from supernet.evaluation import Evaluator, load_run
 
+    import onnx
+
+    from profiler import quantize
+    from profiler.quantize import tflite_types
+
     _, ev, _ = load_run(full_run, device="cpu")
     ev.eval_images = 64
     calls = []
     real = Evaluator.subnet
     monkeypatch.setattr(Evaluator, "subnet", lambda self, cfg: calls.append(cfg) or real(self, cfg))
+    scored = []  # what each top-1 was computed on: the int8 figure must come from an int8 model
+    real_top1 = quantize.file_top1
+
+    def file_top1(path, images, labels):
+        if path.suffix == ".tflite":
+            scored.append((path.stem, path.suffix, tflite_types(path)[1]))
+        else:
+            scored.append((path.stem, path.suffix, {n.op_type for n in onnx.load(str(path)).graph.node}))
+        return real_top1(path, images, labels)
+
+    monkeypatch.setattr(quantize, "file_top1", file_top1)
     cfg = ev.supernet.space.min_subnet(r=ev.supernet.space.resolutions[0])
     both = ev.int8_top1_runtimes(cfg, ["onnxruntime", "tflite"], calib_images=8)
     assert len(calls) == 1 and set(both) == {"onnxruntime", "tflite"}
+    kinds = {(stem, suffix): what for stem, suffix, what in scored}
+    assert "int8" in kinds["int8", ".tflite"] and "float32" not in kinds["int8", ".tflite"]
+    assert "int8" not in kinds["fp32", ".tflite"]
+    assert {"QuantizeLinear", "DequantizeLinear"} <= kinds["int8", ".onnx"]
+    assert not {"QuantizeLinear", "DequantizeLinear"} & kinds["fp32", ".onnx"]
     assert both["onnxruntime"]["torch_top1"] == both["tflite"]["torch_top1"]
     assert all(q["seconds"] > 0 and q["runtime"] == rt for rt, q in both.items())
     alone = ev.int8_top1(cfg, "onnxruntime", calib_images=8)
