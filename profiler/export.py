@@ -78,19 +78,36 @@ def format_for_runtime(runtime: str, precision: str = "fp32") -> str:
     raise ValueError(f"unknown precision {precision!r} (known: fp32, int8)")
 
 
+# the code that decides what an artifact holds: the block and network builder, the export and
+# split, the quantization.  A change to any of them is a new cache version (a manual
+# EXPORTER_REV bump was once forgotten, and old networks were reused after the builder changed)
+_SOURCES = {"fp32": ("supernet/ops.py", "profiler/export.py", "profiler/tflite_split.py"),
+            "int8": ("profiler/quantize.py", "profiler/calibrate.py")}
+
+
+def source_rev(kind: str) -> str:
+    """Short hash of the sources in ``_SOURCES[kind]`` (part of the cache version)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha1()
+    for rel in _SOURCES[kind]:
+        h.update((root / rel).read_bytes())
+    return h.hexdigest()[:10]
+
+
 def exporter_version(fmt: str) -> str:
-    """A string that changes whenever an artifact of ``fmt`` could change."""
+    """A string that changes whenever an artifact of ``fmt`` could change: the converters'
+    versions, the exporter settings and a hash of our own code that builds artifacts."""
     from importlib.metadata import version
 
     if precision_of(fmt) == "int8" and fmt in FORMATS:
         from .quantize import quantizer_version
 
-        return f"{exporter_version(base_format(fmt))}-{quantizer_version(fmt)}"
+        return f"{exporter_version(base_format(fmt))}-{quantizer_version(fmt)}-src{source_rev('int8')}"
     torch_v = version("torch")
     if fmt == "onnx":
-        return f"torch{torch_v}-{ONNX_EXPORTER}-opset{ONNX_OPSET}-rev{EXPORTER_REV}"
+        return f"torch{torch_v}-{ONNX_EXPORTER}-opset{ONNX_OPSET}-rev{EXPORTER_REV}-src{source_rev('fp32')}"
     if fmt == "tflite":
-        return f"torch{torch_v}-litert_torch{version('litert-torch')}-rev{EXPORTER_REV}"
+        return f"torch{torch_v}-litert_torch{version('litert-torch')}-rev{EXPORTER_REV}-src{source_rev('fp32')}"
     raise ValueError(f"unknown format {fmt!r} (known: {', '.join(FORMATS)})")
 
 

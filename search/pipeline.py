@@ -83,6 +83,7 @@ class Stages:
             except (OSError, ValueError):
                 self.done = {}
         self.number = 0
+        self.seen: list[str] = []  # stages this run has skipped or run so far
         self.dirty = force  # an earlier stage ran: every later one runs too
 
     def finished(self, name: str, cmd: list[str] | None, outputs: list[Path]) -> bool:
@@ -90,21 +91,33 @@ class Stages:
         return (not self.dirty and rec is not None and rec.get("cmd") == _portable(cmd)
                 and all(p.exists() for p in outputs))
 
+    def forget_from(self, name: str) -> None:
+        """Drop the records of ``name`` and of every stage after it (on disk too) before
+        ``name`` runs: their outputs came from inputs this run is about to change, so an
+        interrupted run must not leave them looking finished to the next one."""
+        self.done = {k: v for k, v in self.done.items() if k in self.seen and k != name}
+        atomic_write_text(self.path, json.dumps({"stages": self.done}, indent=2) + "\n")
+
     def record(self, name: str, cmd: list[str] | None, seconds: float) -> None:
         self.done[name] = {"cmd": _portable(cmd), "seconds": round(seconds, 1), "skipped": False}
         atomic_write_text(self.path, json.dumps({"stages": self.done}, indent=2) + "\n")
 
-    def run(self, name: str, cmd: list[str], outputs: list[Path], timeout_s: float | None) -> float:
+    def run(self, name: str, cmd: list[str], outputs: list[Path], timeout_s: float | None,
+            check=None) -> float:
         """Run one stage's command (its own progress bars stream through) unless finished;
-        exit with one error line on failure.  ``timeout_s`` None: no limit.  Returns the wall
-        time (0 when skipped)."""
+        exit with one error line on failure.  ``timeout_s`` None: no limit.  ``check``: called
+        once the command succeeded, before the stage is recorded (it raises ``fail`` when the
+        outputs are not usable, so a rerun runs the stage again).  Returns the wall time (0
+        when skipped)."""
         self.number += 1
         head = f"[pipeline {self.number}] {name}"
         if self.finished(name, cmd, outputs):
             print(f"{head}: finished before ({self.done[name]['seconds']:.0f} s), skipped", flush=True)
+            self.seen.append(name)
             return 0.0
         print(f"{head}: {' '.join(cmd)}", flush=True)
         self.dirty = True
+        self.forget_from(name)
         t0 = time.time()
         # its own process group, so that a stage stopped for its time (or by Ctrl-C here) is
         # stopped with every process it started (the profiler's export workers)
@@ -113,8 +126,10 @@ class Stages:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             _stop_group(proc)
-            raise fail(f"pipeline stage {name} exceeded --stage-timeout {timeout_s:g} s; rerun the same "
-                       "command to continue it (finished work is kept), or raise --stage-timeout (0: no limit)") from None
+            again = ("rerun the same command without --force to continue it" if self.force else
+                     "rerun the same command to continue it")
+            raise fail(f"pipeline stage {name} exceeded --stage-timeout {timeout_s:g} s; {again} (finished work "
+                       "is kept), or raise --stage-timeout (0: no limit)") from None
         except BaseException:  # Ctrl-C or any error here: the stage's processes go too
             _stop_group(proc)
             raise
@@ -123,8 +138,11 @@ class Stages:
         missing = [str(p) for p in outputs if not p.exists()]
         if missing:
             raise fail(f"pipeline stage {name} did not write {', '.join(missing)}")
+        if check is not None:
+            check()
         dt = time.time() - t0
         self.record(name, cmd, dt)
+        self.seen.append(name)
         print(f"{head}: done in {dt:.0f} s", flush=True)
         return dt
 
@@ -159,10 +177,25 @@ def _die_with_parent() -> None:
         pass
 
 
+_NO_EFFECT = {"--resume": 0, "--force": 0, "--no-progress": 0, "--export-workers": 1, "--cache": 1}
+
+
 def _portable(cmd: list[str] | None) -> list[str] | None:
     """A command without the interpreter path (a venv moved elsewhere is the same stage) and
-    without ``--resume`` (a resumed stage is the same stage)."""
-    return None if cmd is None else [c for c in cmd[1:] if c not in ("--resume", "--force")]
+    without what changes no result: ``--resume``/``--force`` (a resumed stage is the same
+    stage), ``--no-progress``, ``--export-workers N`` and ``--cache DIR`` (where artifacts are
+    kept; their keys hold what was built)."""
+    if cmd is None:
+        return None
+    out, skip = [], 0
+    for c in cmd[1:]:
+        if skip:
+            skip -= 1
+        elif c in _NO_EFFECT:
+            skip = _NO_EFFECT[c]
+        else:
+            out.append(c)
+    return out
 
 
 def check_data(spec: str) -> None:
@@ -181,6 +214,15 @@ def check_data(spec: str) -> None:
             raise fail(f"dataset {spec!r}: {path or '(no path)'} does not exist")
     else:
         raise fail(f"unknown dataset {spec!r} (use fmnist, fmnist:PATH, cifar10:PATH or imagefolder:PATH)")
+
+
+def lut_errors(lut: Path, runtimes: list[str], precision: str) -> list[tuple[str, str, str]]:
+    """(key, runtime, error) of the LUT's error rows of ``runtimes`` in ``precision``."""
+    from profiler.lut import LutTable
+
+    table = LutTable.load(lut)
+    return [(key, rt, str(row.get("error", ""))) for (key, rt, _res, prec), row in table.rows.items()
+            if rt in runtimes and prec == precision and row["status"] != "ok"]
 
 
 def budgets_for(lut: Path, runtime: str, space, fractions: list[float], resolutions: list[int],
@@ -330,7 +372,23 @@ def main(argv: list[str] | None = None) -> int:
     for flag, v in (("--repeats", args.repeats), ("--min-time", args.min_time)):
         if v is not None:
             cmd += [flag, str(v)]
-    times["profile"] = stages.run("profile", cmd, [lut], limit)
+    prev = stages.done.get("profile")
+    if lut.exists() and (args.force or (prev is not None and prev.get("cmd") != _portable(cmd))):
+        # measured with other settings (or --force): the profiler keeps every measured row, so
+        # the table is set aside whole and measured again
+        aside = lut.parent.with_name(f"luts.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+        lut.parent.rename(aside)
+        lut.parent.mkdir(parents=True)
+        print(f"note: {lut.parent} (measured with other settings) moved to {aside}", flush=True)
+
+    def profiled() -> None:  # an fp32 block without a price would stop every search
+        bad = lut_errors(lut, runtimes, "fp32")
+        if bad:
+            key, rt, err = bad[0]
+            raise fail(f"{len(bad)} fp32 block(s) failed to profile (first: {key} with {rt}: {err[:200]}); rerun "
+                       f"the same command to retry them (each up to the device's max_attempts), or see {lut}")
+
+    times["profile"] = stages.run("profile", cmd, [lut], limit, check=profiled)
     # 1b. fidelity of the LUT (both runtimes, every network measured twice): the line beside
     # the final table, and the calibration the searches apply
     cmd = [py, "-m", "profiler.validate", "--device", "local", "--runtime", ",".join(runtimes), "--space",
@@ -368,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     for rt in runtimes:
         try:
             budgets, lo, hi = budgets_for(lut, rt, space, fractions, resolutions, widths)
-        except ValueError as exc:
+        except (ValueError, KeyError) as exc:  # KeyError: MissingKeysError, a block without a row
             raise fail(f"{lut} ({rt}): {str(exc).splitlines()[0]}") from None
         dest = out / f"search-{rt}"
         cmd = [py, "-m", "search.evolve", "--lut", str(lut), "--runtime", rt, "--predictor", str(run),
@@ -376,7 +434,11 @@ def main(argv: list[str] | None = None) -> int:
                "--latency-ms", ",".join(map(str, budgets)), "--generations", str(args.generations),
                "--population", str(args.population), "--samples", str(args.samples), "--seed", seed,
                "--out", str(dest)]
-        if int8:  # per budget the better of an fp32 and an int8 search (drop: run/int8_drop.json)
+        failed8 = lut_errors(lut, [rt], "int8") if int8 else []
+        if failed8:  # a block whose int8 model failed (e.g. over its error bound): no int8 search
+            print(f"note: {len(failed8)} {rt} int8 block(s) have no int8 price (first: {failed8[0][0]}: "
+                  f"{failed8[0][2][:160]}); {rt} is searched in fp32 only", flush=True)
+        elif int8:  # per budget the better of an fp32 and an int8 search (drop: run/int8_drop.json)
             cmd += ["--precision", "fp32,int8"]
         times[f"search {rt}"] = stages.run(f"search {rt}", cmd, [dest / "search.json"], limit)
         searches[rt] = {"budgets": budgets, "cheapest_ms": lo, "largest_ms": hi,
@@ -573,7 +635,8 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "summary.png")
+    with atomic_open(out / "summary.png", "wb") as fh:
+        fig.savefig(fh, format="png")
     plt.close(fig)
 
     print(f"{'searched for':>12} {'budget ms':>9}{' deploy' if int8 else ''} {'pred.acc%':>9} "

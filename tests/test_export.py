@@ -281,3 +281,19 @@ def test_a_dead_export_worker_costs_no_block_and_the_next_submit_works(tmp_path)
         assert r.path is not None and not r.error and broker._pool is not first
     finally:
         broker.close()
+
+
+def test_the_cache_version_follows_the_code_that_builds_artifacts(tmp_path, monkeypatch):
+    """An artifact built by other builder, export or quantization code is another cache
+    entry: the version holds a hash of those sources (a forgotten manual bump once let old
+    networks be reused after the builder changed)."""
+    from profiler import export
+
+    src = tmp_path / "builder.py"
+    src.write_text("x = 1\n")
+    monkeypatch.setattr(export, "_SOURCES", {"fp32": (str(src),), "int8": (str(src),)})
+    before = {f: export.exporter_version(f) for f in export.FORMATS}
+    src.write_text("x = 2\n")
+    after = {f: export.exporter_version(f) for f in export.FORMATS}
+    assert all(before[f] != after[f] for f in export.FORMATS)
+    assert ArtifactCache(tmp_path / "c").path("k", "onnx").parent.name == after["onnx"]

@@ -121,9 +121,9 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
     assert " deploy " in p.stdout
     assert (out / "luts" / "local.int8.csv").is_file()
 
-    # a rerun skips every finished stage and writes the same table
+    # a rerun skips every finished stage and writes the same table (progress bars or not)
     t1 = time.time()
-    again = run_cli("search.pipeline", *args, timeout=200)
+    again = run_cli("search.pipeline", *[a for a in args if a != "--no-progress"], timeout=200)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("skipped") >= 8, again.stdout
     assert json.loads((out / "summary.json").read_text())["rows"] == rows
@@ -150,3 +150,21 @@ def test_a_stage_over_its_timeout_is_stopped_with_its_workers_in_one_error_line(
                       "continue it (finished work is kept), or raise --stage-timeout (0: no limit)"], p.stderr[-2000:]
     stages = json.loads((out / "stages.json").read_text())["stages"] if (out / "stages.json").exists() else {}
     assert "profile" not in stages
+
+
+def test_a_stage_that_runs_again_forgets_itself_and_every_later_stage(tmp_path):
+    """stages.json: when a stage runs again, its record and every later stage's are dropped
+    first (on disk), so a run interrupted after it cannot leave later stages looking
+    finished on inputs that changed; flags that change no result do not make a stage new."""
+    from search.pipeline import Stages, _portable
+
+    first = Stages(tmp_path, force=False)
+    for name in ("profile", "validate", "train", "collect"):
+        first.record(name, ["py", "-m", name], 1.0)
+    again = Stages(tmp_path, force=False)
+    again.seen = ["profile"]  # profile was skipped; validate runs again
+    again.forget_from("validate")
+    assert list(json.loads((tmp_path / "stages.json").read_text())["stages"]) == ["profile"]
+    cmd = ["py", "-m", "profiler.run", "--lut", "l.csv", "--export-workers", "2", "--cache", "c", "--no-progress"]
+    assert _portable(cmd) == ["-m", "profiler.run", "--lut", "l.csv"]
+    assert _portable(["other-py", "-m", "x", "--resume", "--seed", "1"]) == ["-m", "x", "--seed", "1"]
