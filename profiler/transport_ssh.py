@@ -14,8 +14,9 @@
 - One connection and one sftp session serve the whole run; the runner
   (``profiler/runner.py``) is pushed once into a private run folder made by ``mktemp -d``
   (mode 0700): under ``$TMPDIR`` (else ``/tmp``) on the device, or under the entry's
-  ``workdir``, which must be the user's (or root's) and writable by nobody else, so no other
-  user of the device can swap the runner.  It is driven in ``serve`` mode over one exec
+  ``workdir``, which, with every folder above it (as written and as resolved), must be the
+  user's (or root's) and writable by nobody else unless sticky (OpenSSH's rule for
+  ``authorized_keys``), so no other user of the device can swap the runner.  It is driven in ``serve`` mode over one exec
   channel; models are pushed per block and removed after.  ``close`` removes the run folder.
 - Every remote command is built with ``shlex.quote``/``shlex.join``; nothing unquoted ever
   reaches the remote shell.  Remote commands have timeouts.
@@ -49,6 +50,18 @@ def fatal(message: str) -> TransportError:
     exc = TransportError(message)
     exc.permanent = True  # type: ignore[attr-defined]
     return exc
+
+
+# Checks a workdir on the device: prints the user's uid, then "uid mode path" of the folder
+# and of every folder above it, both as written (symlinks followed: stat -L) and as resolved
+# (pwd -P).  Arguments only ("$1"), nothing interpolated.
+_CHECK_WORKDIR = r"""
+mkdir -p -- "$1" || exit 1
+id -u || exit 1
+up() { d=$1; while :; do stat -L -c "%u %a %n" -- "$d" || exit 1; case $d in /|.) break;; esac; d=$(dirname -- "$d"); done; }
+up "$1"
+up "$(cd -- "$1" && pwd -P)"
+"""
 
 
 class _UnknownHostKey(paramiko.SSHException):
@@ -280,16 +293,26 @@ class SSHTransport(Transport):
             self._base = ""
             return self._made(self.run(["sh", "-c", 'exec mktemp -d "${TMPDIR:-/tmp}/hwnas-run-XXXXXXXXXX"'], t)[1])
         self._base = remote_path(self.device.workdir).rstrip("/") or "/"
-        out = self.run(["sh", "-c", 'mkdir -p -- "$1" && stat -L -c "%u %a" -- "$1" && id -u', "sh", self._base], t)[1]
+        out = self.run(["sh", "-c", _CHECK_WORKDIR, "sh", self._base], t)[1]
+        lines = out.split("\n")
         try:
-            (owner, mode), me = out.split("\n")[0].split(), out.split("\n")[1].strip()
-            mode = int(mode, 8)
-        except (ValueError, IndexError):
+            me, folders = lines[0].strip(), []
+            for line in lines[1:]:
+                if line:
+                    owner, mode, name = line.split(" ", 2)
+                    folders.append((owner, int(mode, 8), name))
+            if not me or not folders:
+                raise ValueError(out)
+        except ValueError:
             raise TransportError(f"{self.where}: cannot check field 'workdir' {self._base}: {out[:200]!r}") from None
-        if owner not in (me, "0") or (mode & 0o022 and not mode & 0o1000):
-            raise fatal(f"{self.where}: field 'workdir': {self._base} is owned by uid {owner} with mode {mode:o}; "
-                        f"it must be yours and writable by nobody else (or leave workdir out for a private "
-                        f"folder under the device's /tmp)")
+        for owner, mode, name in folders:
+            # the folder and every folder above it: one that another user owns or may write in
+            # (without the sticky bit) lets them rename what is below and swap the runner
+            if owner not in (me, "0") or (mode & 0o022 and not mode & 0o1000):
+                what = self._base if name == self._base else f"{self._base} (through {name})"
+                raise fatal(f"{self.where}: field 'workdir': {what} is owned by uid {owner} with mode {mode:o}; "
+                            f"it and every folder above it must be yours or root's and writable by nobody else "
+                            f"(or leave workdir out for a private folder under the device's /tmp)")
         return self._made(self.run(["mktemp", "-d", "--", f"{self._base}/run-XXXXXXXXXX"], t)[1])
 
     def _made(self, out: str) -> str:

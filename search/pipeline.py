@@ -77,11 +77,16 @@ class Stages:
         self.path = out / "stages.json"
         self.force = force
         self.done: dict[str, dict] = {}
+        # the command each stage was last started with (kept when it is killed): a killed
+        # stage is continued only by the same command
+        self.started: dict[str, list[str]] = {}
         if self.path.is_file() and not force:
             try:
-                self.done = json.loads(self.path.read_text()).get("stages", {})
-            except (OSError, ValueError):
-                self.done = {}
+                data = json.loads(self.path.read_text())
+                self.done = dict(data.get("stages", {}))
+                self.started = dict(data.get("started", {}))
+            except (OSError, ValueError, AttributeError, TypeError):
+                self.done, self.started = {}, {}
         self.number = 0
         self.seen: list[str] = []  # stages this run has skipped or run so far
         self.dirty = force  # an earlier stage ran: every later one runs too
@@ -96,11 +101,18 @@ class Stages:
         ``name`` runs: their outputs came from inputs this run is about to change, so an
         interrupted run must not leave them looking finished to the next one."""
         self.done = {k: v for k, v in self.done.items() if k in self.seen and k != name}
-        atomic_write_text(self.path, json.dumps({"stages": self.done}, indent=2) + "\n")
+        self._save()
+
+    def started_with(self, name: str, cmd: list[str]) -> bool:
+        """Whether ``name`` was last started with ``cmd`` (what changes no result aside)."""
+        return self.started.get(name) == _portable(cmd)
 
     def record(self, name: str, cmd: list[str] | None, seconds: float) -> None:
         self.done[name] = {"cmd": _portable(cmd), "seconds": round(seconds, 1), "skipped": False}
-        atomic_write_text(self.path, json.dumps({"stages": self.done}, indent=2) + "\n")
+        self._save()
+
+    def _save(self) -> None:
+        atomic_write_text(self.path, json.dumps({"stages": self.done, "started": self.started}, indent=2) + "\n")
 
     def run(self, name: str, cmd: list[str], outputs: list[Path], timeout_s: float | None,
             check=None) -> float:
@@ -117,6 +129,7 @@ class Stages:
             return 0.0
         print(f"{head}: {' '.join(cmd)}", flush=True)
         self.dirty = True
+        self.started[name] = _portable(cmd)
         self.forget_from(name)
         t0 = time.time()
         # its own process group, so that a stage stopped for its time (or by Ctrl-C here) is
@@ -196,6 +209,19 @@ def _portable(cmd: list[str] | None) -> list[str] | None:
         else:
             out.append(c)
     return out
+
+
+def train_restart_flag(run: Path, stages: Stages, cmd: list[str], force: bool) -> list[str]:
+    """What the train stage adds to ``cmd`` when it runs: ``--resume`` when a killed training
+    left a checkpoint and was started with these same settings (it continues); ``--force``
+    when the run folder holds another training (finished, or killed under other settings:
+    it starts over, the old outputs set aside by ``supernet.train``); nothing for a new run."""
+    if ((run / "checkpoints" / "last.pt").is_file() and not (run / "supernet.pt").exists() and not force
+            and stages.started_with("train", cmd)):
+        return ["--resume"]
+    if (run / "config.yaml").exists():
+        return ["--force"]
+    return []
 
 
 def check_data(spec: str) -> None:
@@ -401,10 +427,7 @@ def main(argv: list[str] | None = None) -> int:
            "--out", str(run), "--seed", seed, *quiet]
     if args.train_limit is not None:
         cmd += ["--train-limit", str(args.train_limit)]
-    if (run / "checkpoints" / "last.pt").is_file() and not (run / "supernet.pt").exists() and not args.force:
-        cmd.append("--resume")  # a killed training continues from its last checkpoint
-    elif (run / "config.yaml").exists():
-        cmd.append("--force")  # the stage runs again (an earlier stage changed): start over
+    cmd += train_restart_flag(run, stages, cmd, args.force)
     times["train"] = stages.run("train", cmd, [run / "supernet.pt"], limit)
     # 3. collect (resumes by itself: rows already evaluated are kept)
     cmd = [py, "-m", "search.collect", "--run", str(run), "--subnets", str(args.subnets), "--resolutions", res_arg,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 
 import pytest
@@ -168,3 +169,34 @@ def test_a_stage_that_runs_again_forgets_itself_and_every_later_stage(tmp_path):
     cmd = ["py", "-m", "profiler.run", "--lut", "l.csv", "--export-workers", "2", "--cache", "c", "--no-progress"]
     assert _portable(cmd) == ["-m", "profiler.run", "--lut", "l.csv"]
     assert _portable(["other-py", "-m", "x", "--resume", "--seed", "1"]) == ["-m", "x", "--seed", "1"]
+
+
+def test_a_killed_training_is_continued_only_by_the_command_that_started_it(tmp_path):
+    """A training killed mid-run leaves a checkpoint: the same pipeline command continues it
+    (--resume), while one with another preset starts over (--force; supernet.train refuses to
+    resume under other settings, so adding --resume there stopped the pipeline for good).
+    The started command survives a reload of stages.json and the forgetting of later stages."""
+    from search.pipeline import Stages, train_restart_flag
+
+    run = tmp_path / "supernet"
+    tiny = ["py", "-m", "supernet.train", "--preset", "tiny", "--out", str(run)]
+    small = ["py", "-m", "supernet.train", "--preset", "small", "--out", str(run)]
+    stages = Stages(tmp_path, force=False)
+    assert train_restart_flag(run, stages, tiny, False) == []  # nothing there yet
+    # a stage that dies is not finished, but its command is on record
+    dies = [sys.executable, "-c", "raise SystemExit(3)", "--preset", "tiny", "--out", str(run)]
+    with pytest.raises(BaseException, match="failed"):
+        stages.run("train", dies, [], None)
+    assert "train" not in stages.done and Stages(tmp_path, force=False).started_with("train", dies)
+    stages.started["train"] = ["-m", "supernet.train", "--preset", "tiny", "--out", str(run)]
+    stages.forget_from("train")  # what Stages.run does before it starts the stage
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    (run / "config.yaml").write_text("preset: tiny\n")
+    again = Stages(tmp_path, force=False)  # the pipeline run again after the kill
+    assert again.started_with("train", tiny + ["--no-progress"])
+    assert train_restart_flag(run, again, tiny + ["--no-progress"], False) == ["--resume"]
+    assert train_restart_flag(run, again, small, False) == ["--force"]
+    assert train_restart_flag(run, again, tiny, True) == ["--force"]
+    (run / "supernet.pt").write_bytes(b"x")  # finished: the stage runs again only from scratch
+    assert train_restart_flag(run, again, tiny, False) == ["--force"]

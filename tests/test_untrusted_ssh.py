@@ -133,6 +133,32 @@ def test_a_workdir_others_can_write_or_own_is_refused(tmp_path, server, owner, m
     assert list(base.iterdir()) == []
 
 
+def test_a_workdir_under_a_folder_others_can_write_is_refused(tmp_path, server):
+    """The workdir itself may be private: a folder above it that another user may write in
+    (no sticky bit) lets them rename it and put their own in its place."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    mine = shared / "mine"
+    mine.mkdir(mode=0o700)
+    msg = connect_error(server, workdir=str(mine))
+    assert f"field 'workdir': {mine} (through {shared}) is owned by uid" in msg and "mode 777" in msg
+    assert list(mine.iterdir()) == []
+    # through a symlink, the folder it resolves to is checked too
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    msg = connect_error(server, workdir=str(link))
+    assert f"(through {shared})" in msg
+    # a sticky folder (as /tmp) above it is fine: others cannot rename what is ours
+    shared.chmod(0o1777)
+    t = transport(server, workdir=str(mine))
+    t.open()
+    try:
+        assert Path(t.rundir).parent == mine
+    finally:
+        t.close()
+
+
 def test_remote_commands_have_one_deadline_and_a_byte_cap(server):
     t = transport(server)
     t.open()
