@@ -224,6 +224,24 @@ def train_restart_flag(run: Path, stages: Stages, cmd: list[str], force: bool) -
     return []
 
 
+def set_lut_aside(lut: Path, stages: Stages, cmd: list[str], force: bool) -> Path | None:
+    """Before the profile stage: a table measured with other settings (the last finished or
+    killed profile's command) or ``force`` is moved aside whole, since the profiler keeps
+    and resumes every row it finds; returns where it went (None: kept, or none there)."""
+    prev = stages.started.get("profile") or (stages.done.get("profile") or {}).get("cmd")
+    if not lut.exists() or not (force or (prev is not None and prev != _portable(cmd))):
+        return None
+    aside = lut.parent.with_name(f"{lut.parent.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
+    n = 1
+    while aside.exists():  # two in one second
+        n += 1
+        aside = aside.with_name(f"{lut.parent.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}-{n}")
+    lut.parent.rename(aside)
+    lut.parent.mkdir(parents=True)
+    print(f"note: {lut.parent} (measured with other settings) moved to {aside}", flush=True)
+    return aside
+
+
 def check_data(spec: str) -> None:
     """One clear error when the dataset is missing (before any stage spends time)."""
     from supernet.data import FMNIST_DIR, FMNIST_FILES
@@ -398,14 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, v in (("--repeats", args.repeats), ("--min-time", args.min_time)):
         if v is not None:
             cmd += [flag, str(v)]
-    prev = stages.done.get("profile")
-    if lut.exists() and (args.force or (prev is not None and prev.get("cmd") != _portable(cmd))):
-        # measured with other settings (or --force): the profiler keeps every measured row, so
-        # the table is set aside whole and measured again
-        aside = lut.parent.with_name(f"luts.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
-        lut.parent.rename(aside)
-        lut.parent.mkdir(parents=True)
-        print(f"note: {lut.parent} (measured with other settings) moved to {aside}", flush=True)
+    set_lut_aside(lut, stages, cmd, args.force)
 
     def profiled() -> None:  # an fp32 block without a price would stop every search
         bad = lut_errors(lut, runtimes, "fp32")

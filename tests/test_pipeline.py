@@ -200,3 +200,29 @@ def test_a_killed_training_is_continued_only_by_the_command_that_started_it(tmp_
     assert train_restart_flag(run, again, tiny, True) == ["--force"]
     (run / "supernet.pt").write_bytes(b"x")  # finished: the stage runs again only from scratch
     assert train_restart_flag(run, again, tiny, False) == ["--force"]
+
+
+def test_a_table_measured_with_other_settings_is_set_aside_whole(tmp_path):
+    """The profiler resumes whatever rows it finds, so a LUT left by a profile with other
+    settings (finished, or killed before it was recorded) is moved aside, not mixed with new
+    rows; the same settings keep it (a killed profile resumes), --force always sets it aside."""
+    from search.pipeline import Stages, set_lut_aside
+
+    lut = tmp_path / "luts" / "local.csv"
+    lut.parent.mkdir()
+    lut.write_text("rows\n")
+    a = ["py", "-m", "profiler.run", "--repeats", "50", "--lut", str(lut)]
+    b = ["py", "-m", "profiler.run", "--repeats", "5", "--lut", str(lut)]
+    stages = Stages(tmp_path, force=False)
+    assert set_lut_aside(lut, stages, a, False) is None  # no record: kept
+    stages.started["profile"] = ["-m", "profiler.run", "--repeats", "50", "--lut", str(lut)]
+    stages.forget_from("profile")  # killed before it finished: only its start is on record
+    again = Stages(tmp_path, force=False)
+    assert set_lut_aside(lut, again, a + ["--no-progress"], False) is None and lut.read_text() == "rows\n"
+    aside = set_lut_aside(lut, again, b, False)
+    assert aside is not None and (aside / "local.csv").read_text() == "rows\n"
+    assert lut.parent.is_dir() and not lut.exists()
+    lut.write_text("new\n")
+    second = set_lut_aside(lut, again, a, True)  # --force, maybe within the same second
+    assert second not in (None, aside) and (second / "local.csv").read_text() == "new\n"
+    assert (aside / "local.csv").read_text() == "rows\n"
