@@ -69,7 +69,7 @@ def ofa_worker(args: argparse.Namespace) -> None:
     from ofa.tutorial.latency_table import LatencyEstimator, LatencyTable
 
     predictor = AccuracyPredictor(pretrained=False, device="cpu")
-    predictor.model.load_state_dict(torch.load(args.predictor, map_location="cpu"))
+    predictor.model.load_state_dict(torch.load(args.predictor, map_location="cpu", weights_only=True))
     table = LatencyTable.__new__(LatencyTable)  # OFA's __init__ downloads; fill it from disk
     table.latency_tables = {}
     for r in RESOLUTIONS:
