@@ -175,13 +175,14 @@ def test_int8_top1_for_several_runtimes_recalibrates_once(full_run, monkeypatch)
 
 
 @pytest.mark.slow
-def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path):
+def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path, capsys):
     """search.int8_drop: per runtime the measured fp32 -> int8 drop, in the file that
     search.evolve --precision fp32,int8 reads from the predictor's run folder."""
     import csv as csv_
 
     from search.evolve import int8_drop
     from search.int8_drop import cores
+    from search.int8_drop import main as int8_drop_main
 
     out = tmp_path / "drop"
     proc = _run(["-m", "search.int8_drop", "--run", str(full_run), "--subnets", "2", "--runtime", "tflite",
@@ -209,15 +210,16 @@ def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path):
     with (out / "int8_drop.csv").open() as f:
         subnets = [SubnetConfig.from_json(r["subnet"]) for r in csv_.DictReader(f)]
     assert summary["width"] == subnets[0].w == subnets[1].w
-    # bad input: one error line, nothing written
+    # bad input: one error line, nothing written (in this process: the command's own main)
+    capsys.readouterr()
     for args, message in ((["--resolutions", "33"], "--resolutions: 33 is not a resolution of space"),
                           (["--width", "0.33"], "--width: 0.33 is not a width multiplier of space"),
                           (["--runtime", "tvm"], "--runtime: tflite and/or onnxruntime"),
                           (["--calib-images", "0"], "--calib-images must be at least 1"),
                           (["--workers", "0"], "--workers must be at least 1")):
-        bad = _run(["-m", "search.int8_drop", "--run", str(full_run), "--out", str(tmp_path / "bad"), *args], check=False)
-        lines = bad.stderr.strip().splitlines()
-        assert bad.returncode == 2 and len(lines) == 1 and message in lines[0], bad.stderr
+        code = int8_drop_main(["--run", str(full_run), "--out", str(tmp_path / "bad"), *args])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "bad").exists()
     value, source = int8_drop(None, str(out / "predictor.pt"), "tflite")
     assert value == max(0.0, rt["mean_drop_pp"]) and source.startswith(str(out / "int8_drop.json"))
