@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from supernet.atomic import file_sha256  # noqa: E402
 from supernet.evaluation import Evaluator, load_supernet  # noqa: E402
 from supernet.data import DataError, load_data, load_test  # noqa: E402
 from supernet.presets import get_preset, with_method  # noqa: E402
@@ -134,16 +135,6 @@ def bootstrap_se(hits: list[tuple[torch.Tensor, torch.Tensor]], reps: int = 1000
 
 EVAL_CACHE = "evaluation.pt"
 EVAL_VERSION = 1
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cached_evaluation(path: Path, key: dict, compute) -> tuple[dict, bool]:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from profiler.lut import drop_torn_tail
-from supernet.atomic import atomic_open, atomic_write_text
+from supernet.atomic import atomic_open, atomic_write_text, file_sha256
 from supernet.space import SearchSpace, SubnetConfig
 
 COLUMNS = ["index", "subnet", "acc", "top1", "r", "w", "macs_m", "params_m", "seconds", "rank", "status", "error"]
@@ -213,17 +213,6 @@ def collect(
 SETTINGS = ("seed", "resolutions", "widths", "space_name")  # what decides subnet number i
 # and what decides its accuracy: the supernet's weights (a run trained again is another supernet)
 IDENTITY = ("supernet_sha256",)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (a supernet checkpoint: what the accuracy rows belong to)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_settings(run: Path, config: dict, force: bool, rank: int, world: int, stem: str = "accuracy") -> None:

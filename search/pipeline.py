@@ -57,7 +57,7 @@ import time
 from pathlib import Path
 
 from profiler.validate import fidelity_line
-from supernet.atomic import atomic_open, atomic_write_text
+from supernet.atomic import atomic_open, atomic_write_text, stamped_free_path
 
 RUNTIMES = ("onnxruntime", "tflite")
 STAGES = ("profile", "validate", "train", "collect", "predictor", "int8 drop", "search", "summary")
@@ -231,11 +231,7 @@ def set_lut_aside(lut: Path, stages: Stages, cmd: list[str], force: bool) -> Pat
     prev = stages.started.get("profile") or (stages.done.get("profile") or {}).get("cmd")
     if not lut.exists() or not (force or (prev is not None and prev != _portable(cmd))):
         return None
-    aside = lut.parent.with_name(f"{lut.parent.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}")
-    n = 1
-    while aside.exists():  # two in one second
-        n += 1
-        aside = aside.with_name(f"{lut.parent.name}.replaced-{time.strftime('%Y%m%dT%H%M%S')}-{n}")
+    aside = stamped_free_path(lut.parent.parent, f"{lut.parent.name}.replaced")
     lut.parent.rename(aside)
     lut.parent.mkdir(parents=True)
     print(f"note: {lut.parent} (measured with other settings) moved to {aside}", flush=True)

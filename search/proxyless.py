@@ -57,6 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from supernet.atomic import file_sha256
+
 CKPT_FORMAT = "hwnas-proxyless-search-1"
 HISTORY_FIELDS = ["step", "phase", "epoch", "lr", "train_ce", "arch_ce", "expected_ms", "derived_ms",
                   "derived_zero_blocks", "seconds", "derived"]
@@ -396,12 +398,6 @@ def plot_history(path: Path, rows: list[dict[str, Any]], target: float | None) -
 
 OUTPUTS = ("search.ckpt.pt", "search.csv", "search.png", "alphas.json", "arch.json", "subnet.onnx", "subnet.tflite",
            "result.json")  # what a search writes in its --out folder
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -100,3 +100,29 @@ def ensure_writable_folder(folder: Path | str, what: str = "output folder") -> P
     except OSError as exc:
         raise ValueError(f"{folder}: cannot write the {what}: {exc.strerror or exc}") from None
     return folder
+
+
+def stamped_free_path(folder: Path, prefix: str) -> Path:
+    """``folder/<prefix>-<time>`` for setting old data aside, with ``-2``, ``-3``... when that
+    name is taken already (two set-asides in one second)."""
+    import time
+
+    base = folder / f"{prefix}-{time.strftime('%Y%m%dT%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (what a supernet checkpoint or a
+    LUT that derived data depends on is identified by)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .atomic import ensure_writable_folder
+from .atomic import ensure_writable_folder, stamped_free_path
 from .data import DataError
 from .evaluation import CheckpointError
 from .device import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP
@@ -133,12 +133,10 @@ def set_aside_derived(out: Path) -> Path | None:
     """Move what was derived from the run's old supernet (accuracy rows, predictors, the int8
     drop, benchmark tables) into ``out/replaced-<time>/``, so that nothing reads them as the
     new supernet's and nothing measured is lost; the folder, or None when there was none."""
-    import time
-
     found = sorted({p for pattern in DERIVED for p in out.glob(pattern)}) if out.is_dir() else []
     if not found:
         return None
-    aside = out / f"replaced-{time.strftime('%Y%m%dT%H%M%S')}"
+    aside = stamped_free_path(out, "replaced")
     aside.mkdir()
     for p in found:
         p.rename(aside / p.name)

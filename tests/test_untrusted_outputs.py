@@ -111,7 +111,7 @@ def test_collect_rerun_with_other_settings_needs_force(tmp_path, capsys):
 def test_collect_refuses_rows_of_a_supernet_trained_again(tmp_path):
     """Accuracy rows belong to the supernet that was evaluated: after the run is trained
     again (another supernet.pt), adding to them needs --force, which sets them aside."""
-    from search.collect import file_sha256
+    from supernet.atomic import file_sha256
 
     (tmp_path / "supernet.pt").write_bytes(b"old weights")
     config = {"seed": 0, "resolutions": list(RES), "widths": list(WID), "space_name": "tiny",
