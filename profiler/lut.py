@@ -48,7 +48,6 @@ TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in FLOAT_COLUMNS + OTHER_FLOAT_
 NOISY_IQR_RATIO = 0.10  # torch.utils.benchmark flags IQR/median above 10%
 
 
-
 def finite(v: Any) -> bool:
     """A number that is finite as a float.  JSON and YAML allow integers of any size, which
     ``math.isfinite`` cannot convert (OverflowError): such a number is not finite here."""

@@ -16,8 +16,9 @@
   (mode 0700): under ``$TMPDIR`` (else ``/tmp``) on the device, or under the entry's
   ``workdir``, which, with every folder above it (as written and as resolved), must be the
   user's (or root's) and writable by nobody else unless sticky (OpenSSH's rule for
-  ``authorized_keys``), so no other user of the device can swap the runner.  It is driven in ``serve`` mode over one exec
-  channel; models are pushed per block and removed after.  ``close`` removes the run folder.
+  ``authorized_keys``), so no other user of the device can swap the runner.  It is driven
+  in ``serve`` mode over one exec channel; models are pushed per block and removed after.
+  ``close`` removes the run folder.
 - Every remote command is built with ``shlex.quote``/``shlex.join``; nothing unquoted ever
   reaches the remote shell.  Remote commands have timeouts.
 
@@ -58,7 +59,14 @@ def fatal(message: str) -> TransportError:
 _CHECK_WORKDIR = r"""
 mkdir -p -- "$1" || exit 1
 id -u || exit 1
-up() { d=$1; while :; do stat -L -c "%u %a %n" -- "$d" || exit 1; case $d in /|.) break;; esac; d=$(dirname -- "$d"); done; }
+up() {
+  d=$1
+  while :; do
+    stat -L -c "%u %a %n" -- "$d" || exit 1
+    case $d in /|.) break;; esac
+    d=$(dirname -- "$d")
+  done
+}
 up "$1"
 up "$(cd -- "$1" && pwd -P)"
 """
