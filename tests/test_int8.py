@@ -273,8 +273,9 @@ def test_profiler_run_with_data_calibrates_int8_rows_on_real_images(fake_fm, tmp
     assert rows and all(r["precision"] == "int8" for r in rows)
     assert all(r["quant_calibration"].startswith("real images n=4") for r in rows), [r["quant_calibration"] for r in rows]
     assert all(0 < float(r["quant_error"]) <= float(r["quant_bound"]) for r in rows if r["kind"] != "overhead")
+    assert {r["runtime"] for r in rows} == {"onnxruntime", "tflite"}
     # the same blocks with random calibration in the same cache: their own artifacts, their own label
-    proc = run_cli("profiler.run", *args, "--lut", tmp_path / "random.csv")
+    proc = run_cli("profiler.run", *args, "--runtime", "onnxruntime", "--lut", tmp_path / "random.csv")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert all(r["quant_calibration"].startswith("random-normal") for r in read_rows(tmp_path / "random.csv"))
     versions = sorted(p.name for p in (cache / "onnx-int8").iterdir())
@@ -345,8 +346,10 @@ def test_profiler_run_calibrates_through_a_trained_run_of_the_same_space(fake_fm
     proc = run_cli("supernet.train", "--preset", "test", "--space", "fmnist", "--data", f"fmnist:{fake_fm}",
                    "--out", run, "--threads", "1", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    base = ["--device", "local", "--resolutions", "32", "--limit", "2", "--precision", "int8", "--repeats", "3",
-            "--min-time", "0", "--cache", tmp_path / "cache", "--no-progress", "--calib-run", run]
+    # one runtime: the images reach every runtime's quantizer by the same path (the test above
+    # feeds LiteRT's and onnxruntime's)
+    base = ["--device", "local", "--runtime", "onnxruntime", "--resolutions", "32", "--limit", "2", "--precision",
+            "int8", "--repeats", "3", "--min-time", "0", "--cache", tmp_path / "cache", "--no-progress", "--calib-run", run]
     proc = run_cli("profiler.run", *base, "--space", "fmnist", "--lut", tmp_path / "l.csv")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = read_rows(tmp_path / "l.csv")
