@@ -802,7 +802,7 @@ def _calibration_arg(text: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from profiler.lut import lut_spaces
+    from profiler.lut import LutError, lut_spaces
 
     from . import report
     from .latency import LatencyModel, MacsModel, MissingKeysError, ParamsModel
@@ -878,6 +878,8 @@ def main(argv: list[str] | None = None) -> int:
         if both and (flag != "latency-ms" or args.pareto or args.method != "evolution"):
             raise ValueError("--precision fp32,int8 compares latencies: it needs --lut, the evolution method and "
                              "no --pareto (search each precision's front with --precision fp32 or int8)")
+        if args.lut and not Path(args.lut).is_file():
+            raise LutError(f"{args.lut}: no such LUT file")  # before the predictor, whose default follows the LUT's space
         lut_space = lut_spaces(Path(args.lut)) if args.lut else []
         space_name = args.space or (lut_space[0] if len(lut_space) == 1 else None)
         pred = load_predictor(args.predictor or default_predictor(space_name))

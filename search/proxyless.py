@@ -472,6 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail(f"--{name.replace('_', '-')} must be at least 1")
     progress = not (args.no_progress or args.json)
     try:
+        if not Path(args.lut).is_file():
+            raise LutError(f"{args.lut}: no such LUT file")
         recorded = lut_spaces(Path(args.lut))
         space_name = args.space or (recorded[0] if len(recorded) == 1 else None)
         if space_name is None:

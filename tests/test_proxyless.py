@@ -315,6 +315,7 @@ def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
     # an existing folder is kept; a LUT of an OFA space, a missing budget, an unprofiled resolution: one line each
     assert "already exists" in err("--lut", lut, "--latency-ms", "2", "--out", out)
     assert "--lambda-latency" in err("--lut", lut)
+    assert "nope.csv: no such LUT file" in err("--lut", tmp_path / "nope.csv", "--latency-ms", "2")
     assert "search.evolve" in err("--lut", REPO / "luts" / "note10.csv", "--latency-ms", "20", "--out", tmp_path / "x")
     assert "lacks" in err("--lut", lut, "--latency-ms", "2", "--resolution", "48", "--out", tmp_path / "y")
     # numbers that would divide by zero, make an empty architecture split or loop forever

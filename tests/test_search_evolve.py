@@ -234,6 +234,7 @@ def test_cli_terminal_table(files, capsys, model):
 @pytest.mark.parametrize("case, message", [
     ("infeasible", "below the smallest subnet's latency"),
     ("missing_lut", "no such LUT file"),
+    ("missing_lut_no_predictor", "no such LUT file"),  # not "no predictor": the default predictor follows the LUT
     ("corrupt_predictor", "not a readable predictor file"),
     ("unknown_space", "unknown search space"),
     ("no_budget", "give exactly one of"),
@@ -246,6 +247,8 @@ def test_cli_bad_input_is_one_clear_line(files, capsys, tmp_path, case, message)
         argv[5] = "0.001,1000"
     elif case == "missing_lut":
         argv[1] = tmp_path / "nope.csv"
+    elif case == "missing_lut_no_predictor":
+        argv = [argv[0], tmp_path / "nope.csv"] + argv[4:]
     elif case == "corrupt_predictor":
         bad = tmp_path / "bad.pt"
         bad.write_bytes(b"\x00garbage" * 10)
