@@ -179,15 +179,14 @@ class AccuracyPredictor:
 
 
 def _torch_load(path: Path):
-    import torch
+    from supernet.safeload import UnreadableFile, load_weights_only
 
     if not path.is_file():
         raise ValueError(f"{path}: no such predictor file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a readable predictor file ({first[:200]})") from None
+        return load_weights_only(path)
+    except UnreadableFile as exc:
+        raise ValueError(f"{path}: not a readable predictor file: it {'' if exc.unsafe else 'is '}{exc.reason}") from None
 
 
 def check_mlp_state(sd: Any, n_in: int, hidden: tuple[int, ...], path: Path | str) -> dict[str, np.ndarray]:

@@ -254,10 +254,13 @@ class Search:
 
         import torch
 
+        from supernet.safeload import UnreadableFile, load_weights_only
+
         try:
-            st = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - unpickling errors vary; all mean the same here
-            raise ValueError(f"{path}: not a search.proxyless checkpoint ({type(exc).__name__})") from None
+            st = load_weights_only(path)
+        except UnreadableFile as exc:
+            raise ValueError(f"{path}: not a search.proxyless checkpoint: it {'' if exc.unsafe else 'is '}"
+                             f"{exc.reason}") from None
         if not isinstance(st, dict) or st.get("format") != CKPT_FORMAT:
             raise ValueError(f"{path}: not a search.proxyless checkpoint")
         mine = asdict(self.cfg)

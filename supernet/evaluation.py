@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import pickle
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from .data import Data, eval_batches, load_data, resize
 from .device import (apply_allocator, apply_cudnn, autocast, place, resolve_allocator, resolve_amp, resolve_cudnn,
                      resolve_device, to_device)
 from .ofa import OFASupernet
+from .safeload import UnreadableFile, load_weights_only
 from .space import SearchSpace, SubnetConfig, get_space
 
 
@@ -215,13 +215,9 @@ def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain data; "
-                              f"refusing to load it ({first[:200]})") from None
-    except Exception as exc:  # truncated zip, wrong format
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a hwnas checkpoint ({type(exc).__name__})") from None
+        ckpt = load_weights_only(path)
+    except UnreadableFile as exc:
+        raise CheckpointError(f"checkpoint {path} {'' if exc.unsafe else 'is '}{exc.reason}") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} is not a hwnas supernet checkpoint")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
