@@ -37,6 +37,25 @@ from .ofa import Choices
 
 RULES = ("max", "random", "sandwich")
 METHODS = ("ps", "naive", "sandwich", "full")
+BN_MODES = ("shared", "switchable")
+
+
+def _check(where: str, name: str, value: Any, *, integer: bool = False, low: float | None = None,
+           high: float | None = None, low_open: bool = False, high_open: bool = False,
+           optional: bool = False) -> None:
+    """Raise ValueError (one line: ``where`` and ``name``) unless ``value`` is a finite number
+    (an integer when ``integer``; None when ``optional``) within the bounds given."""
+    if value is None and optional:
+        return
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value):
+        raise ValueError(f"{where}{name} must be {'an integer' if integer else 'a finite number'}"
+                         f"{' or null' if optional else ''}, got {value!r}")
+    if (low is not None and (value <= low if low_open else value < low)) or \
+            (high is not None and (value >= high if high_open else value > high)):
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        raise ValueError(f"{where}{name} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -58,10 +77,21 @@ class Phase:
     final_lr_ratio: float = 0.0  # the cosine schedule ends at lr x this
 
     def __post_init__(self) -> None:
+        where = f"phase {self.name}: "
         if self.rule not in RULES:
-            raise ValueError(f"phase {self.name}: rule {self.rule!r} is not one of {', '.join(RULES)}")
-        if self.epochs <= 0 or self.lr <= 0 or self.subnets_per_step < 1:
-            raise ValueError(f"phase {self.name}: epochs, lr and subnets_per_step must be positive")
+            raise ValueError(f"{where}rule {self.rule!r} is not one of {', '.join(RULES)}")
+        _check(where, "epochs", self.epochs, low=0, low_open=True)
+        _check(where, "lr", self.lr, low=0, low_open=True)
+        _check(where, "subnets_per_step", self.subnets_per_step, integer=True, low=1)
+        _check(where, "warmup_epochs", self.warmup_epochs, low=0)
+        _check(where, "final_lr_ratio", self.final_lr_ratio, low=0)
+        for name in ("kernels", "expands", "depths", "widths"):
+            values = getattr(self, name)
+            if values is not None:
+                if not isinstance(values, tuple) or not values:
+                    raise ValueError(f"{where}{name} must be a non-empty list or null, got {values!r}")
+                for v in values:
+                    _check(where, f"{name} entry", v, integer=name in ("kernels", "depths"), low=0, low_open=True)
         if self.rule == "sandwich" and self.subnets_per_step < 2:
             raise ValueError(f"phase {self.name}: the sandwich rule needs at least 2 subnets per step")
 
@@ -126,10 +156,34 @@ class TrainConfig:
     scale_lr_by_world: bool = True
 
     def __post_init__(self) -> None:
+        """Every field checked at once, so that a bad ``--config`` key or flag is one line
+        naming it, before anything is loaded or written."""
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be positive")
+        if self.bn not in BN_MODES:
+            raise ValueError(f"bn {self.bn!r} is not one of {', '.join(BN_MODES)}")
+        for name, kw in (("batch_size", dict(integer=True, low=1)),
+                         ("train_limit", dict(integer=True, low=1, optional=True)),
+                         ("valid_size", dict(integer=True, low=1)),
+                         ("recal_images", dict(integer=True, low=1)),
+                         ("eval_images", dict(integer=True, low=1, optional=True)),
+                         ("momentum", dict(low=0, high=1, high_open=True)),
+                         ("weight_decay", dict(low=0)),
+                         ("label_smoothing", dict(low=0, high=1, high_open=True)),
+                         ("kd_weight", dict(low=0)),
+                         ("dropout", dict(low=0, high=1, high_open=True, optional=True)),
+                         ("base_resolution", dict(integer=True, low=1, optional=True)),
+                         ("workers", dict(integer=True, low=0)),
+                         ("seed", dict(integer=True)),
+                         ("threads", dict(integer=True, low=1, optional=True)),
+                         ("ckpt_every", dict(integer=True, low=1)),
+                         ("log_every", dict(integer=True, low=1))):
+            _check("", name, getattr(self, name), **kw)
+        if self.widths is not None:
+            for w in self.widths:
+                _check("", "every width multiplier", w, low=0, low_open=True)
+        if not isinstance(self.phases, tuple) or not all(isinstance(p, Phase) for p in self.phases):
+            raise ValueError("phases must be a list of phases")
 
     # ------------------------------------------------------------------ (de)serialising
     def to_dict(self) -> dict[str, Any]:

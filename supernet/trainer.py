@@ -258,6 +258,13 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
         bar.write(f"supernet.train: {describe(dist.device)}, amp {cfg.amp}{cudnn}{keep}, "
                   f"{'channels-last' if cfg.channels_last else 'NCHW'}, {len(data.train)} training images",
                   file=sys.stderr)
+        if ckpt is not None:
+            phase_name = cfg.phases[min(state["phase"], len(cfg.phases) - 1)].name if cfg.phases else "-"
+            bar.write(f"supernet.train: resuming {ckpt_path} at step {state['global_step']} of {sum(totals)} "
+                      f"(phase {phase_name})", file=sys.stderr)
+        elif resume:
+            bar.write(f"supernet.train: --resume: no checkpoint at {ckpt_path} yet, starting from the first step",
+                      file=sys.stderr)
     start_time = time.time() - state["elapsed"]
 
     def checkpoint(opt, sched):

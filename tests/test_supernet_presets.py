@@ -44,6 +44,36 @@ def test_bad_config_is_rejected():
         Phase("x", 1, 0.1, rule="greedy")
 
 
+@pytest.mark.parametrize("override, message", [
+    ({"threads": 0}, "threads must be >= 1, got 0"),
+    ({"threads": -2}, "threads must be >= 1"),
+    ({"log_every": 0}, "log_every must be >= 1"),        # a modulo by zero in the step loop
+    ({"ckpt_every": 0}, "ckpt_every must be >= 1"),
+    ({"batch_size": "64"}, "batch_size must be an integer, got '64'"),  # YAML strings are not numbers
+    ({"batch_size": True}, "batch_size must be an integer"),
+    ({"valid_size": 0}, "valid_size must be >= 1"),
+    ({"eval_images": -5}, "eval_images must be >= 1"),
+    ({"train_limit": 0}, "train_limit must be >= 1"),
+    ({"label_smoothing": 1.0}, "label_smoothing must be >= 0 and < 1"),
+    ({"momentum": float("nan")}, "momentum must be a finite number"),
+    ({"kd_weight": -1}, "kd_weight must be >= 0"),
+    ({"workers": -1}, "workers must be >= 0"),
+    ({"bn": "batch"}, "bn 'batch' is not one of shared, switchable"),
+    ({"widths": [0.0, 1.0]}, "every width multiplier must be > 0"),
+    ({"phases": [{"name": "a", "epochs": float("nan"), "lr": 0.1}]}, "phase a: epochs must be a finite number"),
+    ({"phases": [{"name": "a", "epochs": 1, "lr": 0.1, "warmup_epochs": -1}]}, "phase a: warmup_epochs must be >= 0"),
+    ({"phases": [{"name": "a", "epochs": 1, "lr": 0.1, "final_lr_ratio": -0.5}]}, "phase a: final_lr_ratio"),
+    ({"phases": [{"name": "a", "epochs": 1, "lr": 0.1, "kernels": [3, 0]}]}, "phase a: kernels entry must be > 0"),
+    ({"phases": [{"name": "a", "epochs": 1, "lr": 0.1, "depths": [2.5]}]}, "phase a: depths entry must be an integer"),
+    ({"phases": [{"name": "a", "epochs": 1, "lr": 0.1, "widths": []}]}, "phase a: widths must be a non-empty list"),
+])
+def test_every_field_of_a_config_is_checked_in_one_line(override, message):
+    """A --config file or flag that would crash the run later (or train nonsense) fails at once."""
+    with pytest.raises(ValueError) as exc:
+        TrainConfig.from_dict({**get_preset("tiny").to_dict(), **override})
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
 def test_step_sampling_is_identical_across_ranks_and_rules():
     net = OFASupernet(get_space("tiny"))
     sandwich = Phase("s", 1, 0.1, subnets_per_step=3, rule="sandwich")

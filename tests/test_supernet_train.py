@@ -312,7 +312,8 @@ def test_resume_after_kill_reaches_same_weights(full_run, fake_fmnist, tmp_path)
     bad = _train(fake_fmnist, out, "--resume", "--seed", "7", check=False)
     assert bad.returncode != 0 and "different config" in bad.stderr
     assert (out / "config.yaml").read_bytes() == config
-    _train(fake_fmnist, out, "--resume")
+    resumed = _train(fake_fmnist, out, "--resume")
+    assert "resuming" in resumed.stderr and "at step 11 of" in resumed.stderr and "phase depth" in resumed.stderr
     a = torch.load(full_run / "supernet.pt", weights_only=True)["model"]
     b = torch.load(out / "supernet.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
@@ -416,8 +417,9 @@ def test_device_auto_trains_on_the_cpu_here_and_says_so(fake_fmnist, tmp_path):
         pytest.skip("this machine has a GPU: --device auto picks it (see the CUDA test)")
     out = tmp_path / "auto"
     proc = _run(["-m", "supernet.train", "--preset", "test", "--data", f"fmnist:{fake_fmnist}", "--out", str(out),
-                 "--threads", "1", "--device", "auto"])
+                 "--threads", "1", "--device", "auto", "--resume"])  # --resume with nothing to resume: said, then a fresh run
     assert "cpu" in proc.stderr.splitlines()[0] or "cpu" in proc.stderr
+    assert "no checkpoint at" in proc.stderr and "starting from the first step" in proc.stderr
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["device"] == "cpu" and cfg["amp"] == "off" and cfg["channels_last"] is True and cfg["cudnn"] == "on"
     assert cfg["allocator"] == "keep" and "allocator keeps freed memory" in proc.stderr  # glibc here
