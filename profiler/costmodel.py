@@ -210,6 +210,18 @@ class CostModel:
         self._ptables[(r, w)] = (np.array(pbase, dtype=float), np.array(sbase, dtype=float), pslot, sslot)
         return base, slot
 
+    def covered(self) -> list[tuple[int, float]]:
+        """The (resolution, width) pairs of the space this model can price every subnet of."""
+        out = []
+        for r in self.space.resolutions:
+            for w in self.space.width_mults:
+                try:
+                    self.tables(r, w)
+                except KeyError:  # MissingKeysError
+                    continue
+                out.append((r, w))
+        return out
+
     def param_tables(self, r: int, w: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """For ``weight_cost``: the fixed blocks' parameter counts and solo working sets
         (``(F,)`` each), and the slots' (``(slots, kernels, expands)`` each, like

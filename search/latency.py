@@ -32,6 +32,17 @@ def _unwrap_result(text: str) -> str:
     return json.dumps(obj["subnet"]) if isinstance(obj, dict) and "subnet" in obj else text
 
 
+def coverage_text(covered: list[tuple[int, float]]) -> str:
+    """What a model's ``covered()`` pairs say, in words."""
+    if not covered:
+        return "it covers no resolution and width of the space completely"
+    by_w: dict[float, list[int]] = {}
+    for r, w in covered:
+        by_w.setdefault(w, []).append(r)
+    return "it covers " + "; ".join(f"r {', '.join(map(str, rs)) if len(rs) <= 6 else f'{rs[0]} to {rs[-1]} ({len(rs)} resolutions)'}"
+                                    f" at w {w:g}" for w, rs in sorted(by_w.items())) + " (--resolution, --width)"
+
+
 def main(argv: list[str] | None = None) -> int:
     from profiler.lut import PRECISIONS, LutError
 
@@ -53,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-block", action="store_true", help="also list every block's latency")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
+    covered: list[tuple[int, float]] = []
     try:
         from profiler.lut import lut_spaces
 
@@ -64,10 +76,20 @@ def main(argv: list[str] | None = None) -> int:
                                       overhead=not args.no_overhead, precision=args.precision)
         if args.calibrated and model.calibration is None:
             raise ValueError(f"{args.lut}: --calibrated given but no calibration file beside it (run profiler.validate)")
+        covered = model.covered()
+        if (cfg.r, cfg.w) not in covered:
+            name = args.subnet.strip()
+            # max/min: the largest (smallest) subnet the table can price, at its largest
+            # (smallest) resolution and then width, where no flag fixes them
+            pairs = [(r, w) for r, w in covered if args.resolution in (None, r) and args.width in (None, w)]
+            if name in ("max", "min") and pairs:
+                r, w = (max if name == "max" else min)(pairs)
+                cfg = parse_subnet(name, space, r=r, w=w)
         per_block = model.block_costs(cfg)
         raw = model.sum_of(per_block, cfg.r)
     except MissingKeysError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = "" if not covered or (cfg.r, cfg.w) in covered else f"\n  at r={cfg.r}, w={cfg.w:g}; {coverage_text(covered)}"
+        print(f"error: {exc}{hint}", file=sys.stderr)
         return 2
     except (ValueError, LutError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -96,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                if overhead else "")
         if model.has_weight_cost(cfg.r):
             ovh += f", + {weights:.3f} ms weight streaming"
-        print(f"{total:.2f} ms{cal}  [{out['runtime']} {out['precision']}, {len(per_block)} blocks{ovh}, {args.lut}]")
+        print(f"{total:.2f} ms{cal}  [{out['runtime']} {out['precision']}, r={cfg.r} w={cfg.w:g}, {len(per_block)} blocks{ovh}, "
+              f"{args.lut}]")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +170,22 @@ def test_missing_keys_error_lists_them(shared_data, tmp_path):
     p = run_cli("search.latency", "--lut", out, "--subnet", "max", "--width", "1.0")
     assert p.returncode == 2
     assert "lacks 16 block(s)" in p.stderr and "first_conv-input:224x224x3-output:112x112x16" in p.stderr
+    assert "at r=224, w=1; it covers r 224 at w 1.2" in p.stderr  # why: the table is of the other width
+
+
+def test_max_and_min_are_priced_where_the_shipped_table_is():
+    """OFA's Note10 table holds width 1.2 only (160-224 px): max and min with no flags are
+    its dearest and cheapest subnets (luts/README.md: 92.40 and 9.89 ms), not a width-1.0
+    subnet it cannot price; a flag still fixes what it names."""
+    from conftest import run_cli
+
+    lut = Path(__file__).resolve().parents[1] / "luts" / "note10.csv"
+    got = {}
+    for args in (["max"], ["min"], ["min", "--resolution", "224"]):
+        p = run_cli("search.latency", "--lut", lut, "--subnet", *args, "--json")
+        assert p.returncode == 0, p.stderr
+        out = json.loads(p.stdout)
+        got[" ".join(args)] = (round(out["latency_ms"], 2), out["subnet"]["r"], out["subnet"]["w"])
+    assert got == {"max": (92.40, 224, 1.2), "min": (9.89, 160, 1.2), "min --resolution 224": (17.77, 224, 1.2)}
+    p = run_cli("search.latency", "--lut", lut, "--subnet", "max")
+    assert p.returncode == 0 and "r=224 w=1.2" in p.stdout
