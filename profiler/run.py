@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in (("--threads", args.threads), ("--repeats", args.repeats)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if args.min_time is not None and not 0 <= args.min_time < 1e6:  # also refuses nan and inf
+            raise ValueError(f"--min-time must be a number of seconds >= 0, got {args.min_time:g}")
         if args.lut is not None and len(devices) > 1:
             raise ValueError("--lut names one file; with several devices each gets luts/<device>.csv")
         real = args.data is not None or args.calib_run is not None

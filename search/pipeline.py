@@ -375,6 +375,21 @@ def main(argv: list[str] | None = None) -> int:
         raise fail("--subnets must be at least 5 (the predictor holds some rows out)")
     if args.int8_subnets < 2:
         raise fail("--int8-subnets must be at least 2 (the largest and the smallest)")
+    for name in ("validate_subnets", "repeats", "train_limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise fail(f"--{name.replace('_', '-')} must be at least 1")
+    if args.export_workers < 0:
+        raise fail(f"--export-workers must be at least 0 (0: convert in the profiler's own process), "
+                   f"got {args.export_workers}")
+    if args.population < 2:
+        raise fail(f"--population must be at least 2, got {args.population}")
+    if args.samples < 0:
+        raise fail(f"--samples must be at least 0, got {args.samples}")
+    if args.min_time is not None and not 0 <= args.min_time < 1e6:  # also refuses nan and inf
+        raise fail(f"--min-time must be a number of seconds >= 0, got {args.min_time:g}")
+    from supernet.presets import PRESETS
+    if args.preset not in PRESETS:
+        raise fail(f"--preset {args.preset!r}: known presets are {', '.join(sorted(PRESETS))}")
     if not args.stage_timeout >= 0:  # also refuses nan
         raise fail(f"--stage-timeout must be 0 (no limit) or a number of seconds, got {args.stage_timeout:g}")
     limit = args.stage_timeout or None

@@ -226,3 +226,24 @@ def test_a_table_measured_with_other_settings_is_set_aside_whole(tmp_path):
     second = set_lut_aside(lut, again, a, True)  # --force, maybe within the same second
     assert second not in (None, aside) and (second / "local.csv").read_text() == "new\n"
     assert (aside / "local.csv").read_text() == "rows\n"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--preset", "nope", "--preset 'nope': known presets are"),
+    ("--train-limit", "0", "--train-limit must be at least 1"),
+    ("--validate-subnets", "0", "--validate-subnets must be at least 1"),
+    ("--population", "1", "--population must be at least 2"),
+    ("--repeats", "0", "--repeats must be at least 1"),
+    ("--min-time", "nan", "--min-time must be a number of seconds >= 0, got nan"),
+    ("--export-workers", "-1", "--export-workers must be at least 0"),
+    ("--samples", "-1", "--samples must be at least 0"),
+])
+def test_a_bad_flag_is_refused_before_any_stage_runs(tmp_path, capsys, flag, value, message):
+    """Each of these once started the profile stage (minutes of work) and failed later or never."""
+    from search.pipeline import main
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(out), flag, value, "--no-progress"])
+    assert str(exc.value).startswith("error: ") and message in str(exc.value), str(exc.value)
+    assert not out.exists()

@@ -145,6 +145,13 @@ def test_unknown_runtime():
     assert p.returncode == 2 and "unknown runtime 'tensorrt'" in last_error_line(p)
 
 
+def test_a_min_time_that_is_no_number_of_seconds(tmp_path):
+    for value in ("nan", "-1", "inf"):  # nan once measured every block as an error row
+        p = _bad("--device", "local", "--min-time", value, "--lut", str(tmp_path / "x.csv"))
+        assert p.returncode == 2 and "--min-time must be a number of seconds >= 0" in last_error_line(p), p.stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_resolution_not_in_space():
     p = _bad("--resolutions", "160,225")
     assert p.returncode == 2 and "resolution 225 is not in space 'ofa_mbv3'" in last_error_line(p)
