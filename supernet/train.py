@@ -30,7 +30,9 @@ from .trainer import init_distributed, train
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m supernet.train", description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS),
+                   help="training recipe (default tiny: about 2 minutes on 2 CPU cores; main: the main job's; "
+                        "small: under an hour; small_gpu: small for one GPU; README, 'The once-for-all supernet')")
     p.add_argument("--config", type=Path, help="YAML file overriding preset fields")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<preset>)")
     p.add_argument("--device", help=f"{DEVICES_HELP} (default auto: CUDA when available)")
@@ -45,19 +47,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", help="fmnist | fmnist:PATH | cifar10:PATH | imagefolder:PATH")
     p.add_argument("--space", help="search space name (default: the preset's)")
     p.add_argument("--method", choices=METHODS, help="ps (progressive shrinking), naive, sandwich or full (largest subnet alone)")
-    p.add_argument("--bn", choices=("shared", "switchable"))
+    p.add_argument("--bn", choices=("shared", "switchable"),
+                   help="BN across elastic widths: one set (shared) or each width its own (switchable, the "
+                        "default with --widths)")
     p.add_argument("--widths", help="elastic width multipliers, e.g. 1.0,1.5: a last width phase with "
                                     "switchable BN (slimmable networks)")
-    p.add_argument("--kd-weight", type=float)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--kd-weight", type=float, help="weight of the distillation loss from the largest subnet "
+                   "(0: none; default: the preset's, 1.0)")
+    p.add_argument("--batch-size", type=int, help="images per step and process (default: the preset's)")
     p.add_argument("--train-limit", type=int, help="use only this many training images")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int, help="seed of weights, data order and subnet sampling (default 0)")
+    p.add_argument("--threads", type=int, help="torch threads (default: the preset's, else torch's)")
     p.add_argument("--workers", type=int, help="DataLoader workers decoding images (ImageFolder)")
-    p.add_argument("--deterministic", action="store_true", default=None)
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="bit-reproducible kernels (a resumed run then ends with an unbroken run's weights; slower)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     p.add_argument("--force", action="store_true", help="start over in an existing run folder (its outputs are replaced)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.csv still has every line)")
     p.add_argument("--crash-after-step", type=int, help=argparse.SUPPRESS)  # tests: kill -9 itself
     p.add_argument("--dump-rank-weights", action="store_true", help=argparse.SUPPRESS)  # tests: OUT/rankN.pt
     return p.parse_args(argv)
