@@ -21,7 +21,10 @@ DIR, e.g. a pipeline's ``search-onnxruntime/``):
   on the same held-out images with its own BN statistics.
 
 The goal (issue 13) is every subnet within 1.5 points of its trained-alone twin.  Each
-trained-alone run costs the supernet's whole training time, so N subnets cost N times it.
+trained-alone run costs the supernet's whole training time, so N subnets cost N times it:
+the CSV and JSON are rewritten (atomically) after every subnet, and ``--resume`` keeps the
+rows of the same subnet, supernet file (SHA-256), budget and seed and trains only the rest.
+An existing table is never replaced without ``--resume`` or ``--force``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from search.latency import _unwrap_result  # noqa: E402
-from supernet.atomic import atomic_open, atomic_write_text  # noqa: E402
+from supernet.atomic import atomic_open, atomic_write_text, file_sha256  # noqa: E402
 from supernet.data import DataError  # noqa: E402
 from supernet.evaluation import CheckpointError, load_run  # noqa: E402
 from supernet.ops import build_network, count_params  # noqa: E402
@@ -87,6 +90,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: RUN)")
+    ap.add_argument("--resume", action="store_true", help="keep the rows OUT already holds for the same subnet, "
+                    "supernet, budget and seed; train the others")
+    ap.add_argument("--force", action="store_true", help="replace an existing table")
     args = ap.parse_args()
 
     try:
@@ -107,8 +113,51 @@ def main() -> None:
         raise SystemExit(f"error: {args.run}: no result.json with train_seconds; give --seconds")
     out = args.out or args.run
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    csv_path, json_path = out / "supernet_vs_scratch.csv", out / "supernet_vs_scratch.json"
+    if csv_path.exists() and not (args.resume or args.force):
+        raise SystemExit(f"supernet_vs_scratch: error: {csv_path} exists; --resume to continue it, --force to replace it")
+    sha = file_sha256(args.run / "supernet.pt")
+    kept = []
+    if args.resume and csv_path.is_file():
+        with open(csv_path, newline="") as f:
+            kept = list(csv.DictReader(f))
+
+    def same(row: dict, name: str, cfg) -> bool:
+        try:
+            return (row["subnet"] == name and row["config"] == cfg.to_json() and row["supernet_sha256"] == sha
+                    and float(row["budget_seconds"]) == float(seconds) and int(row["seed"]) == args.seed)
+        except (KeyError, TypeError, ValueError):  # a table of another version: trained again
+            return False
+
+    def write(rows: list[dict]) -> dict:
+        summary = {"run": str(args.run), "preset": rc.preset, "supernet_train_seconds": seconds,
+                   "supernet_sha256": sha, "seed": args.seed, "threads": threads,
+                   "load_avg_end": os.getloadavg()[0], "rows": rows,
+                   "all_within_1_5pp": all(r["within_1_5pp"] for r in rows),
+                   "max_gap_pp": max(r["gap_pp"] for r in rows) if rows else None,
+                   "complete": len(rows) == len(compare)}
+        with atomic_open(csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        atomic_write_text(json_path, json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    rows: list[dict] = []
+    summary: dict = {}
     for name, cfg in compare:
+        old = next((r for r in kept if same(r, name, cfg)), None)
+        if old is not None:
+            row = {**old, "r": int(old["r"]), "params_m": float(old["params_m"]),
+                   **{k: float(old[k]) for k in ("supernet_top1", "alone_top1", "gap_pp", "alone_seconds",
+                                                 "alone_epochs", "alone_images_per_s", "budget_seconds")},
+                   "within_1_5pp": old["within_1_5pp"] == "True", "held_out_images": int(old["held_out_images"]),
+                   "seed": int(old["seed"])}
+            rows.append(row)
+            print(f"{name:>14}  r{cfg.r}  supernet {row['supernet_top1']:6.2f}%  alone {row['alone_top1']:6.2f}%  "
+                  f"gap {row['gap_pp']:+.2f} pp  [kept from {csv_path}]", flush=True)
+            summary = write(rows)
+            continue
         t = time.time()
         from_supernet = ev.evaluate(cfg)
         alone = train_alone(space, cfg, rc, ev.data, seconds, ev.device, args.seed)
@@ -117,20 +166,12 @@ def main() -> None:
                "gap_pp": round(alone["top1"] - from_supernet, 3), "within_1_5pp": alone["top1"] - from_supernet <= 1.5,
                "alone_seconds": alone["seconds"], "alone_epochs": alone["epochs"],
                "alone_images_per_s": alone["images_per_s"], "held_out_images": len(ev.data.valid),
-               "config": cfg.to_json()}
+               "budget_seconds": float(seconds), "seed": args.seed, "supernet_sha256": sha, "config": cfg.to_json()}
         rows.append(row)
         print(f"{name:>14}  r{cfg.r}  supernet {from_supernet:6.2f}%  alone {alone['top1']:6.2f}% "
               f"({alone['epochs']:.2f} epochs in {alone['seconds']:.0f} s)  gap {row['gap_pp']:+.2f} pp  "
               f"[{time.time() - t:.0f} s]", flush=True)
-    summary = {"run": str(args.run), "preset": rc.preset, "supernet_train_seconds": seconds,
-               "threads": threads, "load_avg_end": os.getloadavg()[0], "rows": rows,
-               "all_within_1_5pp": all(r["within_1_5pp"] for r in rows),
-               "max_gap_pp": max(r["gap_pp"] for r in rows) if rows else None}
-    with atomic_open(out / "supernet_vs_scratch.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    atomic_write_text(out / "supernet_vs_scratch.json", json.dumps(summary, indent=2) + "\n")
+        summary = write(rows)  # after every subnet: a stopped run keeps what it trained
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
 
 

@@ -570,4 +570,17 @@ def test_supernet_vs_scratch_bench_trains_each_subnet_alone_for_the_given_time(f
         assert 0 <= r["supernet_top1"] <= 100 and 0 <= r["alone_top1"] <= 100
         assert r["gap_pp"] == pytest.approx(r["alone_top1"] - r["supernet_top1"], abs=1e-2)
         assert 1 <= r["alone_seconds"] <= 30 and r["alone_epochs"] > 0  # trained for the budget, not a step count
-    assert (tmp_path / "supernet_vs_scratch.csv").read_text().startswith("subnet,r,params_m")
+    table = (tmp_path / "supernet_vs_scratch.csv").read_text()
+    assert table.startswith("subnet,r,params_m") and full["complete"] is True
+    # a table is not replaced unasked; --resume keeps every row of the same subnet, supernet,
+    # budget and seed (nothing trained again), and trains a row whose budget differs
+    again = _run(["bench/supernet_vs_scratch.py", "--run", str(full_run), "--subnets", "max,min", "--seconds", "2",
+                  "--out", str(tmp_path)], check=False)
+    assert again.returncode != 0 and "--resume" in again.stderr and (tmp_path / "supernet_vs_scratch.csv").read_text() == table
+    kept = _run(["bench/supernet_vs_scratch.py", "--run", str(full_run), "--subnets", "max,min", "--seconds", "2",
+                 "--threads", "1", "--out", str(tmp_path), "--resume"])
+    assert kept.stdout.count("[kept from") == 2
+    assert json.loads((tmp_path / "supernet_vs_scratch.json").read_text())["rows"] == rows
+    more = _run(["bench/supernet_vs_scratch.py", "--run", str(full_run), "--subnets", "max,min", "--seconds", "1",
+                 "--threads", "1", "--out", str(tmp_path), "--resume"])
+    assert more.stdout.count("[kept from") == 0
