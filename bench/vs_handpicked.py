@@ -151,9 +151,21 @@ def compare(rows: list[dict[str, Any]], runtime: str) -> list[dict[str, Any]]:
     out = []
     ms_key = f"{runtime}_ms"
 
+    def values(side: str, model: str, key: str) -> list[float]:
+        return [float(r[key]) for r in rows if r["side"] == side and r["model"] == model and r.get(key) not in (None, "")]
+
     def mean(side: str, model: str, key: str) -> float | None:
-        vals = [r[key] for r in rows if r["side"] == side and r["model"] == model and r.get(key) not in (None, "")]
+        vals = values(side, model, key)
         return float(np.mean(vals)) if vals else None
+
+    def std(side: str, model: str, key: str) -> float | None:  # over seeds (sample standard deviation)
+        vals = values(side, model, key)
+        return round(float(np.std(vals, ddof=1)), 3) if len(vals) > 1 else None
+
+    def by_seed(side: str, model: str) -> dict[int, float]:
+        return {int(float(r["seed"])): float(r["heldout_top1"]) for r in rows
+                if r["side"] == side and r["model"] == model and r.get("seed") not in (None, "")
+                and r.get("heldout_top1") not in (None, "")}
 
     for model in dict.fromkeys(r["model"] for r in rows if r["side"] == "hand-picked"):
         theirs = next(r for r in rows if r["side"] == "hand-picked" and r["model"] == model)
@@ -162,7 +174,14 @@ def compare(rows: list[dict[str, Any]], runtime: str) -> list[dict[str, Any]]:
                                "theirs_heldout_top1": mean("hand-picked", model, "heldout_top1"),
                                "theirs_test_top1": mean("hand-picked", model, "test_top1"),
                                "seeds": sum(1 for r in rows if r["side"] == "hand-picked" and r["model"] == model)}
+        rec["theirs_heldout_std"] = std("hand-picked", model, "heldout_top1")
         if ours is not None:
+            rec["finetuned_heldout_std"] = std("hwnas fine-tuned", model, "heldout_top1")
+            theirs_s, ours_s = by_seed("hand-picked", model), by_seed("hwnas fine-tuned", model)
+            paired = sorted(set(theirs_s) & set(ours_s))
+            # seed for seed: in how many of the seeds both sides ran is ours fine-tuned at least theirs
+            rec["finetuned_seeds_ahead"] = sum(ours_s[k] >= theirs_s[k] for k in paired)
+            rec["paired_seeds"] = len(paired)
             rec.update({f"ours_{ms_key}": ours.get(ms_key), "ours_subnet": ours.get("subnet"),
                         "ours_fits": ours.get(ms_key) not in (None, "") and theirs.get(ms_key) not in (None, "")
                         and float(ours[ms_key]) <= float(theirs[ms_key])})
@@ -520,12 +539,15 @@ def main(argv: list[str] | None = None) -> int:
                "goal_met": bool(table) and all(t.get("at_least_theirs") for t in table), "rows": rows}
     atomic_write_text(out / "vs_handpicked.json", json.dumps(summary, indent=2, default=str) + "\n")
     fronts_png(out / "vs_handpicked.png", rows, runtimes)
-    print(f"\n{'model':>22} {'theirs ms':>9} {'top-1':>6} | {'ours ms':>8} {'extracted':>9} {'fine-tuned':>10}")
+    print(f"\n{'model':>22} {'theirs ms':>9} {'top-1':>6} {'std':>5} | {'ours ms':>8} {'extracted':>9} "
+          f"{'fine-tuned':>10} {'std':>5} {'seeds ahead':>11}")
     for t in table:
-        f = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else "-"  # noqa: E731
-        print(f"{t['model']:>22} {f(t.get(f'theirs_{args.runtime}_ms'), '9.3f')} {f(t['theirs_heldout_top1'], '6.2f')} | "
+        f = lambda v, spec: format(v, spec) if isinstance(v, (int, float)) else format("-", ">" + spec.split(".")[0])  # noqa: E731
+        ahead = f"{t['finetuned_seeds_ahead']}/{t['paired_seeds']}" if t.get("paired_seeds") else "-"
+        print(f"{t['model']:>22} {f(t.get(f'theirs_{args.runtime}_ms'), '9.3f')} {f(t['theirs_heldout_top1'], '6.2f')} "
+              f"{f(t.get('theirs_heldout_std'), '5.2f')} | "
               f"{f(t.get(f'ours_{args.runtime}_ms'), '8.3f')} {f(t.get('extracted_heldout_top1'), '9.2f')} "
-              f"{f(t.get('finetuned_heldout_top1'), '10.2f')}")
+              f"{f(t.get('finetuned_heldout_top1'), '10.2f')} {f(t.get('finetuned_heldout_std'), '5.2f')} {ahead:>11}")
     print(f"wrote {csv_path}, {out / 'vs_handpicked.json'}, {out / 'vs_handpicked.png'}")
     print(json.dumps({k: v for k, v in summary.items() if k not in ("rows", "comparison")}))
     return 0

@@ -92,11 +92,15 @@ def test_fit_to_latency_lowers_the_budget_until_the_measurement_fits(vh):
 
 def test_compare_needs_both_latency_and_accuracy(vh):
     rows = [
-        {"side": "hand-picked", "model": "a", "onnxruntime_ms": 1.0, "heldout_top1": 90.0, "test_top1": 89.0},
-        {"side": "hand-picked", "model": "a", "onnxruntime_ms": 1.0, "heldout_top1": 92.0, "test_top1": 91.0},
+        {"side": "hand-picked", "model": "a", "seed": 0, "onnxruntime_ms": 1.0, "heldout_top1": 90.0, "test_top1": 89.0},
+        {"side": "hand-picked", "model": "a", "seed": 1.0, "onnxruntime_ms": 1.0, "heldout_top1": 92.0,
+         "test_top1": 91.0},
         {"side": "hwnas extracted", "model": "a", "onnxruntime_ms": 0.9, "heldout_top1": 91.0, "test_top1": 90.0,
          "subnet": "{}"},
-        {"side": "hwnas fine-tuned", "model": "a", "onnxruntime_ms": 0.9, "heldout_top1": 91.5, "test_top1": 90.5},
+        {"side": "hwnas fine-tuned", "model": "a", "seed": 0, "onnxruntime_ms": 0.9, "heldout_top1": 91.5,
+         "test_top1": 90.5},
+        {"side": "hwnas fine-tuned", "model": "a", "seed": 1, "onnxruntime_ms": 0.9, "heldout_top1": 91.5,
+         "test_top1": 90.5},
         {"side": "hand-picked", "model": "b", "onnxruntime_ms": 0.5, "heldout_top1": 80.0, "test_top1": 80.0},
         {"side": "hwnas extracted", "model": "b", "onnxruntime_ms": 0.6, "heldout_top1": 85.0, "test_top1": 85.0,
          "subnet": "{}"},
@@ -105,6 +109,9 @@ def test_compare_needs_both_latency_and_accuracy(vh):
     assert a["theirs_heldout_top1"] == 91.0 and a["seeds"] == 2
     assert a["extracted_heldout_delta_pp"] == 0.0 and a["finetuned_heldout_delta_pp"] == 0.5
     assert a["ours_fits"] and a["at_least_theirs"]
+    # the spread over seeds, and seed for seed (ahead with seed 0's 90.0, behind seed 1's 92.0)
+    assert a["theirs_heldout_std"] == pytest.approx(1.414, abs=1e-3) and a["finetuned_heldout_std"] == 0.0
+    assert a["finetuned_seeds_ahead"] == 1 and a["paired_seeds"] == 2
     assert not b["ours_fits"] and not b["at_least_theirs"]  # more accurate, but slower: not a win
 
 
