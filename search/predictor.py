@@ -108,7 +108,16 @@ class AccuracyPredictor:
         return ok_w and self.encoder.supports_resolution(r) and self.encoder.supports_width(w)
 
     def check_space(self, space: SearchSpace) -> None:
-        self.encoder.check_space(space)
+        """ValueError unless the predictor encodes ``space``'s choices; the message leads with
+        the two spaces' names when the predictor records its own."""
+        try:
+            self.encoder.check_space(space)
+        except ValueError as exc:
+            if self.space_name and self.space_name != space.name:
+                where = f" ({self.path})" if self.path else ""
+                raise ValueError(f"the predictor{where} is of space {self.space_name!r}, not {space.name!r} "
+                                 "(the space of the LUT or of --space)") from None
+            raise
 
     def describe(self) -> str:
         if self.source == "ofa":

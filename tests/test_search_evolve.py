@@ -407,3 +407,19 @@ def test_cli_macs_and_params_budgets_run_to_results(files, capsys):
         with pytest.raises(SystemExit) as exc:
             run_cli(capsys, "--predictor", pred, flag, round(floor * 0.5, 4), "--out", d / "below")
         assert exc.value.code == 2 and "below the smallest subnet's" in capsys.readouterr().err
+
+
+def test_a_predictor_of_another_space_is_named_as_such(tmp_path):
+    """A predictor trained on one space against another's LUT says which two spaces, not
+    only how their encodings differ."""
+    from search.predictor import load_predictor
+    from supernet.space import get_space
+
+    fm = get_space("fmnist")
+    path = random_predictor(space=fm).save(tmp_path / "predictor.pt")
+    pred = load_predictor(path)
+    pred.check_space(fm)  # its own space passes
+    with pytest.raises(ValueError) as exc:
+        pred.check_space(get_space("ofa_mbv3"))
+    assert str(exc.value) == (f"the predictor ({path}) is of space 'fmnist', not 'ofa_mbv3' "
+                              "(the space of the LUT or of --space)")
