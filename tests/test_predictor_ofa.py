@@ -60,7 +60,7 @@ def test_only_w12_and_the_ofa_space(pred):
     from supernet.space import TINY
 
     assert pred.supports(224, 1.2) and not pred.supports(224, 1.0) and not pred.supports(100, 1.2)
-    with pytest.raises(ValueError, match="encodes kernels"):
+    with pytest.raises(ValueError, match="is of space 'ofa_mbv3', not 'tiny'"):
         load_predictor(f"ofa:{PTH}", TINY)
 
 
