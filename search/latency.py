@@ -76,16 +76,19 @@ def main(argv: list[str] | None = None) -> int:
                                       overhead=not args.no_overhead, precision=args.precision)
         if args.calibrated and model.calibration is None:
             raise ValueError(f"{args.lut}: --calibrated given but no calibration file beside it (run profiler.validate)")
-        covered = model.covered()
-        if (cfg.r, cfg.w) not in covered:
-            name = args.subnet.strip()
+        try:
+            per_block = model.block_costs(cfg)
+        except MissingKeysError:
             # max/min: the largest (smallest) subnet the table can price, at its largest
             # (smallest) resolution and then width, where no flag fixes them
+            covered = model.covered()
             pairs = [(r, w) for r, w in covered if args.resolution in (None, r) and args.width in (None, w)]
-            if name in ("max", "min") and pairs:
-                r, w = (max if name == "max" else min)(pairs)
-                cfg = parse_subnet(name, space, r=r, w=w)
-        per_block = model.block_costs(cfg)
+            name = args.subnet.strip()
+            if name not in ("max", "min") or not pairs or (cfg.r, cfg.w) in covered:
+                raise
+            r, w = (max if name == "max" else min)(pairs)
+            cfg = parse_subnet(name, space, r=r, w=w)
+            per_block = model.block_costs(cfg)
         raw = model.sum_of(per_block, cfg.r)
     except MissingKeysError as exc:
         hint = "" if not covered or (cfg.r, cfg.w) in covered else f"\n  at r={cfg.r}, w={cfg.w:g}; {coverage_text(covered)}"
