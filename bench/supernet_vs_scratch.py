@@ -114,13 +114,16 @@ def main() -> None:
     out = args.out or args.run
     out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / "supernet_vs_scratch.csv", out / "supernet_vs_scratch.json"
-    if csv_path.exists() and not (args.resume or args.force):
-        raise SystemExit(f"supernet_vs_scratch: error: {csv_path} exists; --resume to continue it, --force to replace it")
+    if (csv_path.exists() or json_path.exists()) and not (args.resume or args.force):
+        there = csv_path if csv_path.exists() else json_path
+        raise SystemExit(f"supernet_vs_scratch: error: {there} exists; --resume to continue it, --force to replace it")
     sha = file_sha256(args.run / "supernet.pt")
     kept = []
-    if args.resume and csv_path.is_file():
-        with open(csv_path, newline="") as f:
-            kept = list(csv.DictReader(f))
+    if args.resume and json_path.is_file():  # the JSON twin keeps the rows' types
+        try:
+            kept = [r for r in json.loads(json_path.read_text(encoding="utf-8")).get("rows", []) if isinstance(r, dict)]
+        except (ValueError, AttributeError):  # not JSON, or not our object: every subnet trained again
+            kept = []
 
     def same(row: dict, name: str, cfg) -> bool:
         try:
@@ -148,14 +151,9 @@ def main() -> None:
     for name, cfg in compare:
         old = next((r for r in kept if same(r, name, cfg)), None)
         if old is not None:
-            row = {**old, "r": int(old["r"]), "params_m": float(old["params_m"]),
-                   **{k: float(old[k]) for k in ("supernet_top1", "alone_top1", "gap_pp", "alone_seconds",
-                                                 "alone_epochs", "alone_images_per_s", "budget_seconds")},
-                   "within_1_5pp": old["within_1_5pp"] == "True", "held_out_images": int(old["held_out_images"]),
-                   "seed": int(old["seed"])}
-            rows.append(row)
+            rows.append(row := old)
             print(f"{name:>14}  r{cfg.r}  supernet {row['supernet_top1']:6.2f}%  alone {row['alone_top1']:6.2f}%  "
-                  f"gap {row['gap_pp']:+.2f} pp  [kept from {csv_path}]", flush=True)
+                  f"gap {row['gap_pp']:+.2f} pp  [kept from {json_path}]", flush=True)
             summary = write(rows)
             continue
         t = time.time()
