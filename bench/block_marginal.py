@@ -45,6 +45,7 @@ from lut_cache_effect import _median_ms, _Session  # noqa: E402
 
 from profiler.export import block_module, export_block, export_onnx, export_tflite, format_for_runtime  # noqa: E402
 from supernet.space import get_space, overhead_probe  # noqa: E402
+from supernet.cliargs import seed_arg  # noqa: E402
 
 
 def _float_matmuls(path: Path) -> list[str]:
@@ -154,7 +155,7 @@ def main() -> int:
     ap.add_argument("--subnets", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (the median is kept)")
     ap.add_argument("--reps", type=int, default=200, help="timed invocations per model per round (median)")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--seed", type=seed_arg, default=1)
     ap.add_argument("--big-params", type=int, default=50000, help="the summary's split between small and large blocks")
     ap.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                     help="int8: every model quantized as profiler.quantize does (onnxruntime only)")

@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 
 from profiler.export import export_block, export_network, format_for_runtime  # noqa: E402
 from supernet.space import get_space, overhead_probe  # noqa: E402
+from supernet.cliargs import seed_arg  # noqa: E402
 
 
 class _Session:
@@ -111,7 +112,7 @@ def main() -> int:
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--subnets", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=60)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--flush-mb", type=int, default=64,
                     help="buffer written before each flushed invocation (above the last-level cache; 0: no flushed sums)")
     args = ap.parse_args()

@@ -45,6 +45,7 @@ from supernet.data import load_data  # noqa: E402
 from supernet.ops import build_network  # noqa: E402
 from supernet.space import get_space  # noqa: E402
 from supernet.standalone import Recipe, train_standalone  # noqa: E402
+from supernet.cliargs import seeds_arg  # noqa: E402
 
 FIELDS = ["budget_ms", "seed", "model", "lut_ms", "params", "macs", "top1", "epochs", "seconds", "subnet"]
 
@@ -112,7 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lut", required=True)
     ap.add_argument("--budgets", required=True, help="target latencies in ms, comma separated")
-    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--seeds", default="0,1", type=seeds_arg)
     ap.add_argument("--retrain-epochs", type=float, default=3.0)
     ap.add_argument("--search-args", default="", help="extra arguments for search.proxyless")
     ap.add_argument("--ofa-run", type=Path, help="a supernet.train run of the fmnist space (with predictor.pt)")
@@ -158,7 +159,7 @@ def main() -> None:
                                 torch.device("cpu"), seed=seed, progress=False)
 
     for budget in [float(b) for b in args.budgets.split(",")]:
-        for seed in [int(s) for s in args.seeds.split(",")]:
+        for seed in args.seeds:
             run = args.out / f"search-{budget:g}ms-seed{seed}"
             reuse = run / "result.json"
             if (budget, seed, "proxylessnas") not in done and not (reuse.exists() and "retrain" in reuse.read_text()):

@@ -59,6 +59,7 @@ from supernet.evaluation import Evaluator, load_supernet  # noqa: E402
 from supernet.data import DataError, load_data, load_test  # noqa: E402
 from supernet.presets import get_preset, with_method  # noqa: E402
 from supernet.trainer import atomic_save, train  # noqa: E402
+from supernet.cliargs import seeds_arg  # noqa: E402
 
 
 def stats(xs):
@@ -230,7 +231,7 @@ def write_curves(out: Path, rows: list[dict]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="tiny")
-    p.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    p.add_argument("--seeds", default="0", type=seeds_arg, help="comma-separated training seeds")
     p.add_argument("--subnets", type=int, default=20)
     p.add_argument("--eval-images", type=int, default=2000)
     p.add_argument("--out", type=Path, default=Path("runs/ps_vs_naive"))
@@ -255,7 +256,7 @@ def main() -> None:
     }
     if args.only:
         runs = {k: v for k, v in runs.items() if k in args.only.split(",")}
-    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    seeds = args.seeds
     results: dict[str, list[dict]] = {}
     hits: dict[tuple[str, int, str], torch.Tensor] = {}  # (method, seed, split) -> subnets x images
     curves: list[dict] = []

@@ -411,7 +411,12 @@ def main() -> int:
     ap.add_argument("--nsga2-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--lut", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    args.seeds = [int(s) for s in args.seeds.split(",")]
+    try:  # parsed here, not by supernet.cliargs: the workers run in bench/.venv-ref, outside the repository's packages
+        args.seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds must be a comma list of integers, got {args.seeds!r}")
+    if any(not 0 <= s < 2**32 for s in args.seeds):
+        ap.error(f"--seeds must be between 0 and {2**32 - 1}, got {args.seeds}")
     args.budgets = [float(b) for b in args.budgets.split(",")]
     args.pareto_evals = [int(b) for b in args.pareto_evals.split(",")]
     args.nsga2_evals = [int(b) for b in args.nsga2_evals.split(",")]

@@ -48,6 +48,7 @@ from supernet.ops import build_network, count_params  # noqa: E402
 from supernet.space import SubnetConfig, parse_subnet  # noqa: E402
 from supernet.standalone import Recipe, train_standalone  # noqa: E402
 from supernet.presets import TrainConfig  # noqa: E402
+from supernet.cliargs import seed_arg  # noqa: E402
 
 
 def subnets_to_compare(space, spec: str, search: Path | None) -> list[tuple[str, SubnetConfig]]:
@@ -88,7 +89,7 @@ def main() -> None:
                     "(default: the supernet run's train_seconds)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the run's)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: RUN)")
     ap.add_argument("--resume", action="store_true", help="keep the rows OUT already holds for the same subnet, "
                     "supernet, budget and seed; train the others")

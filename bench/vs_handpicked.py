@@ -68,6 +68,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from supernet.atomic import atomic_open, atomic_write_text  # noqa: E402
 from supernet.ops import count_macs, count_params  # noqa: E402
+from supernet.cliargs import seeds_arg  # noqa: E402
 
 # name -> (family, width): torchvision's constructors, adapted by ``handpicked_model``
 HANDPICKED: dict[str, tuple[str, float]] = {
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                     "and tflite)")
     ap.add_argument("--models", default="all", help=f"hand-picked models, comma separated ({', '.join(HANDPICKED)})")
     ap.add_argument("--epochs", type=float, default=5.0, help="training epochs of every model (default 5)")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--seeds", default="0,1,2", type=seeds_arg)
     ap.add_argument("--multi-seed-below-ms", type=float, default=1.0,
                     help="models measured under this (ms, --runtime) get every seed, the others the first")
     ap.add_argument("--finetune-lr", type=float, default=None, help="peak rate of our fine-tuning "
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         if bad or not models:
             raise ValueError(f"unknown hand-picked model(s) {', '.join(bad) or args.models!r} "
                              f"(known: {', '.join(HANDPICKED)})")
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        seeds = args.seeds
         if not seeds or args.epochs <= 0 or args.fit_tries < 1 or args.passes < 1:
             raise ValueError("--seeds needs one seed at least; --epochs, --fit-tries and --passes must be positive")
         runtimes = list(dict.fromkeys([args.runtime] + (args.runtimes.split(",") if args.runtimes

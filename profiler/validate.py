@@ -49,6 +49,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from supernet.cliargs import seed_arg
 from supernet.space import SearchSpace, SubnetConfig, get_space, space_names
 
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subnets", type=int, default=20, help="number of random subnets (default 20)")
     ap.add_argument("--passes", type=int, default=2, help="measurements of every network, interleaved (default 2: "
                     "the second gives the repeat agreement)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--space", default="ofa_mbv3", help=f"search space ({', '.join(space_names())})")
     ap.add_argument("--width", type=float, default=None, help="width multiplier (default: the space's first)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"],

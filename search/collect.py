@@ -40,6 +40,7 @@ from typing import Callable, Iterable, Sequence
 
 from profiler.lut import drop_torn_tail
 from supernet.atomic import atomic_open, atomic_write_text, file_sha256
+from supernet.cliargs import seed_arg
 from supernet.space import SearchSpace, SubnetConfig
 
 COLUMNS = ["index", "subnet", "acc", "top1", "r", "w", "macs_m", "params_m", "seconds", "rank", "status", "error"]
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m search.collect", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, type=Path, help="run folder written by supernet.train")
     ap.add_argument("--subnets", required=True, type=int, help="number of subnets (the first N of the seeded list)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--resolutions", help="resolutions to sample, comma separated (default: the space's)")
     ap.add_argument("--widths", help="width multipliers to sample (default: the ones the run trained)")
     ap.add_argument("--eval-images", type=int, help="held-out images per subnet (default: all)")

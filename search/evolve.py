@@ -47,6 +47,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from supernet.atomic import atomic_write_text, ensure_writable_folder
+from supernet.cliargs import seed_arg
 from supernet.space import SearchSpace, SubnetConfig, get_space
 
 from .encoding import Choices, Population, active_mask, gene_sizes, random_population
@@ -842,7 +843,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mutation-prob", type=float, default=0.1)
     ap.add_argument("--mutation-ratio", type=float, default=0.5)
     ap.add_argument("--generations", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--samples", type=int, default=2000, help="random subnets drawn for the plot's context")
     ap.add_argument("--out", help="folder for the per-budget JSON, Pareto CSV/JSON and PNG (default out/search/<lut>)")
     ap.add_argument("--run", help="supernet run folder (for --export)")

@@ -35,6 +35,8 @@ import os
 import sys
 from pathlib import Path
 
+from supernet.cliargs import seed_arg
+
 FIELDS = ["index", "subnet", "r", "runtime", "torch_top1", "fp32_top1", "int8_top1", "drop_pp", "seconds"]
 
 
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runtime", default="tflite,onnxruntime")
     ap.add_argument("--resolutions", default=None, help="default: the space's")
     ap.add_argument("--width", type=float, default=None, help="width multiplier of every subnet (default: the space's)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--eval-images", type=int, default=None, help="held-out images (default: all)")
     ap.add_argument("--calib-images", type=int, default=128)
     ap.add_argument("--out", type=Path, default=None, help="folder for int8_drop.csv/json (default: the run folder)")

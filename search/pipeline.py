@@ -58,6 +58,7 @@ from pathlib import Path
 
 from profiler.validate import fidelity_line
 from supernet.atomic import atomic_open, atomic_write_text, stamped_free_path
+from supernet.cliargs import seed_arg
 
 RUNTIMES = ("onnxruntime", "tflite")
 STAGES = ("profile", "validate", "train", "collect", "predictor", "int8 drop", "search", "summary")
@@ -329,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--generations", type=int, default=100)
     ap.add_argument("--population", type=int, default=100)
     ap.add_argument("--samples", type=int, default=1000, help="random subnets in each search plot")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--stage-timeout", type=float, default=4 * 3600,
                     help="seconds one stage may run before the pipeline stops it (default 4 h: a guard "
                          "against a hung stage, far above any preset's time on 2 cores; 0: no limit)")

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from supernet.atomic import atomic_write_bytes, atomic_write_text, ensure_writable_folder
+from supernet.cliargs import seed_arg
 from supernet.space import SearchSpace, SubnetConfig, get_space
 
 from .collect import parse_row, read_csv_rows
@@ -621,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
                          "predictor then fitted on all rows (default); split: one seeded train / held-out split")
     ap.add_argument("--test-frac", type=float, default=0.2,
                     help="held-out fraction (split), one outer fold's share (cv; 0.2 = 5 folds)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     args = ap.parse_args(argv)
     data = Path(args.data)

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from supernet.atomic import file_sha256
+from supernet.cliargs import seed_arg
 
 CKPT_FORMAT = "hwnas-proxyless-search-1"
 HISTORY_FIELDS = ["step", "phase", "epoch", "lr", "train_ce", "arch_ce", "expected_ms", "derived_ms",
@@ -436,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--valid-size", type=int, default=5000, help="held-out images for the final evaluation")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ap.add_argument("--threads", type=int, help="CPU threads (default: all)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--log-every", type=int, default=SearchConfig.log_every, help="history row every N steps")
     ap.add_argument("--out", type=Path, help="output folder (default: runs/proxyless-<lut>-<T>ms)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing --out")

@@ -384,7 +384,7 @@ def train_batches(split, batch_size: int, seed: int, epoch: int, start_step: int
     order = epoch_order(len(split), seed, epoch, rank, world)
     steps = list(range(start_step, len(order) // batch_size))
     batches = [order[s * batch_size:(s + 1) * batch_size] for s in steps]
-    seeds = [((seed * 7919 + epoch) * 1_000_003 + s) * 131 + rank for s in steps]
+    seeds = [(((seed * 7919 + epoch) * 1_000_003 + s) * 131 + rank) % 2**64 for s in steps]  # manual_seed's range
     items = _StepBatches(split, batches, seeds)
     if workers > 0:
         items = torch.utils.data.DataLoader(items, batch_size=None, num_workers=workers)

@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .cliargs import SEED_MAX
 from .ofa import Choices
 
 RULES = ("max", "random", "sandwich")
@@ -54,7 +55,7 @@ def _check(where: str, name: str, value: Any, *, integer: bool = False, low: flo
     if (low is not None and (value <= low if low_open else value < low)) or \
             (high is not None and (value >= high if high_open else value > high)):
         lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high if isinstance(high, int) else format(high, 'g')}"
         raise ValueError(f"{where}{name} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
 
 
@@ -174,7 +175,7 @@ class TrainConfig:
                          ("dropout", dict(low=0, high=1, high_open=True, optional=True)),
                          ("base_resolution", dict(integer=True, low=1, optional=True)),
                          ("workers", dict(integer=True, low=0)),
-                         ("seed", dict(integer=True)),
+                         ("seed", dict(integer=True, low=0, high=SEED_MAX)),
                          ("threads", dict(integer=True, low=1, optional=True)),
                          ("ckpt_every", dict(integer=True, low=1)),
                          ("log_every", dict(integer=True, low=1))):

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from .atomic import ensure_writable_folder, stamped_free_path
+from .cliargs import seed_arg
 from .data import DataError
 from .evaluation import CheckpointError
 from .device import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP
@@ -56,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(0: none; default: the preset's, 1.0)")
     p.add_argument("--batch-size", type=int, help="images per step and process (default: the preset's)")
     p.add_argument("--train-limit", type=int, help="use only this many training images")
-    p.add_argument("--seed", type=int, help="seed of weights, data order and subnet sampling (default 0)")
+    p.add_argument("--seed", type=seed_arg, help="seed of weights, data order and subnet sampling (default 0)")
     p.add_argument("--threads", type=int, help="torch threads (default: the preset's, else torch's)")
     p.add_argument("--workers", type=int, help="DataLoader workers decoding images (ImageFolder)")
     p.add_argument("--deterministic", action="store_true", default=None,

@@ -1,0 +1,50 @@
+"""--seed and --seeds: one range for every command, one clear line outside it."""
+
+import argparse
+
+import pytest
+import torch
+
+from supernet.cliargs import SEED_MAX, seed_arg, seeds_arg
+from supernet.data import TensorSplit, train_batches
+from supernet.presets import TrainConfig
+from tests.conftest import run_cli
+
+
+def test_seed_range_and_messages():
+    assert seed_arg("0") == 0 and seed_arg(str(SEED_MAX)) == SEED_MAX
+    for bad, words in (("-1", "between 0 and"), (str(SEED_MAX + 1), "between 0 and"), ("1.5", "an integer"),
+                       ("x", "an integer")):
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            seed_arg(bad)
+    assert seeds_arg("0, 1,2") == [0, 1, 2]
+    for bad in ("", ",", "0,0", "0,-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            seeds_arg(bad)
+
+
+def test_train_config_refuses_a_seed_out_of_range():
+    with pytest.raises(ValueError, match=f"seed must be >= 0 and <= {SEED_MAX}, got -1"):
+        TrainConfig(seed=-1)
+    TrainConfig(seed=SEED_MAX)
+
+
+def test_the_largest_seed_draws_batches():
+    """Per-step augmentation seeds are derived from the run's seed; the largest one must not
+    overflow the generator's range."""
+    split = TensorSplit(torch.zeros(8, 1, 4, 4, dtype=torch.uint8), torch.arange(8), [0.5], [0.5], pad=1, flip=True)
+    steps = [s for s, _, _ in train_batches(split, 4, SEED_MAX, epoch=3)]
+    assert steps == [0, 1]
+
+
+@pytest.mark.parametrize("module, args", [
+    ("search.evolve", ["--lut", "luts/note10.csv", "--pareto", "--seed", "-1"]),
+    ("supernet.train", ["--seed", "-1"]),
+    ("search.pipeline", ["--seed", "4294967296"]),
+    ("search.collect", ["--run", "x", "--subnets", "1", "--seed", "x"]),
+    ("profiler.validate", ["--lut", "x", "--seed", "-2"]),
+])
+def test_every_command_refuses_a_bad_seed_before_any_work(module, args):
+    p = run_cli(module, *args)
+    assert p.returncode == 2
+    assert "argument --seed: must be" in p.stderr.splitlines()[-1]
