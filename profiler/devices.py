@@ -30,8 +30,9 @@ from typing import Any
 
 import yaml
 
+from supernet.safeyaml import load_unique, yaml_error_line
+
 from .lut import finite
-from .safeyaml import load_unique, yaml_error_line
 
 TRANSPORTS = ("local", "ssh", "adb")
 RUNTIMES = ("onnxruntime", "tflite")

@@ -37,10 +37,10 @@ from typing import Any
 
 import yaml
 
+from supernet.safeyaml import load_unique, yaml_error_line
 from supernet.space import BlockSpec
 
 from .lut import COLUMNS, MAX_MS, LutError, finite, journal_path, record_space, write_rows_atomic
-from .safeyaml import load_unique, yaml_error_line
 
 _SHAPE = r"(\d+)x(\d+)x(\d+)"
 _CONV = re.compile(rf"^(Conv|Conv_1|Conv_2|AvgPool2D)-input:{_SHAPE}-output:{_SHAPE}$")

@@ -204,10 +204,15 @@ class TrainConfig:
             raise ValueError(f"unknown config keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         if "phases" in data:
             phase_keys = {f.name for f in fields(Phase)}
+            required = [f.name for f in fields(Phase) if f.default is dataclasses.MISSING]
+            if not isinstance(data["phases"], list) or not data["phases"]:
+                raise ValueError(f"phases must be a non-empty list of phases, got {data['phases']!r}"[:200])
             phases = []
             for i, p in enumerate(data["phases"]):
                 if not isinstance(p, dict) or set(p) - phase_keys:
                     raise ValueError(f"phase {i}: expected a mapping with keys from {', '.join(sorted(phase_keys))}")
+                if [k for k in required if k not in p]:
+                    raise ValueError(f"phase {i}: missing {', '.join(k for k in required if k not in p)}")
                 phases.append(Phase(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in p.items()}))
             data["phases"] = tuple(phases)
         if isinstance(data.get("widths"), list):

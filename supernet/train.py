@@ -26,6 +26,7 @@ from .data import DataError
 from .evaluation import CheckpointError
 from .device import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP
 from .presets import METHODS, PRESETS, TrainConfig, get_preset, with_method, with_widths
+from .safeyaml import load_unique, yaml_error_line
 from .trainer import init_distributed, train
 
 
@@ -75,9 +76,21 @@ def main(argv=None) -> None:
     cfg = get_preset(args.preset)
     if args.config:
         try:
-            overrides = yaml.safe_load(args.config.read_text()) or {}
+            overrides = load_unique(args.config.read_text(encoding="utf-8"))
+            if overrides is None:
+                overrides = {}
+            if not isinstance(overrides, dict):
+                raise ValueError(f"must be a mapping of training settings (the keys of a preset), "
+                                 f"got {type(overrides).__name__}")
             cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides})
-        except (OSError, yaml.YAMLError, ValueError, TypeError) as exc:
+        except OSError as exc:
+            sys.exit(f"supernet.train: error: config {args.config}: cannot read: {exc.strerror or exc}")
+        except UnicodeDecodeError:
+            sys.exit(f"supernet.train: error: config {args.config}: not a text file")
+        except yaml.YAMLError as exc:
+            line, problem = yaml_error_line(exc)
+            sys.exit(f"supernet.train: error: config {args.config}{line}: not valid YAML: {problem}")
+        except (ValueError, TypeError) as exc:
             sys.exit(f"supernet.train: error: config {args.config}: {exc}")
     flags = {"data": args.data, "space": args.space, "bn": args.bn, "kd_weight": args.kd_weight,
              "batch_size": args.batch_size, "train_limit": args.train_limit, "seed": args.seed,

@@ -66,6 +66,10 @@ def test_bad_config_is_rejected():
     ({"phases": [{"name": "a", "epochs": 1, "lr": 0.1, "kernels": [3, 0]}]}, "phase a: kernels entry must be > 0"),
     ({"phases": [{"name": "a", "epochs": 1, "lr": 0.1, "depths": [2.5]}]}, "phase a: depths entry must be an integer"),
     ({"phases": [{"name": "a", "epochs": 1, "lr": 0.1, "widths": []}]}, "phase a: widths must be a non-empty list"),
+    ({"phases": 3}, "phases must be a non-empty list of phases, got 3"),
+    ({"phases": []}, "phases must be a non-empty list of phases, got []"),
+    ({"phases": [{"name": "a", "epochs": 1}]}, "phase 0: missing lr"),
+    ({"seed": -1}, "seed must be >= 0 and <= 4294967295, got -1"),
 ])
 def test_every_field_of_a_config_is_checked_in_one_line(override, message):
     """A --config file or flag that would crash the run later (or train nonsense) fails at once."""
@@ -184,3 +188,21 @@ def test_cudnn_modes_resolve_per_device():
     with pytest.raises(ValueError, match="--cudnn 'fast'"):
         resolve_cudnn("fast", cuda)
     assert get_preset("small_gpu").batch_size == 256 and get_preset("small_gpu").cudnn == "auto"
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"a: [1,\n", ".yaml:2: not valid YAML: expected the node content, but found '<stream end>'"),
+    (b"seed: 1\nseed: 2\n", ".yaml:2: not valid YAML: duplicate key 'seed' (first on line 1)"),
+    (b"- 1\n- 2\n", ".yaml: must be a mapping of training settings (the keys of a preset), got list"),
+    (b"\xff\xfe", ".yaml: not a text file"),
+    (None, ".yaml: cannot read: No such file or directory"),
+])
+def test_a_config_file_that_cannot_be_used_is_one_line(tmp_path, text, message):
+    from tests.conftest import run_cli
+
+    cfg = tmp_path / "c.yaml"
+    if text is not None:
+        cfg.write_bytes(text)
+    p = run_cli("supernet.train", "--config", cfg, "--out", tmp_path / "run")
+    assert p.returncode != 0 and not (tmp_path / "run").exists()
+    assert p.stderr.strip().splitlines() == [f"supernet.train: error: config {tmp_path / 'c'}{message}"]

@@ -241,7 +241,7 @@ def test_deeply_nested_subnet_file_is_one_line(tmp_path):
 
 
 def test_yaml_loader_refuses_duplicates_but_keeps_merges():
-    from profiler.safeyaml import load_unique
+    from supernet.safeyaml import load_unique
 
     assert load_unique("a: &x {b: 1}\nc: {<<: *x, b: 2}\n") == {"a": {"b": 1}, "c": {"b": 2}}
     with pytest.raises(yaml.YAMLError, match="duplicate key"):
