@@ -27,7 +27,6 @@ split seed is 0, as the presets' is).  Writes ``DIR/rows.csv``,
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import random
 import shlex

@@ -13,7 +13,6 @@ field by ``validate_reply``; statistics are recomputed on the host from the raw 
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
 import re

@@ -49,7 +49,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import os
 import sys
 import time

@@ -38,8 +38,7 @@ from .atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from .data import Data, TensorSplit, load_data, resize, steps_per_epoch, train_batches
 from .device import (apply_allocator, apply_cudnn, resolve_allocator, autocast, describe, grad_scaler, place, resolve_amp, resolve_cudnn, resolve_device,
                      to_device)
-from .evaluation import (CheckpointError, Evaluator, adapt_space, load_checkpoint, space_from_record,
-                         space_record)
+from .evaluation import CheckpointError, Evaluator, adapt_space, load_checkpoint, space_record
 from .ofa import OFASupernet
 from .optim import SGD
 from .presets import Phase, TrainConfig

@@ -6,7 +6,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import pytest
