@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +29,7 @@ from .evaluation import CheckpointError
 from .device import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP
 from .presets import METHODS, PRESETS, TrainConfig, get_preset, with_method, with_widths
 from .safeyaml import load_unique, yaml_error_line
-from .trainer import init_distributed, train
+from .trainer import TrainingStopped, init_distributed, train
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -67,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--force", action="store_true", help="start over in an existing run folder (its outputs are replaced)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.csv still has every line)")
     p.add_argument("--crash-after-step", type=int, help=argparse.SUPPRESS)  # tests: kill -9 itself
+    p.add_argument("--crash-signal", default="KILL", choices=("KILL", "INT", "TERM"),
+                   help=argparse.SUPPRESS)  # tests: the signal --crash-after-step sends
     p.add_argument("--dump-rank-weights", action="store_true", help=argparse.SUPPRESS)  # tests: OUT/rankN.pt
     return p.parse_args(argv)
 
@@ -114,11 +118,50 @@ def main(argv=None) -> None:
             check_out(out, args.resume, args.force)
         dist = init_distributed(cfg.device)
         final = train(cfg, out, resume=args.resume, dist=dist, progress=not args.no_progress,
-                      crash_after_step=args.crash_after_step, dump_rank_weights=args.dump_rank_weights)
+                      crash_after_step=args.crash_after_step, dump_rank_weights=args.dump_rank_weights,
+                      crash_signal=getattr(signal, f"SIG{args.crash_signal}"))
     except (DataError, CheckpointError, ValueError, OSError) as exc:
         sys.exit(f"supernet.train: error: {exc}")
+    except TrainingStopped as stop:
+        if dist.main:
+            print(f"supernet.train: {stop.signame}: stopped at step {stop.step} of {stop.total}, saved in "
+                  f"{stop.checkpoint}; continue with: {resume_command(argv, out)}", file=sys.stderr, flush=True)
+        if dist.world > 1:  # every rank leaves once rank 0 has said it (torchrun ends the others when one exits)
+            import torch.distributed as tdist
+
+            tdist.barrier()
+            tdist.destroy_process_group()
+        sys.exit(128 + getattr(signal, stop.signame))
+    except KeyboardInterrupt:
+        ckpt = out / "checkpoints" / "last.pt"
+        where = (f"the last checkpoint ({ckpt}) is kept; continue with: {resume_command(argv, out)}"
+                 if ckpt.is_file() else "no checkpoint was written yet")
+        print(f"supernet.train: interrupted; {where}", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     if dist.main:
         print(f"supernet: {final}")
+
+
+def resume_command(argv, out: Path) -> str:
+    """The command line that continues this run: the same flags with ``--resume`` and the run
+    folder named (a default one included), without ``--force`` (which would start over)."""
+    given, args = list(sys.argv[1:] if argv is None else argv), []
+    while given:  # --force would start over; the tests' crash hooks have done their part
+        a = given.pop(0)
+        if a in ("--crash-after-step", "--crash-signal"):
+            given = given[1:]
+        elif a != "--force" and not a.startswith(("--crash-after-step=", "--crash-signal=")):
+            args.append(a)
+    if "--out" not in args and not any(a.startswith("--out=") for a in args):
+        args += ["--out", str(out)]
+    if "--resume" not in args:
+        args.append("--resume")
+    launcher = ["python"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: the same launch, one node or several
+        if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+            return "the same torchrun command with " + shlex.join(args)
+        launcher = ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])}"]
+    return shlex.join([*launcher, "-m", "supernet.train", *args])
 
 
 OUTPUTS = ("config.yaml", "metrics.csv", "supernet.pt", "result.json", "checkpoints")

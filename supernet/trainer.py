@@ -22,7 +22,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,6 +51,56 @@ METRIC_FIELDS = ("kind", "phase", "phase_step", "global_step", "epoch", "lr", "l
 
 
 # --------------------------------------------------------------------------- small helpers
+
+
+class TrainingStopped(Exception):
+    """SIGINT or SIGTERM asked the run to stop; it stopped at a step boundary and wrote its
+    checkpoint, from which ``--resume`` continues exactly as an unbroken run would have."""
+
+    def __init__(self, signame: str, step: int, total: int, checkpoint: Path):
+        super().__init__(f"{signame}: stopped at step {step} of {total}; checkpoint {checkpoint}")
+        self.signame, self.step, self.total, self.checkpoint = signame, step, total, checkpoint
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """While training: SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) only ask the run
+    to stop (``asked["signal"]`` holds the signal's name); the training loop checkpoints and
+    stops at the end of its step.  A second signal, half a second or more after the first,
+    aborts at once (KeyboardInterrupt).  Outside the main thread, where handlers cannot be set,
+    signals keep their defaults."""
+    asked: dict[str, str | None] = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore():
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    first = [0.0]
+
+    def handler(signum, _frame):
+        if asked["signal"] is not None:
+            if time.monotonic() - first[0] < 0.5:  # the same request again: torchrun forwards the
+                return  # terminal's Ctrl-C (or a scheduler's SIGTERM) to ranks that already have it
+            restore()
+            raise KeyboardInterrupt
+        asked["signal"], first[0] = signal.Signals(signum).name, time.monotonic()
+        if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for all
+            return
+        from tqdm import tqdm
+
+        tqdm.write(f"supernet.train: {asked['signal']}: stopping after this step with a checkpoint "
+                   "(again to abort at once)", file=sys.stderr)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield asked
+    finally:
+        restore()
 
 
 @dataclass(frozen=True)
@@ -194,13 +246,21 @@ def _comparable(d: dict) -> dict:
 
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist(),
-          progress: bool = True, crash_after_step: int | None = None, dump_rank_weights: bool = False) -> Path:
+          progress: bool = True, crash_after_step: int | None = None, dump_rank_weights: bool = False,
+          crash_signal: int = signal.SIGKILL) -> Path:
     """Train ``cfg`` into run folder ``out``; returns the path of the final supernet.
 
     The run folder must be new or empty unless ``resume`` (the caller checks; see
     ``supernet.train``).  Writes ``config.yaml`` (with the device and precision used),
     ``metrics.csv``, ``checkpoints/last.pt``, ``supernet.pt`` and ``result.json`` (top-1 of
-    the largest and smallest subnet on the whole held-out split)."""
+    the largest and smallest subnet on the whole held-out split).  SIGINT or SIGTERM stops
+    the run at the end of a step with a checkpoint (``TrainingStopped``)."""
+    with stop_requests() as asked:
+        return _train(cfg, Path(out), resume, dist, progress, crash_after_step, dump_rank_weights, crash_signal, asked)
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, dist: Dist, progress: bool, crash_after_step: int | None,
+           dump_rank_weights: bool, crash_signal: int, asked: dict) -> Path:
     out = Path(out)
     ckpt_path, final_path = out / "checkpoints" / "last.pt", out / "supernet.pt"
     if cfg.threads:
@@ -300,6 +360,22 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
     for p in cfg.phases[:state["phase"]]:
         trained_expands.update(p.choices.resolve(space).expands)
 
+    def stop_asked(at_log_step: bool) -> bool:
+        """Whether a signal asked the run to stop; under DDP the ranks agree at log steps
+        (one small all-reduce there, not a device sync every step)."""
+        if dist.world == 1:
+            return asked["signal"] is not None
+        if not at_log_step:
+            return False
+        flag = torch.tensor([1.0 if asked["signal"] is not None else 0.0], device=dist.device)
+        tdist.all_reduce(flag, op=tdist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def stop(opt, sched):
+        checkpoint(opt, sched)
+        bar.close()
+        raise TrainingStopped(asked["signal"] or "SIGTERM", state["global_step"], sum(totals), ckpt_path)
+
     state_phase_at_start = state["phase"]
     for pi in range(state["phase"], len(cfg.phases)):
         phase = cfg.phases[pi]
@@ -376,7 +452,9 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
                 if state["pstep"] % cfg.ckpt_every == 0:
                     checkpoint(opt, sched)
                 if crash_after_step is not None and state["global_step"] == crash_after_step:
-                    os.kill(os.getpid(), 9)  # simulate kill -9 (tests)
+                    os.kill(os.getpid(), crash_signal)  # tests: kill -9, or a signal that asks to stop
+                if stop_asked(state["pstep"] % cfg.log_every == 0):
+                    stop(opt, sched)
         # end of phase: teacher, evaluation, checkpoint at the start of the next phase
         trained_expands.update(phase.choices.resolve(space).expands)
         if phase.rule == "max" and teacher is None and cfg.kd_weight > 0:
@@ -390,6 +468,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
         checkpoint(None, None)
         if dist.world > 1:
             tdist.barrier()
+        if stop_asked(True) and pi + 1 < len(cfg.phases):
+            stop(None, None)
     bar.close()
     if dump_rank_weights:  # tests compare the ranks' weights
         atomic_save({k: v for k, v in model.named_parameters()}, out / f"rank{dist.rank}.pt")
@@ -397,6 +477,8 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
         atomic_save({"version": 1, "config": cfg.to_dict(), "space": record, "model": model.state_dict(),
                      "state": dict(state)}, final_path)
         if cfg.phases and not (out / "result.json").is_file():
+            if asked["signal"] is not None:  # trained and saved; the evaluation waits for --resume
+                raise TrainingStopped(asked["signal"], state["global_step"], sum(totals), final_path)
             res = evaluate("final", cfg.phases[-1], None)
             n = len(data.valid)
             result = {"preset": cfg.preset, "method": cfg.method, "device": cfg.device, "amp": cfg.amp,
@@ -430,4 +512,4 @@ def _teacher_from_state(space, teacher_cfg: dict, state: dict | None, model: OFA
     return net
 
 
-__all__ = ["Dist", "init_distributed", "train", "atomic_save", "Metrics", "phase_subnets", "step_rng"]
+__all__ = ["Dist", "init_distributed", "train", "atomic_save", "Metrics", "phase_subnets", "step_rng", "TrainingStopped"]

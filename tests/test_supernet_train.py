@@ -325,6 +325,32 @@ def test_resume_after_kill_reaches_same_weights(full_run, fake_fmnist, tmp_path)
 
 
 @pytest.mark.slow
+def test_sigterm_and_ctrl_c_stop_at_a_step_with_a_checkpoint_that_resumes_exactly(full_run, fake_fmnist, tmp_path):
+    """SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C) stop the run at the end of the
+    step they arrive in, with a checkpoint there and one line saying how to continue; the
+    resumed runs end with the weights of an unbroken run."""
+    out = tmp_path / "stopped"
+    first = _train(fake_fmnist, out, "--crash-after-step", "7", "--crash-signal", "TERM", check=False)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-2000:]
+    assert "Traceback" not in first.stderr and not (out / "supernet.pt").exists()
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["state"]
+    assert (state["phase"], state["pstep"], state["global_step"]) == (1, 3, 7)  # mid-phase, between checkpoints
+    last = first.stderr.strip().splitlines()[-1]
+    assert last.startswith("supernet.train: SIGTERM: stopped at step 7 of ") and last.endswith(
+        f"continue with: python -m supernet.train --preset test --data fmnist:{fake_fmnist} --out {out} "
+        "--no-progress --threads 1 --deterministic --resume")
+    second = _train(fake_fmnist, out, "--resume", "--crash-after-step", "11", "--crash-signal", "INT", check=False)
+    assert second.returncode == 128 + signal.SIGINT, second.stderr[-2000:]
+    assert "SIGINT: stopped at step 11 of" in second.stderr and "Traceback" not in second.stderr
+    _train(fake_fmnist, out, "--resume")
+    a = torch.load(full_run / "supernet.pt", weights_only=True)["model"]
+    b = torch.load(out / "supernet.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((out / "result.json").read_text())["max_top1"] == \
+        json.loads((full_run / "result.json").read_text())["max_top1"]
+
+
+@pytest.mark.slow
 def test_an_unwritable_run_folder_is_one_line_before_any_work(fake_fmnist, tmp_path):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
