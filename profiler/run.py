@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from supernet.atomic import atomic_write_text
+from supernet.cliargs import run_main
 from supernet.space import BlockSpec, get_space, overhead_probe, space_names, stream_layers, stream_probes
 
 from .calibrate import CalibrationError, block_activations, calibration_id, stored, write_calibration
@@ -269,4 +270,5 @@ def _print(results: list[ProfileResult], as_json: bool) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "profiler.run",
+             "the blocks measured so far are kept in the LUT and its journal; the same command continues from them")

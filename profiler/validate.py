@@ -49,7 +49,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from supernet.cliargs import seed_arg
+from supernet.cliargs import run_main, seed_arg
 from supernet.space import SearchSpace, SubnetConfig, get_space, space_names
 
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
@@ -461,4 +461,5 @@ def measure_paths(device, runtime: str, paths: list[Path | None], errors: list[s
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "profiler.validate",
+             "nothing is written until every network is measured; the same command measures them again (their exports are cached)")

@@ -40,7 +40,7 @@ from typing import Callable, Iterable, Sequence
 
 from profiler.lut import drop_torn_tail
 from supernet.atomic import atomic_open, atomic_write_text, file_sha256
-from supernet.cliargs import seed_arg
+from supernet.cliargs import run_main, seed_arg
 from supernet.space import SearchSpace, SubnetConfig
 
 COLUMNS = ["index", "subnet", "acc", "top1", "r", "w", "macs_m", "params_m", "seconds", "rank", "status", "error"]
@@ -348,4 +348,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "search.collect",
+             "the rows collected so far are kept; the same command continues from them")

@@ -35,7 +35,7 @@ import os
 import sys
 from pathlib import Path
 
-from supernet.cliargs import seed_arg
+from supernet.cliargs import run_main, seed_arg
 
 FIELDS = ["index", "subnet", "r", "runtime", "torch_top1", "fp32_top1", "int8_top1", "drop_pp", "seconds"]
 
@@ -226,4 +226,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "search.int8_drop",
+             "nothing is written until every subnet is done; the same command starts again")

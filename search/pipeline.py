@@ -58,7 +58,7 @@ from pathlib import Path
 
 from profiler.validate import fidelity_line
 from supernet.atomic import atomic_open, atomic_write_text, stamped_free_path
-from supernet.cliargs import seed_arg
+from supernet.cliargs import run_main, seed_arg
 
 RUNTIMES = ("onnxruntime", "tflite")
 STAGES = ("profile", "validate", "train", "collect", "predictor", "int8 drop", "search", "summary")
@@ -135,7 +135,9 @@ class Stages:
         t0 = time.time()
         # its own process group, so that a stage stopped for its time (or by Ctrl-C here) is
         # stopped with every process it started (the profiler's export workers)
-        proc = subprocess.Popen(cmd, process_group=0, preexec_fn=_die_with_parent)
+        # a stage stopped by a signal names this command, not its own, as the one to continue with
+        env = dict(os.environ, HWNAS_CONTINUE_WITH="the same search.pipeline command")
+        proc = subprocess.Popen(cmd, process_group=0, preexec_fn=_die_with_parent, env=env)
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -735,4 +737,5 @@ def fractions_str(differs: list[bool]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "search.pipeline",
+             "finished stages and the work of the stopped one are kept; the same command continues")

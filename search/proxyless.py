@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from supernet.atomic import file_sha256
-from supernet.cliargs import seed_arg
+from supernet.cliargs import run_main, seed_arg
 
 CKPT_FORMAT = "hwnas-proxyless-search-1"
 HISTORY_FIELDS = ["step", "phase", "epoch", "lr", "train_ce", "arch_ce", "expected_ms", "derived_ms",
@@ -663,4 +663,5 @@ def print_table(result: dict[str, Any], out: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "search.proxyless",
+             "the last checkpoint (every --checkpoint-every steps) is kept; the same command with --resume continues from it")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+from typing import Callable, NoReturn
 
 SEED_MAX = 2**32 - 1  # numpy's generators take seeds in [0, 2**32); torch and random take them too
 
@@ -27,3 +30,14 @@ def seeds_arg(text: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"repeats a seed: {text!r}")
     return seeds
+
+
+def run_main(main: Callable[[], int | None], prog: str, kept: str) -> NoReturn:
+    """``sys.exit(main())`` for a command's ``__main__``: Ctrl-C ends it with one line saying
+    what is kept and how to go on (``kept``), exit status 130, instead of a traceback."""
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {kept}", file=sys.stderr, flush=True)
+        code = 128 + signal.SIGINT
+    sys.exit(code)

@@ -145,6 +145,8 @@ def main(argv=None) -> None:
 def resume_command(argv, out: Path) -> str:
     """The command line that continues this run: the same flags with ``--resume`` and the run
     folder named (a default one included), without ``--force`` (which would start over)."""
+    if os.environ.get("HWNAS_CONTINUE_WITH"):  # a stage of search.pipeline: the pipeline continues it
+        return os.environ["HWNAS_CONTINUE_WITH"]
     given, args = list(sys.argv[1:] if argv is None else argv), []
     while given:  # --force would start over; the tests' crash hooks have done their part
         a = given.pop(0)

@@ -48,3 +48,32 @@ def test_every_command_refuses_a_bad_seed_before_any_work(module, args):
     p = run_cli(module, *args)
     assert p.returncode == 2
     assert "argument --seed: must be" in p.stderr.splitlines()[-1]
+
+
+def test_run_main_turns_ctrl_c_into_one_line(capsys):
+    from supernet.cliargs import run_main
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exc:
+        run_main(interrupted, "prog", "what is kept")
+    assert exc.value.code == 130
+    assert capsys.readouterr().err == "prog: interrupted; what is kept\n"
+    with pytest.raises(SystemExit) as exc:
+        run_main(lambda: 3, "prog", "x")
+    assert exc.value.code == 3
+
+
+def test_the_command_that_continues_a_stopped_training(monkeypatch, tmp_path):
+    from supernet.train import resume_command
+
+    monkeypatch.delenv("HWNAS_CONTINUE_WITH", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert resume_command(["--preset", "main", "--force", "--crash-after-step", "3", "--data", "fmnist:/a b"],
+                          tmp_path) == f"python -m supernet.train --preset main --data 'fmnist:/a b' --out {tmp_path} --resume"
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert resume_command(["--out", "r"], tmp_path) == "torchrun --nproc_per_node=4 -m supernet.train --out r --resume"
+    monkeypatch.setenv("HWNAS_CONTINUE_WITH", "the same search.pipeline command")
+    assert resume_command([], tmp_path) == "the same search.pipeline command"

@@ -55,27 +55,33 @@ def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
     assert all(r["measured"] == 0 and r["skipped"] == n and r["exported"] == 0 for r in runs)
 
 
-def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, artifact_cache):
-    lut = tmp_path / "local.csv"
-    args = [sys.executable, "-m", "profiler.run", "--device", "local", "--runtime", "onnxruntime", "--space", "tiny",
-            "--resolutions", "32",
-            "--limit", "10", "--lut", str(lut), "--cache", str(artifact_cache), "--repeats", "5",
-            "--min-time", "0.3", "--no-progress"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _signal_mid_run(lut: Path, cache, sig: int, rows: int) -> tuple[list[str], subprocess.Popen, str]:
+    """Start a 10-block profiler.run, send ``sig`` once its journal holds ``rows`` rows;
+    returns (its arguments, the finished process, its stderr)."""
+    args = ["--device", "local", "--runtime", "onnxruntime", "--space", "tiny", "--resolutions", "32", "--limit", "10",
+            "--lut", str(lut), "--cache", str(cache), "--repeats", "5", "--min-time", "0.3", "--no-progress"]
+    proc = subprocess.Popen([sys.executable, "-m", "profiler.run", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     jp = journal_path(lut)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
-            if jp.exists() and len(jp.read_text().splitlines()) >= 3:
+            if jp.exists() and len(jp.read_text().splitlines()) >= rows:
                 break
             if proc.poll() is not None:
-                pytest.fail("the run finished before it could be killed")
+                pytest.fail("the run finished before the signal")
             time.sleep(0.05)
         else:
             pytest.fail("no measurement within 240 s")
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, sig)
     finally:
-        proc.wait(timeout=30)
+        _, err = proc.communicate(timeout=60)
+    return args, proc, err
+
+
+def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, artifact_cache):
+    lut = tmp_path / "local.csv"
+    _signal_mid_run(lut, artifact_cache, signal.SIGKILL, 3)
     before = LutTable.load(lut)
     measured_before = {k: r["measured_at"] for (k, _, _, _), r in before.rows.items()}
     total = len(_keys(10))  # 10 blocks and their shapes' overhead probes
@@ -94,6 +100,19 @@ def test_kill_9_mid_run_then_resume_loses_and_duplicates_nothing(tmp_path, artif
     for r in rows:  # what was measured before the kill was kept as it was
         if r["key"] in measured_before:
             assert r["measured_at"] == measured_before[r["key"]]
+
+
+def test_ctrl_c_mid_run_is_one_line_and_the_same_command_continues(tmp_path, artifact_cache):
+    lut = tmp_path / "local.csv"
+    args, proc, err = _signal_mid_run(lut, artifact_cache, signal.SIGINT, 2)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == ("profiler.run: interrupted; the blocks measured so far are kept in the LUT "
+                                            "and its journal; the same command continues from them")
+    kept = len(LutTable.load(lut).rows)
+    assert kept >= 2
+    p = run_cli("profiler.run", *args, "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["runs"][0]["skipped"] == kept
 
 
 def test_a_failing_block_is_a_row_and_is_not_retried_forever(tmp_path, artifact_cache):
