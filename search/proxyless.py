@@ -50,6 +50,8 @@ import csv
 import io
 import json
 import os
+import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -281,13 +283,15 @@ class Search:
         return st
 
     def run(self, progress: bool = True, checkpoint: Path | None = None, every: int = 200,
-            resume: dict[str, Any] | None = None, stop_after: int | None = None) -> bool:
+            resume: dict[str, Any] | None = None, stop_after: int | None = None,
+            asked: dict | None = None) -> bool:
         """Warm-up (weight steps only), then alternating weight and architecture steps.
 
         With ``checkpoint``, the state is written there atomically every ``every`` steps (and
         at the end of the warm-up); ``resume`` (from ``restore``) continues from it, reaching
         the same weights and alphas as an uninterrupted run.  ``stop_after`` stops after that
-        many steps (tests).  Returns True when the search is complete."""
+        many steps (tests); so does a signal recorded in ``asked`` (``supernet.trainer.stop_requests``),
+        after the step it arrives in.  Returns True when the search is complete."""
         import torch
         from tqdm import tqdm
 
@@ -338,12 +342,14 @@ class Search:
                                    f"{row['derived_ms']:.4f} ms  zero blocks {row['derived_zero_blocks']}  "
                                    f"arch CE {row['arch_ce']}", file=sys.stderr)
                 at_end_of_epoch = s + 1 == len(order) // cfg.batch_size
-                if checkpoint is not None and (step % every == 0 or step == warm or step == total
-                                               or (stop_after is not None and step >= stop_after)):
+                stopping = step < total and ((stop_after is not None and step >= stop_after)
+                                             or (asked is not None and asked["signal"] is not None))
+                if checkpoint is not None and (step % every == 0 or step == warm or step == total or stopping):
                     atomic_save(self.state(step, epoch + at_end_of_epoch, a_order, a_pos,
                                           time.time() - t0), checkpoint)
-                if stop_after is not None and step >= stop_after and step < total:
+                if stopping:
                     bar.close()
+                    self.stopped_at = (step, total)
                     return False
             epoch += 1
             skip = 0
@@ -558,8 +564,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 -= state["elapsed"]
     from supernet.dynamic import fast_depthwise
 
-    with fast_depthwise(search.net):  # the supernet's depthwise weight-gradient kernel on CPUs
-        search.run(progress, checkpoint=ckpt, every=args.checkpoint_every, resume=state)
+    from supernet.trainer import stop_requests
+
+    # Ctrl-C or SIGTERM: the step finishes, the checkpoint is written there, and --resume goes on
+    with fast_depthwise(search.net), stop_requests("search.proxyless") as asked:
+        complete = search.run(progress, checkpoint=ckpt, every=args.checkpoint_every, resume=state, asked=asked)
+    if not complete:
+        again = shlex.join(["python", "-m", "search.proxyless",
+                            *[a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--resume", "--force")],
+                            "--resume"])
+        sig = asked["signal"] or "SIGTERM"
+        print(f"search.proxyless: {sig}: stopped at step {search.stopped_at[0]} of {search.stopped_at[1]}, saved in "
+              f"{ckpt}; continue with: {again}", file=sys.stderr)
+        return 128 + getattr(signal, sig)
     search_s = time.time() - t0
     write_history(out / "search.csv", search.history)
     plot_history(out / "search.png", search.history, target)

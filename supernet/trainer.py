@@ -63,7 +63,7 @@ class TrainingStopped(Exception):
 
 
 @contextlib.contextmanager
-def stop_requests():
+def stop_requests(prog: str = "supernet.train"):
     """While training: SIGINT (Ctrl-C) and SIGTERM (a scheduler's preemption) only ask the run
     to stop (``asked["signal"]`` holds the signal's name); the training loop checkpoints and
     stops at the end of its step.  A second signal, half a second or more after the first,
@@ -92,7 +92,7 @@ def stop_requests():
             return
         from tqdm import tqdm
 
-        tqdm.write(f"supernet.train: {asked['signal']}: stopping after this step with a checkpoint "
+        tqdm.write(f"{prog}: {asked['signal']}: stopping after this step with a checkpoint "
                    "(again to abort at once)", file=sys.stderr)
 
     for s in previous:

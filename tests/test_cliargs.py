@@ -77,3 +77,24 @@ def test_the_command_that_continues_a_stopped_training(monkeypatch, tmp_path):
     assert resume_command(["--out", "r"], tmp_path) == "torchrun --nproc_per_node=4 -m supernet.train --out r --resume"
     monkeypatch.setenv("HWNAS_CONTINUE_WITH", "the same search.pipeline command")
     assert resume_command([], tmp_path) == "the same search.pipeline command"
+
+
+def test_stop_requests_records_the_first_signal_and_aborts_on_a_later_second():
+    import os
+    import signal
+    import time
+
+    from supernet.trainer import stop_requests
+
+    before = signal.getsignal(signal.SIGINT)
+    with stop_requests("prog") as asked:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert asked["signal"] == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGINT)  # at once: the same request forwarded (torchrun), ignored
+        time.sleep(0.05)
+        time.sleep(0.5)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+    assert signal.getsignal(signal.SIGINT) is before

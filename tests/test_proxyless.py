@@ -381,6 +381,32 @@ def test_search_evolve_on_the_pixel1_table_names_what_searches_it(tmp_path):
         os.chdir(cwd)
 
 
+def test_ctrl_c_stops_the_search_with_a_checkpoint_and_resume_finishes_it(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from search import proxyless
+
+    lut = write_lut(tmp_path / "pf.csv", PF, [32])
+    args = [str(a) for a in ("--lut", lut, "--latency-ms", "2", "--train-limit", "640", "--warmup-epochs", "0.2",
+                             "--search-epochs", "0.4", "--no-export", "--valid-size", "200", "--out", tmp_path / "run",
+                             "--no-progress")]
+    run = proxyless.Search.run
+
+    def interrupted(self, *a, **k):  # Ctrl-C arrives during the first step
+        os.kill(os.getpid(), signal.SIGINT)
+        return run(self, *a, **k)
+
+    monkeypatch.setattr(proxyless.Search, "run", interrupted)
+    assert proxyless.main(args) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("search.proxyless: SIGINT: stopped at step 1 of ") and last.endswith(" --resume")
+    assert (tmp_path / "run" / "search.ckpt.pt").is_file() and not (tmp_path / "run" / "result.json").exists()
+    monkeypatch.setattr(proxyless.Search, "run", run)
+    assert proxyless.main([*args, "--resume"]) == 0
+    assert "resuming" in capsys.readouterr().err and (tmp_path / "run" / "result.json").is_file()
+
+
 def test_a_killed_search_resumes_to_the_same_architecture(small_data, tmp_path):
     """Checkpoints every few steps; a search stopped mid-way and restored into a fresh
     process state ends with the same alphas and weights as an uninterrupted one; a
@@ -405,6 +431,14 @@ def test_a_killed_search_resumes_to_the_same_architecture(small_data, tmp_path):
     for (n, a), (_, b) in zip(whole.net.state_dict().items(), again.net.state_dict().items()):
         assert torch.equal(a, b), n
     assert [r["step"] for r in again.history] == [r["step"] for r in whole.history]
+    # a signal (Ctrl-C, SIGTERM: supernet.trainer.stop_requests records it) stops after the
+    # step it arrives in, with the checkpoint there, and --resume ends at the same place
+    signalled = Search(PF, 32, small_data, model, cfg, torch.device("cpu"))
+    assert not signalled.run(progress=False, checkpoint=ck, every=3, asked={"signal": "SIGINT"})
+    assert signalled.stopped_at[0] == 1 and again.restore(ck)["step"] == 1
+    last = Search(PF, 32, small_data, model, cfg, torch.device("cpu"))
+    assert last.run(progress=False, checkpoint=ck, every=3, resume=last.restore(ck))
+    assert all(torch.equal(a, b) for a, b in zip(whole.net.arch_parameters(), last.net.arch_parameters()))
     other = Search(PF, 32, small_data, model, SearchConfig(**{**cfg.__dict__, "seed": 1}), torch.device("cpu"))
     with pytest.raises(ValueError, match="other settings.*seed"):
         other.restore(ck)
