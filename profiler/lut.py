@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from supernet.atomic import atomic_open, atomic_write_text
+from supernet.atomic import Busy, ExclusiveLock, atomic_open, atomic_write_text, lock_path
 from supernet.space import BlockSpec
 
 COLUMNS = [
@@ -398,13 +398,21 @@ class LutWriter:
             raise LutError(f"{parent}: the LUT folder is not writable")
         if self.path.exists() and not os.access(self.path, os.W_OK):
             raise LutError(f"{self.path}: the LUT file is not writable")
-        if self.path.exists() or self.journal.exists():
-            self.table = LutTable.load(self.path)
-        else:
-            self.table = LutTable(path=self.path)
-        if self.journal.exists():
-            drop_torn_tail(self.journal)
-        self._fh = open(self.journal, "a", encoding="utf-8")
+        try:  # one writer at a time: two runs appending to one journal would lose rows
+            self._lock = ExclusiveLock(lock_path(self.path), f"LUT {self.path}")
+        except Busy as exc:
+            raise LutError(str(exc)) from None
+        try:
+            if self.path.exists() or self.journal.exists():
+                self.table = LutTable.load(self.path)
+            else:
+                self.table = LutTable(path=self.path)
+            if self.journal.exists():
+                drop_torn_tail(self.journal)
+            self._fh = open(self.journal, "a", encoding="utf-8")
+        except BaseException:
+            self._lock.close()
+            raise
 
     def add(self, row: dict[str, Any], samples: list[float] | None = None) -> dict[str, Any]:
         """Record one measurement (or failure).  Returns the normalised row."""
@@ -432,6 +440,7 @@ class LutWriter:
             self.flush()
         finally:
             self._fh.close()
+            self._lock.close()
 
     def __enter__(self) -> "LutWriter":
         return self

@@ -46,6 +46,7 @@ Outputs: ``OUT/config.json``, ``OUT/stages.json``, ``OUT/luts/local.csv`` (both 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
@@ -57,7 +58,7 @@ import time
 from pathlib import Path
 
 from profiler.validate import fidelity_line
-from supernet.atomic import atomic_open, atomic_write_text, stamped_free_path
+from supernet.atomic import Busy, ExclusiveLock, atomic_open, atomic_write_text, stamped_free_path
 from supernet.cliargs import run_main, seed_arg
 
 RUNTIMES = ("onnxruntime", "tflite")
@@ -342,6 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with contextlib.ExitStack() as held:  # the --out folder's lock, released when the command ends
+        return _main(argv, held)
+
+
+def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     args = build_parser().parse_args(argv)
     t_start = time.time()
     from supernet.space import get_space
@@ -402,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
+        # one pipeline in a folder at a time (two would run every stage twice over the same files)
+        held.enter_context(ExclusiveLock(out / ".search.pipeline.lock", f"pipeline folder {out}"))
+    except Busy as exc:
+        raise fail(str(exc)) from None
     except OSError as exc:
         raise fail(f"--out {out}: {exc}") from None
     cache = args.cache if args.cache is not None else None

@@ -46,6 +46,7 @@ a GPU, or ``--train-limit``, for a demo).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -58,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from supernet.atomic import file_sha256
+from supernet.atomic import Busy, ExclusiveLock, file_sha256
 from supernet.cliargs import run_main, seed_arg
 
 CKPT_FORMAT = "hwnas-proxyless-search-1"
@@ -410,6 +411,11 @@ OUTPUTS = ("search.ckpt.pt", "search.csv", "search.png", "alphas.json", "arch.js
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    with contextlib.ExitStack() as held:  # the --out folder's lock, released when the command ends
+        return _main(argv, held)
+
+
+def _main(argv: Sequence[str] | None, held: contextlib.ExitStack) -> int:
     ap = argparse.ArgumentParser(prog="python -m search.proxyless", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lut", required=True, help="latency LUT CSV of the target device (a ProxylessNAS space's)")
@@ -525,14 +531,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"{out}: no search checkpoint to resume (search.ckpt.pt); start without --resume")
     if out.exists() and not out.is_dir():
         return fail(f"--out {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not (args.force or args.resume):
+    if out.exists() and any(not p.name.endswith(".lock") for p in out.iterdir()) and not (args.force or args.resume):
         return fail(f"{out}: already exists (--resume to continue its search, --force to start over, or another --out)")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        # one search in a folder at a time (a second would overwrite the first's checkpoints)
+        held.enter_context(ExclusiveLock(out / ".search.proxyless.lock", f"search folder {out}"))
         if args.force:  # what an earlier search wrote there describes another architecture
             for name in OUTPUTS:
                 if (out / name).exists():
                     (out / name).unlink()
+    except Busy as exc:
+        return fail(str(exc))
     except OSError as exc:
         return fail(f"{out}: cannot write there ({exc.strerror or exc})")
 

@@ -125,3 +125,58 @@ def file_sha256(path: Path | str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+class Busy(OSError):
+    """Another process holds the lock of a file or folder this one is about to write."""
+
+
+class ExclusiveLock:
+    """An advisory lock (``flock``) on ``path`` for as long as it is held: a second process
+    that asks for it gets ``Busy`` naming ``what`` and the holder (its pid and command line,
+    which the holder writes into the lock file).  The kernel drops the lock when its process
+    ends however it ends, so a killed run leaves nothing to clean up.  On a file system
+    without ``flock`` no lock is taken (nothing can be promised there)."""
+
+    def __init__(self, path: Path | str, what: str):
+        import fcntl
+        import sys
+
+        self._fd: int | None = None
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise OSError(f"{what}: cannot create its lock file {path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip()
+            except OSError:
+                holder = ""
+            os.close(fd)
+            raise Busy(f"{what} is in use by another process{f' ({holder})' if holder else ''}; "
+                       "wait for it to end or stop it") from None
+        except OSError:  # no flock here (some network file systems)
+            os.close(fd)
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)}"[:400].encode(), 0)
+        self._fd = fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "ExclusiveLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def lock_path(path: Path | str) -> Path:
+    """The lock file of a file hwnas writes: a hidden ``.<name>.lock`` beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")

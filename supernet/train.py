@@ -29,7 +29,7 @@ from .evaluation import CheckpointError
 from .device import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP
 from .presets import METHODS, PRESETS, TrainConfig, get_preset, with_method, with_widths
 from .safeyaml import load_unique, yaml_error_line
-from .trainer import TrainingStopped, init_distributed, train
+from .trainer import TrainingStopped, init_distributed, run_folder_lock, train
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -114,12 +114,15 @@ def main(argv=None) -> None:
         sys.exit(f"supernet.train: error: {exc}")
     out = args.out or Path("runs") / cfg.preset
     try:
+        lock = None
         if int(os.environ.get("RANK", "0")) == 0:
+            # an existing folder is locked before anything looks into it (--force empties it)
+            lock = run_folder_lock(out) if out.is_dir() else None
             check_out(out, args.resume, args.force)
         dist = init_distributed(cfg.device)
         final = train(cfg, out, resume=args.resume, dist=dist, progress=not args.no_progress,
                       crash_after_step=args.crash_after_step, dump_rank_weights=args.dump_rank_weights,
-                      crash_signal=getattr(signal, f"SIG{args.crash_signal}"))
+                      crash_signal=getattr(signal, f"SIG{args.crash_signal}"), lock=lock)
     except (DataError, CheckpointError, ValueError, OSError) as exc:
         sys.exit(f"supernet.train: error: {exc}")
     except TrainingStopped as stop:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from .atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from .atomic import ExclusiveLock, atomic_open, atomic_write_bytes, atomic_write_text
 from .data import Data, TensorSplit, load_data, resize, steps_per_epoch, train_batches
 from .device import (apply_allocator, apply_cudnn, resolve_allocator, autocast, describe, grad_scaler, place, resolve_amp, resolve_cudnn, resolve_device,
                      to_device)
@@ -60,6 +60,11 @@ class TrainingStopped(Exception):
     def __init__(self, signame: str, step: int, total: int, checkpoint: Path):
         super().__init__(f"{signame}: stopped at step {step} of {total}; checkpoint {checkpoint}")
         self.signame, self.step, self.total, self.checkpoint = signame, step, total, checkpoint
+
+
+def run_folder_lock(out: Path) -> ExclusiveLock:
+    """The lock of a run folder that ``supernet.train`` holds while it trains there."""
+    return ExclusiveLock(out / ".supernet.train.lock", f"run folder {out}")
 
 
 @contextlib.contextmanager
@@ -247,20 +252,25 @@ def _comparable(d: dict) -> dict:
 
 def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist(),
           progress: bool = True, crash_after_step: int | None = None, dump_rank_weights: bool = False,
-          crash_signal: int = signal.SIGKILL) -> Path:
+          crash_signal: int = signal.SIGKILL, lock: ExclusiveLock | None = None) -> Path:
     """Train ``cfg`` into run folder ``out``; returns the path of the final supernet.
 
     The run folder must be new or empty unless ``resume`` (the caller checks; see
     ``supernet.train``).  Writes ``config.yaml`` (with the device and precision used),
     ``metrics.csv``, ``checkpoints/last.pt``, ``supernet.pt`` and ``result.json`` (top-1 of
     the largest and smallest subnet on the whole held-out split).  SIGINT or SIGTERM stops
-    the run at the end of a step with a checkpoint (``TrainingStopped``)."""
-    with stop_requests() as asked:
-        return _train(cfg, Path(out), resume, dist, progress, crash_after_step, dump_rank_weights, crash_signal, asked)
+    the run at the end of a step with a checkpoint (``TrainingStopped``).  The run folder is
+    locked while it runs (``lock``: the caller's lock on it, taken before it looked inside;
+    otherwise taken here once the folder exists): a second run in it is ``Busy``."""
+    with stop_requests() as asked, contextlib.ExitStack() as held:
+        if lock is not None:
+            held.enter_context(lock)
+        return _train(cfg, Path(out), resume, dist, progress, crash_after_step, dump_rank_weights, crash_signal, asked,
+                      held, lock is not None)
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, dist: Dist, progress: bool, crash_after_step: int | None,
-           dump_rank_weights: bool, crash_signal: int, asked: dict) -> Path:
+           dump_rank_weights: bool, crash_signal: int, asked: dict, held: contextlib.ExitStack, locked: bool) -> Path:
     out = Path(out)
     ckpt_path, final_path = out / "checkpoints" / "last.pt", out / "supernet.pt"
     if cfg.threads:
@@ -280,6 +290,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, dist: Dist, progress: bool
             raise CheckpointError(f"{ckpt_path} was written by a different config; resume with the same flags")
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
+        # one run in a folder at a time (two would overwrite each other's checkpoints)
+        if not locked:
+            held.enter_context(run_folder_lock(out))
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     space = model.space
     record = space_record(cfg.space, space)

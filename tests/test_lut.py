@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,8 @@ def test_journal_rows_survive_a_crash_before_the_csv_is_written(tmp_path):
     w = LutWriter(path, flush_every_s=3600)
     w.add(_ok(KEYS[0], 1.0))
     w.add(_ok(KEYS[1], 2.0))
-    # simulate kill -9: no close(), no CSV rewrite
+    # simulate kill -9: no close(), no CSV rewrite; the kernel drops a dead process's lock
+    w._lock.close()
     assert not path.exists()
     table = LutTable.load(path)
     assert set(table.table()) == {KEYS[0], KEYS[1]}
@@ -189,3 +191,16 @@ def test_max_and_min_are_priced_where_the_shipped_table_is():
     assert got == {"max": (92.40, 224, 1.2), "min": (9.89, 160, 1.2), "min --resolution 224": (17.77, 224, 1.2)}
     p = run_cli("search.latency", "--lut", lut, "--subnet", "max")
     assert p.returncode == 0 and "r=224 w=1.2" in p.stdout
+
+
+def test_a_second_writer_of_one_lut_is_refused_naming_the_first(tmp_path):
+    """Two runs appending to one journal would interleave and lose rows: the second is one
+    error naming the LUT and the process that holds it; once that one is done, it may go."""
+    path = tmp_path / "l.csv"
+    with LutWriter(path) as w:
+        w.add(_ok(KEYS[0], 1.0))
+        with pytest.raises(LutError, match=rf"LUT {path} is in use by another process \(pid {os.getpid()}: "):
+            LutWriter(path)
+    with LutWriter(path) as w2:
+        w2.add(_ok(KEYS[1], 2.0))
+    assert sorted(r["key"] for r in read_rows(path)) == sorted(KEYS[:2])

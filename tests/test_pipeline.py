@@ -247,3 +247,18 @@ def test_a_bad_flag_is_refused_before_any_stage_runs(tmp_path, capsys, flag, val
         main(["--out", str(out), flag, value, "--no-progress"])
     assert str(exc.value).startswith("error: ") and message in str(exc.value), str(exc.value)
     assert not out.exists()
+
+
+def test_a_folder_another_pipeline_is_running_in_is_refused(tmp_path):
+    import os
+
+    from search.pipeline import main
+    from supernet.atomic import ExclusiveLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with ExclusiveLock(out / ".search.pipeline.lock", "x"):  # this process plays the running pipeline
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", str(out), "--no-progress"])
+    assert str(exc.value).startswith(f"error: pipeline folder {out} is in use by another process (pid {os.getpid()}: ")
+    assert [p.name for p in out.iterdir()] == [".search.pipeline.lock"]

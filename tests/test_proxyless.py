@@ -313,6 +313,13 @@ def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
 
     # an existing folder is kept; a LUT of an OFA space, a missing budget, an unprofiled resolution: one line each
     assert "already exists" in err("--lut", lut, "--latency-ms", "2", "--out", out)
+    from supernet.atomic import ExclusiveLock
+
+    with ExclusiveLock(out / ".search.proxyless.lock", "x"):  # this process plays a search running there
+        assert err("--lut", lut, "--latency-ms", "2", "--out", out, "--resume").startswith(
+            f"error: search folder {out} is in use by another process (pid ")
+        assert f"search folder {out} is in use by another process" in err("--lut", lut, "--latency-ms", "2", "--out",
+                                                                          out, "--resume")
     assert "--lambda-latency" in err("--lut", lut)
     assert "nope.csv: no such LUT file" in err("--lut", tmp_path / "nope.csv", "--latency-ms", "2")
     assert "search.evolve" in err("--lut", REPO / "luts" / "note10.csv", "--latency-ms", "20", "--out", tmp_path / "x")

@@ -351,6 +351,30 @@ def test_sigterm_and_ctrl_c_stop_at_a_step_with_a_checkpoint_that_resumes_exactl
 
 
 @pytest.mark.slow
+def test_a_run_folder_in_use_is_refused_before_anything_in_it_changes(full_run, fake_fmnist, tmp_path):
+    """While one supernet.train holds a run folder, a second (--force would empty it,
+    --resume would write the same checkpoints) is one line naming the holder."""
+    import shutil
+
+    from supernet.trainer import run_folder_lock
+
+    out = tmp_path / "busy"
+    shutil.copytree(full_run, out)
+    def files():
+        return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if not p.name.endswith(".lock")}
+
+    before = files()
+    with run_folder_lock(out):  # this process plays the run that holds it
+        for flag in ("--force", "--resume"):
+            proc = _train(fake_fmnist, out, flag, check=False)
+            assert proc.returncode != 0 and "Traceback" not in proc.stderr
+            assert proc.stderr.strip().splitlines()[-1].startswith(
+                f"supernet.train: error: run folder {out} is in use by another process (pid {os.getpid()}: ")
+    assert files() == before
+    _train(fake_fmnist, out, "--resume")  # once it is free
+
+
+@pytest.mark.slow
 def test_an_unwritable_run_folder_is_one_line_before_any_work(fake_fmnist, tmp_path):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
