@@ -48,7 +48,7 @@ from supernet.ops import build_network, count_params  # noqa: E402
 from supernet.space import SubnetConfig, parse_subnet  # noqa: E402
 from supernet.standalone import Recipe, train_standalone  # noqa: E402
 from supernet.presets import TrainConfig  # noqa: E402
-from supernet.cliargs import seed_arg  # noqa: E402
+from supernet.cliargs import run_main, seed_arg  # noqa: E402
 
 
 def subnets_to_compare(space, spec: str, search: Path | None) -> list[tuple[str, SubnetConfig]]:
@@ -175,4 +175,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "supernet_vs_scratch.py", "the subnets finished so far are kept in OUT's table; the same command with "
+             "--resume goes on from them")

@@ -68,7 +68,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from supernet.atomic import atomic_open, atomic_write_text  # noqa: E402
 from supernet.ops import count_macs, count_params  # noqa: E402
-from supernet.cliargs import seeds_arg  # noqa: E402
+from supernet.cliargs import run_main, seeds_arg  # noqa: E402
 
 # name -> (family, width): torchvision's constructors, adapted by ``handpicked_model``
 HANDPICKED: dict[str, tuple[str, float]] = {
@@ -555,4 +555,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "vs_handpicked.py", "the models finished so far are kept in OUT's table; the same command with --resume "
+             "goes on from them")

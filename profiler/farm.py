@@ -112,8 +112,16 @@ def run_farm(
             work(0, devices[0])
         else:
             with ThreadPoolExecutor(max_workers=len(devices), thread_name_prefix="hwnas-device") as pool:
-                for f in [pool.submit(work, i, d) for i, d in enumerate(devices)]:
-                    f.result()
+                futures = [pool.submit(work, i, d) for i, d in enumerate(devices)]
+                try:
+                    for f in futures:
+                        f.result()
+                except KeyboardInterrupt:  # the other devices stop at their next block, then it goes on
+                    broker.abort()
+                    raise
+    except KeyboardInterrupt:
+        broker.abort()  # no waiting for conversions nobody will measure
+        raise
     finally:
         broker.close()
     for i in range(len(devices)):

@@ -36,6 +36,10 @@ from .transport import (RunnerChannel, RunnerError, RunnerTimeout, Transport, Tr
 GROUP_SIZE = 160  # models loaded and rotated at once in round-robin measurement
 
 
+class ProfileCancelled(Exception):
+    """The run was interrupted (``ExportBroker.abort``): a device stops before its next block."""
+
+
 @dataclass
 class ProfileResult:
     device: str
@@ -131,6 +135,7 @@ class ExportBroker:
         self._futures: dict[tuple[str, str], Future] = {}
         self._pool: ProcessPoolExecutor | None = None
         self.exported = 0
+        self.cancelled = threading.Event()  # set by abort(): devices stop at their next block
 
     def submit(self, key: str, fmt: str) -> "Future[ExportResult]":
         return self.submit_many([(key, fmt)])[(key, fmt)]
@@ -191,6 +196,9 @@ class ExportBroker:
         from .export import _export_tasks
 
         for _ in range(2):
+            if self.cancelled.is_set():  # after abort(): no new pool, the blocks are only cancelled
+                self._finish_task(task, [(k, fmt, "cancelled") for k, fmt, _ in task])
+                return
             with self._lock:
                 pool = self._live_pool()
             try:
@@ -209,7 +217,7 @@ class ExportBroker:
         try:
             results = f.result()
         except BrokenProcessPool as exc:
-            if tries == 0:  # from a thread of its own: this callback runs in the dying pool's
+            if tries == 0 and not self.cancelled.is_set():  # from a thread of its own: this callback runs in the dying pool's
                 threading.Thread(target=self._retry, args=(task, pool), daemon=True).start()
                 return
             results = [(k, fmt, f"export worker died (twice, in new pools): {exc}") for k, fmt, _ in task]
@@ -260,6 +268,20 @@ class ExportBroker:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        """Ctrl-C: stop converting now (queued tasks cancelled, running workers terminated,
+        not waited for) and tell every device to stop at its next block
+        (``ProfileCancelled``), so that nothing cancelled is recorded as a failure row."""
+        self.cancelled.set()
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            procs = list(getattr(pool, "_processes", {}).values())  # no public terminate before Python 3.14
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
 
 
 class Session:
@@ -451,6 +473,8 @@ def profile_device(
                 """The block's artifact once converted, or None after its export error row."""
                 t_wait = time.perf_counter()
                 built = fut.result()
+                if broker.cancelled.is_set():  # an export cancelled by Ctrl-C is not the block's failure
+                    raise ProfileCancelled(device.name)
                 if device.transport != "local":
                     res.export_s += time.perf_counter() - t_wait  # time spent waiting for conversion
                 if built.path is None:
@@ -466,6 +490,8 @@ def profile_device(
                 last = {str(s): gi for gi, group in enumerate(groups) for s, _ in group if s.kind == "overhead"}
                 held: dict[str, tuple[BlockSpec, Path, dict[str, Any] | str]] = {}
                 for gi, group in enumerate(groups):
+                    if broker.cancelled.is_set():
+                        raise ProfileCancelled(device.name)
                     outcomes = measure_group_artifacts(session, device, [pth for _, pth in group], req_base)
                     for spec, pth, outcome in pool_outcomes(group, outcomes):
                         if spec.kind == "overhead":
@@ -478,6 +504,8 @@ def profile_device(
                         bar.update(1)
             else:
                 for spec, fut in futures:
+                    if broker.cancelled.is_set():
+                        raise ProfileCancelled(device.name)
                     path = built_path(spec, fut)
                     if path is not None:
                         record(spec, path, measure_artifact(session, device, path, req_base))

@@ -169,3 +169,38 @@ def test_cli_device_all_and_a_lost_device_does_not_stop_the_others(tmp_path, ser
     assert len(read_rows(tmp_path / "luts" / "rpi4.csv")) == 4
     assert (tmp_path / "luts" / "rpi4.run.json").exists()
     assert [ln for ln in captured.err.splitlines() if ln.startswith("error:")][0].startswith("error: gpubox")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_conversions_at_once_and_records_no_failure_for_them(tmp_path):
+    """profiler.run's Ctrl-C path (run_farm calls ExportBroker.abort): conversions still
+    under way stop at once, their workers terminated rather than waited for and no new pool
+    started, and a device waiting for them stops before its next block without recording the
+    cancelled export as that block's failure (which would count against its attempts)."""
+    import time
+
+    from profiler.measure import ProfileCancelled, profile_device
+
+    local = parse_device(Path("d.yaml"), "local", {"transport": "local", "runtime": "onnxruntime", "warmup": 1,
+                                                   "repeats": 5, "min_time_s": 0})
+    cache = ArtifactCache(tmp_path / "fresh")  # nothing converted yet
+    broker = ExportBroker(cache, workers=1)
+    lut = tmp_path / "l.csv"
+    stopped: list[BaseException] = []
+
+    def device() -> None:
+        try:
+            profile_device(local, SPECS, "onnxruntime", lut, cache, progress=False, broker=broker)
+        except ProfileCancelled as exc:
+            stopped.append(exc)
+
+    thread = threading.Thread(target=device)
+    thread.start()
+    time.sleep(1.0)  # the spawned worker is still importing its converters
+    t0 = time.monotonic()
+    broker.abort()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and stopped and time.monotonic() - t0 < 15
+    assert broker._pool is None  # no pool started again for the cancelled task
+    assert not lut.exists() or all(r["status"] == "ok" for r in read_rows(lut))
+    broker.close()

@@ -296,11 +296,23 @@ def test_export_and_verify_in_int8(full_run, tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_reaches_same_weights(full_run, fake_fmnist, tmp_path):
+def test_resume_after_sigterm_and_kill_reaches_same_weights(full_run, fake_fmnist, tmp_path):
+    """SIGTERM (a scheduler's preemption; Ctrl-C's SIGINT takes the same path) stops the run
+    at the end of the step it arrives in, with a checkpoint there and one line saying how to
+    go on; kill -9 loses what came after the last checkpoint; each resume goes on exactly."""
     out = tmp_path / "killed"
+    first = _train(fake_fmnist, out, "--crash-after-step", "7", "--crash-signal", "TERM", check=False)
+    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-2000:]
+    assert "Traceback" not in first.stderr and not (out / "supernet.pt").exists()
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["state"]
+    assert (state["phase"], state["pstep"], state["global_step"]) == (1, 3, 7)  # mid-phase, between checkpoints
+    last = first.stderr.strip().splitlines()[-1]
+    assert last.startswith("supernet.train: SIGTERM: stopped at step 7 of ") and last.endswith(
+        f"continue with: python -m supernet.train --preset test --data fmnist:{fake_fmnist} --out {out} "
+        "--no-progress --threads 1 --deterministic --resume")
     # 4 steps per phase: global step 11 is step 3 of the third phase (sampling 2 subnets per
     # step, with distillation), just after a mid-phase checkpoint (ckpt_every=3)
-    proc = _train(fake_fmnist, out, "--crash-after-step", "11", check=False)
+    proc = _train(fake_fmnist, out, "--resume", "--crash-after-step", "11", check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (out / "supernet.pt").exists()
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["state"]
@@ -325,35 +337,9 @@ def test_resume_after_kill_reaches_same_weights(full_run, fake_fmnist, tmp_path)
 
 
 @pytest.mark.slow
-def test_sigterm_and_ctrl_c_stop_at_a_step_with_a_checkpoint_that_resumes_exactly(full_run, fake_fmnist, tmp_path):
-    """SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C) stop the run at the end of the
-    step they arrive in, with a checkpoint there and one line saying how to continue; the
-    resumed runs end with the weights of an unbroken run."""
-    out = tmp_path / "stopped"
-    first = _train(fake_fmnist, out, "--crash-after-step", "7", "--crash-signal", "TERM", check=False)
-    assert first.returncode == 128 + signal.SIGTERM, first.stderr[-2000:]
-    assert "Traceback" not in first.stderr and not (out / "supernet.pt").exists()
-    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["state"]
-    assert (state["phase"], state["pstep"], state["global_step"]) == (1, 3, 7)  # mid-phase, between checkpoints
-    last = first.stderr.strip().splitlines()[-1]
-    assert last.startswith("supernet.train: SIGTERM: stopped at step 7 of ") and last.endswith(
-        f"continue with: python -m supernet.train --preset test --data fmnist:{fake_fmnist} --out {out} "
-        "--no-progress --threads 1 --deterministic --resume")
-    second = _train(fake_fmnist, out, "--resume", "--crash-after-step", "11", "--crash-signal", "INT", check=False)
-    assert second.returncode == 128 + signal.SIGINT, second.stderr[-2000:]
-    assert "SIGINT: stopped at step 11 of" in second.stderr and "Traceback" not in second.stderr
-    _train(fake_fmnist, out, "--resume")
-    a = torch.load(full_run / "supernet.pt", weights_only=True)["model"]
-    b = torch.load(out / "supernet.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((out / "result.json").read_text())["max_top1"] == \
-        json.loads((full_run / "result.json").read_text())["max_top1"]
-
-
-@pytest.mark.slow
 def test_a_run_folder_in_use_is_refused_before_anything_in_it_changes(full_run, fake_fmnist, tmp_path):
-    """While one supernet.train holds a run folder, a second (--force would empty it,
-    --resume would write the same checkpoints) is one line naming the holder."""
+    """While one supernet.train holds a run folder, a second (--force would empty it, --resume
+    would write the same checkpoints) is one line naming the holder, before it changes anything."""
     import shutil
 
     from supernet.trainer import run_folder_lock
@@ -365,13 +351,11 @@ def test_a_run_folder_in_use_is_refused_before_anything_in_it_changes(full_run, 
 
     before = files()
     with run_folder_lock(out):  # this process plays the run that holds it
-        for flag in ("--force", "--resume"):
-            proc = _train(fake_fmnist, out, flag, check=False)
-            assert proc.returncode != 0 and "Traceback" not in proc.stderr
-            assert proc.stderr.strip().splitlines()[-1].startswith(
-                f"supernet.train: error: run folder {out} is in use by another process (pid {os.getpid()}: ")
+        proc = _train(fake_fmnist, out, "--force", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"supernet.train: error: run folder {out} is in use by another process (pid {os.getpid()}: ")
     assert files() == before
-    _train(fake_fmnist, out, "--resume")  # once it is free
 
 
 @pytest.mark.slow
