@@ -113,8 +113,8 @@ def main(argv=None) -> None:
     except ValueError as exc:
         sys.exit(f"supernet.train: error: {exc}")
     out = args.out or Path("runs") / cfg.preset
+    lock = None
     try:
-        lock = None
         if int(os.environ.get("RANK", "0")) == 0:
             # an existing folder is locked before anything looks into it (--force empties it)
             lock = run_folder_lock(out) if out.is_dir() else None
@@ -141,6 +141,9 @@ def main(argv=None) -> None:
                  if ckpt.is_file() else "no checkpoint was written yet")
         print(f"supernet.train: interrupted; {where}", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
+    finally:
+        if lock is not None:  # train() released it already when it got that far
+            lock.close()
     if dist.main:
         print(f"supernet: {final}")
 
