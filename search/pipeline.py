@@ -409,7 +409,7 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
         # one pipeline in a folder at a time (two would run every stage twice over the same files)
-        held.enter_context(ExclusiveLock(out / ".search.pipeline.lock", f"pipeline folder {out}"))
+        held.enter_context(ExclusiveLock(out, f"pipeline folder {out}"))
     except Busy as exc:
         raise fail(str(exc)) from None
     except OSError as exc:

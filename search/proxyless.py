@@ -531,12 +531,12 @@ def _main(argv: Sequence[str] | None, held: contextlib.ExitStack) -> int:
         return fail(f"{out}: no search checkpoint to resume (search.ckpt.pt); start without --resume")
     if out.exists() and not out.is_dir():
         return fail(f"--out {out} exists and is not a folder")
-    if out.exists() and any(not p.name.endswith(".lock") for p in out.iterdir()) and not (args.force or args.resume):
+    if out.exists() and any(out.iterdir()) and not (args.force or args.resume):
         return fail(f"{out}: already exists (--resume to continue its search, --force to start over, or another --out)")
     try:
         out.mkdir(parents=True, exist_ok=True)
         # one search in a folder at a time (a second would overwrite the first's checkpoints)
-        held.enter_context(ExclusiveLock(out / ".search.proxyless.lock", f"search folder {out}"))
+        held.enter_context(ExclusiveLock(out, f"search folder {out}"))
         if args.force:  # what an earlier search wrote there describes another architecture
             for name in OUTPUTS:
                 if (out / name).exists():

@@ -132,36 +132,33 @@ class Busy(OSError):
 
 
 class ExclusiveLock:
-    """An advisory lock (``flock``) on ``path`` for as long as it is held: a second process
-    that asks for it gets ``Busy`` naming ``what`` and the holder (its pid and command line,
-    which the holder writes into the lock file).  The kernel drops the lock when its process
-    ends however it ends, so a killed run leaves nothing to clean up.  On a file system
+    """An advisory lock (``flock``) on ``path``, a folder or a lock file (created if missing,
+    never written), for as long as it is held: a second process that asks for it gets
+    ``Busy`` naming ``what`` and, where ``/proc/locks`` tells, the holder's pid and command
+    line.  The kernel drops the lock when its process ends however it ends, so a killed run
+    leaves nothing to clean up, and locking a folder changes nothing in it.  On a file system
     without ``flock`` no lock is taken (nothing can be promised there)."""
 
     def __init__(self, path: Path | str, what: str):
         import fcntl
-        import sys
 
         self._fd: int | None = None
+        folder = os.path.isdir(path)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, (os.O_RDONLY | os.O_DIRECTORY if folder else os.O_RDWR | os.O_CREAT) | os.O_CLOEXEC,
+                         0o644)
         except OSError as exc:
-            raise OSError(f"{what}: cannot create its lock file {path}: {exc.strerror or exc}") from None
+            raise OSError(f"{what}: cannot open {path} to lock it: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                holder = os.pread(fd, 400, 0).decode("utf-8", "replace").strip()
-            except OSError:
-                holder = ""
+            holder = _flock_holder(fd)
             os.close(fd)
             raise Busy(f"{what} is in use by another process{f' ({holder})' if holder else ''}; "
                        "wait for it to end or stop it") from None
         except OSError:  # no flock here (some network file systems)
             os.close(fd)
             return
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)}"[:400].encode(), 0)
         self._fd = fd
 
     def close(self) -> None:
@@ -174,6 +171,24 @@ class ExclusiveLock:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _flock_holder(fd: int) -> str:
+    """``pid N: command line`` of the process holding a flock on ``fd``'s file, from Linux's
+    ``/proc/locks``; '' where that cannot be told (another OS, another pid namespace)."""
+    try:
+        st = os.fstat(fd)
+        ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()  # "1: FLOCK  ADVISORY  WRITE 4321 08:01:123456 0 EOF"
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == ident:
+                    with open(f"/proc/{int(parts[4])}/cmdline", "rb") as c:
+                        cmd = c.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+                    return f"pid {parts[4]}: {cmd}"[:400]
+    except (OSError, ValueError):
+        pass
+    return ""
 
 
 def lock_path(path: Path | str) -> Path:

@@ -64,7 +64,7 @@ class TrainingStopped(Exception):
 
 def run_folder_lock(out: Path) -> ExclusiveLock:
     """The lock of a run folder that ``supernet.train`` holds while it trains there."""
-    return ExclusiveLock(out / ".supernet.train.lock", f"run folder {out}")
+    return ExclusiveLock(out, f"run folder {out}")
 
 
 @contextlib.contextmanager

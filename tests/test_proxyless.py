@@ -315,7 +315,7 @@ def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
     assert "already exists" in err("--lut", lut, "--latency-ms", "2", "--out", out)
     from supernet.atomic import ExclusiveLock
 
-    with ExclusiveLock(out / ".search.proxyless.lock", "x"):  # this process plays a search running there
+    with ExclusiveLock(out, "x"):  # this process plays a search running there
         assert err("--lut", lut, "--latency-ms", "2", "--out", out, "--resume").startswith(
             f"error: search folder {out} is in use by another process (pid ")
         assert f"search folder {out} is in use by another process" in err("--lut", lut, "--latency-ms", "2", "--out",

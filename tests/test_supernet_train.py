@@ -347,7 +347,7 @@ def test_a_run_folder_in_use_is_refused_before_anything_in_it_changes(full_run, 
     out = tmp_path / "busy"
     shutil.copytree(full_run, out)
     def files():
-        return {p.name: p.stat().st_mtime_ns for p in out.iterdir() if not p.name.endswith(".lock")}
+        return {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
 
     before = files()
     with run_folder_lock(out):  # this process plays the run that holds it
