@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from profiler.lut import drop_torn_tail
-from supernet.atomic import atomic_open, atomic_write_text, file_sha256
+from supernet.atomic import ExclusiveLock, atomic_open, atomic_write_text, file_sha256, lock_path
 from supernet.cliargs import run_main, seed_arg
 from supernet.space import SearchSpace, SubnetConfig
 
@@ -168,16 +168,25 @@ def collect(
     Returns:
         (evaluated now, already present) for this rank's share.
     """
+    parts_dir = run / f"{stem}.parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    part = parts_dir / f"rank{rank}.csv"
+    # one process per part: a second collection of the same rank would evaluate the same
+    # subnets and interleave its rows with this one's
+    with ExclusiveLock(lock_path(part), f"{part} (search.collect rank {rank})"):
+        return _collect_part(run, space, evaluate, n, seed, resolutions, widths, rank, world, progress, stem,
+                             parts_dir, part)
+
+
+def _collect_part(run, space, evaluate, n, seed, resolutions, widths, rank, world, progress, stem, parts_dir,
+                  part) -> tuple[int, int]:
     from tqdm import tqdm
 
     from search.latency import MacsModel, ParamsModel
 
-    parts_dir = run / f"{stem}.parts"
-    parts_dir.mkdir(parents=True, exist_ok=True)
     done = read_rows([run / f"{stem}.csv", *parts_dir.glob("rank*.csv")])
     mine = [i for i in range(n) if i % world == rank]
     todo = [i for i in mine if i not in done or done[i].get("status") != "ok"]
-    part = parts_dir / f"rank{rank}.csv"
     new_file = not part.is_file() or part.stat().st_size == 0
     macs, params = MacsModel(space), ParamsModel(space)
     if not new_file:

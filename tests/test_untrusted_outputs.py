@@ -199,3 +199,16 @@ def test_eval_images_below_one_is_one_error_line(tmp_path, cmd, n):
     p = run_cli(cmd[0], "--run", tmp_path, *cmd[1:], "--eval-images", n)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "--eval-images must be at least 1" in p.stderr.strip().splitlines()[-1]
+
+
+def test_a_second_collection_of_the_same_rank_is_refused(tmp_path):
+    """Two processes of one rank would evaluate the same subnets and interleave their rows in
+    one part file: the second is refused naming the part."""
+    from supernet.atomic import Busy, ExclusiveLock, lock_path
+
+    part = tmp_path / "accuracy.parts" / "rank0.csv"
+    part.parent.mkdir()
+    with ExclusiveLock(lock_path(part), "x"):  # this process plays the first collection
+        with pytest.raises(Busy, match=r"accuracy.parts/rank0.csv \(search.collect rank 0\) is in use"):
+            collect(tmp_path, TINY, lambda cfg: 50.0, 2, 0, RES, WID, progress=False)
+    assert collect(tmp_path, TINY, lambda cfg: 50.0, 2, 0, RES, WID, progress=False) == (2, 0)
