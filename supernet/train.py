@@ -5,7 +5,9 @@ Defaults train the ``fmnist`` space on Fashion-MNIST from ``/usr/share/datasets`
 downloaded); ``--data cifar10:PATH`` or ``--data imagefolder:PATH`` use your own data.  Under
 ``torchrun --nproc_per_node=N`` the same command trains with DistributedDataParallel.
 ``--resume`` continues from ``OUT/checkpoints/last.pt``; an existing run folder is never
-overwritten unless ``--force`` is given.  ``--device auto`` (default) trains on a GPU when
+overwritten unless ``--force`` is given, and never while another run holds it.  Ctrl-C or
+SIGTERM stops at the end of the step with a checkpoint there and prints the command that
+continues.  ``--device auto`` (default) trains on a GPU when
 one is available, with bf16 autocast (``--amp``); the run's ``config.yaml`` records what was
 used.
 """
@@ -65,7 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="DataLoader workers decoding images (ImageFolder)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="bit-reproducible kernels (a resumed run then ends with an unbroken run's weights; slower)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoints/last.pt (after Ctrl-C, SIGTERM or a kill)")
     p.add_argument("--force", action="store_true", help="start over in an existing run folder (its outputs are replaced)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.csv still has every line)")
     p.add_argument("--crash-after-step", type=int, help=argparse.SUPPRESS)  # tests: kill -9 itself
