@@ -60,8 +60,11 @@ def _signal_mid_run(lut: Path, cache, sig: int, rows: int) -> tuple[list[str], s
     returns (its arguments, the finished process, its stderr)."""
     args = ["--device", "local", "--runtime", "onnxruntime", "--space", "tiny", "--resolutions", "32", "--limit", "10",
             "--lut", str(lut), "--cache", str(cache), "--repeats", "5", "--min-time", "0.3", "--no-progress"]
+    # as from a terminal: a job started in the background of a non-interactive shell (as CI may
+    # run the suite) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "profiler.run", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     jp = journal_path(lut)
     deadline = time.monotonic() + 240
     try:
