@@ -47,7 +47,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from supernet.atomic import atomic_write_text, ensure_writable_folder
-from supernet.cliargs import seed_arg
+from supernet.cliargs import run_main, seed_arg
 from supernet.space import SearchSpace, SubnetConfig, get_space
 
 from .encoding import Choices, Population, active_mask, gene_sizes, random_population
@@ -985,4 +985,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "search.evolve", "nothing is written before every budget is searched (a search takes seconds: run it again)")

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from supernet.atomic import atomic_write_bytes, atomic_write_text, ensure_writable_folder
-from supernet.cliargs import seed_arg
+from supernet.cliargs import run_main, seed_arg
 from supernet.space import SearchSpace, SubnetConfig, get_space
 
 from .collect import parse_row, read_csv_rows
@@ -688,4 +688,4 @@ def _space_of_run(run: Path) -> str | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "search.predictor", "no predictor was written (an earlier one is kept as it was)")

@@ -12,6 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
+from .cliargs import run_main
 from .data import DataError
 from .device import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP
 from .evaluation import CheckpointError, load_run, standard_error
@@ -75,4 +76,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, "supernet.eval", "nothing was written")
