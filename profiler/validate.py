@@ -38,6 +38,7 @@ The numbers are what they are; nothing is tuned to look good.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -54,7 +55,7 @@ from supernet.space import SearchSpace, SubnetConfig, get_space, space_names
 
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
 from .export import ArtifactCache, base_format, export_networks, format_for_runtime
-from supernet.atomic import atomic_open, atomic_write_text, ensure_writable_folder
+from supernet.atomic import Busy, ExclusiveLock, atomic_open, atomic_write_text, ensure_writable_folder, lock_path
 
 from .calibrate import CalibrationError, calibration_id, network_inputs
 from .costmodel import LatencyModel, calibration_key, write_calibration
@@ -182,6 +183,11 @@ def _plot(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    with contextlib.ExitStack() as held:  # the LUT's lock, released however the command ends
+        return _main(argv, held)
+
+
+def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     ap = argparse.ArgumentParser(prog="python -m profiler.validate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="local")
     ap.add_argument("--devices", type=Path, default=DEFAULT_DEVICES_FILE)
@@ -234,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.lut}: no resolution of space {space.name!r} at width {w:g} is fully "
                              f"covered by the {' and '.join(runtimes)} rows; run profiler.run first")
         ensure_writable_folder(Path(args.lut).parent, "LUT folder (the report goes beside the LUT)")
+        # held until the command ends: a LUT still being built (or validated) is not validated,
+        # and this run's networks do not share the device with that run's blocks
+        held.enter_context(ExclusiveLock(lock_path(args.lut), f"LUT {args.lut}"))
         tag = "" if prec == "fp32" else f"-{prec}"
         outputs = {s: lut_sibling(args.lut, s.replace(".validate", ".validate" + tag))
                    for s in (".validate.csv", ".validate.json", ".validate.png")}
@@ -241,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         for p in outputs.values():
             if p.exists() and not p.is_file():
                 raise ValueError(f"{p}: exists and is not a file; the report cannot be written there")
-    except (DeviceConfigError, ValueError, LutError) as exc:
+    except (DeviceConfigError, ValueError, LutError, Busy) as exc:
         ap.exit(2, f"error: {exc}\n")
 
     rng = random.Random(args.seed)

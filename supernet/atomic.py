@@ -166,6 +166,9 @@ class ExclusiveLock:
             os.close(self._fd)
             self._fd = None
 
+    def __del__(self) -> None:  # a lock held by a local variable goes with it
+        self.close()
+
     def __enter__(self) -> "ExclusiveLock":
         return self
 

@@ -212,3 +212,13 @@ def test_a_second_collection_of_the_same_rank_is_refused(tmp_path):
         with pytest.raises(Busy, match=r"accuracy.parts/rank0.csv \(search.collect rank 0\) is in use"):
             collect(tmp_path, TINY, lambda cfg: 50.0, 2, 0, RES, WID, progress=False)
     assert collect(tmp_path, TINY, lambda cfg: 50.0, 2, 0, RES, WID, progress=False) == (2, 0)
+
+
+def test_validate_refuses_a_lut_that_is_being_written(tmp_path):
+    """A LUT a profiler.run is still writing (or another validation is using) is not
+    validated: its networks would share the device with that run's blocks."""
+    lut = full_lut(tmp_path / "l.csv")
+    with LutWriter(lut):  # this process plays the profiler.run still writing it
+        p = validate_cli(tmp_path, lut, "--subnets", "1")
+    assert p.returncode == 2 and last_error_line(p).startswith(f"error: LUT {lut} is in use by another process")
+    assert not (tmp_path / "l.validate.csv").exists()
