@@ -95,10 +95,11 @@ def stop_requests(prog: str = "supernet.train"):
         asked["signal"], first[0] = signal.Signals(signum).name, time.monotonic()
         if os.environ.get("RANK", "0") != "0":  # under torchrun rank 0 speaks for all
             return
-        from tqdm import tqdm
-
-        tqdm.write(f"{prog}: {asked['signal']}: stopping after this step with a checkpoint "
-                   "(again to abort at once)", file=sys.stderr)
+        try:  # the signal may land while the progress bar is writing to stderr: a message, not a crash
+            os.write(2, f"\n{prog}: {asked['signal']}: stopping after this step with a checkpoint "
+                        "(again to abort at once)\n".encode())
+        except OSError:
+            pass
 
     for s in previous:
         signal.signal(s, handler)
