@@ -26,7 +26,6 @@ import contextlib
 import io
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
