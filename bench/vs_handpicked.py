@@ -253,6 +253,9 @@ FIELDS = ["side", "model", "family", "width", "r", "seed", "params", "macs", "he
           "predicted_top1", "searches", "subnet", "trained_for", "note"]
 
 
+INT_FIELDS = ("r", "seed", "params", "macs", "searches")
+
+
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -261,7 +264,8 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     for r in rows:
         for k, v in r.items():
             if k not in ("side", "model", "family", "subnet", "trained_for", "note") and v not in ("", None):
-                r[k] = float(v)
+                # counts stay integers: a resumed table rewrote them as 48.0, 1.0 and 2236106.0
+                r[k] = int(float(v)) if k in INT_FIELDS else float(v)
     return rows
 
 

@@ -217,6 +217,12 @@ def test_end_to_end_on_a_real_run_lut_and_device_then_resume(vh, tmp_path, artif
     before = (out / "vs_handpicked.csv").read_text()
     assert vh.main(argv + ["--resume"]) == 0
     assert (out / "vs_handpicked.csv").read_text() == before
+    # one that has a row to add rewrites the others as they were (integers stay integers)
+    lines = before.splitlines(keepends=True)
+    (out / "vs_handpicked.csv").write_text("".join(lines[:-1]))
+    assert vh.main(argv + ["--resume"]) == 0
+    again = (out / "vs_handpicked.csv").read_text().splitlines(keepends=True)
+    assert again[:-1] == lines[:-1] and len(again) == len(lines)
     # bad input: one clear line, exit 2
     with pytest.raises(SystemExit) as exc:
         vh.main(argv[:-1] + ["--models", "resnet50"])
