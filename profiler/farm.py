@@ -103,6 +103,7 @@ def run_farm(
         with lock:
             per_device[i] = out
 
+    pool: ThreadPoolExecutor | None = None
     try:
         if len(devices) > 1 and any(d.transport == "local" for d in devices):
             items = [(str(s), format_for_runtime(rt, p)) for d in devices for rt in (runtimes or d.all_runtimes)
@@ -111,18 +112,15 @@ def run_farm(
         if len(devices) == 1:
             work(0, devices[0])
         else:
-            with ThreadPoolExecutor(max_workers=len(devices), thread_name_prefix="hwnas-device") as pool:
-                futures = [pool.submit(work, i, d) for i, d in enumerate(devices)]
-                try:
-                    for f in futures:
-                        f.result()
-                except KeyboardInterrupt:  # the other devices stop at their next block, then it goes on
-                    broker.abort()
-                    raise
+            pool = ThreadPoolExecutor(max_workers=len(devices), thread_name_prefix="hwnas-device")
+            for f in [pool.submit(work, i, d) for i, d in enumerate(devices)]:
+                f.result()
     except KeyboardInterrupt:
-        broker.abort()  # no waiting for conversions nobody will measure
+        broker.abort()  # no waiting for conversions nobody will measure; devices stop at their next block
         raise
     finally:
+        if pool is not None:  # after abort(), when interrupted: the devices' threads end at once
+            pool.shutdown(wait=True)
         broker.close()
     for i in range(len(devices)):
         farm.results.extend(per_device.get(i, []))

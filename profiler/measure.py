@@ -269,6 +269,11 @@ class ExportBroker:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
+    def stop_if_cancelled(self, device: str) -> None:
+        """Raise ``ProfileCancelled`` once ``abort()`` was called (checked before each block)."""
+        if self.cancelled.is_set():
+            raise ProfileCancelled(device)
+
     def abort(self) -> None:
         """Ctrl-C: stop converting now (queued tasks cancelled, running workers terminated,
         not waited for) and tell every device to stop at its next block
@@ -473,8 +478,7 @@ def profile_device(
                 """The block's artifact once converted, or None after its export error row."""
                 t_wait = time.perf_counter()
                 built = fut.result()
-                if broker.cancelled.is_set():  # an export cancelled by Ctrl-C is not the block's failure
-                    raise ProfileCancelled(device.name)
+                broker.stop_if_cancelled(device.name)  # an export cancelled by Ctrl-C is not the block's failure
                 if device.transport != "local":
                     res.export_s += time.perf_counter() - t_wait  # time spent waiting for conversion
                 if built.path is None:
@@ -490,8 +494,7 @@ def profile_device(
                 last = {str(s): gi for gi, group in enumerate(groups) for s, _ in group if s.kind == "overhead"}
                 held: dict[str, tuple[BlockSpec, Path, dict[str, Any] | str]] = {}
                 for gi, group in enumerate(groups):
-                    if broker.cancelled.is_set():
-                        raise ProfileCancelled(device.name)
+                    broker.stop_if_cancelled(device.name)
                     outcomes = measure_group_artifacts(session, device, [pth for _, pth in group], req_base)
                     for spec, pth, outcome in pool_outcomes(group, outcomes):
                         if spec.kind == "overhead":
@@ -504,8 +507,7 @@ def profile_device(
                         bar.update(1)
             else:
                 for spec, fut in futures:
-                    if broker.cancelled.is_set():
-                        raise ProfileCancelled(device.name)
+                    broker.stop_if_cancelled(device.name)
                     path = built_path(spec, fut)
                     if path is not None:
                         record(spec, path, measure_artifact(session, device, path, req_base))

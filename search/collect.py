@@ -168,56 +168,50 @@ def collect(
     Returns:
         (evaluated now, already present) for this rank's share.
     """
+    from tqdm import tqdm
+
+    from search.latency import MacsModel, ParamsModel
+
     parts_dir = run / f"{stem}.parts"
     parts_dir.mkdir(parents=True, exist_ok=True)
     part = parts_dir / f"rank{rank}.csv"
     # one process per part: a second collection of the same rank would evaluate the same
     # subnets and interleave its rows with this one's
     with ExclusiveLock(lock_path(part), f"{part} (search.collect rank {rank})"):
-        return _collect_part(run, space, evaluate, n, seed, resolutions, widths, rank, world, progress, stem,
-                             parts_dir, part)
-
-
-def _collect_part(run, space, evaluate, n, seed, resolutions, widths, rank, world, progress, stem, parts_dir,
-                  part) -> tuple[int, int]:
-    from tqdm import tqdm
-
-    from search.latency import MacsModel, ParamsModel
-
-    done = read_rows([run / f"{stem}.csv", *parts_dir.glob("rank*.csv")])
-    mine = [i for i in range(n) if i % world == rank]
-    todo = [i for i in mine if i not in done or done[i].get("status") != "ok"]
-    new_file = not part.is_file() or part.stat().st_size == 0
-    macs, params = MacsModel(space), ParamsModel(space)
-    if not new_file:
-        drop_torn_tail(part)  # a row torn by a kill is evaluated again
-    with part.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns_for(stem))
-        if new_file:
-            w.writeheader()
-        bar = tqdm(todo, desc=f"collect (rank {rank})", unit="subnet", disable=not progress or rank != 0)
-        for i in bar:
-            cfg = subnet_at(space, seed, i, resolutions, widths)
-            t0 = time.perf_counter()
-            row = {"index": i, "subnet": cfg.to_json(), "r": cfg.r, "w": cfg.w, "rank": rank,
-                   "macs_m": round(float(macs.cost([cfg])[0]), 3), "params_m": round(float(params.cost([cfg])[0]), 4)}
-            try:
-                out = evaluate(cfg)
-                if isinstance(out, dict):
-                    top1 = float(out["top1"])
-                    row["fp32_top1"] = round(float(out["fp32_top1"]), 4)
-                else:
-                    top1 = float(out)
-                row.update(acc=round(top1 / 100.0, 6), top1=round(top1, 4), status="ok", error="")
-                bar.set_postfix(top1=f"{top1:.2f}")
-            except Exception as exc:  # noqa: BLE001 - a failed subnet is a row, not a crash
-                row.update(acc="", top1="", status="error", error=f"{type(exc).__name__}: {exc}"[:300])
-            row["seconds"] = round(time.perf_counter() - t0, 3)
-            w.writerow(row)
-            f.flush()
-            os.fsync(f.fileno())
-    merge(run, stem)
-    return len(todo), len(mine) - len(todo)
+        done = read_rows([run / f"{stem}.csv", *parts_dir.glob("rank*.csv")])
+        mine = [i for i in range(n) if i % world == rank]
+        todo = [i for i in mine if i not in done or done[i].get("status") != "ok"]
+        new_file = not part.is_file() or part.stat().st_size == 0
+        macs, params = MacsModel(space), ParamsModel(space)
+        if not new_file:
+            drop_torn_tail(part)  # a row torn by a kill is evaluated again
+        with part.open("a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns_for(stem))
+            if new_file:
+                w.writeheader()
+            bar = tqdm(todo, desc=f"collect (rank {rank})", unit="subnet", disable=not progress or rank != 0)
+            for i in bar:
+                cfg = subnet_at(space, seed, i, resolutions, widths)
+                t0 = time.perf_counter()
+                row = {"index": i, "subnet": cfg.to_json(), "r": cfg.r, "w": cfg.w, "rank": rank,
+                       "macs_m": round(float(macs.cost([cfg])[0]), 3), "params_m": round(float(params.cost([cfg])[0]), 4)}
+                try:
+                    out = evaluate(cfg)
+                    if isinstance(out, dict):
+                        top1 = float(out["top1"])
+                        row["fp32_top1"] = round(float(out["fp32_top1"]), 4)
+                    else:
+                        top1 = float(out)
+                    row.update(acc=round(top1 / 100.0, 6), top1=round(top1, 4), status="ok", error="")
+                    bar.set_postfix(top1=f"{top1:.2f}")
+                except Exception as exc:  # noqa: BLE001 - a failed subnet is a row, not a crash
+                    row.update(acc="", top1="", status="error", error=f"{type(exc).__name__}: {exc}"[:300])
+                row["seconds"] = round(time.perf_counter() - t0, 3)
+                w.writerow(row)
+                f.flush()
+                os.fsync(f.fileno())
+        merge(run, stem)
+        return len(todo), len(mine) - len(todo)
 
 
 SETTINGS = ("seed", "resolutions", "widths", "space_name")  # what decides subnet number i

@@ -51,7 +51,6 @@ import csv
 import io
 import json
 import os
-import shlex
 import signal
 import sys
 import time
@@ -60,7 +59,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from supernet.atomic import Busy, ExclusiveLock, file_sha256
-from supernet.cliargs import run_main, seed_arg
+from supernet.cliargs import resume_command, run_main, seed_arg
 
 CKPT_FORMAT = "hwnas-proxyless-search-1"
 HISTORY_FIELDS = ["step", "phase", "epoch", "lr", "train_ce", "arch_ce", "expected_ms", "derived_ms",
@@ -580,9 +579,7 @@ def _main(argv: Sequence[str] | None, held: contextlib.ExitStack) -> int:
     with fast_depthwise(search.net), stop_requests("search.proxyless") as asked:
         complete = search.run(progress, checkpoint=ckpt, every=args.checkpoint_every, resume=state, asked=asked)
     if not complete:
-        again = shlex.join(["python", "-m", "search.proxyless",
-                            *[a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--resume", "--force")],
-                            "--resume"])
+        again = resume_command("search.proxyless", argv)
         sig = asked["signal"] or "SIGTERM"
         print(f"search.proxyless: {sig}: stopped at step {search.stopped_at[0]} of {search.stopped_at[1]}, saved in "
               f"{ckpt}; continue with: {again}", file=sys.stderr)

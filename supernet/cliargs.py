@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import signal
 import sys
 from typing import Callable, NoReturn
@@ -41,3 +43,30 @@ def run_main(main: Callable[[], int | None], prog: str, kept: str) -> NoReturn:
         print(f"{prog}: interrupted; {kept}", file=sys.stderr, flush=True)
         code = 128 + signal.SIGINT
     sys.exit(code)
+
+
+def resume_command(module: str, argv, *, out=None, drop_with_value: tuple[str, ...] = ()) -> str:
+    """The command line that continues a stopped run of ``python -m module``: its flags
+    (``argv``, or ``sys.argv``) without ``--force`` (which would start over) and without the
+    flags in ``drop_with_value`` and their values, ``--out OUT`` added where the run folder was a
+    default one, and ``--resume``; under torchrun the same launch.  A stage of
+    ``search.pipeline`` (``HWNAS_CONTINUE_WITH``) names the pipeline's command instead."""
+    if os.environ.get("HWNAS_CONTINUE_WITH"):
+        return os.environ["HWNAS_CONTINUE_WITH"]
+    given, args = list(sys.argv[1:] if argv is None else argv), []
+    while given:
+        a = given.pop(0)
+        if a in drop_with_value:
+            given = given[1:]
+        elif a != "--force" and not a.startswith(tuple(f"{d}=" for d in drop_with_value)):
+            args.append(a)
+    if out is not None and "--out" not in args and not any(a.startswith("--out=") for a in args):
+        args += ["--out", str(out)]
+    if "--resume" not in args:
+        args.append("--resume")
+    launcher = ["python"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: the same launch, one node or several
+        if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+            return "the same torchrun command with " + shlex.join(args)
+        launcher = ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])}"]
+    return shlex.join([*launcher, "-m", module, *args])

@@ -54,8 +54,11 @@ def _check(where: str, name: str, value: Any, *, integer: bool = False, low: flo
                          f"{' or null' if optional else ''}, got {value!r}")
     if (low is not None and (value <= low if low_open else value < low)) or \
             (high is not None and (value >= high if high_open else value > high)):
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-        hi = "" if high is None else f"{'<' if high_open else '<='} {high if isinstance(high, int) else format(high, 'g')}"
+        def num(x: float) -> str:  # integers whole (2**32 - 1 is no 4.29497e+09)
+            return str(x) if isinstance(x, int) else f"{x:g}"
+
+        lo = "" if low is None else f"{'>' if low_open else '>='} {num(low)}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {num(high)}"
         raise ValueError(f"{where}{name} must be {' and '.join(x for x in (lo, hi) if x)}, got {value!r}")
 
 
@@ -211,8 +214,9 @@ class TrainConfig:
             for i, p in enumerate(data["phases"]):
                 if not isinstance(p, dict) or set(p) - phase_keys:
                     raise ValueError(f"phase {i}: expected a mapping with keys from {', '.join(sorted(phase_keys))}")
-                if [k for k in required if k not in p]:
-                    raise ValueError(f"phase {i}: missing {', '.join(k for k in required if k not in p)}")
+                missing = [k for k in required if k not in p]
+                if missing:
+                    raise ValueError(f"phase {i}: missing {', '.join(missing)}")
                 phases.append(Phase(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in p.items()}))
             data["phases"] = tuple(phases)
         if isinstance(data.get("widths"), list):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import sys
 from dataclasses import replace
@@ -25,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from .atomic import ensure_writable_folder, stamped_free_path
-from .cliargs import seed_arg
+from . import cliargs
 from .data import DataError
 from .evaluation import CheckpointError
 from .device import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP
@@ -62,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(0: none; default: the preset's, 1.0)")
     p.add_argument("--batch-size", type=int, help="images per step and process (default: the preset's)")
     p.add_argument("--train-limit", type=int, help="use only this many training images")
-    p.add_argument("--seed", type=seed_arg, help="seed of weights, data order and subnet sampling (default 0)")
+    p.add_argument("--seed", type=cliargs.seed_arg, help="seed of weights, data order and subnet sampling (default 0)")
     p.add_argument("--threads", type=int, help="torch threads (default: the preset's, else torch's)")
     p.add_argument("--workers", type=int, help="DataLoader workers decoding images (ImageFolder)")
     p.add_argument("--deterministic", action="store_true", default=None,
@@ -152,27 +151,10 @@ def main(argv=None) -> None:
 
 
 def resume_command(argv, out: Path) -> str:
-    """The command line that continues this run: the same flags with ``--resume`` and the run
-    folder named (a default one included), without ``--force`` (which would start over)."""
-    if os.environ.get("HWNAS_CONTINUE_WITH"):  # a stage of search.pipeline: the pipeline continues it
-        return os.environ["HWNAS_CONTINUE_WITH"]
-    given, args = list(sys.argv[1:] if argv is None else argv), []
-    while given:  # --force would start over; the tests' crash hooks have done their part
-        a = given.pop(0)
-        if a in ("--crash-after-step", "--crash-signal"):
-            given = given[1:]
-        elif a != "--force" and not a.startswith(("--crash-after-step=", "--crash-signal=")):
-            args.append(a)
-    if "--out" not in args and not any(a.startswith("--out=") for a in args):
-        args += ["--out", str(out)]
-    if "--resume" not in args:
-        args.append("--resume")
-    launcher = ["python"]
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: the same launch, one node or several
-        if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
-            return "the same torchrun command with " + shlex.join(args)
-        launcher = ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])}"]
-    return shlex.join([*launcher, "-m", "supernet.train", *args])
+    """The command line that continues this run (``cliargs.resume_command``), without the
+    tests' crash hooks, which have done their part."""
+    return cliargs.resume_command("supernet.train", argv, out=out,
+                                  drop_with_value=("--crash-after-step", "--crash-signal"))
 
 
 OUTPUTS = ("config.yaml", "metrics.csv", "supernet.pt", "result.json", "checkpoints")

@@ -267,11 +267,12 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False, dist: Dist = Dist()
         if lock is not None:
             held.enter_context(lock)
         return _train(cfg, Path(out), resume, dist, progress, crash_after_step, dump_rank_weights, crash_signal, asked,
-                      held, lock is not None)
+                      held, lock)
 
 
 def _train(cfg: TrainConfig, out: Path, resume: bool, dist: Dist, progress: bool, crash_after_step: int | None,
-           dump_rank_weights: bool, crash_signal: int, asked: dict, held: contextlib.ExitStack, locked: bool) -> Path:
+           dump_rank_weights: bool, crash_signal: int, asked: dict, held: contextlib.ExitStack,
+           lock: ExclusiveLock | None) -> Path:
     out = Path(out)
     ckpt_path, final_path = out / "checkpoints" / "last.pt", out / "supernet.pt"
     if cfg.threads:
@@ -292,7 +293,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, dist: Dist, progress: bool
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         # one run in a folder at a time (two would overwrite each other's checkpoints)
-        if not locked:
+        if lock is None:
             held.enter_context(run_folder_lock(out))
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     space = model.space
