@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.emit import emit  # noqa: E402
+from supernet.cliargs import threads_arg  # noqa: E402
 from supernet.dynamic import FAST_WGRAD_MIN_KERNEL, depthwise_weight_grad, wgrad_choice  # noqa: E402
 
 # (batch, channels, input size, kernel, stride)
@@ -38,7 +39,7 @@ SHAPES = [
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=threads_arg, default=2)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)

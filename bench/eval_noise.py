@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.emit import emit  # noqa: E402
 from search.predictor import kendall_tau  # noqa: E402
 from supernet.evaluation import Evaluator, load_checkpoint, load_run  # noqa: E402
-from supernet.cliargs import seed_arg  # noqa: E402
+from supernet.cliargs import seed_arg, threads_arg  # noqa: E402
 
 
 def within(acc: np.ndarray, res: np.ndarray) -> np.ndarray:
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-images", type=int, default=None, help="held-out images (default: the whole split)")
     ap.add_argument("--data", help="override the run's dataset location")
     ap.add_argument("--seed", type=seed_arg, default=0)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=threads_arg, default=None)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     if args.threads:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.emit import emit  # noqa: E402
+from supernet.cliargs import threads_arg  # noqa: E402
 from supernet.device import autocast, describe, grad_scaler, resolve_amp, resolve_device  # noqa: E402
 from supernet.ofa import OFASupernet  # noqa: E402
 from supernet.space import OFA_MBV3  # noqa: E402
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="rounds (rows alternate within each)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per row first")
     ap.add_argument("--random", type=int, default=2, help="random subnets of the supernet")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=threads_arg, default=None)
     ap.add_argument("--no-timm", action="store_true")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args(argv)

@@ -40,7 +40,7 @@ from bench.emit import emit  # noqa: E402
 from supernet.device import apply_cudnn, autocast, describe, resolve_amp, resolve_device  # noqa: E402
 from supernet.ofa import OFASupernet  # noqa: E402
 from supernet.space import get_space  # noqa: E402
-from supernet.cliargs import seed_arg  # noqa: E402
+from supernet.cliargs import seed_arg, threads_arg  # noqa: E402
 
 VARIANTS = ("cl-bf16", "cl-bf16-nodw", "cl-bf16-nocudnn", "nchw-bf16", "cl-off", "nchw-off", "nchw-off-nocudnn")
 REUSE = 20  # steady steps a subnet shape gets after its first in the estimate that picks the best variant
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steady", type=int, default=10, help="steady steps per subnet after its first")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--batches", default="64,256,1024,4096", help="batch sweep of the largest subnet ('' for none)")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=threads_arg, default=None)
     ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--max-seconds", type=float, default=0.0,
                     help="per variant: no new subnet after this long (0: no limit); the variant says it was cut")

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from supernet.cliargs import threads_arg  # noqa: E402
 from supernet.ops import build_network  # noqa: E402
 from supernet.proxyless import ProxylessSupernet, expected_cost  # noqa: E402
 from supernet.space import get_space  # noqa: E402
@@ -114,7 +115,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--archs", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=threads_arg, default=2)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -44,7 +44,7 @@ from supernet.data import load_data  # noqa: E402
 from supernet.ops import build_network  # noqa: E402
 from supernet.space import get_space  # noqa: E402
 from supernet.standalone import Recipe, train_standalone  # noqa: E402
-from supernet.cliargs import seeds_arg  # noqa: E402
+from supernet.cliargs import seeds_arg, threads_arg  # noqa: E402
 
 FIELDS = ["budget_ms", "seed", "model", "lut_ms", "params", "macs", "top1", "epochs", "seconds", "subnet"]
 
@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--ofa-lut", help="a LUT of the OFA run's space on the same device and runtime as --lut")
     ap.add_argument("--ofa-predictor", help="predictor for search.evolve (default: OFA-RUN/predictor.pt)")
     ap.add_argument("--k3e3", action="store_true", help="also the uniform kernel 3 / expand 3 baseline")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=threads_arg, default=2)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if bool(args.ofa_run) != bool(args.ofa_lut):

@@ -59,7 +59,7 @@ from supernet.evaluation import Evaluator, load_supernet  # noqa: E402
 from supernet.data import DataError, load_data, load_test  # noqa: E402
 from supernet.presets import get_preset, with_method  # noqa: E402
 from supernet.trainer import atomic_save, train  # noqa: E402
-from supernet.cliargs import seeds_arg  # noqa: E402
+from supernet.cliargs import seeds_arg, threads_arg  # noqa: E402
 
 
 def stats(xs):
@@ -235,7 +235,7 @@ def main() -> None:
     p.add_argument("--subnets", type=int, default=20)
     p.add_argument("--eval-images", type=int, default=2000)
     p.add_argument("--out", type=Path, default=Path("runs/ps_vs_naive"))
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared 2-core box)")
+    p.add_argument("--threads", type=threads_arg, default=1, help="torch threads (1 is steadiest on a shared 2-core box)")
     p.add_argument("--only", help="comma-separated subset of: ps,naive,sandwich,full,bn_shared,bn_switchable")
     p.add_argument("--test-images", type=int, default=10000,
                    help="also evaluate on this many of the dataset's test images, the same for every seed (0: off)")

@@ -48,7 +48,7 @@ from supernet.ops import build_network, count_params  # noqa: E402
 from supernet.space import SubnetConfig, parse_subnet  # noqa: E402
 from supernet.standalone import Recipe, train_standalone  # noqa: E402
 from supernet.presets import TrainConfig  # noqa: E402
-from supernet.cliargs import run_main, seed_arg  # noqa: E402
+from supernet.cliargs import run_main, seed_arg, threads_arg  # noqa: E402
 
 
 def subnets_to_compare(space, spec: str, search: Path | None) -> list[tuple[str, SubnetConfig]]:
@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--subnets", default="max,min", help="max, min and/or JSON files, comma separated")
     ap.add_argument("--seconds", type=float, help="training time of each trained-alone run "
                     "(default: the supernet run's train_seconds)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the run's)")
+    ap.add_argument("--threads", type=threads_arg, default=None, help="torch threads (default: the run's)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: RUN)")

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from supernet.cliargs import threads_arg  # noqa: E402
 from supernet.device import apply_allocator, resolve_allocator  # noqa: E402
 from supernet.ofa import OFASupernet  # noqa: E402
 from supernet.presets import TrainConfig  # noqa: E402
@@ -47,7 +48,7 @@ def main() -> None:
     p.add_argument("--res", type=int, default=128)
     p.add_argument("--steps", type=int, default=3, help="steps per timed round")
     p.add_argument("--reps", type=int, default=5, help="alternating rounds per subnet")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=threads_arg, default=None)
     p.add_argument("--elastic-width", action="store_true",
                    help="our supernet also holds width 1.2 (the registered ofa_mbv3 space)")
     p.add_argument("--memory-format", default="default", choices=("default", "nchw", "channels-last"),

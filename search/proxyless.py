@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from supernet.atomic import Busy, ExclusiveLock, file_sha256
-from supernet.cliargs import resume_command, run_main, seed_arg
+from supernet.cliargs import resume_command, run_main, seed_arg, threads_arg
 
 CKPT_FORMAT = "hwnas-proxyless-search-1"
 HISTORY_FIELDS = ["step", "phase", "epoch", "lr", "train_ce", "arch_ce", "expected_ms", "derived_ms",
@@ -446,7 +446,7 @@ def _main(argv: Sequence[str] | None, held: contextlib.ExitStack) -> int:
     ap.add_argument("--train-limit", type=int, help="use only this many training images (tests, demos)")
     ap.add_argument("--valid-size", type=int, default=5000, help="held-out images for the final evaluation")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ap.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    ap.add_argument("--threads", type=threads_arg, help="CPU threads (default: all)")
     ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--log-every", type=int, default=SearchConfig.log_every, help="history row every N steps")
     ap.add_argument("--out", type=Path, help="output folder (default: runs/proxyless-<lut>-<T>ms)")

@@ -23,6 +23,18 @@ def seed_arg(text: str) -> int:
     return value
 
 
+def threads_arg(text: str) -> int:
+    """``--threads``: a whole number of threads, at least 1 (torch refuses anything else with
+    a traceback from deep inside a run)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of threads, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def seeds_arg(text: str) -> list[int]:
     """``--seeds``: a comma list of ``seed_arg`` values, at least one, no repeats."""
     parts = [p.strip() for p in text.split(",") if p.strip()]

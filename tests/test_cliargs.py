@@ -1,11 +1,11 @@
-"""--seed and --seeds: one range for every command, one clear line outside it."""
+"""--seed, --seeds and --threads: one range for every command, one clear line outside it."""
 
 import argparse
 
 import pytest
 import torch
 
-from supernet.cliargs import SEED_MAX, seed_arg, seeds_arg
+from supernet.cliargs import SEED_MAX, seed_arg, seeds_arg, threads_arg
 from supernet.data import TensorSplit, train_batches
 from supernet.presets import TrainConfig
 from tests.conftest import run_cli
@@ -48,6 +48,22 @@ def test_every_command_refuses_a_bad_seed_before_any_work(module, args):
     p = run_cli(module, *args)
     assert p.returncode == 2
     assert "argument --seed: must be" in p.stderr.splitlines()[-1]
+
+
+def test_threads_are_a_whole_number_from_one():
+    assert threads_arg("1") == 1 and threads_arg("16") == 16
+    for bad, words in (("0", "at least 1, got 0"), ("-1", "at least 1, got -1"), ("1.5", "whole number"),
+                       ("all", "whole number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            threads_arg(bad)
+
+
+def test_proxyless_refuses_a_bad_thread_count_before_any_work(tmp_path):
+    """torch.set_num_threads(-1) was a RuntimeError traceback after the LUT and data were read."""
+    p = run_cli("search.proxyless", "--lut", "luts/pixel1.csv", "--latency-ms", "100", "--threads", "-1",
+                "--out", tmp_path / "p")
+    assert p.returncode == 2 and not (tmp_path / "p").exists()
+    assert p.stderr.splitlines()[-1].endswith("argument --threads: must be at least 1, got -1")
 
 
 def test_run_main_turns_ctrl_c_into_one_line(capsys):
