@@ -68,7 +68,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from supernet.atomic import atomic_open, atomic_write_text  # noqa: E402
 from supernet.ops import count_macs, count_params  # noqa: E402
-from supernet.cliargs import run_main, seeds_arg  # noqa: E402
+from supernet.cliargs import run_main, seeds_arg, threads_arg  # noqa: E402
 
 # name -> (family, width): torchvision's constructors, adapted by ``handpicked_model``
 HANDPICKED: dict[str, tuple[str, float]] = {
@@ -249,11 +249,11 @@ def fronts_png(path: Path, rows: list[dict[str, Any]], runtimes: list[str]) -> N
 
 
 FIELDS = ["side", "model", "family", "width", "r", "seed", "params", "macs", "heldout_top1", "test_top1",
-          "heldout_top1_running_bn", "epochs", "train_seconds", "images_per_s", "budget_ms", "predicted_ms",
+          "heldout_top1_running_bn", "epochs", "train_seconds", "images_per_s", "threads", "budget_ms", "predicted_ms",
           "predicted_top1", "searches", "subnet", "trained_for", "note"]
 
 
-INT_FIELDS = ("r", "seed", "params", "macs", "searches")
+INT_FIELDS = ("r", "seed", "params", "macs", "searches", "threads")
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="local", help="the profiler device the latencies are measured on")
     ap.add_argument("--passes", type=int, default=2, help="measurements of every network (median of them)")
     ap.add_argument("--torch-device", default="auto", help="where the models train (auto|cpu|cuda)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the run's)")
+    ap.add_argument("--threads", type=threads_arg, default=None, help="torch threads (default: the run's)")
     ap.add_argument("--test-images", type=int, default=None, help="test images to evaluate (default: all)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/vs_handpicked)")
     ap.add_argument("--resume", action="store_true", help="keep the rows and latencies already in OUT")
@@ -362,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or rc.threads
     if threads:
         torch.set_num_threads(threads)
+    threads = torch.get_num_threads()  # what trains every row (recorded in each)
     out = args.out or args.run / "vs_handpicked"
     out.mkdir(parents=True, exist_ok=True)
     csv_path, lat_path = out / "vs_handpicked.csv", out / "latency.json"
@@ -437,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                "params": params, "macs": macs, **{f"{rt}_ms": lat[m].get(rt) for rt in runtimes},
                "heldout_top1": round(ev.top1(model, r_hand), 3), "test_top1": test_top1(model, r_hand),
                "heldout_top1_running_bn": res["top1"], "epochs": res["epochs"],
-               "train_seconds": res["seconds"], "images_per_s": res["images_per_s"],
+               "train_seconds": res["seconds"], "images_per_s": res["images_per_s"], "threads": threads,
                "note": "; ".join(v for k, v in lat[m].items() if k.endswith("_error"))}
         keep(row)
         print(f"{m:>22} seed {s}: held-out {row['heldout_top1']:.2f}%, test {row['test_top1'] or float('nan'):.2f}% "
@@ -499,8 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         twin = next((r for r in rows if r["side"] == "hwnas fine-tuned" and r.get("subnet") == ours["subnet"]
                      and r.get("seed") not in ("", None) and int(r["seed"]) == s and not r.get("trained_for")), None)
         if twin is not None:
-            row.update({k: twin[k] for k in ("heldout_top1", "test_top1", "heldout_top1_running_bn", "epochs",
-                                             "train_seconds", "images_per_s")})
+            row.update({k: twin.get(k) for k in ("heldout_top1", "test_top1", "heldout_top1_running_bn", "epochs",
+                                                 "train_seconds", "images_per_s", "threads")})
             row.update({"side": "hwnas fine-tuned", "model": m, "seed": s, "trained_for": twin["model"]})
             keep(row)
             print(f"{m:>22}: ours fine-tuned seed {s}: the subnet fine-tuned for {twin['model']} "
@@ -514,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         row.update({"side": "hwnas fine-tuned", "model": m, "seed": s, "heldout_top1": round(ev.top1(sub, cfg.r), 3),
                     "test_top1": test_top1(sub, cfg.r), "heldout_top1_running_bn": res["top1"],
                     "epochs": res["epochs"], "train_seconds": res["seconds"],
-                    "images_per_s": res["images_per_s"], "trained_for": ""})
+                    "images_per_s": res["images_per_s"], "threads": threads, "trained_for": ""})
         keep(row)
         print(f"{m:>22}: ours fine-tuned seed {s}: held-out {row['heldout_top1']:.2f}%", flush=True)
 

@@ -206,6 +206,8 @@ def test_end_to_end_on_a_real_run_lut_and_device_then_resume(vh, tmp_path, artif
         assert float(r["onnxruntime_ms"]) > 0
         # trained networks are evaluated after BN recalibration, as extracted subnets are
         assert (r.get("heldout_top1_running_bn") not in ("", None)) == (r["side"] != "hwnas extracted")
+        # each trained row says how many threads trained it (rows of several runs can be merged)
+        assert r.get("threads") == (None if r["side"] == "hwnas extracted" else doc["threads"])
     for r in (r for r in rows if r["side"] != "hand-picked"):
         cfg = SubnetConfig.from_json(r["subnet"])
         assert cfg.r == 32  # the only resolution the LUT covers
@@ -213,6 +215,7 @@ def test_end_to_end_on_a_real_run_lut_and_device_then_resume(vh, tmp_path, artif
         assert float(r["onnxruntime_ms"]) <= float(theirs["onnxruntime_ms"]) or "measured over" in r["note"]
     assert {t["model"] for t in doc["comparison"]} == {"mobilenet_v3_small_0.5", "mnasnet_0.5"}
     assert doc["stem_stride"] == 1 and doc["test_images"] == 30
+    assert doc["threads"] == torch.get_num_threads()
     # a resumed run trains nothing again and writes the same rows
     before = (out / "vs_handpicked.csv").read_text()
     assert vh.main(argv + ["--resume"]) == 0
