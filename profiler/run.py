@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in (("--threads", args.threads), ("--repeats", args.repeats)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if args.export_workers < 0:
+            raise ValueError(f"--export-workers must be at least 0 (0: convert in the profiler's own process), "
+                             f"got {args.export_workers}")
         if args.min_time is not None and not 0 <= args.min_time < 1e6:  # also refuses nan and inf
             raise ValueError(f"--min-time must be a number of seconds >= 0, got {args.min_time:g}")
         if args.lut is not None and len(devices) > 1:

@@ -869,6 +869,10 @@ def main(argv: list[str] | None = None) -> int:
                                  "(search a budget from the front for those)")
             if args.evaluations < 2:
                 raise ValueError(f"--evaluations must be >= 2, got {args.evaluations}")
+        if args.method == "relaxation" and args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        if args.samples < 0:
+            raise ValueError(f"--samples must be >= 0, got {args.samples}")
         budgets = parse_budgets(text, f"--{flag}") if text else []  # none: spread over the LUT's range
         if flag == "latency-ms" and not args.lut:
             raise ValueError("--latency-ms needs --lut")

@@ -624,12 +624,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=seed_arg, default=0)
     ap.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     args = ap.parse_args(argv)
+    if args.epochs < 1:
+        ap.error(f"--epochs must be at least 1, got {args.epochs}")
     data = Path(args.data)
     if data.is_dir():
         data = data / "accuracy.csv"
     try:
         space = get_space(args.space or _space_of_run(data.parent) or "fmnist")
-        hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())
+        try:
+            hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())
+        except ValueError:
+            hidden = (0,)
+        if not hidden or min(hidden) < 1:
+            raise ValueError(f"--hidden must be a comma list of layer sizes of at least 1, got {args.hidden!r}")
         subnets, accs = read_accuracy_csv(data, space)
         out = Path(args.out) if args.out else data.parent / "predictor.pt"
         ensure_writable_folder(out.parent, "--out folder")

@@ -50,6 +50,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import signal
 import sys
@@ -471,6 +472,22 @@ def _main(argv: Sequence[str] | None, held: contextlib.ExitStack) -> int:
         print(f"error: {msg}", file=sys.stderr)
         return 2
 
+    # every number a finite one in its range (nan and inf passed `< 0` checks and then failed
+    # deep inside the run, or trained on nonsense)
+    for name in ("latency_ms", "beta", "lambda_latency", "warmup_epochs", "search_epochs", "retrain_epochs", "lr",
+                 "weight_decay", "arch_lr", "retrain_lr"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            return fail(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    for name in ("lr", "arch_lr", "retrain_lr"):
+        if getattr(args, name) <= 0:
+            return fail(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name):g}")
+    for name in ("beta", "lambda_latency", "weight_decay"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            return fail(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name):g}")
+    for name in ("resolution", "train_limit", "valid_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            return fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     loss_form = args.latency_loss or ("target" if args.latency_ms is not None else "add")
     if loss_form == "target" and (args.latency_ms is None or args.latency_ms <= 0):
         return fail("--latency-loss target needs --latency-ms T > 0")
@@ -503,7 +520,9 @@ def _main(argv: Sequence[str] | None, held: contextlib.ExitStack) -> int:
         if not covered:
             raise ValueError(f"{args.lut} covers no resolution of space {space.name!r} "
                              f"(profile it: python -m profiler.run --space {space.name} --resolutions R)")
-        r = args.resolution or max(covered)
+        r = args.resolution if args.resolution is not None else max(covered)
+        if r not in space.resolutions:
+            space.all_blocks([r])  # raises: resolution R is not in space S (allowed: ...)
         if r not in covered:
             model.tables(r, space.default_width)  # raises MissingKeysError naming the blocks
         device = resolve_device(args.device)

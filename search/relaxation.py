@@ -116,6 +116,8 @@ def relaxation_search(
 
     from .predictor import one_torch_thread
 
+    if steps < 1:
+        raise ValueError(f"relaxation needs at least 1 step, got {steps}")
     t0 = time.perf_counter()
     choices = costs.choices
     sp = choices.space

@@ -329,6 +329,20 @@ def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
     for flag in ("--batch-size", "--arch-images", "--checkpoint-every"):
         assert f"{flag} must be at least 1" in err(*base, flag, "0")
     assert "give no full batch of 64" in err(*base, "--train-limit", "64")
+    # nan, inf, zero or negative rates, weights and epochs: one line before any work (nan and
+    # inf got past the range checks and failed deep in the run; --lr -1 was SGD's traceback)
+    for flag, value, words in (("--lr", "nan", "--lr must be a finite number, got nan"),
+                               ("--search-epochs", "inf", "--search-epochs must be a finite number"),
+                               ("--warmup-epochs", "nan", "--warmup-epochs must be a finite number"),
+                               ("--latency-ms", "inf", "--latency-ms must be a finite number"),
+                               ("--arch-lr", "-1", "--arch-lr must be > 0, got -1"),
+                               ("--retrain-lr", "0", "--retrain-lr must be > 0"),
+                               ("--weight-decay", "-0.0001", "--weight-decay must be >= 0"),
+                               ("--beta", "-1", "--beta must be >= 0"),
+                               ("--train-limit", "0", "--train-limit must be at least 1, got 0"),
+                               ("--resolution", "0", "--resolution must be at least 1, got 0"),
+                               ("--resolution", "33", "resolution 33 is not in space 'proxyless_fmnist'")):
+        assert words in err(*base, flag, value), (flag, value)
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     assert "exists and is not a folder" in err("--lut", lut, "--latency-ms", "2", "--out", blocker,

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import last_error_line, run_cli
+from conftest import REPO, last_error_line, run_cli
 from profiler.lut import LutWriter, error_row
 from search.collect import check_settings, collect, subnet_at
 from sshd import write_devices
@@ -183,6 +183,7 @@ def test_predictor_unwritable_out_is_one_line_before_training(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--passes", "0"], "--passes must be at least 1"),
     (["--runtime", "onnxruntime,tvm"], "unknown runtime 'tvm'"),
+    (["--width", "inf"], "--width: inf is not a width multiplier of space"),  # was an OverflowError traceback
 ])
 def test_validate_refuses_bad_passes_and_runtimes_before_measuring(tmp_path, extra, message):
     lut = full_lut(tmp_path / "l.csv")
@@ -222,3 +223,33 @@ def test_validate_refuses_a_lut_that_is_being_written(tmp_path):
         p = validate_cli(tmp_path, lut, "--subnets", "1")
     assert p.returncode == 2 and last_error_line(p).startswith(f"error: LUT {lut} is in use by another process")
     assert not (tmp_path / "l.validate.csv").exists()
+
+
+def test_search_numbers_that_mean_nothing_are_one_line_before_any_work(tmp_path, capsys):
+    """search.evolve --method relaxation --steps 0 was an UnboundLocalError traceback and
+    --samples -1 passed; search.predictor --epochs 0 trained no MLP and --hidden 0,-3 was a
+    tensor traceback; profiler.run --export-workers -1 passed as 0."""
+    from profiler.run import main as run_main
+    from search.evolve import main as evolve_main
+    from search.predictor import main as predictor_main
+    from test_untrusted_files import _acc_csv
+
+    note10 = str(REPO / "luts" / "note10.csv")
+    for argv, words in ((["--method", "relaxation", "--steps", "0"], "--steps must be >= 1, got 0"),
+                        (["--samples", "-1"], "--samples must be >= 0, got -1")):
+        with pytest.raises(SystemExit) as exc:
+            evolve_main(["--lut", note10, "--out", str(tmp_path / "ev"), *argv])
+        assert exc.value.code == 2 and words in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "ev").exists()
+    data = _acc_csv(tmp_path, "0.5")
+    for argv, words in ((["--epochs", "0"], "--epochs must be at least 1, got 0"),
+                        (["--hidden", "0,-3"], "--hidden must be a comma list of layer sizes of at least 1")):
+        with pytest.raises(SystemExit) as exc:
+            predictor_main(["--data", str(data), "--space", "tiny", "--out", str(tmp_path / "p.pt"), *argv])
+        assert exc.value.code == 2 and words in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not (tmp_path / "p.pt").exists()
+    with pytest.raises(SystemExit) as exc:
+        run_main(["--device", "local", "--space", "tiny", "--resolutions", "32", "--export-workers", "-1",
+                  "--lut", str(tmp_path / "l.csv"), "--cache", str(tmp_path / "c"), "--no-progress"])
+    assert exc.value.code == 2 and "--export-workers must be at least 0" in capsys.readouterr().err
+    assert not (tmp_path / "l.csv").exists() and not (tmp_path / "c").exists()
