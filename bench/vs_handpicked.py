@@ -45,7 +45,10 @@ the rows already in the CSV (each is written as soon as it is known) and the lat
 the cheapest (theirs, then ours at its latency), so a run stopped early holds whole
 comparisons; when one subnet answers several hand-picked models' budgets it is fine-tuned
 once per seed and the other models' rows carry that result, naming the model it was
-trained for (``trained_for``).
+trained for (``trained_for``).  ``--merge DIR`` folds in the rows of another output folder
+of the same comparison (started from a copy of this one's ``latency.json``, e.g. seeds or
+models split over processes or machines with ``--seeds``/``--models``): rows present in
+both must agree and latencies must be the same, or it stops with one line saying which.
 """
 
 from __future__ import annotations
@@ -276,6 +279,56 @@ def _write_rows(path: Path, rows: list[dict[str, Any]], fields: list[str]) -> No
         w.writerows(rows)
 
 
+SIDES = ("hand-picked", "hwnas extracted", "hwnas fine-tuned")
+
+
+def _row_key(r: dict[str, Any]) -> tuple[str, str, int]:
+    return r["side"], r["model"], int(r["seed"]) if r.get("seed") not in ("", None) else -1
+
+
+def merge_tables(rows: list[dict[str, Any]], lat: dict[str, dict[str, Any]], dirs: list[Path]) -> int:
+    """Fold the rows and latencies of other output folders of the same comparison into
+    ``rows`` and ``lat`` (in place), e.g. seeds or models split over processes or machines,
+    each started from a copy of one ``latency.json``.  Same comparison means: every model
+    measured in both has the same latencies, and a row present in both (side, model, seed)
+    has the same accuracy and subnet; anything else is a ValueError naming it.  Returns the
+    number of rows added."""
+    have = {_row_key(r): r for r in rows}
+    added = 0
+    for d in dirs:
+        csv_path, lat_path = d / "vs_handpicked.csv", d / "latency.json"
+        if not csv_path.is_file() or not lat_path.is_file():
+            raise ValueError(f"--merge {d}: needs the vs_handpicked.csv and latency.json of a vs_handpicked.py run")
+        try:
+            other_lat = json.loads(lat_path.read_text())
+            other = _read_rows(csv_path)
+            if not isinstance(other_lat, dict):
+                raise ValueError("not a mapping of model to latencies")
+            for r in other:
+                if r.get("side") not in SIDES or r.get("model") not in HANDPICKED:
+                    raise ValueError(f"a row of side {r.get('side')!r} and model {r.get('model')!r}")
+        except (OSError, ValueError, KeyError) as exc:  # json's errors are ValueErrors
+            raise ValueError(f"--merge {d}: cannot read its table ({exc})") from None
+        for m, v in other_lat.items():
+            if m in lat and lat[m] != v:
+                raise ValueError(f"--merge {d}: {m} measured {v} there and {lat[m]} here; only tables of the same "
+                                 f"measured latencies (one latency.json) merge")
+        for m, v in other_lat.items():
+            lat.setdefault(m, v)
+        for r in other:
+            k = _row_key(r)
+            mine = have.get(k)
+            if mine is None:
+                rows.append(r)
+                have[k] = r
+                added += 1
+            elif any(str(mine.get(f) or "") != str(r.get(f) or "") for f in ("heldout_top1", "subnet")):
+                raise ValueError(f"--merge {d}: its {k[0]} row of {k[1]}" + (f" seed {k[2]}" if k[2] >= 0 else "")
+                                 + f" differs from this table's ({r.get('heldout_top1')} against "
+                                 f"{mine.get('heldout_top1')}): not the same comparison")
+    return added
+
+
 def _export(module: nn.Module, example: torch.Tensor, fmt: str, path: Path) -> str:
     """Export ``module`` to ``path`` unless it is there; '' or the error."""
     from profiler.export import export_onnx, export_tflite
@@ -314,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-images", type=int, default=None, help="test images to evaluate (default: all)")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/vs_handpicked)")
     ap.add_argument("--resume", action="store_true", help="keep the rows and latencies already in OUT")
+    ap.add_argument("--merge", type=Path, action="append", default=[], metavar="DIR",
+                    help="fold in the rows of another OUT of the same comparison (same run, LUT and latency.json; "
+                         "e.g. seeds or models split over processes), then go on as --resume does; repeatable")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -368,8 +424,17 @@ def main(argv: list[str] | None = None) -> int:
     csv_path, lat_path = out / "vs_handpicked.csv", out / "latency.json"
     fields = FIELDS[:8] + [f"{rt}_ms" for rt in runtimes] + FIELDS[8:]
     rows = _read_rows(csv_path) if args.resume else []
-    done = {(r["side"], r["model"], int(r["seed"]) if r.get("seed") not in ("", None) else -1) for r in rows}
     lat: dict[str, dict[str, float]] = json.loads(lat_path.read_text()) if args.resume and lat_path.is_file() else {}
+    if args.merge:
+        try:
+            added = merge_tables(rows, lat, args.merge)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        _write_rows(csv_path, rows, fields)
+        atomic_write_text(lat_path, json.dumps(lat, indent=2) + "\n")
+        print(f"merged {added} rows from {', '.join(map(str, args.merge))} into {csv_path}", flush=True)
+    done = {_row_key(r) for r in rows}
     progress = not args.no_progress
     r_hand = max(space.resolutions)
     stem = max(1, 2 * space_stride(space) // 32)
@@ -381,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     def keep(row: dict[str, Any]) -> None:
         rows.append(row)
         _write_rows(csv_path, rows, fields)
-        done.add((row["side"], row["model"], row["seed"] if row.get("seed") not in ("", None) else -1))
+        done.add(_row_key(row))
 
     def test_top1(module: nn.Module, r: int) -> float | None:
         if test is None:

@@ -226,6 +226,45 @@ def test_end_to_end_on_a_real_run_lut_and_device_then_resume(vh, tmp_path, artif
     assert vh.main(argv + ["--resume"]) == 0
     again = (out / "vs_handpicked.csv").read_text().splitlines(keepends=True)
     assert again[:-1] == lines[:-1] and len(again) == len(lines)
+    # a table split over two processes (seed 0 in one folder, seed 1 in another, each from a
+    # copy of the latencies) merges into the one table, training nothing again
+    import shutil
+
+    full = list(csv.DictReader((out / "vs_handpicked.csv").open()))
+    header = (out / "vs_handpicked.csv").read_text().splitlines()[0]
+    parts = {}
+    for name, keep_seed in (("a", "0"), ("b", "1")):
+        part = tmp_path / name
+        part.mkdir()
+        shutil.copy(out / "latency.json", part / "latency.json")
+        with (part / "vs_handpicked.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=header.split(","))
+            w.writeheader()
+            w.writerows(r for r in full if r["seed"] in ("", keep_seed))
+        parts[name] = part
+    merged = tmp_path / "merged"
+    assert vh.main(argv[:-3] + ["--out", str(merged), "--no-progress", "--merge", str(parts["a"]),
+                                "--merge", str(parts["b"])]) == 0
+    assert "merged 10 rows" in capsys.readouterr().out  # a: 2 extracted + 2 + 2; b: 2 + 2 (its extracted are a's)
+    again = list(csv.DictReader((merged / "vs_handpicked.csv").open()))
+    assert sorted(map(str, again)) == sorted(map(str, full))
+    assert json.loads((merged / "vs_handpicked.json").read_text())["comparison"] == doc["comparison"]
+    # tables that are not of the same comparison: one line naming what differs, nothing written
+    rows_b = (parts["b"] / "vs_handpicked.csv").read_text().splitlines()
+    tuned = next(i for i, ln in enumerate(rows_b) if ln.startswith("hwnas fine-tuned"))
+    fields = rows_b[tuned].split(",")
+    fields[header.split(",").index("heldout_top1")] = "12.5"
+    rows_b[tuned] = ",".join(fields)
+    (parts["b"] / "vs_handpicked.csv").write_text("\n".join(rows_b) + "\n")
+    assert vh.main(argv[:-3] + ["--out", str(merged), "--resume", "--no-progress", "--merge", str(parts["b"])]) == 2
+    assert "differs from this table's (12.5 against" in capsys.readouterr().err
+    lat = json.loads((parts["a"] / "latency.json").read_text())
+    lat["mnasnet_0.5"]["onnxruntime"] = 9.0
+    (parts["a"] / "latency.json").write_text(json.dumps(lat))
+    assert vh.main(argv[:-3] + ["--out", str(tmp_path / "m2"), "--no-progress", "--merge", str(parts["a"]),
+                                "--merge", str(parts["b"])]) == 2
+    assert "only tables of the same measured latencies" in capsys.readouterr().err
+    assert not (tmp_path / "m2" / "vs_handpicked.csv").exists()
     # bad input: one clear line, exit 2
     with pytest.raises(SystemExit) as exc:
         vh.main(argv[:-1] + ["--models", "resnet50"])
