@@ -231,9 +231,7 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
         if args.calib_images is not None and args.calib_images < 1:
             raise ValueError("--calib-images must be at least 1")
         w = args.width if args.width is not None else space.default_width
-        if w not in space.width_mults:  # also nan and inf, which no table covers
-            raise ValueError(f"--width: {w:g} is not a width multiplier of space {space.name!r} "
-                             f"({', '.join(f'{x:g}' for x in space.width_mults)})")
+        space.require_width(w)  # also nan and inf, which no table covers
         prec = args.precision
         models = {rt: (LatencyModel.from_lut(args.lut, space, rt, precision=prec),
                        LatencyModel.from_lut(args.lut, space, rt, overhead=False, stream=False, precision=prec))

@@ -145,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--resolutions: {bad_r[0] if bad_r else '(none)'} is not a resolution of space "
                              f"{space.name!r} ({', '.join(map(str, space.resolutions))})")
         width = space.default_width if args.width is None else args.width
-        if width not in space.width_mults:
-            raise ValueError(f"--width: {width:g} is not a width multiplier of space {space.name!r} "
-                             f"({', '.join(f'{w:g}' for w in space.width_mults)})")
+        space.require_width(width)
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

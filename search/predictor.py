@@ -633,10 +633,10 @@ def main(argv: list[str] | None = None) -> int:
         space = get_space(args.space or _space_of_run(data.parent) or "fmnist")
         try:
             hidden = tuple(int(h) for h in args.hidden.split(",") if h.strip())
+            if not hidden or min(hidden) < 1:
+                raise ValueError
         except ValueError:
-            hidden = (0,)
-        if not hidden or min(hidden) < 1:
-            raise ValueError(f"--hidden must be a comma list of layer sizes of at least 1, got {args.hidden!r}")
+            raise ValueError(f"--hidden must be a comma list of layer sizes of at least 1, got {args.hidden!r}") from None
         subnets, accs = read_accuracy_csv(data, space)
         out = Path(args.out) if args.out else data.parent / "predictor.pt"
         ensure_writable_folder(out.parent, "--out folder")

@@ -521,8 +521,7 @@ def _main(argv: Sequence[str] | None, held: contextlib.ExitStack) -> int:
             raise ValueError(f"{args.lut} covers no resolution of space {space.name!r} "
                              f"(profile it: python -m profiler.run --space {space.name} --resolutions R)")
         r = args.resolution if args.resolution is not None else max(covered)
-        if r not in space.resolutions:
-            space.all_blocks([r])  # raises: resolution R is not in space S (allowed: ...)
+        space.require_resolution(r)
         if r not in covered:
             model.tables(r, space.default_width)  # raises MissingKeysError naming the blocks
         device = resolve_device(args.device)

@@ -136,9 +136,7 @@ class ProxylessSupernet(nn.Module):
 
     def __init__(self, space: SearchSpace, r: int, dropout: float | None = None):
         super().__init__()
-        if r not in space.resolutions:
-            raise ValueError(f"resolution {r} is not in space {space.name!r} "
-                             f"(allowed: {', '.join(map(str, space.resolutions))})")
+        space.require_resolution(r)
         self.space, self.r = space, r
         dropout = space.dropout if dropout is None else dropout
         nb, w = space.num_blocks, space.default_width

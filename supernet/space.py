@@ -561,6 +561,18 @@ class SearchSpace:
         out.append(BlockSpec("classifier", 1, 1, c, 1, 1, self.num_classes))
         return out
 
+    def require_resolution(self, r: int) -> None:
+        """ValueError naming the allowed resolutions unless ``r`` is one of them."""
+        if r not in self.resolutions:
+            raise ValueError(f"resolution {r} is not in space {self.name!r} (allowed: {_ranges(self.resolutions)})")
+
+    def require_width(self, w: float, flag: str = "--width") -> None:
+        """ValueError naming ``flag`` and the allowed width multipliers unless ``w`` is one
+        of them (nan and inf are none)."""
+        if w not in self.width_mults:
+            raise ValueError(f"{flag}: {w:g} is not a width multiplier of space {self.name!r} "
+                             f"({', '.join(f'{x:g}' for x in self.width_mults)})")
+
     def all_blocks(
         self,
         resolutions: Iterable[int] | None = None,
@@ -576,11 +588,7 @@ class SearchSpace:
         resolutions = list(self.resolutions if resolutions is None else resolutions)
         widths = list((self.default_width,) if widths is None else widths)
         for r in resolutions:
-            if r not in self.resolutions:
-                raise ValueError(
-                    f"resolution {r} is not in space {self.name!r} "
-                    f"(allowed: {_ranges(self.resolutions)})"
-                )
+            self.require_resolution(r)
         for w in widths:
             if w not in self.width_mults:
                 raise ValueError(
