@@ -60,6 +60,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
@@ -605,6 +606,11 @@ def main(argv: list[str] | None = None) -> int:
                "hand_picked_resolution": r_hand, "stem_stride": stem, "space": space.name,
                "held_out_images": len(ev.data.valid), "test_images": None if test is None else
                min(len(test), args.test_images or len(test)), "test_note": test_note, "threads": threads,
+               # the rows may come from several runs (--resume, --merge): trained rows per thread count
+               # ("not recorded": rows written before rows recorded their threads)
+               "trained_threads": dict(sorted(Counter(
+                   "not recorded" if r.get("threads") in (None, "") else str(int(r["threads"]))
+                   for r in rows if r["side"] != "hwnas extracted").items())),
                "load_avg_end": os.getloadavg()[0], "seconds": round(time.time() - t_start, 1),
                "comparison": table,
                "goal_met": bool(table) and all(t.get("at_least_theirs") for t in table), "rows": rows}

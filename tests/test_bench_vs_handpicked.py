@@ -216,6 +216,8 @@ def test_end_to_end_on_a_real_run_lut_and_device_then_resume(vh, tmp_path, artif
     assert {t["model"] for t in doc["comparison"]} == {"mobilenet_v3_small_0.5", "mnasnet_0.5"}
     assert doc["stem_stride"] == 1 and doc["test_images"] == 30
     assert doc["threads"] == torch.get_num_threads()
+    trained = [r for r in rows if r["side"] != "hwnas extracted"]
+    assert doc["trained_threads"] == {str(doc["threads"]): len(trained)}
     # a resumed run trains nothing again and writes the same rows
     before = (out / "vs_handpicked.csv").read_text()
     assert vh.main(argv + ["--resume"]) == 0
