@@ -231,7 +231,7 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
         if args.calib_images is not None and args.calib_images < 1:
             raise ValueError("--calib-images must be at least 1")
         w = args.width if args.width is not None else space.default_width
-        space.require_width(w)  # also nan and inf, which no table covers
+        space.require_width(w, flag="--width")  # also nan and inf, which no table covers
         prec = args.precision
         models = {rt: (LatencyModel.from_lut(args.lut, space, rt, precision=prec),
                        LatencyModel.from_lut(args.lut, space, rt, overhead=False, stream=False, precision=prec))

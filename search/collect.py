@@ -305,11 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         wid = ([float(x) for x in args.widths.split(",")] if args.widths
                else trained_widths(ckpt["config"], space.default_width))  # the widths the run trained
         for r in res:
-            if r not in space.resolutions:
-                raise ValueError(f"--resolutions: {r} is not in space {space.name!r}")
+            space.require_resolution(r, flag="--resolutions")
         for x in wid:
-            if x not in space.width_mults:
-                raise ValueError(f"--widths: {x:g} is not in space {space.name!r}")
+            space.require_width(x, flag="--widths")
     except (CheckpointError, DataError, ValueError) as exc:
         ap.error(str(exc))
     if args.eval_images:

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--resolutions: {bad_r[0] if bad_r else '(none)'} is not a resolution of space "
                              f"{space.name!r} ({', '.join(map(str, space.resolutions))})")
         width = space.default_width if args.width is None else args.width
-        space.require_width(width)
+        space.require_width(width, flag="--width")
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

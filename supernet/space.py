@@ -561,16 +561,18 @@ class SearchSpace:
         out.append(BlockSpec("classifier", 1, 1, c, 1, 1, self.num_classes))
         return out
 
-    def require_resolution(self, r: int) -> None:
-        """ValueError naming the allowed resolutions unless ``r`` is one of them."""
+    def require_resolution(self, r: int, flag: str | None = None) -> None:
+        """ValueError naming the allowed resolutions (and ``flag``, the option that gave
+        ``r``, when there is one) unless ``r`` is one of them."""
         if r not in self.resolutions:
-            raise ValueError(f"resolution {r} is not in space {self.name!r} (allowed: {_ranges(self.resolutions)})")
+            raise ValueError(f"{f'{flag}: ' if flag else ''}resolution {r} is not in space {self.name!r} "
+                             f"(allowed: {_ranges(self.resolutions)})")
 
-    def require_width(self, w: float, flag: str = "--width") -> None:
-        """ValueError naming ``flag`` and the allowed width multipliers unless ``w`` is one
-        of them (nan and inf are none)."""
+    def require_width(self, w: float, flag: str | None = None) -> None:
+        """ValueError naming the allowed width multipliers (and ``flag``, the option that
+        gave ``w``, when there is one) unless ``w`` is one of them (nan and inf are none)."""
         if w not in self.width_mults:
-            raise ValueError(f"{flag}: {w:g} is not a width multiplier of space {self.name!r} "
+            raise ValueError(f"{f'{flag}: ' if flag else ''}{w:g} is not a width multiplier of space {self.name!r} "
                              f"({', '.join(f'{x:g}' for x in self.width_mults)})")
 
     def all_blocks(
@@ -590,10 +592,7 @@ class SearchSpace:
         for r in resolutions:
             self.require_resolution(r)
         for w in widths:
-            if w not in self.width_mults:
-                raise ValueError(
-                    f"width multiplier {w} is not in space {self.name!r} (allowed: {list(self.width_mults)})"
-                )
+            self.require_width(w)
         seen: dict[BlockSpec, None] = {}
         nb = self.num_blocks
         for w in widths:

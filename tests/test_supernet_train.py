@@ -58,6 +58,11 @@ def test_run_folder_and_eval_cli(full_run):
     assert bad.returncode == 2 and "--allocator: invalid choice: 'spare'" in bad.stderr.strip().splitlines()[-1]
     bad = _run(["-m", "search.collect", "--subnets", "2", "--run", str(full_run), "--allocator", "spare"], check=False)
     assert bad.returncode == 2 and "--allocator 'spare'" in bad.stderr.strip().splitlines()[-1], bad.stderr
+    space = "space 'tiny-1ch-10cls'"  # the tiny space adapted to the data's channels and classes
+    for flag, value, message in (("--resolutions", "32,33", f"--resolutions: resolution 33 is not in {space} (allowed: 32, 40, 48)"),
+                                 ("--widths", "0.33", f"--widths: 0.33 is not a width multiplier of {space} (1, 1.5)")):
+        bad = _run(["-m", "search.collect", "--subnets", "2", "--run", str(full_run), flag, value], check=False)
+        assert bad.returncode == 2 and message in bad.stderr.strip().splitlines()[-1], bad.stderr
     assert not (full_run / "accuracy.csv").exists()
 
 
