@@ -364,6 +364,10 @@ class LatencyModel(CostModel):
         solo = np.interp(np.asarray(block_solo, dtype=float), wbytes, excess)
         return np.maximum(np.asarray(net)[..., None] - solo, 0.0) * wb
 
+    def row(self, block: BlockSpec, r: int) -> float:
+        """The block's LUT row at resolution ``r`` as measured (no overhead taken off)."""
+        return self._table(r)[0][str(block)]
+
     def _lookup(self, block: BlockSpec, r: int) -> float:
         t, use = self._table(r)
         value = t[str(block)]

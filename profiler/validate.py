@@ -32,6 +32,16 @@ dataset (``--calib-images``, default 8; the images are the network's input, so n
 carries them); the report's ``int8_calibration`` says which.  Real- and random-calibrated
 networks are cached apart, as blocks are.
 
+**LUT drift** (``--drift-blocks N``, default 8; 0: off): after a runtime's networks, the
+N blocks that weigh most in the sampled networks' model are timed again from the artifact
+cache, the way their LUT rows were (one block on end, warm), and the report gives their
+median time now over their LUT rows.  A table carries the minute it was measured in; when
+the device has since become slower or faster, this says by how much, apart from what the
+model gets wrong (the report also gives the model's error scaled by that ratio; the
+uncalibrated error stays the headline).  Skipped, with the reason in the report, for a LUT
+whose blocks were timed in rotation (``--context round-robin``: a warm re-timing would not
+compare) and when the blocks' artifacts are not in ``--cache``.
+
 The numbers are what they are; nothing is tuned to look good.
 """
 
@@ -137,7 +147,77 @@ def fidelity_line(runtime: str, s: dict[str, Any]) -> str:
     if "plain" in s:
         line += (f"; plain sum {s['plain']['median_abs_error_pct']:.1f}%, "
                  f"{s['plain']['within_10pct'] * 100:.0f}% within 10%")
+    drift = s.get("lut_drift") or {}
+    if drift.get("status") == "measured":
+        line += f"; its blocks now {drift['ratio_median']:.2f}x their LUT time"
     return line
+
+
+DRIFT_BLOCKS = 8  # the LUT's own blocks timed again after the networks (--drift-blocks)
+
+
+def drift_blocks(model: LatencyModel, subnets: list[SubnetConfig], n: int) -> list[tuple[str, float, float]]:
+    """The ``n`` blocks that weigh most in ``subnets``' model (their LUT rows summed over
+    every network they occur in), as (key, LUT ms, share of the networks' summed rows)."""
+    weight: dict[str, float] = {}
+    row: dict[str, float] = {}
+    for cfg in subnets:
+        for block, _ in model.block_costs(cfg):
+            key = str(block)
+            row[key] = model.row(block, cfg.r)
+            weight[key] = weight.get(key, 0.0) + row[key]
+    total = sum(weight.values()) or 1.0
+    top = sorted(weight, key=lambda k: (-weight[k], k))[:n]
+    return [(k, row[k], weight[k] / total) for k in top]
+
+
+def lut_drift(device, runtime: str, model: LatencyModel, subnets: list[SubnetConfig], cache: ArtifactCache,
+              fmt: str, n: int, progress: bool = False) -> dict[str, Any]:
+    """Time the ``n`` heaviest blocks of ``subnets`` again, from ``cache``, as their LUT rows
+    were timed (``measure_paths``: the runner's loop, one block on end), and compare: how far
+    the device has drifted since the table was measured.  Returns ``{"status": "measured",
+    "ratio_median", ...}``, or ``{"status": "skipped", "reason"}`` / ``{"status": "off"}``."""
+    if n <= 0:
+        return {"status": "off"}
+    if model.context != "warm":
+        return {"status": "skipped", "reason": f"the LUT's {runtime} blocks were timed in rotation (context "
+                f"{model.context}); timed again on end they would not compare"}
+    picked = drift_blocks(model, subnets, n)
+    paths = [cache.path(key, fmt) for key, _, _ in picked]
+    have = [i for i, p in enumerate(paths) if p.is_file()]
+    if not have:
+        return {"status": "skipped", "reason": f"none of the {len(picked)} blocks' {fmt} artifacts is in "
+                f"{cache.root} (validate with the --cache the LUT was built with)"}
+    picked = [picked[i] for i in have]
+    out = measure_paths(device, runtime, [paths[i] for i in have], [""] * len(have), progress, desc="LUT blocks again")
+    if isinstance(out, str):
+        return {"status": "skipped", "reason": f"the blocks could not be measured again: {out}"[:500]}
+    now = np.atleast_1d(out[0])
+    blocks = [{"key": key, "lut_ms": lut_ms, "now_ms": None if np.isnan(t) else float(t),
+               "share_of_model": round(share, 4)} for (key, lut_ms, share), t in zip(picked, now)]
+    ratios = np.array([b["now_ms"] / b["lut_ms"] for b in blocks if b["now_ms"] is not None and b["lut_ms"] > 0])
+    if not len(ratios):
+        return {"status": "skipped", "reason": "none of the blocks could be measured again", "blocks": blocks}
+    return {"status": "measured", "n": int(len(ratios)), "ratio_median": float(np.median(ratios)),
+            "ratio_min": float(ratios.min()), "ratio_max": float(ratios.max()),
+            "share_of_model": round(sum(b["share_of_model"] for b in blocks if b["now_ms"] is not None), 4),
+            "blocks": blocks}
+
+
+def drift_line(d: dict[str, Any]) -> str:
+    """One line on the LUT's drift (``lut_drift``'s result, with ``model_x_drift`` added)."""
+    if d.get("status") == "measured":
+        line = (f"LUT drift: its {d['n']} heaviest blocks here (rows worth {d['share_of_model'] * 100:.0f}% of the "
+                f"networks' sums) now take {d['ratio_median']:.3f}x their LUT time [{d['ratio_min']:.2f}, "
+                f"{d['ratio_max']:.2f}]")
+        if "model_x_drift" in d:
+            md = d["model_x_drift"]
+            line += (f"; the model scaled by it: median |error| {md['median_abs_error_pct']:.1f}%, "
+                     f"{md['within_10pct'] * 100:.0f}% within 10%")
+        return line
+    if d.get("status") == "skipped":
+        return f"LUT drift not measured: {d['reason']}"
+    return "LUT drift not measured (--drift-blocks 0)"
 
 
 def _median_load(rows: list[dict[str, Any]]) -> float | None:
@@ -207,6 +287,9 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     ap.add_argument("--calib-images", type=int, default=None,
                     help=f"real calibration images per int8 network (default {CALIB_SAMPLES})")
     ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--drift-blocks", type=int, default=DRIFT_BLOCKS,
+                    help=f"time this many of the LUT's own blocks again after the networks, to report how far the "
+                         f"device has drifted since the table was measured (default {DRIFT_BLOCKS}; 0: off)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = ap.parse_args(argv)
@@ -223,6 +306,8 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
             raise ValueError("--subnets must be at least 1")
         if args.passes < 1:
             raise ValueError("--passes must be at least 1")
+        if args.drift_blocks < 0:
+            raise ValueError("--drift-blocks must be 0 (off) or more")
         if (args.data is not None or args.calib_images is not None) and args.precision != "int8":
             raise ValueError("--data and --calib-images calibrate int8 networks: add --precision int8")
         if args.calib_images is not None and args.data is None:
@@ -274,7 +359,8 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
         done.append(row)
         atomic_write_text(outputs[".validate.csv"], _report_csv(subnets, preds, done))
 
-    results = {}
+    results: dict[str, Any] = {}
+    drift: dict[str, dict[str, Any]] = {}
     try:
         for rt in runtimes:
             fmt, base = format_for_runtime(rt, args.precision), format_for_runtime(rt)
@@ -288,7 +374,9 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
                       file=sys.stderr)
                 return 1
             results[rt] = (np.atleast_2d(out[0]), out[1])  # passes x networks, one pass too
-        return _report(args, device, models, space, subnets, preds, resolutions, results, done, outputs)
+            drift[rt] = lut_drift(device, rt, models[rt][0], subnets, cache, fmt, args.drift_blocks,
+                                  progress=not args.no_progress)
+        return _report(args, device, models, space, subnets, preds, resolutions, results, done, outputs, drift)
     except OSError as exc:
         print(f"error: cannot write the report beside {args.lut}: {exc}", file=sys.stderr)
         return 1
@@ -334,7 +422,8 @@ def _summary_for(model, plain, subnets, pred: np.ndarray, meas: np.ndarray) -> t
 
 
 def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig], preds, resolutions: list[int],
-            results, rows: list[dict[str, Any]], outputs: dict[str, Path]) -> int:
+            results, rows: list[dict[str, Any]], outputs: dict[str, Path],
+            drift: dict[str, dict[str, Any]] | None = None) -> int:
     """Summarise, write the report files and print the table."""
     summaries, panels = {}, []
     for rt, (meas, _) in results.items():
@@ -350,6 +439,11 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
                   "lut_load_avg_median": _lut_load(args.lut, rt, args.precision),
                   "validated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         s["n"] = len(subnets) - s["failed"]
+        d = dict((drift or {}).get(rt) or {"status": "off"})
+        if d.get("status") == "measured":  # the model as if the table had been measured now
+            scaled = summarise(p_all * d["ratio_median"], m_all)
+            d["model_x_drift"] = {k: scaled[k] for k in ("median_abs_error_pct", "within_10pct", "sum_over_measured")}
+        s["lut_drift"] = d
         summaries[rt] = s
         panels.append((f"{device.name} / {rt} {args.precision} / {space.name}", p_all, m_all, s))
     atomic_write_text(outputs[".validate.csv"], _report_csv(subnets, preds, rows))
@@ -382,6 +476,7 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
                   f"within 10%: {ws['within_10pct'] * 100:.0f}%")
         if s.get("int8_calibration"):
             print(f"  int8 networks calibrated on {s['int8_calibration']}")
+        print(f"  {drift_line(s['lut_drift'])}")
         if s["load_avg_median"] is not None and s["lut_load_avg_median"] is not None:
             print(f"  device load (1-min average, median): {s['lut_load_avg_median']:.2f} while the LUT was measured, "
                   f"{s['load_avg_median']:.2f} during validation")

@@ -739,7 +739,12 @@ def fidelity_summary(doc: dict) -> dict:
     keep = ("n", "passes", "median_abs_error_pct", "within_10pct", "repeat_median_abs_diff_pct",
             "repeat_within_10pct", "overhead_model", "plain", "a", "b", "calibrated_median_abs_error_pct",
             "calibrated_within_10pct")
-    return {rt: {k: s[k] for k in keep if k in s} for rt, s in per.items()}
+    drift_keep = ("status", "n", "ratio_median", "ratio_min", "ratio_max", "share_of_model", "model_x_drift", "reason")
+    out = {rt: {k: s[k] for k in keep if k in s} for rt, s in per.items()}
+    for rt, s in per.items():
+        if isinstance(s.get("lut_drift"), dict):  # how far the device moved since the LUT (no per-block list)
+            out[rt]["lut_drift"] = {k: v for k, v in s["lut_drift"].items() if k in drift_keep}
+    return out
 
 
 def fractions_str(differs: list[bool]) -> str:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO, last_error_line, run_cli
@@ -224,6 +225,18 @@ def test_fidelity_report(tmp_path, artifact_cache):
     # every network measured twice: the repeat agreement beside the LUT's error
     assert s["passes"] == 2 and 0 <= s["repeat_within_10pct"] <= 1 and s["repeat_median_abs_diff_pct"] >= 0
     assert len(rows) == 6 and sorted({r["pass"] for r in rows}) == ["1", "2"]
+    # the LUT's heaviest blocks timed again: how far the device moved since the table
+    d = s["lut_drift"]
+    assert d["status"] == "measured" and 1 <= d["n"] == len(d["blocks"]) <= 8, d
+    table = {r["key"]: float(r["median_ms"]) for r in csv.DictReader(open(lut)) if r["runtime"] == "onnxruntime"}
+    for b in d["blocks"]:
+        assert b["lut_ms"] == table[b["key"]] and b["now_ms"] > 0 and not b["key"].startswith(("overhead", "stream"))
+    ratios = sorted(b["now_ms"] / b["lut_ms"] for b in d["blocks"])
+    assert d["ratio_median"] == pytest.approx(float(np.median(ratios))) and d["ratio_min"] == pytest.approx(ratios[0])
+    shares = [b["share_of_model"] for b in d["blocks"]]
+    assert shares == sorted(shares, reverse=True) and 0 < d["share_of_model"] <= 1
+    assert set(d["model_x_drift"]) == {"median_abs_error_pct", "within_10pct", "sum_over_measured"}
+    assert d["model_x_drift"]["sum_over_measured"] == pytest.approx(s["sum_over_measured"] * d["ratio_median"])
     # the latency model applies it
     from search.latency import LatencyModel
 
@@ -234,11 +247,32 @@ def test_fidelity_report(tmp_path, artifact_cache):
 
     # one pass: no repeat agreement to report
     one = run_cli("profiler.validate", "--runtime", "onnxruntime", "--space", "tiny", "--lut", lut, "--subnets", "2",
-                  "--passes", "1",
+                  "--passes", "1", "--drift-blocks", "0",
                   "--cache", artifact_cache, "--no-progress", "--json")
     assert one.returncode == 0, one.stderr
     s1 = json.loads(one.stdout)
     assert s1["passes"] == 1 and s1["n"] == 2 and "repeat_within_10pct" not in s1  # no second pass, no floor
+    assert s1["lut_drift"] == {"status": "off"}
+
+    # the LUT's blocks are timed again only where that compares: not without their
+    # artifacts, not for a table timed in rotation; 0 blocks is off, fewer an error
+    from profiler.devices import DEFAULT_DEVICES_FILE, load_devices, select_devices
+    from profiler.export import ArtifactCache
+    from profiler.validate import drift_line, lut_drift
+
+    model = LatencyModel.from_lut(lut, TINY, "onnxruntime")
+    device = select_devices(load_devices(DEFAULT_DEVICES_FILE), "local", DEFAULT_DEVICES_FILE)[0]
+    nets = [TINY.min_subnet(r=32), cfg]
+    assert lut_drift(device, "onnxruntime", model, nets, ArtifactCache(artifact_cache), "onnx", 0) == {"status": "off"}
+    empty = lut_drift(device, "onnxruntime", model, nets, ArtifactCache(tmp_path / "elsewhere"), "onnx", 4)
+    assert empty["status"] == "skipped" and str(tmp_path / "elsewhere") in empty["reason"]
+    assert "--cache" in drift_line(empty) and drift_line({"status": "off"}).endswith("(--drift-blocks 0)")
+    model.context = "round-robin"
+    rr = lut_drift(device, "onnxruntime", model, nets, ArtifactCache(artifact_cache), "onnx", 4)
+    assert rr["status"] == "skipped" and "rotation" in rr["reason"]
+    bad = run_cli("profiler.validate", "--runtime", "onnxruntime", "--space", "tiny", "--lut", lut,
+                  "--drift-blocks", "-1", "--no-progress")
+    assert bad.returncode == 2 and "--drift-blocks must be 0 (off) or more" in last_error_line(bad)
 
 
 def test_kill_9_during_export_leaves_no_converter_running(tmp_path):
