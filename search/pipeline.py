@@ -324,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--subnets", type=int, default=100, help="subnets evaluated for the predictor")
     ap.add_argument("--validate-subnets", type=int, default=20,
                     help="whole networks profiler.validate measures (twice each, both runtimes)")
+    ap.add_argument("--drift-blocks", type=int, default=8,
+                    help="the LUT's heaviest blocks profiler.validate times again after the networks, to say how far "
+                         "the device moved since the table (0: off)")
     ap.add_argument("--eval-images", type=int, default=2500, help="held-out images per evaluated subnet")
     ap.add_argument("--recal-images", type=int, default=4000,
                     help="training images each collected subnet's BN is recalibrated on (default 4000: with 1000 "
@@ -387,6 +390,8 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     for name in ("validate_subnets", "repeats", "train_limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise fail(f"--{name.replace('_', '-')} must be at least 1")
+    if args.drift_blocks < 0:
+        raise fail(f"--drift-blocks must be 0 (off) or more, got {args.drift_blocks}")
     if args.export_workers < 0:
         raise fail(f"--export-workers must be at least 0 (0: convert in the profiler's own process), "
                    f"got {args.export_workers}")
@@ -453,7 +458,8 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     # 1b. fidelity of the LUT (both runtimes, every network measured twice): the line beside
     # the final table, and the calibration the searches apply
     cmd = [py, "-m", "profiler.validate", "--device", "local", "--runtime", ",".join(runtimes), "--space",
-           args.space, "--lut", str(lut), "--subnets", str(args.validate_subnets), "--seed", seed, *quiet]
+           args.space, "--lut", str(lut), "--subnets", str(args.validate_subnets), "--seed", seed,
+           "--drift-blocks", str(args.drift_blocks), *quiet]
     if cache is not None:
         cmd += ["--cache", str(cache)]
     times["validate"] = stages.run("validate", cmd, [lut.with_name("local.validate.json")], limit)

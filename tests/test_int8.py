@@ -293,7 +293,7 @@ def test_validate_int8_quantizes_whole_networks_on_real_images_with_data(fake_fm
                    "--cache", cache, "--lut", lut, "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     base = ["--runtime", "onnxruntime", "--space", "tiny", "--lut", lut, "--subnets", "2", "--passes", "1",
-            "--precision", "int8", "--cache", cache, "--no-progress", "--json"]
+            "--precision", "int8", "--cache", cache, "--drift-blocks", "0", "--no-progress", "--json"]
     real = run_cli("profiler.validate", *base, "--data", f"fmnist:{fake_fm}", "--calib-images", "3")
     assert real.returncode == 0, real.stderr[-2000:]
     s = json.loads(real.stdout)

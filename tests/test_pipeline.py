@@ -41,7 +41,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
     args = ["--out", out, "--space", "tiny", "--data", f"imagefolder:{data}", "--preset", "test",
             "--train-limit", "16", "--resolutions", "32", "--repeats", "3", "--min-time", "0.005",
             "--cache", artifact_cache,
-            "--subnets", "6", "--validate-subnets", "2", "--eval-images", "32", "--predictor-epochs", "10", "--generations", "2",
+            "--subnets", "6", "--validate-subnets", "2", "--drift-blocks", "1", "--eval-images", "32", "--predictor-epochs", "10", "--generations", "2",
             "--population", "8", "--samples", "10", "--fractions", "0.3,0.8", "--int8-subnets", "2",
             "--int8-eval-images", "24", "--no-progress"]
     # bad input: one error line, nothing written
@@ -99,6 +99,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
     assert sorted(summary["fidelity"]) == ["onnxruntime", "tflite"]
     for rt, f in summary["fidelity"].items():
         assert f["n"] == 2 and f["passes"] == 2 and f["overhead_model"] and "repeat_within_10pct" in f
+        assert f["lut_drift"]["status"] == "measured" and f["lut_drift"]["n"] == 1 and f["lut_drift"]["ratio_median"] > 0
         assert f"LUT fidelity, {rt}: LUT median |error|" in p.stdout
     # both precisions (issue 16): every chosen subnet priced from each runtime's int8 rows, and
     # where int8 is slower than fp32 said per runtime
@@ -232,6 +233,7 @@ def test_a_table_measured_with_other_settings_is_set_aside_whole(tmp_path):
     ("--preset", "nope", "--preset 'nope': known presets are"),
     ("--train-limit", "0", "--train-limit must be at least 1"),
     ("--validate-subnets", "0", "--validate-subnets must be at least 1"),
+    ("--drift-blocks", "-1", "--drift-blocks must be 0 (off) or more, got -1"),
     ("--population", "1", "--population must be at least 2"),
     ("--repeats", "0", "--repeats must be at least 1"),
     ("--min-time", "nan", "--min-time must be a number of seconds >= 0, got nan"),
