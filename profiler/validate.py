@@ -186,8 +186,9 @@ def lut_drift(device, runtime: str, model: LatencyModel, subnets: list[SubnetCon
     paths = [cache.path(key, fmt) for key, _, _ in picked]
     have = [i for i, p in enumerate(paths) if p.is_file()]
     if not have:
+        hint = "" if fmt == base_format(fmt) else "; int8 blocks are looked up as calibrated with the same --data"
         return {"status": "skipped", "reason": f"none of the {len(picked)} blocks' {fmt} artifacts is in "
-                f"{cache.root} (validate with the --cache the LUT was built with)"}
+                f"{cache.root} (validate with the --cache the LUT was built with{hint})"}
     picked = [picked[i] for i in have]
     out = measure_paths(device, runtime, [paths[i] for i in have], [""] * len(have), progress, desc="LUT blocks again")
     if isinstance(out, str):

@@ -267,6 +267,9 @@ def test_fidelity_report(tmp_path, artifact_cache):
     empty = lut_drift(device, "onnxruntime", model, nets, ArtifactCache(tmp_path / "elsewhere"), "onnx", 4)
     assert empty["status"] == "skipped" and str(tmp_path / "elsewhere") in empty["reason"]
     assert "--cache" in drift_line(empty) and drift_line({"status": "off"}).endswith("(--drift-blocks 0)")
+    assert "--data" not in empty["reason"]
+    q = lut_drift(device, "onnxruntime", model, nets, ArtifactCache(tmp_path / "elsewhere"), "onnx-int8", 4)
+    assert q["status"] == "skipped" and "calibrated with the same --data" in q["reason"]
     model.context = "round-robin"
     rr = lut_drift(device, "onnxruntime", model, nets, ArtifactCache(artifact_cache), "onnx", 4)
     assert rr["status"] == "skipped" and "rotation" in rr["reason"]
