@@ -162,7 +162,7 @@ def drift_blocks(model: LatencyModel, subnets: list[SubnetConfig], n: int) -> li
     weight: dict[str, float] = {}
     row: dict[str, float] = {}
     for cfg in subnets:
-        for block, _ in model.block_costs(cfg):
+        for block in model.space.blocks(cfg):
             key = str(block)
             row[key] = model.row(block, cfg.r)
             weight[key] = weight.get(key, 0.0) + row[key]

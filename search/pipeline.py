@@ -57,7 +57,7 @@ import sys
 import time
 from pathlib import Path
 
-from profiler.validate import fidelity_line
+from profiler.validate import DRIFT_BLOCKS, fidelity_line
 from supernet.atomic import Busy, ExclusiveLock, atomic_open, atomic_write_text, stamped_free_path
 from supernet.cliargs import run_main, seed_arg
 
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--subnets", type=int, default=100, help="subnets evaluated for the predictor")
     ap.add_argument("--validate-subnets", type=int, default=20,
                     help="whole networks profiler.validate measures (twice each, both runtimes)")
-    ap.add_argument("--drift-blocks", type=int, default=8,
+    ap.add_argument("--drift-blocks", type=int, default=DRIFT_BLOCKS,
                     help="the LUT's heaviest blocks profiler.validate times again after the networks, to say how far "
                          "the device moved since the table (0: off)")
     ap.add_argument("--eval-images", type=int, default=2500, help="held-out images per evaluated subnet")

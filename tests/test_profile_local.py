@@ -228,7 +228,8 @@ def test_fidelity_report(tmp_path, artifact_cache):
     # the LUT's heaviest blocks timed again: how far the device moved since the table
     d = s["lut_drift"]
     assert d["status"] == "measured" and 1 <= d["n"] == len(d["blocks"]) <= 3, d
-    table = {r["key"]: float(r["median_ms"]) for r in csv.DictReader(open(lut)) if r["runtime"] == "onnxruntime"}
+    with lut.open() as fh:
+        table = {r["key"]: float(r["median_ms"]) for r in csv.DictReader(fh) if r["runtime"] == "onnxruntime"}
     for b in d["blocks"]:
         assert b["lut_ms"] == table[b["key"]] and b["now_ms"] > 0 and not b["key"].startswith(("overhead", "stream"))
     ratios = sorted(b["now_ms"] / b["lut_ms"] for b in d["blocks"])
