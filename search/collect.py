@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runtime", default="tflite", choices=["tflite", "onnxruntime"],
                     help="--precision int8: whose quantizer and kernels (default tflite)")
     ap.add_argument("--json", action="store_true", help="print a JSON summary")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     stem = stem_for(args.precision, args.runtime)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_text(args.run / f"{stem}.config.json", json.dumps(config, indent=2) + "\n")
         t0 = time.time()
         new, old = collect(args.run, space, evaluate, args.subnets, args.seed, res, wid, rank, world,
-                           progress=not args.json, stem=stem)
+                           progress=not (args.json or args.no_progress), stem=stem)
         total = read_rows([args.run / f"{stem}.csv"])
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

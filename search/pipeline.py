@@ -473,7 +473,7 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     # 3. collect (resumes by itself: rows already evaluated are kept)
     cmd = [py, "-m", "search.collect", "--run", str(run), "--subnets", str(args.subnets), "--resolutions", res_arg,
            "--widths", w_arg, "--eval-images", str(args.eval_images), "--recal-images", str(args.recal_images),
-           "--seed", seed]
+           "--seed", seed, *quiet]
     times["collect"] = stages.run("collect", cmd, [run / "accuracy.csv"], limit)
     # 4. predictor
     cmd = [py, "-m", "search.predictor", "--data", str(run / "accuracy.csv"), "--space", args.space,

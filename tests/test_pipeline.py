@@ -54,6 +54,7 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
     p = run_cli("search.pipeline", *args, timeout=400)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     first = time.time() - t0
+    assert "collect (rank" not in p.stdout + p.stderr  # --no-progress reaches every stage
 
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["resolutions"] == [32] and cfg["runtimes"] == ["onnxruntime", "tflite"]

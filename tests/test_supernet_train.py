@@ -598,8 +598,13 @@ def test_elastic_widths_train_and_collect_defaults_to_them(fake_fmnist, tmp_path
 
 @pytest.mark.slow
 def test_collect_samples_only_the_width_the_run_trained(full_run):
-    _run(["-m", "search.collect", "--run", str(full_run), "--subnets", "3", "--eval-images", "16"])
+    """Also: its progress bar (on stderr) and --no-progress, which the main job passes on."""
+    shown = _run(["-m", "search.collect", "--run", str(full_run), "--subnets", "3", "--eval-images", "16"])
     assert json.loads((full_run / "accuracy.config.json").read_text())["widths"] == [1.0]
+    assert "collect (rank 0)" in shown.stderr
+    quiet = _run(["-m", "search.collect", "--run", str(full_run), "--subnets", "4", "--eval-images", "16",
+                  "--no-progress"])
+    assert "collect (rank 0)" not in quiet.stderr and "subnet/s" not in quiet.stderr, quiet.stderr
 
 
 @pytest.mark.slow
