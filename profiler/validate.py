@@ -52,6 +52,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import random
 import sys
 from datetime import datetime, timezone
@@ -291,6 +292,9 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     ap.add_argument("--drift-blocks", type=int, default=DRIFT_BLOCKS,
                     help=f"time this many of the LUT's own blocks again after the networks, to report how far the "
                          f"device has drifted since the table was measured (default {DRIFT_BLOCKS}; 0: off)")
+    ap.add_argument("--export-workers", type=int, default=min(2, os.cpu_count() or 1),
+                    help="processes converting the networks to TFLite (default: 2, or the cores there are if "
+                         "fewer; 0 or 1: this process); all exports finish before the first measurement")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = ap.parse_args(argv)
@@ -309,6 +313,9 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
             raise ValueError("--passes must be at least 1")
         if args.drift_blocks < 0:
             raise ValueError("--drift-blocks must be 0 (off) or more")
+        if args.export_workers < 0:
+            raise ValueError(f"--export-workers must be at least 0 (0 or 1: convert in this process), "
+                             f"got {args.export_workers}")
         if (args.data is not None or args.calib_images is not None) and args.precision != "int8":
             raise ValueError("--data and --calib-images calibrate int8 networks: add --precision int8")
         if args.calib_images is not None and args.data is None:
@@ -369,7 +376,7 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
             out = measure_networks(device, rt, space, subnets, fmt, net_dir, progress=not args.no_progress,
                                    on_row=lambda row, rt=rt: keep(dict(row, runtime=rt)), passes=args.passes,
                                    fp32_dir=cache.root / "networks" / base / cache.version(base),
-                                   calibration=calibration)
+                                   calibration=calibration, export_workers=args.export_workers)
             if isinstance(out, str):
                 print(f"error: {out} ({len(done)} measurement(s) made, kept in {outputs['.validate.csv']})",
                       file=sys.stderr)
@@ -491,14 +498,16 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
 def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[SubnetConfig], fmt: str,
                      net_dir: Path, progress: bool, on_row: Callable[[dict[str, Any]], None] | None = None,
                      passes: int = 1, fp32_dir: Path | None = None,
-                     calibration: Callable[[SubnetConfig], tuple[list, str]] | None = None):
+                     calibration: Callable[[SubnetConfig], tuple[list, str]] | None = None,
+                     export_workers: int = 1):
     """Export every network (all before the first measurement), then measure each, ``passes``
     times interleaved (every network, then every network again); ``on_row`` receives each
     measurement's row (``index``, ``pass``, ``measured_ms``, ``error``, ``load_avg``) as soon
     as it is known.  Returns (measured ms: an array of N with NaN for failures for one pass,
     passes x N for more; the last pass's per-subnet rows) or an error string.  An int8 ``fmt``
     quantizes each network from its fp32 model, kept under ``fp32_dir`` (default: beside),
-    calibrated on ``calibration(cfg)`` when given (``export_networks``)."""
+    calibrated on ``calibration(cfg)`` when given (``export_networks``); ``export_workers``
+    processes convert TFLite networks."""
     import hashlib
 
     from tqdm import tqdm
@@ -515,7 +524,7 @@ def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[Sub
         with tqdm(total=len(todo), desc=f"export {fmt} networks", unit="net", disable=not progress) as bar:
             errs = export_networks(space, [subnets[i] for i in todo], fmt, [paths[i] for i in todo], done=bar.update,
                                    fp32_paths=None if twins is None else [twins[i] for i in todo],
-                                   calibration=calibration)
+                                   calibration=calibration, workers=export_workers)
             for i, err in zip(todo, errs):
                 errors[i] = err
     paths = [None if err else p for p, err in zip(paths, errors)]

@@ -459,7 +459,7 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     # the final table, and the calibration the searches apply
     cmd = [py, "-m", "profiler.validate", "--device", "local", "--runtime", ",".join(runtimes), "--space",
            args.space, "--lut", str(lut), "--subnets", str(args.validate_subnets), "--seed", seed,
-           "--drift-blocks", str(args.drift_blocks), *quiet]
+           "--drift-blocks", str(args.drift_blocks), "--export-workers", str(args.export_workers), *quiet]
     if cache is not None:
         cmd += ["--cache", str(cache)]
     times["validate"] = stages.run("validate", cmd, [lut.with_name("local.validate.json")], limit)

@@ -192,6 +192,33 @@ def test_networks_that_fail_together_are_exported_one_by_one(tmp_path, monkeypat
     assert calls == []
 
 
+@pytest.mark.slow
+def test_networks_converted_in_worker_processes_compute_the_seeded_network(tmp_path):
+    """export_networks(workers=2), as profiler.validate converts TFLite networks: each file is
+    written by a spawned worker and computes what the network this process builds for the
+    configuration (seeded weights, ``network_module``) computes; progress hears of every
+    network."""
+    import torch
+    from ai_edge_litert.interpreter import Interpreter
+
+    from profiler.export import export_networks, network_module
+    from supernet.space import get_space
+
+    space = get_space("tiny")
+    cfgs = [space.min_subnet(r=32), space.min_subnet(r=40)]
+    paths = [tmp_path / f"n{i}.tflite" for i in range(2)]
+    done = []
+    assert export_networks(space, cfgs, "tflite", paths, done=done.append, workers=2) == ["", ""]
+    assert sum(done) == 2
+    for cfg, path in zip(cfgs, paths):
+        x = np.random.default_rng(3).standard_normal((1, space.in_channels, cfg.r, cfg.r)).astype(np.float32)
+        with torch.no_grad():
+            want = network_module(space, cfg)(torch.from_numpy(x)).numpy()
+        runner = Interpreter(model_path=str(path), num_threads=1).get_signature_runner()
+        got = next(iter(runner(args_0=np.ascontiguousarray(x.transpose(0, 2, 3, 1))).values()))
+        assert np.allclose(got.reshape(want.shape), want, atol=1e-4), cfg
+
+
 def test_a_chunk_that_fails_together_is_converted_block_by_block(tmp_path, monkeypatch):
     import profiler.export as ex
 

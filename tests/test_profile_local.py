@@ -277,6 +277,9 @@ def test_fidelity_report(tmp_path, artifact_cache):
     bad = run_cli("profiler.validate", "--runtime", "onnxruntime", "--space", "tiny", "--lut", lut,
                   "--drift-blocks", "-1", "--no-progress")
     assert bad.returncode == 2 and "--drift-blocks must be 0 (off) or more" in last_error_line(bad)
+    bad = run_cli("profiler.validate", "--runtime", "onnxruntime", "--space", "tiny", "--lut", lut,
+                  "--export-workers", "-1", "--no-progress")
+    assert bad.returncode == 2 and "--export-workers must be at least 0" in last_error_line(bad)
 
 
 def test_kill_9_during_export_leaves_no_converter_running(tmp_path):
