@@ -478,13 +478,11 @@ def _export_networks_parallel(space: SearchSpace, cfgs: Sequence[SubnetConfig], 
     """``export_networks`` for TFLite in ``workers`` processes: the networks dealt out in
     chunks (two a worker, so that the progress moves and a large network does not hold one
     worker alone at the end), each chunk one call in a worker."""
-    import multiprocessing as mp
-
     n = len(cfgs)
     workers = min(workers, n)
     chunks = [list(range(i, n, 2 * workers)) for i in range(min(n, 2 * workers))]
     errors = [""] * n
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+    with export_pool(workers) as pool:
         futures = {pool.submit(_export_networks_chunk, space, [cfgs[i].to_json() for i in chunk],
                                [str(paths[i]) for i in chunk]): chunk for chunk in chunks}
         for fut in as_completed(futures):
@@ -614,6 +612,19 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
+def default_export_workers() -> int:
+    """The default number of export processes: 2, or the cores there are if fewer."""
+    return min(2, os.cpu_count() or 1)
+
+
+def export_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` spawned export processes (``_worker_init``: one thread each,
+    gone with their parent): the block exports, the broker's and the networks' share it."""
+    import multiprocessing as mp
+
+    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+
+
 class ArtifactCache:
     """Artifacts by (key, format) under ``root``; ``ensure`` exports what is missing."""
 
@@ -670,10 +681,7 @@ class ArtifactCache:
                         results[(key, fmt)] = self._result(key, fmt, err)
                         bar.update(1)
             else:
-                import multiprocessing as mp
-
-                ctx = mp.get_context("spawn")
-                with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+                with export_pool(workers) as pool:
                     futures = [pool.submit(_export_tasks, task) for task in tasks]
                     for fut in as_completed(futures):
                         for key, fmt, err in fut.result():

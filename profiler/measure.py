@@ -172,12 +172,9 @@ class ExportBroker:
     def _live_pool(self) -> ProcessPoolExecutor:
         """The worker pool, started (again, after a worker died) on need.  Holds the lock."""
         if self._pool is None:
-            import multiprocessing as mp
+            from .export import export_pool
 
-            from .export import _worker_init
-
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=_worker_init)
+            self._pool = export_pool(self.workers)
         return self._pool
 
     def _drop_pool(self, pool: ProcessPoolExecutor) -> None:

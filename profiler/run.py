@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +37,7 @@ from supernet.space import BlockSpec, get_space, overhead_probe, space_names, st
 from .calibrate import CalibrationError, block_activations, calibration_id, stored, write_calibration
 from .costmodel import BYTES_PER_PARAM
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
-from .export import ArtifactCache, default_cache_dir
+from .export import ArtifactCache, default_cache_dir, default_export_workers
 from .farm import run_farm
 from .lut import PRECISIONS, lut_sibling, record_space
 from .measure import ProfileResult
@@ -110,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "rows of the other context are measured again)")
     ap.add_argument("--lut", type=Path, default=None, help="LUT CSV to write (default: luts/<device>.csv)")
     ap.add_argument("--cache", type=Path, default=None, help=f"artifact cache (default: {default_cache_dir()})")
-    ap.add_argument("--export-workers", type=int, default=min(2, os.cpu_count() or 1),
+    ap.add_argument("--export-workers", type=int, default=default_export_workers(),
                     help="parallel export processes (exports finish before local measurement starts)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     ap.add_argument("--json", action="store_true", help="print the run summary as one JSON object")

@@ -52,7 +52,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 import random
 import sys
 from datetime import datetime, timezone
@@ -65,7 +64,7 @@ from supernet.cliargs import run_main, seed_arg
 from supernet.space import SearchSpace, SubnetConfig, get_space, space_names
 
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
-from .export import ArtifactCache, base_format, export_networks, format_for_runtime
+from .export import ArtifactCache, base_format, default_export_workers, export_networks, format_for_runtime
 from supernet.atomic import Busy, ExclusiveLock, atomic_open, atomic_write_text, ensure_writable_folder, lock_path
 
 from .calibrate import CalibrationError, calibration_id, network_inputs
@@ -292,7 +291,7 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     ap.add_argument("--drift-blocks", type=int, default=DRIFT_BLOCKS,
                     help=f"time this many of the LUT's own blocks again after the networks, to report how far the "
                          f"device has drifted since the table was measured (default {DRIFT_BLOCKS}; 0: off)")
-    ap.add_argument("--export-workers", type=int, default=min(2, os.cpu_count() or 1),
+    ap.add_argument("--export-workers", type=int, default=default_export_workers(),
                     help="processes converting the networks to TFLite (default: 2, or the cores there are if "
                          "fewer; 0 or 1: this process); all exports finish before the first measurement")
     ap.add_argument("--no-progress", action="store_true")
