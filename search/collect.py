@@ -40,7 +40,7 @@ from typing import Callable, Iterable, Sequence
 
 from profiler.lut import drop_torn_tail
 from supernet.atomic import ExclusiveLock, atomic_open, atomic_write_text, file_sha256, lock_path
-from supernet.cliargs import run_main, seed_arg
+from supernet.cliargs import allocator_mode, run_main, seed_arg
 from supernet.space import SearchSpace, SubnetConfig
 
 COLUMNS = ["index", "subnet", "acc", "top1", "r", "w", "macs_m", "params_m", "seconds", "rank", "status", "error"]
@@ -281,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = stem_for(args.precision, args.runtime)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
-    from supernet.data import DataError
-    from supernet.evaluation import CheckpointError, load_run
+    from supernet.errors import CheckpointError, DataError
 
     try:
         if args.recal_images is not None and args.recal_images < 1:
@@ -291,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--subnets must be at least 1")
         if args.eval_images is not None and args.eval_images < 1:
             raise ValueError("--eval-images must be at least 1 (leave it out for all held-out images)")
+        allocator_mode(args.allocator)
+        from supernet.evaluation import load_run  # torch: after the flags are checked
         device = args.device
         if world > 1 and device in ("auto", "cuda"):
             import torch

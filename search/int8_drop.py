@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from search.collect import subnet_at
     from supernet.atomic import atomic_write_text
-    from supernet.evaluation import CheckpointError, load_run
+    from supernet.errors import CheckpointError
 
     ap = argparse.ArgumentParser(prog="python -m search.int8_drop", description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, required=True)
@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--workers must be at least 1")
         if args.eval_images is not None and args.eval_images < 1:
             raise ValueError("--eval-images must be at least 1 (leave it out for all held-out images)")
+        from supernet.evaluation import load_run  # torch: after the flags are checked
+
         net, evaluator, _ = load_run(args.run, device="cpu", amp="off")
         space = net.space
         try:

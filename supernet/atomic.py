@@ -176,6 +176,11 @@ class ExclusiveLock:
         self.close()
 
 
+def run_folder_lock(out: Path) -> ExclusiveLock:
+    """The lock of a run folder that ``supernet.train`` holds while it trains there."""
+    return ExclusiveLock(out, f"run folder {out}")
+
+
 def _flock_holder(fd: int) -> str:
     """``pid N: command line`` of the process holding a flock on ``fd``'s file, from Linux's
     ``/proc/locks``; '' where that cannot be told (another OS, another pid namespace)."""

@@ -11,6 +11,22 @@ from typing import Callable, NoReturn
 
 SEED_MAX = 2**32 - 1  # numpy's generators take seeds in [0, 2**32); torch and random take them too
 
+# the device flags' values (supernet.device resolves them; here so that a command can check its
+# flags before it imports torch, 2-3 s on a slow host)
+DEVICES_HELP = "auto | cpu | cuda | cuda:N"
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+CUDNN_MODES = ("auto", "on", "off", "no-depthwise")
+ALLOCATOR_MODES = ("auto", "keep", "system")
+
+
+def allocator_mode(spec: str | None) -> str:
+    """``--allocator``'s value, normalised (None: auto); a value not in ``ALLOCATOR_MODES``
+    is a ValueError (``supernet.device.resolve_allocator`` decides what auto means)."""
+    spec = (spec or "auto").strip().lower()
+    if spec not in ALLOCATOR_MODES:
+        raise ValueError(f"--allocator {spec!r}: expected one of {', '.join(ALLOCATOR_MODES)}")
+    return spec
+
 
 def seed_arg(text: str) -> int:
     """``--seed``: an integer in [0, 2**32 - 1], the range every generator we seed accepts."""

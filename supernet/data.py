@@ -30,14 +30,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import DataError
+
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FMNIST_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 FMNIST_TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
-
-
-class DataError(ValueError):
-    """A dataset is missing or malformed; the message names what and where."""
 
 
 # --------------------------------------------------------------------------- splits

@@ -21,10 +21,7 @@ import platform
 
 import torch
 
-DEVICES_HELP = "auto | cpu | cuda | cuda:N"
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-CUDNN_MODES = ("auto", "on", "off", "no-depthwise")
-ALLOCATOR_MODES = ("auto", "keep", "system")
+from .cliargs import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP, allocator_mode  # noqa: F401 (re-exported)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -117,9 +114,7 @@ def resolve_allocator(spec: str | None, device: torch.device) -> str:
     its peak memory instead of returning it between steps.  ``auto`` is ``keep`` on the CPU
     with glibc and ``system`` otherwise (a GPU's tensors live in PyTorch's caching allocator
     already); ``keep`` where glibc is absent is a ValueError."""
-    spec = (spec or "auto").strip().lower()
-    if spec not in ALLOCATOR_MODES:
-        raise ValueError(f"--allocator {spec!r}: expected one of {', '.join(ALLOCATOR_MODES)}")
+    spec = allocator_mode(spec)
     if spec == "auto":
         return "keep" if device.type == "cpu" and _glibc() is not None else "system"
     if spec == "keep" and _glibc() is None:

@@ -12,10 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .cliargs import run_main
-from .data import DataError
-from .device import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP
-from .evaluation import CheckpointError, load_run, standard_error
+from .cliargs import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP, run_main
+from .errors import CheckpointError, DataError
 from .space import parse_subnet
 
 
@@ -40,6 +38,8 @@ def main(argv=None) -> None:
 
     if args.eval_images is not None and args.eval_images < 1:
         p.exit(2, f"{p.prog}: error: --eval-images must be at least 1 (leave it out for all held-out images)\n")
+    from .evaluation import load_run, standard_error  # torch: after the flags are checked
+
     try:
         net, evaluator, ckpt = load_run(args.run, args.data, args.device, args.amp, args.cudnn,
                                            allocator=args.allocator)

@@ -19,15 +19,12 @@ import torch
 from torch import nn
 
 from .data import Data, eval_batches, load_data, resize
+from .errors import CheckpointError
 from .device import (apply_allocator, apply_cudnn, autocast, place, resolve_allocator, resolve_amp, resolve_cudnn,
                      resolve_device, to_device)
 from .ofa import OFASupernet
 from .safeload import UnreadableFile, load_weights_only
 from .space import SearchSpace, SubnetConfig, get_space
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or run folder is missing or unreadable; the message names it."""
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .cliargs import SEED_MAX
-from .ofa import Choices
+from .space import Choices
 
 RULES = ("max", "random", "sandwich")
 METHODS = ("ps", "naive", "sandwich", "full")

@@ -836,7 +836,64 @@ def parse_subnet(text: str, space: SearchSpace, r: int | None = None, w: float |
     return cfg
 
 
+@dataclass(frozen=True)
+class Choices:
+    """The part of a space a training phase samples from; ``None`` means every choice of the
+    space (for ``widths``: the default width only)."""
+
+    kernels: tuple[int, ...] | None = None
+    expands: tuple[float, ...] | None = None
+    depths: tuple[int, ...] | None = None
+    resolutions: tuple[int, ...] | None = None
+    widths: tuple[float, ...] | None = None
+
+    def resolve(self, space: SearchSpace) -> "Choices":
+        """Explicit lists, each checked against ``space``; raises ValueError."""
+        out = {}
+        for name, allowed, default in (
+            ("kernels", space.kernels, space.kernels),
+            ("expands", space.expands, space.expands),
+            ("depths", space.depths, space.depths),
+            ("resolutions", space.resolutions, space.resolutions),
+            ("widths", space.width_mults, (space.default_width,)),
+        ):
+            values = getattr(self, name)
+            values = tuple(sorted(default if values is None else values))
+            bad = [v for v in values if not any(math.isclose(v, a) for a in allowed)]
+            if bad or not values:
+                raise ValueError(
+                    f"phase {name} {list(values)} not in space {space.name!r} (allowed: {list(allowed)})"
+                )
+            out[name] = values
+        return Choices(**out)
+
+    def largest(self, space: SearchSpace, r: int | None = None, w: float | None = None) -> SubnetConfig:
+        c = self.resolve(space)
+        nb = space.num_blocks
+        return SubnetConfig((max(c.kernels),) * nb, (max(c.expands),) * nb,
+                            (max(c.depths),) * len(space.stages),
+                            max(c.resolutions) if r is None else r, max(c.widths) if w is None else w)
+
+    def smallest(self, space: SearchSpace, r: int | None = None, w: float | None = None) -> SubnetConfig:
+        c = self.resolve(space)
+        nb = space.num_blocks
+        return SubnetConfig((min(c.kernels),) * nb, (min(c.expands),) * nb,
+                            (min(c.depths),) * len(space.stages),
+                            min(c.resolutions) if r is None else r, min(c.widths) if w is None else w)
+
+    def sample(self, space: SearchSpace, rng: random.Random) -> SubnetConfig:
+        c = self.resolve(space)
+        return SubnetConfig(
+            ks=tuple(rng.choice(c.kernels) for _ in range(space.num_blocks)),
+            e=tuple(rng.choice(c.expands) for _ in range(space.num_blocks)),
+            d=tuple(rng.choice(c.depths) for _ in space.stages),
+            r=rng.choice(c.resolutions),
+            w=rng.choice(c.widths),
+        )
+
+
 __all__ = [
+    "Choices",
     "ACTIVATIONS", "KINDS", "BlockSpec", "SearchSpace", "StageSpec", "SubnetConfig", "Widths", "effective_kernel",
     "overhead_probe", "STREAM_CHANNELS", "STREAM_LAYERS", "STREAM_MORE", "stream_layers", "stream_probes",
     "OFA_MBV3", "TINY", "make_divisible", "se_channels", "conv_out", "get_space",

@@ -23,14 +23,15 @@ from pathlib import Path
 
 import yaml
 
-from .atomic import ensure_writable_folder, stamped_free_path
+from .atomic import ensure_writable_folder, run_folder_lock, stamped_free_path
 from . import cliargs
-from .data import DataError
-from .evaluation import CheckpointError
-from .device import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP
+from .cliargs import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP
+from .errors import CheckpointError, DataError, TrainingStopped
 from .presets import METHODS, PRESETS, TrainConfig, get_preset, with_method, with_widths
 from .safeyaml import load_unique, yaml_error_line
-from .trainer import TrainingStopped, init_distributed, run_folder_lock, train
+
+# torch (supernet.trainer) is imported only once the flags, the config file and the run folder
+# have been checked: a mistyped command is one error line at once, not after 2-3 s of imports
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -121,6 +122,8 @@ def main(argv=None) -> None:
             # an existing folder is locked before anything looks into it (--force empties it)
             lock = run_folder_lock(out) if out.is_dir() else None
             check_out(out, args.resume, args.force)
+        from .trainer import init_distributed, train
+
         dist = init_distributed(cfg.device)
         final = train(cfg, out, resume=args.resume, dist=dist, progress=not args.no_progress,
                       crash_after_step=args.crash_after_step, dump_rank_weights=args.dump_rank_weights,

@@ -36,10 +36,11 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from .atomic import ExclusiveLock, atomic_open, atomic_write_bytes, atomic_write_text
+from .atomic import ExclusiveLock, atomic_open, atomic_write_bytes, atomic_write_text, run_folder_lock  # noqa: F401 (run_folder_lock re-exported)
 from .data import Data, TensorSplit, load_data, resize, steps_per_epoch, train_batches
 from .device import (apply_allocator, apply_cudnn, resolve_allocator, autocast, describe, grad_scaler, place, resolve_amp, resolve_cudnn, resolve_device,
                      to_device)
+from .errors import TrainingStopped
 from .evaluation import CheckpointError, Evaluator, adapt_space, load_checkpoint, space_record
 from .ofa import OFASupernet
 from .optim import SGD
@@ -51,20 +52,6 @@ METRIC_FIELDS = ("kind", "phase", "phase_step", "global_step", "epoch", "lr", "l
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-class TrainingStopped(Exception):
-    """SIGINT or SIGTERM asked the run to stop; it stopped at a step boundary and wrote its
-    checkpoint, from which ``--resume`` continues exactly as an unbroken run would have."""
-
-    def __init__(self, signame: str, step: int, total: int, checkpoint: Path):
-        super().__init__(f"{signame}: stopped at step {step} of {total}; checkpoint {checkpoint}")
-        self.signame, self.step, self.total, self.checkpoint = signame, step, total, checkpoint
-
-
-def run_folder_lock(out: Path) -> ExclusiveLock:
-    """The lock of a run folder that ``supernet.train`` holds while it trains there."""
-    return ExclusiveLock(out, f"run folder {out}")
 
 
 @contextlib.contextmanager

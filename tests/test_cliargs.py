@@ -114,3 +114,30 @@ def test_stop_requests_records_the_first_signal_and_aborts_on_a_later_second():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.5)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize("module, args, message", [
+    ("supernet.train", ["--seed", "-1"], "--seed: must be between 0 and"),
+    ("supernet.train", ["--config", "CONFIG"], "not valid YAML: duplicate key 'seed'"),
+    ("supernet.train", ["--preset", "test", "--out", "/proc/hwnas-run"], "cannot write the run folder"),
+    ("supernet.eval", ["--run", "RUN", "--subnet", "max", "--allocator", "spare"], "invalid choice: 'spare'"),
+    ("supernet.eval", ["--run", "RUN", "--subnet", "max", "--eval-images", "0"], "--eval-images must be at least 1"),
+    ("search.collect", ["--run", "RUN", "--subnets", "2", "--allocator", "spare"], "--allocator 'spare'"),
+    ("search.collect", ["--run", "RUN", "--subnets", "0"], "--subnets must be at least 1"),
+    ("search.int8_drop", ["--run", "RUN", "--eval-images", "-1"], "--eval-images must be at least 1"),
+])
+def test_a_mistyped_command_answers_before_importing_torch(tmp_path, module, args, message):
+    """Flags, config files and run folders are checked before torch is imported (2-3 s on a
+    slow host): a mistyped command is one error line at once."""
+    import subprocess
+    import sys
+
+    (tmp_path / "c.yaml").write_text("seed: 1\nseed: 2\n")
+    args = [str(tmp_path / "c.yaml") if a == "CONFIG" else str(tmp_path) if a == "RUN" else a for a in args]
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", module, *args], capture_output=True, text=True,
+                       timeout=120)
+    lines = p.stderr.splitlines()
+    errors = [ln for ln in lines if not ln.startswith("import time:")]
+    assert p.returncode != 0 and message in errors[-1], p.stderr[-2000:]
+    imported = {ln.rsplit("|", 1)[-1].strip() for ln in lines if ln.startswith("import time:")}
+    assert imported and "torch" not in imported, sorted(m for m in imported if m.startswith("torch"))[:10]
