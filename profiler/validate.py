@@ -87,8 +87,13 @@ def covered_resolutions(model, space: SearchSpace, w: float) -> list[int]:
     return out
 
 
-def summarise(pred: np.ndarray, meas: np.ndarray) -> dict[str, Any]:
-    """Error statistics of ``pred`` against ``meas`` and the least-squares calibration."""
+def summarise(pred: np.ndarray, meas: np.ndarray, floor: float | None = None) -> dict[str, Any]:
+    """Error statistics of ``pred`` against ``meas`` and the least-squares calibration.
+    ``floor``: the smallest prediction the calibration will be applied to (the LUT model's
+    cost of the space's smallest network); a fit whose intercept would take more than half of
+    its scaled cost away (or make it negative) falls back to the plain ratio, like a falling
+    one: a line through a few noisy networks must not price the networks below them at
+    nothing (a search's budgets start at the cheapest network's price)."""
     err = (pred - meas) / meas
     out: dict[str, Any] = {
         "n": int(len(meas)),
@@ -103,9 +108,10 @@ def summarise(pred: np.ndarray, meas: np.ndarray) -> dict[str, Any]:
         a, b = np.polyfit(pred, meas, 1)
     else:
         a, b = 0.0, 0.0
-    if not (np.isfinite(a) and np.isfinite(b) and a > 0):
-        # a flat or falling fit (few or noisy networks) would price bigger subnets cheaper:
-        # fall back to the plain ratio, which the latency model can use
+    if not (np.isfinite(a) and np.isfinite(b) and a > 0) or (floor is not None and b < -0.5 * a * floor):
+        # a flat or falling fit (few or noisy networks) would price bigger subnets cheaper, and
+        # a steep one with a large negative intercept smaller ones at nothing: fall back to the
+        # plain ratio, which the latency model can use
         a, b, fit = float(np.median(meas / pred)), 0.0, "ratio"
     cal = a * pred + b
     cerr = (cal - meas) / meas
@@ -405,6 +411,18 @@ def _report_csv(subnets: list[SubnetConfig], preds: dict[str, np.ndarray], rows:
     return buf.getvalue()
 
 
+def _smallest_cost(model, subnets) -> float | None:
+    """The model's cost of the space's smallest network at the smallest resolution and width
+    of ``subnets`` (what a calibration fitted on them must still price sensibly); None when the
+    LUT cannot price it."""
+    try:
+        cfg = model.space.min_subnet(r=min(c.r for c in subnets), w=min(c.w for c in subnets))
+        cost = float(model.latency([cfg])[0])
+    except (KeyError, ValueError):
+        return None
+    return cost if np.isfinite(cost) and cost > 0 else None
+
+
 def _summary_for(model, plain, subnets, pred: np.ndarray, meas: np.ndarray) -> tuple[dict[str, Any], np.ndarray,
                                                                                       np.ndarray]:
     """Summary of one runtime (``meas``: passes x networks); returns it with the pooled
@@ -413,7 +431,7 @@ def _summary_for(model, plain, subnets, pred: np.ndarray, meas: np.ndarray) -> t
     ok = ~np.isnan(meas)
     p_all = np.concatenate([pred[o] for o in ok])
     m_all = np.concatenate([m[o] for m, o in zip(meas, ok)])
-    summary = summarise(p_all, m_all)
+    summary = summarise(p_all, m_all, floor=_smallest_cost(model, subnets))
     summary["overhead_model"] = bool(model.uses_overhead())
     keep = ("median_abs_error_pct", "within_5pct", "within_10pct", "sum_over_measured", "mean_error_pct")
     summary["plain"] = {k: v for k, v in summarise(np.concatenate([raw[o] for o in ok]), m_all).items() if k in keep}

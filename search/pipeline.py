@@ -281,6 +281,9 @@ def budgets_for(lut: Path, runtime: str, space, fractions: list[float], resoluti
     costs = CostArrays(model, ch)
     lo, _ = costs.cheapest()
     hi = max(float(model.latency([space.max_subnet(r, w)])[0]) for r in ch.resolutions for w in ch.widths)
+    if not lo > 0:  # a calibration written before profiler.validate refused such fits
+        raise ValueError(f"its calibration prices the cheapest subnet at {lo:.4g} ms; run profiler.validate "
+                         "on it again (or rerun the pipeline with --force)")
     # round up, so the cheapest subnet always fits the lowest budget
     return [math.ceil((lo + f * (hi - lo)) * 1000) / 1000 for f in fractions], lo, hi
 

@@ -19,7 +19,6 @@ from conftest import REPO, last_error_line, run_cli
 from profiler.lut import LutTable, journal_path, read_rows
 from supernet.space import TINY
 
-pytestmark = pytest.mark.slow
 
 FAST = ["--repeats", "5", "--min-time", "0", "--no-progress"]
 
@@ -34,9 +33,10 @@ def _keys(limit: int, resolutions=(32,)) -> list[str]:
 
 def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
     lut = tmp_path / "local.csv"
-    # devices.yaml's local entry lists both runtimes: measured as typed, no --runtime
+    # devices.yaml's local entry lists both runtimes: measured as typed, no --runtime (one
+    # export worker: a second would import litert-torch again for a handful of blocks)
     p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "4",
-                "--lut", lut, "--cache", artifact_cache, *FAST, "--json")
+                "--lut", lut, "--cache", artifact_cache, *FAST, "--json", "--export-workers", "1")
     assert p.returncode == 0, p.stderr
     runs = json.loads(p.stdout)["runs"]
     n = len(_keys(4))
@@ -308,7 +308,8 @@ def test_kill_9_during_export_leaves_no_converter_running(tmp_path):
 
 def test_a_falling_calibration_fit_falls_back_to_the_ratio():
     """Three noisy networks can fit a negative slope, which the latency model refuses (it
-    would price bigger subnets cheaper): validate then writes the plain ratio instead."""
+    would price bigger subnets cheaper), or a steep one whose intercept prices the smallest
+    network at nothing: validate then writes the plain ratio instead."""
     import numpy as np
 
     from profiler.validate import summarise
@@ -320,6 +321,15 @@ def test_a_falling_calibration_fit_falls_back_to_the_ratio():
     assert s["a"] == pytest.approx(float(np.median(meas / pred)))
     good = summarise(pred, 2 * pred + 0.1)
     assert good["fit"] == "least-squares" and good["a"] == pytest.approx(2.0) and good["b"] == pytest.approx(0.1)
+    # two networks can fit a line so steep that its intercept prices the space's smallest
+    # network (raw cost 0.5) below zero: the ratio again, where the fit was once applied and
+    # the main job asked a search for a budget of -0.097 ms
+    pred2, meas2 = np.array([1.0, 1.2]), np.array([0.2, 0.8])  # slope 3, intercept -2.8
+    assert summarise(pred2, meas2)["fit"] == "least-squares"
+    steep = summarise(pred2, meas2, floor=0.5)
+    assert steep["fit"] == "ratio" and steep["b"] == 0.0 and steep["a"] > 0
+    mild = summarise(pred, 2 * pred - 0.4, floor=0.5)  # takes 0.4 of the smallest's 1.0: kept
+    assert mild["fit"] == "least-squares" and mild["b"] == pytest.approx(-0.4)
 
 
 def test_fidelity_statistics_are_the_ones_the_readme_reports():
