@@ -70,7 +70,6 @@ def _log(path: Path) -> list:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-@pytest.mark.slow
 def test_profile_a_phone_with_benchmark_model(phone, tmp_path):
     specs = TINY.all_blocks()[:1]
     cache = shared_artifact_cache(specs, "tflite")
@@ -184,7 +183,6 @@ def test_adb_client_missing(tmp_path):
     assert getattr(err.value, "permanent", False)
 
 
-@pytest.mark.slow
 def test_pushed_runner_works_where_the_device_has_python(phone, tmp_path):
     specs = TINY.all_blocks()[:2]
     cache = shared_artifact_cache(specs, "onnxruntime")

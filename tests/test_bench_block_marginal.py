@@ -7,9 +7,11 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_block_marginal_prints_each_blocks_cost_inside_the_network():
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "block_marginal.py"), "--runtime", "onnxruntime",
                            "--space", "tiny", "--resolution", "32", "--subnets", "1", "--rounds", "1", "--reps", "5"],
@@ -32,6 +34,7 @@ def test_block_marginal_prints_each_blocks_cost_inside_the_network():
     assert bad.returncode == 2 and "--resolution 33 is not one of space tiny" in bad.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_block_marginal_in_int8_quantizes_every_model():
     """``--precision int8``: prefixes, blocks and probes quantized as profiler.quantize does
     (a convolution onnxruntime still runs in float makes the run say so); the

@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_profile_overhead_prints_cold_and_warm_ratios_per_runtime(tmp_path):
     out_file = tmp_path / "po.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "profile_overhead.py"), "--space", "tiny",

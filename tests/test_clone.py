@@ -86,11 +86,10 @@ def test_space_record_unions_and_refuses_a_corrupt_file(tmp_path):
         lut_spaces(lut)
 
 
-@pytest.mark.slow
 def test_profiler_run_records_the_space_it_measured(tmp_path, artifact_cache):
     lut = tmp_path / "local.csv"
-    p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "1",
-                "--lut", lut, "--cache", artifact_cache, "--no-progress", "--export-workers", "1")
+    p = run_cli("profiler.run", "--device", "local", "--runtime", "onnxruntime", "--space", "tiny", "--resolutions",
+                "32", "--limit", "1", "--lut", lut, "--cache", artifact_cache, "--no-progress", "--export-workers", "1")
     assert p.returncode == 0, p.stderr
     assert json.loads((tmp_path / "local.space.json").read_text()) == {"spaces": ["tiny"]}
     p = run_cli("search.latency", "--lut", lut, "--subnet", "max", "--space", "ofa_mbv3")  # the default is the recorded one

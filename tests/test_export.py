@@ -11,7 +11,6 @@ import pytest
 from profiler.export import ArtifactCache, block_module
 from supernet.space import OFA_MBV3, TINY, BlockSpec
 
-pytestmark = pytest.mark.slow
 
 
 def _sample_blocks() -> list[BlockSpec]:
@@ -45,7 +44,9 @@ BLOCKS = _sample_blocks()
 def exported(artifact_cache):
     cache = ArtifactCache(artifact_cache)
     items = [(str(b), fmt) for fmt in ("onnx", "tflite") for b in BLOCKS]
-    results = cache.ensure(items, workers=2, progress=False)
+    # in this process: a pool's workers would each import litert-torch again (7 s of CPU each
+    # on a slow host); export pools have tests of their own
+    results = cache.ensure(items, workers=1, progress=False)
     return cache, results
 
 
@@ -282,7 +283,6 @@ def test_quiet_fds_captures_the_converters_output_and_leaves_no_log_behind():
     assert not log2.exists()
 
 
-@pytest.mark.slow
 def test_a_dead_export_worker_costs_no_block_and_the_next_submit_works(tmp_path):
     """A worker killed mid-run (out of memory, a converter's crash) breaks the whole process
     pool: its tasks are given once more to a new pool, so no block gets an error row for

@@ -74,7 +74,6 @@ def test_broker_converts_each_artifact_once_across_threads(tmp_path, cache, monk
 
 
 @pytest.mark.ssh
-@pytest.mark.slow
 @needs_sshd
 def test_devices_run_concurrently_one_lut_each(tmp_path, server, cache):
     from profiler.transport_ssh import SSHTransport
@@ -103,7 +102,6 @@ def test_devices_run_concurrently_one_lut_each(tmp_path, server, cache):
 
 
 @pytest.mark.ssh
-@pytest.mark.slow
 @needs_sshd
 def test_conversion_never_overlaps_local_timing(tmp_path, server, cache, monkeypatch):
     events: list = []
@@ -141,7 +139,6 @@ def test_conversion_never_overlaps_local_timing(tmp_path, server, cache, monkeyp
 
 
 @pytest.mark.ssh
-@pytest.mark.slow
 @needs_sshd
 def test_cli_device_all_and_a_lost_device_does_not_stop_the_others(tmp_path, server, cache, capsys):
     import os
@@ -171,7 +168,6 @@ def test_cli_device_all_and_a_lost_device_does_not_stop_the_others(tmp_path, ser
     assert [ln for ln in captured.err.splitlines() if ln.startswith("error:")][0].startswith("error: gpubox")
 
 
-@pytest.mark.slow
 def test_ctrl_c_stops_conversions_at_once_and_records_no_failure_for_them(tmp_path):
     """profiler.run's Ctrl-C path (run_farm calls ExportBroker.abort): conversions still
     under way stop at once, their workers terminated rather than waited for and no new pool

@@ -262,6 +262,7 @@ def test_real_calibration_carries_images_block_by_block(fake_fm):
     assert abs(float(first.mean())) > 0.1 and len(np.unique(first.round(4))) < first.size / 4
 
 
+@pytest.mark.slow
 def test_profiler_run_with_data_calibrates_int8_rows_on_real_images(fake_fm, tmp_path):
     cache, lut = tmp_path / "cache", tmp_path / "real.csv"
     args = ["--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "3", "--precision", "int8",
@@ -282,15 +283,16 @@ def test_profiler_run_with_data_calibrates_int8_rows_on_real_images(fake_fm, tmp
     assert len(versions) == 2 and sum("-cal" in v for v in versions) == 1, versions
 
 
-def test_validate_int8_quantizes_whole_networks_on_real_images_with_data(fake_fm, tmp_path):
+def test_validate_int8_quantizes_whole_networks_on_real_images_with_data(fake_fm, tmp_path, artifact_cache):
     """profiler.validate --precision int8 --data: every network quantized on real images (the
     report says which), cached apart from the random-calibrated networks of a run without it."""
     from profiler.calibrate import network_inputs
 
     cache, lut = tmp_path / "cache", tmp_path / "l.csv"
+    # the LUT's blocks from the session's cache (the networks below get a cache of their own)
     proc = run_cli("profiler.run", "--device", "local", "--runtime", "onnxruntime", "--space", "tiny",
                    "--resolutions", "32", "--precision", "int8", "--repeats", "5", "--min-time", "0",
-                   "--cache", cache, "--lut", lut, "--no-progress")
+                   "--cache", artifact_cache, "--lut", lut, "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
     base = ["--runtime", "onnxruntime", "--space", "tiny", "--lut", lut, "--subnets", "2", "--passes", "1",
             "--precision", "int8", "--cache", cache, "--drift-blocks", "0", "--no-progress", "--json"]
@@ -346,8 +348,9 @@ def test_profiler_run_calibrates_through_a_trained_run_of_the_same_space(fake_fm
     proc = run_cli("supernet.train", "--preset", "test", "--space", "fmnist", "--data", f"fmnist:{fake_fm}",
                    "--out", run, "--threads", "1", "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # one runtime: the images reach every runtime's quantizer by the same path (the test above
-    # feeds LiteRT's and onnxruntime's)
+    # one runtime: the images reach every runtime's quantizer by the same path
+    # (test_profiler_run_with_data_calibrates_int8_rows_on_real_images, in the slow run, feeds
+    # LiteRT's and onnxruntime's)
     base = ["--device", "local", "--runtime", "onnxruntime", "--resolutions", "32", "--limit", "2", "--precision",
             "int8", "--repeats", "3", "--min-time", "0", "--cache", tmp_path / "cache", "--no-progress", "--calib-run", run]
     proc = run_cli("profiler.run", *base, "--space", "fmnist", "--lut", tmp_path / "l.csv")

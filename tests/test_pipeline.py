@@ -1,7 +1,10 @@
 """The main job end to end (search.pipeline) at its smallest: the ``tiny`` space at one
 resolution, the ``test`` training preset on a small generated 3-channel ImageFolder, a few
 subnets, two generations.  Checks the run folder and that every chosen subnet fits its
-budget on its own runtime's LUT, then that a rerun skips every finished stage."""
+budget on its own runtime's LUT, then that a rerun skips every finished stage: in the
+default run for onnxruntime in fp32 (about 40 s), and with both runtimes and both precisions,
+the main job's defaults, in the ``slow`` run (about 2.5 minutes on 2 cores: LiteRT
+conversions of blocks and whole networks and int8 quantization dominate)."""
 
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ import time
 import pytest
 from conftest import run_cli
 
-# 44 block exports (22 blocks x ONNX and TFLite) dominate: ~2.5 min on 2 idle cores, much more
-# on a loaded box, hence the generous timeout
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# block exports and whole-network conversions dominate, much longer on a loaded box, hence
+# the generous timeout
+pytestmark = [pytest.mark.timeout(900)]
 
 
 def _image_folder(root, classes: int = 10, per_class: int = 12) -> None:
@@ -31,24 +34,80 @@ def _image_folder(root, classes: int = 10, per_class: int = 12) -> None:
             Image.fromarray(img).save(d / f"{i}.png")
 
 
-def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
-    from search.latency import LatencyModel
-    from supernet.space import BlockSpec, SubnetConfig, get_space
-
+def _small_job(tmp_path, cache) -> list:
+    """The pipeline's flags for the smallest job: generated images, the tiny space at 32 px."""
     data = tmp_path / "images"
     _image_folder(data)
-    out = tmp_path / "run"
-    args = ["--out", out, "--space", "tiny", "--data", f"imagefolder:{data}", "--preset", "test",
+    return ["--out", tmp_path / "run", "--space", "tiny", "--data", f"imagefolder:{data}", "--preset", "test",
             "--train-limit", "16", "--resolutions", "32", "--repeats", "3", "--min-time", "0.005",
-            "--cache", artifact_cache,
-            "--subnets", "6", "--validate-subnets", "2", "--drift-blocks", "1", "--eval-images", "32", "--predictor-epochs", "10", "--generations", "2",
-            "--population", "8", "--samples", "10", "--fractions", "0.3,0.8", "--int8-subnets", "2",
-            "--int8-eval-images", "24", "--no-progress"]
+            "--cache", cache, "--subnets", "6", "--validate-subnets", "2", "--drift-blocks", "1",
+            "--eval-images", "32", "--predictor-epochs", "10", "--generations", "2", "--population", "8",
+            "--samples", "10", "--fractions", "0.3,0.8"]
+
+
+def test_pipeline_end_to_end_for_one_runtime_and_resume(tmp_path, artifact_cache):
+    """The whole job for onnxruntime in fp32: every stage runs, every chosen subnet fits its
+    budget on the LUT the job measured, the fidelity line is printed beside the table, no
+    int8 stage runs, and a rerun skips every stage and writes the same table."""
+    from search.latency import LatencyModel
+    from supernet.space import SubnetConfig, get_space
+
     # bad input: one error line, nothing written
     bad = run_cli("search.pipeline", "--out", tmp_path / "bad", "--data", f"fmnist:{tmp_path / 'nope'}", timeout=120)
     lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
     assert bad.returncode != 0 and len(lines) == 1, bad.stderr
     assert lines[0].startswith("error: Fashion-MNIST not found") and not (tmp_path / "bad").exists()
+
+    args = _small_job(tmp_path, artifact_cache) + ["--runtimes", "onnxruntime", "--precision", "fp32"]
+    out = tmp_path / "run"
+    t0 = time.time()
+    p = run_cli("search.pipeline", *args, "--no-progress", timeout=400)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    first = time.time() - t0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["runtimes"] == ["onnxruntime"] and cfg["precisions"] == ["fp32"]
+    stages = json.loads((out / "stages.json").read_text())["stages"]
+    assert {"profile", "validate", "train", "collect", "predictor", "search onnxruntime", "summary"} <= set(stages)
+    assert "int8 drop" not in stages and not (out / "supernet" / "int8_drop.json").exists()
+    assert not (out / "search-tflite").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    rows = summary["rows"]
+    assert len(rows) == 2 and {r["searched_for"] for r in rows} == {"onnxruntime"}
+    with (out / "summary.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 2
+    lut = out / "luts" / "local.csv"
+    with lut.open() as f:
+        lut_rows = list(csv.DictReader(f))
+    assert {r["runtime"] for r in lut_rows} == {"onnxruntime"} and {r["precision"] for r in lut_rows} == {"fp32"}
+    space = get_space("tiny")
+    model = LatencyModel.from_lut(lut, space, "onnxruntime", calibration="auto", precision="fp32")
+    budgets = summary["budgets"]["onnxruntime"]
+    assert budgets == sorted(budgets) and len(budgets) == 2
+    for r in rows:
+        sub = SubnetConfig.from_dict(r["subnet"])
+        lat = float(model.latency([sub])[0])
+        assert r["precision"] == "fp32" and lat <= r["budget_ms"] + 1e-6 and r["fits"], (lat, r)
+        assert abs(lat - r["onnxruntime_ms"]) < 1e-3 and sub.r == 32 and 0.0 <= r["predicted_accuracy"] <= 1.0
+    f = summary["fidelity"]["onnxruntime"]
+    assert sorted(summary["fidelity"]) == ["onnxruntime"] and f["n"] == 2 and f["passes"] == 2
+    assert "LUT fidelity, onnxruntime: LUT median |error|" in p.stdout and "summary.png" in p.stdout
+    assert (out / "summary.png").is_file()
+
+    t1 = time.time()
+    again = run_cli("search.pipeline", *args, timeout=200)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("skipped") >= 6, again.stdout
+    assert json.loads((out / "summary.json").read_text())["rows"] == rows
+    assert time.time() - t1 < first
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
+    from search.latency import LatencyModel
+    from supernet.space import BlockSpec, SubnetConfig, get_space
+
+    out = tmp_path / "run"
+    args = _small_job(tmp_path, artifact_cache) + ["--int8-subnets", "2", "--int8-eval-images", "24", "--no-progress"]
 
     t0 = time.time()
     p = run_cli("search.pipeline", *args, timeout=400)

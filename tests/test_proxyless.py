@@ -269,7 +269,6 @@ def _search(small_data, **kw):
     return s, float(model.cost([s.derived()])[0])
 
 
-@pytest.mark.slow
 def test_a_larger_latency_weight_derives_a_faster_architecture(small_data):
     _, free = _search(small_data, latency_loss="add", lambda_latency=0.0, search_epochs=0.3)
     s, heavy = _search(small_data, latency_loss="add", lambda_latency=20.0, search_epochs=0.3)
@@ -277,7 +276,6 @@ def test_a_larger_latency_weight_derives_a_faster_architecture(small_data):
     assert s.history[-1]["expected_ms"] < s.history[0]["expected_ms"]
 
 
-@pytest.mark.slow
 def test_reinforce_mode_moves_alpha_towards_the_latency_target(small_data):
     """REINFORCE under a target far below every path (0.5 ms): the expected latency falls
     during the search and the derived network is cheap (1.04 ms here; with the policy
@@ -287,7 +285,6 @@ def test_reinforce_mode_moves_alpha_towards_the_latency_target(small_data):
     assert s.history[-1]["expected_ms"] < s.history[0]["expected_ms"] and derived < 1.5
 
 
-@pytest.mark.slow
 def test_cli_end_to_end_and_bad_input(tmp_path, capsys):
     from search.proxyless import main
 

@@ -288,7 +288,6 @@ def test_auto_calibration_only_for_its_runtime(files, capsys, tmp_path, model):
     assert r["predicted_latency_ms"] <= budget + 1e-9
 
 
-@pytest.mark.slow
 def test_verify_measures_the_chosen_subnet_on_the_luts_device(files, capsys, tmp_path, model, monkeypatch):
     """--verify exports the chosen subnet and measures it end to end on the LUT's device
     (``local`` from the repository's devices.yaml), printing predicted against measured."""

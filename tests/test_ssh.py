@@ -16,7 +16,7 @@ from supernet.space import TINY
 
 from sshd import SshServer, free_port, keygen, shared_artifact_cache, sshd_missing, write_devices
 
-pytestmark = [pytest.mark.ssh, pytest.mark.slow, pytest.mark.skipif(bool(sshd_missing()), reason=sshd_missing() or "ok")]
+pytestmark = [pytest.mark.ssh, pytest.mark.skipif(bool(sshd_missing()), reason=sshd_missing() or "ok")]
 
 SPECS = TINY.all_blocks()[:4]
 

@@ -17,7 +17,7 @@ from supernet.space import TINY
 
 from sshd import NetnsPair, SshServer, netns_missing, shared_artifact_cache, sshd_missing, write_devices
 
-pytestmark = [pytest.mark.ssh, pytest.mark.netns, pytest.mark.slow,
+pytestmark = [pytest.mark.ssh, pytest.mark.netns,
               pytest.mark.skipif(bool(sshd_missing() or netns_missing()),
                                  reason=sshd_missing() or netns_missing() or "ok")]
 

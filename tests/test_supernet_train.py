@@ -44,7 +44,6 @@ def full_run(fake_fmnist, tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
 def test_run_folder_and_eval_cli(full_run):
     assert (full_run / "config.yaml").is_file() and (full_run / "supernet.pt").is_file()
     rows = (full_run / "metrics.csv").read_text().splitlines()
@@ -66,7 +65,6 @@ def test_run_folder_and_eval_cli(full_run):
     assert not (full_run / "accuracy.csv").exists()
 
 
-@pytest.mark.slow
 def test_training_learns(fake_fmnist, tmp_path):
     """The supernet learns the (learnable) fake data: the full network's training loss falls
     from chance and both the largest and the smallest subnet end far above chance (10%) on
@@ -92,7 +90,6 @@ def test_training_learns(fake_fmnist, tmp_path):
     assert res["max_top1"] >= 35.0 and res["min_top1"] >= 20.0, res
 
 
-@pytest.mark.slow
 def test_more_recalibration_images_extend_the_runs_own(full_run, tmp_path):
     """``search.collect --recal-images N``: BN is recalibrated on the run's own images and
     then more of the same seeded order; the collection records how many; bench/eval_noise.py
@@ -120,8 +117,8 @@ def test_more_recalibration_images_extend_the_runs_own(full_run, tmp_path):
     assert set(noise["within_res_sd_pp"]) == {"A", "B", "big"} and -1 <= noise["tau_A_vs_B"] <= 1
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("runtime", ["tflite", "onnxruntime"])
+# LiteRT: a whole-network conversion of about 10 s (slow run); onnxruntime in the default run
+@pytest.mark.parametrize("runtime", [pytest.param("tflite", marks=pytest.mark.slow), "onnxruntime"])
 def test_eval_int8_quantizes_the_extracted_subnet_and_reports_the_drop(full_run, runtime):
     """Issue 16: --precision int8 runs the subnet quantized as the profiler quantizes for a
     device, on the same held-out images: the runtime's fp32 model must agree with PyTorch's
@@ -138,7 +135,6 @@ def test_eval_int8_quantizes_the_extracted_subnet_and_reports_the_drop(full_run,
     assert q["calibration"] == "16 real images"
 
 
-@pytest.mark.slow
 def test_int8_top1_for_several_runtimes_recalibrates_once(full_run, monkeypatch):
     """search.int8_drop evaluates each subnet in both runtimes: the subnet is extracted and its
     BN recalibrated once for all of them, and each runtime's result is what int8_top1 gives
@@ -182,7 +178,7 @@ def test_int8_top1_for_several_runtimes_recalibrates_once(full_run, monkeypatch)
         {k: v for k, v in both["onnxruntime"].items() if k != "seconds"}
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the whole int8 drop stage and a search on it: the slow pipeline test runs both too
 def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path, capsys):
     """search.int8_drop: per runtime the measured fp32 -> int8 drop, in the file that
     search.evolve --precision fp32,int8 reads from the predictor's run folder.  onnxruntime
@@ -248,7 +244,6 @@ def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path, ca
         int8_drop(None, str(out / "predictor.pt"), "tflite")
 
 
-@pytest.mark.slow
 def test_collect_int8_writes_its_own_table_the_predictor_reads(full_run, tmp_path):
     """search.collect --precision int8: the same seeded subnets quantized, in their own
     resumable table beside accuracy.csv, which search.predictor trains on like accuracy.csv.
@@ -281,7 +276,6 @@ def test_collect_int8_writes_its_own_table_the_predictor_reads(full_run, tmp_pat
     assert fp.returncode == 0
 
 
-@pytest.mark.slow
 def test_export_and_verify_in_int8(full_run, tmp_path, monkeypatch, capsys):
     """search.evolve --precision int8 --export --verify: the chosen subnet written as an int8
     .tflite (all-int8 graph) and QDQ .onnx quantized on real images, its int8 top-1 measured,
@@ -308,7 +302,6 @@ def test_export_and_verify_in_int8(full_run, tmp_path, monkeypatch, capsys):
     assert rec["runtime"] == "onnxruntime" and rec["precision"] == "int8" and rec["measured_latency_ms"] > 0
 
 
-@pytest.mark.slow
 def test_resume_after_sigterm_and_kill_reaches_same_weights(full_run, fake_fmnist, tmp_path):
     """SIGTERM (a scheduler's preemption; Ctrl-C's SIGINT takes the same path) stops the run
     at the end of the step it arrives in, with a checkpoint there and one line saying how to
@@ -349,7 +342,6 @@ def test_resume_after_sigterm_and_kill_reaches_same_weights(full_run, fake_fmnis
     assert len(steps) == len(set(steps)) and "99" not in steps
 
 
-@pytest.mark.slow
 def test_a_run_folder_in_use_is_refused_before_anything_in_it_changes(full_run, fake_fmnist, tmp_path):
     """While one supernet.train holds a run folder, a second (--force would empty it, --resume
     would write the same checkpoints) is one line naming the holder, before it changes anything."""
@@ -371,7 +363,6 @@ def test_a_run_folder_in_use_is_refused_before_anything_in_it_changes(full_run, 
     assert files() == before
 
 
-@pytest.mark.slow
 def test_an_unwritable_run_folder_is_one_line_before_any_work(fake_fmnist, tmp_path):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
@@ -382,7 +373,6 @@ def test_an_unwritable_run_folder_is_one_line_before_any_work(fake_fmnist, tmp_p
     assert blocker.read_text() == "x"
 
 
-@pytest.mark.slow
 def test_corrupt_checkpoint_is_one_clear_line(fake_fmnist, tmp_path):
     out = tmp_path / "corrupt"
     (out / "checkpoints").mkdir(parents=True)
@@ -395,7 +385,6 @@ def test_corrupt_checkpoint_is_one_clear_line(fake_fmnist, tmp_path):
     assert not (out / "config.yaml").exists()  # nothing written for a resume that cannot start
 
 
-@pytest.mark.slow
 def test_two_process_ddp_keeps_ranks_identical(fake_fmnist, tmp_path):
     import socket
 
@@ -425,7 +414,6 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.mark.slow
 def test_a_checkpoint_that_carries_code_is_refused_without_running_it(full_run, tmp_path):
     marker = tmp_path / "code-ran"
     run = tmp_path / "evil"
@@ -446,7 +434,6 @@ def test_a_checkpoint_that_carries_code_is_refused_without_running_it(full_run, 
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1 and "config" in proc.stderr
 
 
-@pytest.mark.slow
 def test_an_existing_run_folder_is_not_overwritten_unasked(full_run, fake_fmnist):
     before = {p.name: p.read_bytes() for p in full_run.iterdir() if p.is_file()}
     proc = _train(fake_fmnist, full_run, check=False)
@@ -456,7 +443,6 @@ def test_an_existing_run_folder_is_not_overwritten_unasked(full_run, fake_fmnist
     assert {p.name: p.read_bytes() for p in full_run.iterdir() if p.is_file()} == before
 
 
-@pytest.mark.slow
 def test_device_auto_trains_on_the_cpu_here_and_says_so(fake_fmnist, tmp_path):
     import yaml
 
@@ -478,7 +464,6 @@ def test_device_auto_trains_on_the_cpu_here_and_says_so(fake_fmnist, tmp_path):
     assert not (tmp_path / "gpu").exists()
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 def test_cuda_training_with_bf16(fake_fmnist, tmp_path):
     import yaml
@@ -493,7 +478,6 @@ def test_cuda_training_with_bf16(fake_fmnist, tmp_path):
     assert res["device"].startswith("cuda")
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 def test_cuda_deterministic_resume_reaches_the_same_weights(fake_fmnist, tmp_path):
     """On a GPU too (fp16, its loss scale, dropout drawn from the CUDA generator), a run
@@ -509,7 +493,6 @@ def test_cuda_deterministic_resume_reaches_the_same_weights(fake_fmnist, tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 def test_cuda_fp16_collect_and_cpu_agreement(fake_fmnist, full_run, tmp_path):
     """fp16 training (with its gradient scaler) runs on CUDA; a CPU-trained run evaluates to
@@ -567,7 +550,6 @@ def test_cuda_depthwise_without_cudnn_matches_cudnn():
         apply_cudnn("on")
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 def test_cuda_training_cudnn_modes(fake_fmnist, tmp_path):
     import yaml
@@ -582,7 +564,6 @@ def test_cuda_training_cudnn_modes(fake_fmnist, tmp_path):
         assert res["max_top1"] == res["max_top1"]  # not NaN
 
 
-@pytest.mark.slow
 def test_elastic_widths_train_and_collect_defaults_to_them(fake_fmnist, tmp_path):
     import yaml
 
@@ -596,7 +577,6 @@ def test_elastic_widths_train_and_collect_defaults_to_them(fake_fmnist, tmp_path
     assert conf["widths"] == [1.0, 1.5]
 
 
-@pytest.mark.slow
 def test_collect_samples_only_the_width_the_run_trained(full_run):
     """Also: its progress bar (on stderr) and --no-progress, which the main job passes on."""
     shown = _run(["-m", "search.collect", "--run", str(full_run), "--subnets", "3", "--eval-images", "16"])

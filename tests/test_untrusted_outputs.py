@@ -67,7 +67,6 @@ def test_validate_refuses_an_unwritable_report_before_measuring(tmp_path):
     assert not (tmp_path / "cache").exists()  # nothing exported, nothing measured
 
 
-@pytest.mark.slow
 def test_validate_keeps_each_network_as_it_is_measured(tmp_path):
     lut = full_lut(tmp_path / "l.csv")
     p = validate_cli(tmp_path, lut, "--subnets", "3")

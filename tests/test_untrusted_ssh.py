@@ -15,7 +15,7 @@ from profiler.devices import parse_device
 from profiler.transport import TransportError
 from sshd import SshServer, keygen, sshd_missing
 
-pytestmark = [pytest.mark.ssh, pytest.mark.slow, pytest.mark.skipif(bool(sshd_missing()), reason=sshd_missing() or "ok")]
+pytestmark = [pytest.mark.ssh, pytest.mark.skipif(bool(sshd_missing()), reason=sshd_missing() or "ok")]
 
 SK_LINE = ("sk.example.com sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAIIs7"
            "8WSnDf9Qm9rhsWJ3ChCAwfNtBdyf1uW4R7MH5Zs6AAAABHNzaDo= a security key\n")
