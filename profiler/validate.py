@@ -505,7 +505,9 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
         if s["load_avg_median"] is not None and s["lut_load_avg_median"] is not None:
             print(f"  device load (1-min average, median): {s['lut_load_avg_median']:.2f} while the LUT was measured, "
                   f"{s['load_avg_median']:.2f} during validation")
-        print(f"  calibration: measured ~ {s['a']:.4f} * model + {s['b']:.4f} ms -> median |error| "
+        sign = "-" if s["b"] < 0 else "+"
+        how = "least-squares fit" if s["fit"] == "least-squares" else "the plain ratio: the fit fell or priced small networks at nothing"
+        print(f"  calibration ({how}): measured ~ {s['a']:.4f} * model {sign} {abs(s['b']):.4f} ms -> median |error| "
               f"{s['calibrated_median_abs_error_pct']:.1f}%, within 10%: {s['calibrated_within_10pct'] * 100:.0f}%\n")
     print(f"wrote {outputs['.validate.csv']}, {outputs['.validate.json'].name}, {outputs['.validate.png'].name} "
           f"and {outputs['.calibration.json']}")
