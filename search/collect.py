@@ -290,8 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--subnets must be at least 1")
         if args.eval_images is not None and args.eval_images < 1:
             raise ValueError("--eval-images must be at least 1 (leave it out for all held-out images)")
-        allocator_mode(args.allocator)
+        allocator = allocator_mode(args.allocator)
         from supernet.evaluation import load_run  # torch: after the flags are checked
+
         device = args.device
         if world > 1 and device in ("auto", "cuda"):
             import torch
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             if torch.cuda.is_available():  # one GPU per rank
                 device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
         net, evaluator, ckpt = load_run(args.run, args.data, device, args.amp, args.cudnn,
-                                         args.recal_images, allocator=args.allocator)
+                                         args.recal_images, allocator=allocator)
         space = net.space
         res = [int(x) for x in args.resolutions.split(",")] if args.resolutions else list(space.resolutions)
         from supernet.presets import trained_widths

@@ -868,18 +868,17 @@ class Choices:
         return Choices(**out)
 
     def largest(self, space: SearchSpace, r: int | None = None, w: float | None = None) -> SubnetConfig:
-        c = self.resolve(space)
-        nb = space.num_blocks
-        return SubnetConfig((max(c.kernels),) * nb, (max(c.expands),) * nb,
-                            (max(c.depths),) * len(space.stages),
-                            max(c.resolutions) if r is None else r, max(c.widths) if w is None else w)
+        return self._uniform(space, max, r, w)
 
     def smallest(self, space: SearchSpace, r: int | None = None, w: float | None = None) -> SubnetConfig:
+        return self._uniform(space, min, r, w)
+
+    def _uniform(self, space: SearchSpace, pick, r: int | None, w: float | None) -> SubnetConfig:
+        """``pick`` (max or min) of every choice, everywhere; ``r`` and ``w`` when given."""
         c = self.resolve(space)
         nb = space.num_blocks
-        return SubnetConfig((min(c.kernels),) * nb, (min(c.expands),) * nb,
-                            (min(c.depths),) * len(space.stages),
-                            min(c.resolutions) if r is None else r, min(c.widths) if w is None else w)
+        return SubnetConfig((pick(c.kernels),) * nb, (pick(c.expands),) * nb, (pick(c.depths),) * len(space.stages),
+                            pick(c.resolutions) if r is None else r, pick(c.widths) if w is None else w)
 
     def sample(self, space: SearchSpace, rng: random.Random) -> SubnetConfig:
         c = self.resolve(space)
