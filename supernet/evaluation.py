@@ -23,6 +23,7 @@ from .errors import CheckpointError
 from .device import (apply_allocator, apply_cudnn, autocast, place, resolve_allocator, resolve_amp, resolve_cudnn,
                      resolve_device, to_device)
 from .ofa import OFASupernet
+from .ops import fold_bn
 from .safeload import UnreadableFile, load_weights_only
 from .space import SearchSpace, SubnetConfig, get_space
 
@@ -116,14 +117,16 @@ class Evaluator:
         return recalibrate_bn(net, (self._at(x, r) for x, _ in self._base("recal")), self._amp)
 
     def top1(self, net: nn.Module, r: int) -> float:
-        """Top-1 (percent) of a static network on the held-out split at resolution ``r``."""
-        return top1(net, ((self._at(x, r), y) for x, y in self._base("valid")), self._amp)
+        """Top-1 (percent) of a static network on the held-out split at resolution ``r``
+        (evaluated as ``fold_bn`` gives it; ``net`` is left as it is)."""
+        with torch.inference_mode():
+            return top1(fold_bn(net), ((self._at(x, r), y) for x, y in self._base("valid")), self._amp)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def hits(self, net: nn.Module, r: int) -> torch.Tensor:
         """Per held-out image, whether ``net`` at resolution ``r`` classifies it right (bool,
         on the CPU, in the split's order): ``top1`` image by image."""
-        net.eval()
+        net = fold_bn(net)
         with self._amp():
             return torch.cat([(net(self._at(x, r)).argmax(1) == y).cpu() for x, y in self._base("valid")])
 

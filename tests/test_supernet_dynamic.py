@@ -453,3 +453,21 @@ def test_bn_recalibration_is_the_exact_average_over_the_batches():
     vars_ = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats]).mean(0)
     assert torch.allclose(bn.running_mean, means, atol=1e-5) and torch.allclose(bn.running_var, vars_, atol=1e-4)
     assert bn.momentum == 0.3 and not net.training and bn.num_batches_tracked == 3
+
+
+@pytest.mark.parametrize("space_name", ["tiny", "fmnist"])
+def test_folded_bn_computes_what_the_subnet_computes_and_leaves_it_alone(space_name):
+    """``ops.fold_bn`` (the evaluation copy ``Evaluator.top1`` runs): the same outputs as
+    the extracted subnet in eval mode with its (perturbed) BN statistics, no BatchNorm left
+    in the copy, and the subnet itself untouched (still in training mode, its BNs kept)."""
+    space = get_space(space_name)
+    net = _perturb(OFASupernet(space))
+    x = torch.randn(3, space.in_channels, 40, 40)
+    for cfg in _configs(space, n_random=2):
+        sub = net.extract(cfg).train()
+        bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in sub.modules())
+        folded = ops.fold_bn(sub)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert sub.training and bns > 0 and sum(isinstance(m, torch.nn.BatchNorm2d) for m in sub.modules()) == bns
+        with torch.no_grad():
+            torch.testing.assert_close(folded(x), sub.eval()(x), rtol=1e-4, atol=1e-4)
