@@ -560,7 +560,8 @@ def train_predictor(
         if fold_of is None or ("mlp",) not in cands:
             return []
         y, x = accs[rows] - accs[rows].mean(), xs_all[""][rows]
-        return [(x[fold_of != f], y[fold_of != f] - y[fold_of != f].mean()) for f in range(int(fold_of.max()) + 1)]
+        trains = [fold_of != f for f in range(int(fold_of.max()) + 1)]
+        return [(x[tr], y[tr] - y[tr].mean()) for tr in trains]
 
     def choose(rows: np.ndarray, fold_of: np.ndarray | None,
                mlp_states: list[dict[str, np.ndarray]]) -> tuple[tuple, dict[str, float]]:
