@@ -75,7 +75,7 @@ class Device:
     # adb
     serial: str = ""
     benchmark_model: str = ""     # path of TFLite's benchmark_model on the device
-    cpu_mask: str = ""            # CPU affinity mask for taskset, e.g. "f0"
+    cpu_mask: str = ""            # CPUs the runner is pinned to: a hex mask as taskset takes it ("f0"), or "last"
     adb: str = "adb"              # the adb client
     # every runtime of the entry (``runtime: [onnxruntime, tflite]``); ``runtime`` is the first
     runtimes: tuple[str, ...] = ()
@@ -187,11 +187,16 @@ def parse_device(file: Path, name: str, entry: Any) -> Device:
         if values.get("benchmark_model") and values["runtimes"] != ("tflite",):
             raise DeviceConfigError(f"{where}: field 'runtime': benchmark_model measures tflite models, "
                                     f"not {', '.join(r for r in values['runtimes'] if r != 'tflite')}")
+        if values.get("benchmark_model") and values.get("cpu_mask") == "last":
+            raise DeviceConfigError(f"{where}: field 'cpu_mask': last needs the pushed runner ('python'); "
+                                    f"benchmark_model runs under taskset, which takes a hexadecimal mask like c")
         if any(c.isspace() for c in values["serial"]):
             raise DeviceConfigError(f"{where}: field 'serial': must not contain spaces, got {values['serial']!r}")
-    if values.get("cpu_mask") and not all(c in "0123456789abcdefABCDEF" for c in values["cpu_mask"].removeprefix("0x")):
-        raise DeviceConfigError(f"{where}: field 'cpu_mask': must be a hexadecimal CPU mask like f0, "
-                                f"got {values['cpu_mask']!r}")
+    mask = values.get("cpu_mask", "").removeprefix("0x")
+    if values.get("cpu_mask") and values["cpu_mask"] != "last" and (
+            not mask or not all(c in "0123456789abcdefABCDEF" for c in mask) or not int(mask, 16)):
+        raise DeviceConfigError(f"{where}: field 'cpu_mask': must be a hexadecimal CPU mask naming at least one "
+                                f"CPU, like f0, or last, got {values['cpu_mask']!r}")
     if "port" in values and values["port"] > 65535:
         raise DeviceConfigError(f"{where}: field 'port': must be at most 65535, got {values['port']}")
     if values.get("password_env") and not values["password_env"].replace("_", "a").isalnum():

@@ -29,7 +29,7 @@ from supernet.space import BlockSpec
 from .devices import Device
 from .export import ArtifactCache, ExportResult, format_for_runtime
 from .lut import COLUMNS, CONTEXTS, FLOAT_COLUMNS, LutWriter, error_row, stats_row
-from .transport import (RunnerChannel, RunnerError, RunnerTimeout, Transport, TransportError,
+from .transport import (RunnerChannel, RunnerError, RunnerTimeout, Transport, TransportError, fatal,
                         make_transport, validate_info, validate_reply)
 
 
@@ -57,6 +57,7 @@ class ProfileResult:
     device_lost: str = ""
     host: str = ""
     host_cpu: str = ""
+    cpus: str = ""  # the CPUs the runner was allowed to run on ("1", "2-3"; device field cpu_mask)
     runtime_version: str = ""
     precision: str = "fp32"
     errors: list[str] = field(default_factory=list)
@@ -433,7 +434,7 @@ def profile_device(
             except (RunnerTimeout, RunnerError) as exc:
                 raise TransportError(str(exc)) from None
             info = validate_info(info, device.name)
-            res.host, res.host_cpu = info["host"], info["cpu"]
+            res.host, res.host_cpu, res.cpus = info["host"], info["cpu"], info["cpus"]
             rt_info = info["runtimes"].get(runtime)
             if rt_info is None:
                 raise TransportError(f"{device.name}: runtime {runtime} is not installed on the device "
@@ -444,10 +445,8 @@ def profile_device(
                 missing = [p for p in device.providers if p not in have]
                 if missing:
                     # onnxruntime would silently fall back to the CPU: a LUT of the wrong device
-                    exc = TransportError(f"{device.name}: field 'providers': {', '.join(missing)} not available on "
-                                         f"the device (onnxruntime there has: {', '.join(map(str, have)) or 'none'})")
-                    exc.permanent = True  # type: ignore[attr-defined]
-                    raise exc
+                    raise fatal(f"{device.name}: field 'providers': {', '.join(missing)} not available on "
+                                f"the device (onnxruntime there has: {', '.join(map(str, have)) or 'none'})")
             row_ctx.update(host=res.host, host_cpu=res.host_cpu)
             req_base = request_base(device, runtime)
             if not futures:

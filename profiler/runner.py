@@ -10,8 +10,13 @@ Usage::
 
     python3 runner.py info                       # one JSON line: platform, CPU, runtimes
     python3 runner.py once MODEL [--runtime R] [--threads N] [--warmup N] [--repeats N]
-                               [--min-time S] [--max-time S] [--providers P1,P2]
-    python3 runner.py serve                      # JSON requests on stdin, one reply per line
+                               [--min-time S] [--max-time S] [--providers P1,P2] [--cpus MASK]
+    python3 runner.py serve [--cpus MASK]        # JSON requests on stdin, one reply per line
+
+``--cpus MASK`` (hexadecimal, as taskset takes it: ``2`` is CPU 1, ``c`` CPUs 2-3; or
+``last:N``, the N highest-numbered CPUs the runner may use) keeps the runner and every thread
+its runtime starts on those CPUs (Linux's ``sched_setaffinity``); the greeting and ``info``
+name the CPUs it runs on.
 
 A ``serve`` request is ``{"id": .., "model": PATH, "runtime": .., "threads": .., "warmup": ..,
 "repeats": .., "min_time_s": .., "max_time_s": .., "providers": [..]}``; the reply carries the
@@ -90,6 +95,45 @@ def runtimes():
     return found
 
 
+def parse_cpu_mask(mask):
+    """The CPU numbers of a hexadecimal affinity mask (``"c"`` or ``"0xc"``: CPUs 2 and 3)."""
+    text = str(mask).strip().lower()
+    text = text[2:] if text.startswith("0x") else text
+    try:
+        bits = int(text, 16)
+    except ValueError:
+        raise ValueError(f"CPU mask {mask!r} is not hexadecimal (e.g. 2 for CPU 1, c for CPUs 2-3)") from None
+    cpus = {i for i in range(bits.bit_length()) if bits >> i & 1}
+    if not cpus:
+        raise ValueError(f"CPU mask {mask!r} names no CPU")
+    return cpus
+
+
+def pin(mask):
+    """Keep this process (and the threads it starts from now on) on the CPUs of ``mask``
+    (hexadecimal, or ``last:N``: the N highest-numbered CPUs it may use); returns them.
+    Raises ValueError or OSError with a message naming the mask."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise OSError(f"CPU mask {mask!r}: this system ({platform.system()}) cannot pin a process to CPUs")
+    allowed = os.sched_getaffinity(0)
+    if str(mask).startswith("last:"):
+        n = str(mask)[5:]
+        if not n.isdigit() or int(n) < 1:
+            raise ValueError(f"CPU mask {mask!r}: last:N needs a number of CPUs N >= 1")
+        cpus = set(sorted(allowed)[-int(n):])
+    else:
+        cpus = parse_cpu_mask(mask)
+    if not cpus & allowed:
+        raise ValueError(f"CPU mask {mask!r} names CPUs {sorted(cpus)}, none of which this process may use "
+                         f"(allowed: {sorted(allowed)})")
+    os.sched_setaffinity(0, cpus & allowed)
+    return sorted(os.sched_getaffinity(0))
+
+
+def _affinity():
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
 def info():
     return {
         "ok": True,
@@ -100,6 +144,7 @@ def info():
         "host": platform.node(),
         "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
+        "affinity": _affinity(),
         "runtimes": runtimes(),
     }
 
@@ -318,8 +363,17 @@ def _error(exc):
     return {"ok": False, "error": f"{exc.__class__.__name__}: {exc}".replace("\n", " ")[:2000]}
 
 
-def serve(stdin, stdout):
-    stdout.write(json.dumps({"ok": True, "ready": True, "protocol": PROTOCOL}) + "\n")
+def serve(stdin, stdout, cpus=None):
+    """Answer JSON requests from ``stdin``; with ``cpus`` (a hexadecimal mask), pinned to
+    those CPUs first (a mask that cannot be applied is the greeting's error, and no serving)."""
+    try:
+        if cpus:
+            pin(cpus)
+    except (ValueError, OSError) as exc:
+        stdout.write(json.dumps(_error(exc)) + "\n")
+        stdout.flush()
+        return 2
+    stdout.write(json.dumps({"ok": True, "ready": True, "protocol": PROTOCOL, "affinity": _affinity()}) + "\n")
     stdout.flush()
     for line in stdin:
         line = line.strip()
@@ -361,14 +415,16 @@ def main(argv):
         print(json.dumps(info()))
         return 0
     if cmd == "serve":
-        serve(sys.stdin, sys.stdout)
-        return 0
+        if argv[1:] and (argv[1] != "--cpus" or len(argv) != 3):
+            print(json.dumps({"ok": False, "error": "usage: runner.py serve [--cpus MASK]"}))
+            return 2
+        return serve(sys.stdin, sys.stdout, argv[2] if argv[1:] else None) or 0
     if cmd == "once":
         if len(argv) < 2:
             print(json.dumps({"ok": False, "error": "usage: runner.py once MODEL [options]"}))
             return 2
         opts = {"runtime": None, "threads": "1", "warmup": "10", "repeats": "50",
-                "min-time": "0", "max-time": "30", "providers": ""}
+                "min-time": "0", "max-time": "30", "providers": "", "cpus": ""}
         rest = argv[2:]
         while rest:
             flag = rest.pop(0)
@@ -380,6 +436,8 @@ def main(argv):
         model = argv[1]
         runtime = opts["runtime"] or ("onnxruntime" if model.endswith(".onnx") else "tflite")
         try:
+            if opts["cpus"]:
+                pin(opts["cpus"])
             out = measure(model, runtime, int(opts["threads"]), int(opts["warmup"]),
                           int(opts["repeats"]), float(opts["min-time"]), float(opts["max-time"]),
                           [p for p in opts["providers"].split(",") if p] or None)

@@ -16,6 +16,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -34,6 +35,13 @@ RUNNER_PATH = Path(__file__).with_name("runner.py")
 
 class TransportError(RuntimeError):
     """The device could not be reached or the connection broke: reconnect and retry."""
+
+
+def fatal(message: str) -> TransportError:
+    """A TransportError that reconnecting cannot fix (``permanent``: not retried)."""
+    exc = TransportError(message)
+    exc.permanent = True  # type: ignore[attr-defined]
+    return exc
 
 
 class RunnerTimeout(TimeoutError):
@@ -110,9 +118,25 @@ def validate_reply(reply: Any) -> dict[str, Any]:
     return out
 
 
+def cpu_list(affinity: Any) -> str:
+    """The CPUs a runner reported it may run on (``affinity``), as ``"0-3,6"``; "" when it
+    did not say (an older runner, or a system without affinity) or said nonsense."""
+    if (not isinstance(affinity, list) or not affinity or len(affinity) > 4096
+            or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 16 for c in affinity)):
+        return ""
+    cpus, spans = sorted(set(affinity)), []
+    for c in cpus:
+        if spans and c == spans[-1][1] + 1:
+            spans[-1][1] = c
+        else:
+            spans.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def validate_info(info: Any, where: str) -> dict[str, Any]:
     """Check the runner's ``info`` reply: ``host`` and ``cpu`` strings, ``runtimes`` a mapping
-    of runtime name to ``{version: str, providers: [str]}``.  Returns the checked fields;
+    of runtime name to ``{version: str, providers: [str]}``, ``affinity`` (the CPUs it may
+    run on, returned as ``cpus``: ``cpu_list``).  Returns the checked fields;
     raises TransportError (the device cannot be used) naming ``where``."""
     try:
         if not isinstance(info, dict) or info.get("ok") is not True:
@@ -133,6 +157,7 @@ def validate_info(info: Any, where: str) -> dict[str, Any]:
             out["runtimes"][name] = {"version": reply_string(entry, "version", f"runner info {name[:60]}",
                                                              optional=True),
                                      "providers": list(providers)}
+        out["cpus"] = cpu_list(info.get("affinity"))
         return out
     except RunnerError as exc:
         raise TransportError(f"{where}: {exc}") from None
@@ -187,6 +212,9 @@ class RunnerChannel:
         if hello is None:
             self.close()
             raise TransportError(f"{self.describe}: runner did not start: {line[:300]!r}")
+        if isinstance(hello, dict) and hello.get("ok") is False and isinstance(hello.get("error"), str):
+            self.close()  # e.g. a cpu_mask the device cannot apply: the same answer on every retry
+            raise fatal(f"{self.describe}: runner refused to start: {hello['error'][:300]}")
         if not isinstance(hello, dict) or hello.get("ready") is not True:
             self.close()
             raise TransportError(f"{self.describe}: unexpected runner greeting {line[:300]!r}")
@@ -269,6 +297,21 @@ def pump_lines(stream: IO[bytes], out: "queue.Queue[str | None]", keep: list[str
     t = threading.Thread(target=run, daemon=True)
     t.start()
     return t
+
+
+def runner_pin_args(device: Device) -> list[str]:
+    """The runner's ``serve`` arguments that pin it to the device's ``cpu_mask`` (none
+    without one; ``last``: as many of the highest-numbered CPUs as the device's threads)."""
+    if not device.cpu_mask:
+        return []
+    return ["--cpus", f"last:{device.threads}" if device.cpu_mask == "last" else device.cpu_mask]
+
+
+def remote_serve_command(python: str, runner_path: str, device: Device) -> str:
+    """The shell command line that starts the pushed runner in serve mode on a remote device
+    (every value quoted): it prints ``HWNAS_PID=<pid>`` first, so the host can stop it."""
+    argv = [python, "-u", runner_path, "serve", *runner_pin_args(device)]
+    return "echo HWNAS_PID=$$; exec " + " ".join(shlex.quote(a) for a in argv)
 
 
 def run_capped(argv: list[str], timeout: float, cap: int = MAX_OUTPUT_BYTES) -> subprocess.CompletedProcess:
@@ -403,7 +446,7 @@ class LocalTransport(Transport):
         python = self.device.expand(self.device.python) or sys.executable
         try:
             proc = subprocess.Popen(
-                [python, "-u", str(RUNNER_PATH), "serve"],
+                [python, "-u", str(RUNNER_PATH), "serve", *runner_pin_args(self.device)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )
         except OSError as exc:

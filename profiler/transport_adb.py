@@ -35,16 +35,10 @@ from typing import Any
 
 from .benchmark_model import BenchmarkModelError, parse, summary_reply
 from .transport import (MAX_OUTPUT_BYTES, RUNNER_PATH, RunnerChannel, RunnerTimeout, Transport, TransportError,
-                        pump_lines, register_transport, run_capped)
+                        fatal, pump_lines, register_transport, run_capped, remote_serve_command)
 
 DEFAULT_WORKDIR = "/data/local/tmp/hwnas"
 _RC = re.compile(r"HWNAS_RC=(\d+)\s*$")
-
-
-def fatal(message: str) -> TransportError:
-    exc = TransportError(message)
-    exc.permanent = True  # type: ignore[attr-defined]
-    return exc
 
 
 def client_error(device_name: str, serial: str, text: str) -> TransportError:
@@ -182,7 +176,7 @@ class AdbTransport(Transport):
             return BenchmarkModelChannel(self)
         d = self.device
         python = d.python or "python3"
-        cmd = f"echo HWNAS_PID=$$; exec {shlex.quote(python)} -u {shlex.quote(self.runner_path)} serve"
+        cmd = remote_serve_command(python, self.runner_path, self.device)
         try:
             proc = subprocess.Popen([self.adb, "-s", d.serial, "shell", cmd], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)

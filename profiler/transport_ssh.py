@@ -40,17 +40,10 @@ from typing import Any
 
 import paramiko
 
-from .transport import (MAX_OUTPUT_BYTES, RUNNER_PATH, RunnerChannel, Transport, TransportError, pump_lines,
-                        register_transport)
+from .transport import (MAX_OUTPUT_BYTES, RUNNER_PATH, RunnerChannel, Transport, TransportError, fatal, pump_lines,
+                        register_transport, remote_serve_command)
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
-
-
-def fatal(message: str) -> TransportError:
-    """A TransportError that reconnecting cannot fix."""
-    exc = TransportError(message)
-    exc.permanent = True  # type: ignore[attr-defined]
-    return exc
 
 
 # Checks a workdir on the device: prints the user's uid, then "uid mode path" of the folder
@@ -423,7 +416,7 @@ class SSHTransport(Transport):
         python = d.python or "python3"
         # The shell prints its pid, then becomes the runner: the pid lets a timed-out runner
         # be killed even though closing the channel alone would not stop a busy process.
-        cmd = f"echo HWNAS_PID=$$; exec {shlex.quote(python)} -u {shlex.quote(self.runner_path)} serve"
+        cmd = remote_serve_command(python, self.runner_path, self.device)
         try:
             chan = self._transport().open_session(timeout=d.connect_timeout_s)
             chan.settimeout(d.connect_timeout_s + 60)

@@ -189,10 +189,13 @@ def test_pushed_runner_works_where_the_device_has_python(phone, tmp_path):
     # The fake maps /data/ paths only on command lines; the runner reads model paths from its
     # JSON requests, so this device's work folder is one the fake leaves as it is.
     work = tmp_path / "tab-work"
+    last = max(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     dev = parse_device(Path("d.yaml"), "tab", pixel(runtime="onnxruntime", benchmark_model="", python=sys.executable,
-                                                     workdir=str(work)))
+                                                     workdir=str(work),
+                                                     **({} if last is None else {"cpu_mask": format(1 << last, "x")})))
     res = profile_device(dev, specs, "onnxruntime", tmp_path / "tab.csv", cache, progress=False)
     assert res.measured == 2 and not res.device_lost, res
+    assert last is None or res.cpus == str(last)  # the pushed runner pinned itself to the cpu_mask
     table = LutTable.load(tmp_path / "tab.csv")
     assert all(table.get(str(s), "onnxruntime")["count"] >= 5 for s in specs)  # raw samples, validated
     assert not work.exists()

@@ -42,6 +42,8 @@ def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
     n = len(_keys(4))
     assert n > 4 and any(k.startswith("overhead-") for k in _keys(4))
     assert [(r["runtime"], r["measured"], r["failed"]) for r in runs] == [("onnxruntime", n, 0), ("tflite", n, 0)]
+    if hasattr(os, "sched_getaffinity"):  # the shipped entry's cpu_mask: last, one thread
+        assert all(r["cpus"] == str(max(os.sched_getaffinity(0))) for r in runs)
     rows = read_rows(lut)
     assert {(r["key"], r["runtime"]) for r in rows} == {(k, rt) for k in _keys(4) for rt in ("onnxruntime", "tflite")}
     for r in rows:
@@ -148,6 +150,27 @@ def test_a_failing_block_is_a_row_and_is_not_retried_forever(tmp_path, artifact_
 def _bad(*args: str, devices: Path | None = None) -> subprocess.CompletedProcess:
     extra = ["--devices", str(devices)] if devices else []
     return run_cli("profiler.run", *args, *extra, "--no-progress")
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this system")
+def test_a_cpu_mask_pins_the_runner_and_one_it_cannot_use_is_one_clear_error(tmp_path, artifact_cache):
+    from sshd import write_devices
+
+    last = max(os.sched_getaffinity(0))
+    devices = write_devices(tmp_path / "devices.yaml", {
+        "pinned": {"transport": "local", "runtime": "onnxruntime", "cpu_mask": format(1 << last, "x")},
+        "nowhere": {"transport": "local", "runtime": "onnxruntime", "cpu_mask": format(1 << (last + 1), "x")}})
+    args = ["profiler.run", "--devices", devices, "--space", "tiny", "--resolutions", "32", "--limit", "1",
+            "--no-overhead-probes", "--cache", artifact_cache, *FAST]
+    p = run_cli(*args, "--device", "pinned", "--lut", tmp_path / "pinned.csv", "--json")
+    assert p.returncode == 0, p.stderr
+    (run,) = json.loads(p.stdout)["runs"]
+    assert run["measured"] == 1 and run["cpus"] == str(last)  # the runner said where it ran
+    p = run_cli(*args, "--device", "nowhere", "--lut", tmp_path / "nowhere.csv")
+    assert p.returncode != 0
+    line = last_error_line(p)
+    assert "nowhere" in line and "none of which this process may use" in line, p.stderr
+    assert not (tmp_path / "nowhere.csv").exists()  # nothing measured, no table
 
 
 def test_unknown_device_lists_known_ones():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -53,6 +54,36 @@ def test_runner_info_and_serve_errors_are_replies():
     assert replies[1]["id"] == 1 and replies[1]["ok"] is False and "nonexistent" in replies[1]["error"]
     assert replies[2]["ok"] is False  # malformed request: an error reply, the runner keeps serving
     assert replies[3]["id"] == 3 and replies[3]["ok"] is True
+
+
+def _serve(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RUNNER_PATH), "serve", *argv], input=json.dumps({"id": 1, "op": "info"})
+                          + "\n", capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this system")
+def test_runner_pins_itself_to_the_cpu_mask_and_refuses_one_it_cannot_use():
+    from profiler.runner import parse_cpu_mask
+
+    assert parse_cpu_mask("c") == {2, 3} and parse_cpu_mask("0x5") == {0, 2}
+    last = max(os.sched_getaffinity(0))
+    p = _serve("--cpus", format(1 << last, "x"))
+    hello, info = (json.loads(x) for x in p.stdout.splitlines())
+    assert p.returncode == 0 and hello["ready"] and hello["affinity"] == [last] and info["affinity"] == [last]
+    hello = json.loads(_serve("--cpus", "last:1").stdout.splitlines()[0])  # devices.yaml's cpu_mask: last
+    assert hello["affinity"] == [last]
+    for mask, words in ((format(1 << (last + 1), "x"), "none of which this process may use"), ("0", "names no CPU"),
+                        ("big", "not hexadecimal"), ("last:0", "N >= 1")):
+        p = _serve("--cpus", mask)
+        (hello,) = (json.loads(x) for x in p.stdout.splitlines())  # the greeting is the error; nothing served
+        assert p.returncode == 2 and hello["ok"] is False and repr(mask) in hello["error"] and words in hello["error"]
+
+
+def test_cpu_lists_are_read_from_what_a_runner_says_and_nonsense_is_dropped():
+    from profiler.transport import cpu_list
+
+    assert cpu_list([3, 0, 1, 2, 6, 8, 9]) == "0-3,6,8-9" and cpu_list([5]) == "5"
+    assert cpu_list(None) == cpu_list([]) == cpu_list(["1"]) == cpu_list([True]) == cpu_list([-1]) == ""
 
 
 def test_runner_is_standard_library_only():

@@ -69,6 +69,15 @@ def test_profile_end_to_end_with_host_key_verification(tmp_path, server, cache):
     assert code == 0 and summary["runs"][0]["skipped"] == 4 and summary["runs"][0]["measured"] == 0
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this system")
+def test_the_remote_runner_is_pinned_to_the_cpu_mask(tmp_path, server, cache):
+    last = max(os.sched_getaffinity(0))  # the sshd's sessions run on this machine
+    code, summary = run_cli(tmp_path, {"lo": server.device_entry(cpu_mask=format(1 << last, "x"))}, "lo", cache,
+                            "--lut", str(tmp_path / "lo.csv"))
+    assert code == 0, summary
+    assert summary["runs"][0]["measured"] == 4 and summary["runs"][0]["cpus"] == str(last)
+
+
 def test_round_robin_measures_a_group_over_ssh(tmp_path, server, cache):
     """--context round-robin over SSH: every model of the group staged, timed in one request
     in rotation, unstaged; the rows say round-robin."""
