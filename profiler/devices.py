@@ -132,6 +132,9 @@ def _coerce(file: Path, name: str, key: str, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise DeviceConfigError(f"{where}: must be a list of execution provider names")
         return tuple(value)
+    if key == "cpu_mask" and not isinstance(value, str):  # YAML reads 0x10 as 16 and 010 as 8: not the mask written
+        raise DeviceConfigError(f"{where}: write the CPU mask as a quoted string (e.g. \"c\" or \"0x10\"), "
+                                f"got the number {value!r}")
     if key == "password":
         raise DeviceConfigError(f"{where}: passwords are never stored in files; name an environment variable with password_env")
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):

@@ -44,6 +44,7 @@ def test_runtime_lists_and_their_lut_paths():
     ({"transport": "adb", "runtime": "tflite", "serial": "a b", "benchmark_model": "/x"}, "serial"),
     ({"transport": "adb", "runtime": "tflite", "serial": "S", "benchmark_model": "/x", "cpu_mask": "big"}, "cpu_mask"),
     ({"transport": "local", "runtime": "onnxruntime", "cpu_mask": "0"}, "cpu_mask"),
+    ({"transport": "local", "runtime": "onnxruntime", "cpu_mask": 16}, "cpu_mask"),  # YAML's reading of 0x10
     ({"transport": "adb", "runtime": "tflite", "serial": "S", "benchmark_model": "/x", "cpu_mask": "last"}, "cpu_mask"),
     ({"transport": "ssh", "runtime": "onnxruntime", "host": "h", "user": "u", "cpu_mask": "0x"}, "cpu_mask"),
     ({"transport": "ssh", "runtime": "tflite", "host": "h"}, "user"),
