@@ -143,8 +143,30 @@ def repeat_agreement(meas: np.ndarray) -> dict[str, Any]:
             "repeat_within_5pct": float(np.mean(d <= 0.05)), "repeat_within_10pct": float(np.mean(d <= 0.10))}
 
 
+NOISE_LIMIT_PCT = 5.0  # a repeat median difference above this cannot show a LUT within issue 11's 5%
+
+
+def fidelity_verdict(s: dict[str, Any]) -> tuple[str, str]:
+    """What a validation says about the table, as (key, words), by issue 11's targets:
+    ``unjudged`` (one pass: no noise floor), ``noisy`` (the same networks measured twice
+    differ by more than ``NOISE_LIMIT_PCT`` in the median: the device, not the table, is
+    what the error shows), ``faithful`` (median error <= 5% and a share within 10% no more
+    than 5 points under the repeat's) or ``off`` (beyond the device's noise)."""
+    if "repeat_median_abs_diff_pct" not in s:
+        return "unjudged", "one pass: no noise floor to judge the table against (--passes 2)"
+    noise = s["repeat_median_abs_diff_pct"]
+    if noise > NOISE_LIMIT_PCT:
+        return "noisy", (f"too noisy to judge the table: the same networks measured twice differ by {noise:.1f}% "
+                         f"in the median; measure on a quiet device (cpu_mask pins the runner)")
+    if s["median_abs_error_pct"] <= 5.0 and s["within_10pct"] >= s["repeat_within_10pct"] - 0.05:
+        return "faithful", "the table predicts this device within its noise"
+    ratio = s.get("sum_over_measured")
+    return "off", ("the table is off by more than the device's noise"
+                   + (f" (model / measured {ratio:.2f} in the median)" if ratio is not None else ""))
+
+
 def fidelity_line(runtime: str, s: dict[str, Any]) -> str:
-    """One line: the LUT's error beside the noise floor (and the targets of issue 11)."""
+    """One line: the LUT's error beside the noise floor, and the verdict (``fidelity_verdict``)."""
     line = (f"{runtime}: LUT median |error| {s['median_abs_error_pct']:.1f}%, "
             f"{s['within_10pct'] * 100:.0f}% within 10%")
     if "repeat_within_10pct" in s:
@@ -156,7 +178,7 @@ def fidelity_line(runtime: str, s: dict[str, Any]) -> str:
     drift = s.get("lut_drift") or {}
     if drift.get("status") == "measured":
         line += f"; its blocks now {drift['ratio_median']:.2f}x their LUT time"
-    return line
+    return line + "; " + fidelity_verdict(s)[1]
 
 
 DRIFT_BLOCKS = 8  # the LUT's own blocks timed again after the networks (--drift-blocks)
@@ -443,6 +465,7 @@ def _summary_for(model, plain, subnets, pred: np.ndarray, meas: np.ndarray) -> t
             np.concatenate([(pred - term)[o] for o in ok]), m_all).items() if k in keep}
     summary.update(repeat_agreement(meas))
     summary["passes"] = int(meas.shape[0])
+    summary["verdict"] = fidelity_verdict(summary)[0]
     return summary, p_all, m_all
 
 

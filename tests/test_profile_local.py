@@ -247,6 +247,8 @@ def test_fidelity_report(tmp_path, artifact_cache):
     assert cal["a"] == s["a"] and cal["overhead"] is True  # fitted on the overhead model's sums
     # every network measured twice: the repeat agreement beside the LUT's error
     assert s["passes"] == 2 and 0 <= s["repeat_within_10pct"] <= 1 and s["repeat_median_abs_diff_pct"] >= 0
+    from profiler.validate import fidelity_verdict
+    assert s["verdict"] == fidelity_verdict(s)[0]  # the JSON twin of the printed verdict
     assert len(rows) == 6 and sorted({r["pass"] for r in rows}) == ["1", "2"]
     # the LUT's heaviest blocks timed again: how far the device moved since the table
     d = s["lut_drift"]
@@ -353,6 +355,24 @@ def test_a_falling_calibration_fit_falls_back_to_the_ratio():
     assert steep["fit"] == "ratio" and steep["b"] == 0.0 and steep["a"] > 0
     mild = summarise(pred, 2 * pred - 0.4, floor=0.5)  # takes 0.4 of the smallest's 1.0: kept
     assert mild["fit"] == "least-squares" and mild["b"] == pytest.approx(-0.4)
+
+
+def test_the_fidelity_verdict_follows_issue_11s_targets_and_the_noise_floor():
+    from profiler.validate import fidelity_line, fidelity_verdict
+
+    good = {"median_abs_error_pct": 3.0, "within_10pct": 0.95, "sum_over_measured": 1.01,
+            "repeat_median_abs_diff_pct": 1.0, "repeat_within_10pct": 1.0}
+    assert fidelity_verdict(good)[0] == "faithful"
+    assert fidelity_verdict({**good, "within_10pct": 0.90})[0] == "off"  # 10 points under the repeat's share
+    off = {**good, "median_abs_error_pct": 12.7, "within_10pct": 0.42, "sum_over_measured": 1.127}
+    assert fidelity_verdict(off) == ("off", "the table is off by more than the device's noise "
+                                            "(model / measured 1.13 in the median)")
+    # the same error on a device whose networks move 41.9% between two measurements says nothing
+    assert fidelity_verdict({**off, "repeat_median_abs_diff_pct": 41.9})[0] == "noisy"
+    one_pass = {k: v for k, v in good.items() if not k.startswith("repeat")}
+    assert fidelity_verdict(one_pass)[0] == "unjudged"
+    line = fidelity_line("onnxruntime", {**off, "repeat_median_abs_diff_pct": 41.9})
+    assert line.startswith("onnxruntime: LUT median |error| 12.7%") and "too noisy to judge the table" in line
 
 
 def test_fidelity_statistics_are_the_ones_the_readme_reports():
