@@ -143,22 +143,22 @@ def repeat_agreement(meas: np.ndarray) -> dict[str, Any]:
             "repeat_within_5pct": float(np.mean(d <= 0.05)), "repeat_within_10pct": float(np.mean(d <= 0.10))}
 
 
-NOISE_LIMIT_PCT = 5.0  # a repeat median difference above this cannot show a LUT within issue 11's 5%
+TARGET_PCT = 5.0  # issue 11: median |error| <= 5%; a repeat median difference above it cannot show that
 
 
 def fidelity_verdict(s: dict[str, Any]) -> tuple[str, str]:
     """What a validation says about the table, as (key, words), by issue 11's targets:
     ``unjudged`` (one pass: no noise floor), ``noisy`` (the same networks measured twice
-    differ by more than ``NOISE_LIMIT_PCT`` in the median: the device, not the table, is
+    differ by more than ``TARGET_PCT`` in the median: the device, not the table, is
     what the error shows), ``faithful`` (median error <= 5% and a share within 10% no more
     than 5 points under the repeat's) or ``off`` (beyond the device's noise)."""
     if "repeat_median_abs_diff_pct" not in s:
         return "unjudged", "one pass: no noise floor to judge the table against (--passes 2)"
     noise = s["repeat_median_abs_diff_pct"]
-    if noise > NOISE_LIMIT_PCT:
+    if noise > TARGET_PCT:
         return "noisy", (f"too noisy to judge the table: the same networks measured twice differ by {noise:.1f}% "
                          f"in the median; measure on a quiet device (cpu_mask pins the runner)")
-    if s["median_abs_error_pct"] <= 5.0 and s["within_10pct"] >= s["repeat_within_10pct"] - 0.05:
+    if s["median_abs_error_pct"] <= TARGET_PCT and s["within_10pct"] >= s["repeat_within_10pct"] - 0.05:
         return "faithful", "the table predicts this device within its noise"
     ratio = s.get("sum_over_measured")
     return "off", ("the table is off by more than the device's noise"
