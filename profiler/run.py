@@ -261,10 +261,10 @@ def _print(results: list[ProfileResult], as_json: bool) -> None:
         print(json.dumps({"runs": [r.as_dict() for r in results]}))
         return
     print(f"{'device':<10} {'runtime':<12} {'precision':<9} {'measured':>8} {'failed':>6} {'skipped':>7} "
-          f"{'export s':>8} {'measure s':>9} {'timed s':>7}  lut")
+          f"{'export s':>8} {'measure s':>9} {'timed s':>7} {'cpus':>5}  lut")
     for r in results:
         print(f"{r.device:<10} {r.runtime:<12} {r.precision:<9} {r.measured:>8} {r.failed:>6} {r.skipped:>7} {r.export_s:>8.1f} "
-              f"{r.measure_s:>9.1f} {r.timed_s:>7.1f}  {r.lut}")
+              f"{r.measure_s:>9.1f} {r.timed_s:>7.1f} {r.cpus or '-':>5}  {r.lut}")
         for e in r.errors[:5]:
             print(f"  failed: {e}")
         if r.device_lost:
