@@ -459,8 +459,9 @@ def read_calibration(path: Path, runtime: str | None = None, overhead: bool | No
     """(a, b) from a calibration JSON written by ``profiler.validate``.  Raises
     CalibrationMismatch when it holds nothing for ``runtime``, was fitted on sums with (or
     without) the overhead model or the streaming term where ``overhead`` or ``stream`` says
-    otherwise, or on block rows timed in another ``context`` (files without one: warm);
-    ValueError when corrupt."""
+    otherwise, or on block rows timed in another ``context`` (files without one: warm), or
+    on a validation whose verdict was ``noisy`` (``profiler.validate``); ValueError when
+    corrupt."""
     entries = calibration_entries(path)
     if runtime and runtime in entries:
         data = entries[runtime]
@@ -486,6 +487,13 @@ def read_calibration(path: Path, runtime: str | None = None, overhead: bool | No
                 f"{path}: calibration for {runtime or 'this runtime'} was fitted on LUT sums "
                 f"{'with' if fitted else 'without'} {what}, and these sums are "
                 f"{'with' if wanted else 'without'} it: run profiler.validate again")
+    if data.get("verdict") == "noisy":  # a line through noise would move every price by it
+        noise = data.get("noise_pct")
+        raise CalibrationMismatch(
+            f"{path}: calibration for {runtime or 'this runtime'} was fitted on a validation too noisy to judge "
+            f"the table" + (f" (the same networks measured twice differed by {float(noise):.1f}% in the median)"
+                            if isinstance(noise, (int, float)) and math.isfinite(noise) else "")
+            + ": run profiler.validate again on a quiet device")
     fitted_ctx = str(data.get("context") or "warm")
     if context is not None and fitted_ctx != context:
         raise CalibrationMismatch(

@@ -501,7 +501,8 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
         write_calibration(outputs[".calibration.json"], calibration_key(rt, args.precision), {
             "a": s["a"], "b": s["b"], "overhead": s["overhead_model"], "stream": s["stream_model"],
             "context": models[rt][0].context, "device": device.name, "n": s["n"],
-            "fitted_at": s["validated_at"]})
+            "fitted_at": s["validated_at"], "verdict": s["verdict"],
+            "noise_pct": s.get("repeat_median_abs_diff_pct")})
     _plot(outputs[".validate.png"], panels)
     if args.json:
         print(json.dumps(doc))
@@ -530,8 +531,10 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
                   f"{s['load_avg_median']:.2f} during validation")
         sign = "-" if s["b"] < 0 else "+"
         how = "least-squares fit" if s["fit"] == "least-squares" else "the plain ratio: the fit fell or priced small networks at nothing"
+        unused = "; searches will not apply it (fitted on noise)" if s["verdict"] == "noisy" else ""
         print(f"  calibration ({how}): measured ~ {s['a']:.4f} * model {sign} {abs(s['b']):.4f} ms -> median |error| "
-              f"{s['calibrated_median_abs_error_pct']:.1f}%, within 10%: {s['calibrated_within_10pct'] * 100:.0f}%\n")
+              f"{s['calibrated_median_abs_error_pct']:.1f}%, within 10%: {s['calibrated_within_10pct'] * 100:.0f}%"
+              f"{unused}\n")
     print(f"wrote {outputs['.validate.csv']}, {outputs['.validate.json'].name}, {outputs['.validate.png'].name} "
           f"and {outputs['.calibration.json']}")
     return 0

@@ -117,6 +117,25 @@ def test_auto_calibration_applies_only_to_the_same_kind_of_sum(tmp_path):
     assert LatencyModel.from_lut(lut, TINY, calibration="auto", overhead=False).calibration is None
 
 
+def test_a_calibration_fitted_on_a_noisy_validation_is_not_applied(tmp_path):
+    lut = tmp_path / "l.csv"
+    with LutWriter(lut) as w:
+        for key, ms in _table().items():
+            row = error_row(key, "onnxruntime", "", {})
+            row.update(status="ok", median_ms=ms, error="")
+            w.add(row)
+    cal = tmp_path / "l.calibration.json"
+    write_calibration(cal, "onnxruntime", {"a": 0.5, "b": 0.0, "overhead": True, "verdict": "off", "noise_pct": 1.3})
+    assert LatencyModel.from_lut(lut, TINY, calibration="auto").calibration == (0.5, 0.0)
+    write_calibration(cal, "onnxruntime", {"a": 0.5, "b": 0.0, "overhead": True, "verdict": "noisy",
+                                           "noise_pct": 41.9})
+    model = LatencyModel.from_lut(lut, TINY, calibration="auto")
+    assert model.calibration is None and "too noisy to judge" in model.calibration_skipped
+    assert "41.9%" in model.calibration_skipped
+    with pytest.raises(CalibrationMismatch, match="run profiler.validate again on a quiet device"):
+        read_calibration(cal, "onnxruntime", overhead=True)
+
+
 def test_repeat_agreement_pools_both_directions():
     meas = np.array([[1.0, 2.0, 4.0, np.nan], [1.0, 2.4, 4.0, 3.0]])
     r = repeat_agreement(meas)

@@ -249,6 +249,7 @@ def test_fidelity_report(tmp_path, artifact_cache):
     assert s["passes"] == 2 and 0 <= s["repeat_within_10pct"] <= 1 and s["repeat_median_abs_diff_pct"] >= 0
     from profiler.validate import fidelity_verdict
     assert s["verdict"] == fidelity_verdict(s)[0]  # the JSON twin of the printed verdict
+    assert cal["verdict"] == s["verdict"]  # a noisy one is then not applied (test_overhead_model)
     assert len(rows) == 6 and sorted({r["pass"] for r in rows}) == ["1", "2"]
     # the LUT's heaviest blocks timed again: how far the device moved since the table
     d = s["lut_drift"]
