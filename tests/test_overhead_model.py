@@ -105,25 +105,25 @@ def test_calibration_file_keeps_every_runtime_and_the_kind_of_sum(tmp_path):
         read_calibration(old, "onnxruntime", overhead=True)
 
 
-def test_auto_calibration_applies_only_to_the_same_kind_of_sum(tmp_path):
-    lut = tmp_path / "l.csv"
+def _write_lut(lut):
+    """``_table()`` as an onnxruntime LUT file."""
     with LutWriter(lut) as w:
         for key, ms in _table().items():
             row = error_row(key, "onnxruntime", "", {})
             row.update(status="ok", median_ms=ms, error="")
             w.add(row)
+    return lut
+
+
+def test_auto_calibration_applies_only_to_the_same_kind_of_sum(tmp_path):
+    lut = _write_lut(tmp_path / "l.csv")
     write_calibration(tmp_path / "l.calibration.json", "onnxruntime", {"a": 0.5, "b": 0.0, "overhead": True})
     assert LatencyModel.from_lut(lut, TINY, calibration="auto").calibration == (0.5, 0.0)
     assert LatencyModel.from_lut(lut, TINY, calibration="auto", overhead=False).calibration is None
 
 
 def test_a_calibration_fitted_on_a_noisy_validation_is_not_applied(tmp_path):
-    lut = tmp_path / "l.csv"
-    with LutWriter(lut) as w:
-        for key, ms in _table().items():
-            row = error_row(key, "onnxruntime", "", {})
-            row.update(status="ok", median_ms=ms, error="")
-            w.add(row)
+    lut = _write_lut(tmp_path / "l.csv")
     cal = tmp_path / "l.calibration.json"
     write_calibration(cal, "onnxruntime", {"a": 0.5, "b": 0.0, "overhead": True, "verdict": "off", "noise_pct": 1.3})
     assert LatencyModel.from_lut(lut, TINY, calibration="auto").calibration == (0.5, 0.0)
