@@ -1,0 +1,120 @@
+"""Benchmark: does a lookup table repeat?  The same table built several times with the local
+runner pinned to one CPU and unpinned, alternating, and every block compared between builds.
+
+A first build fills the artifact cache (not counted), so that no conversion overlaps a timed
+block; then ``--builds`` builds of each kind, alternating (pinned, unpinned, pinned, ...).
+For every runtime and kind, each pair of builds gives the median over blocks of
+``|t_a / t_b - 1|``; the JSON has every pair's figure and their median.  Measured on the
+2-core AVX2 EPYC VM (README, "Profiling real devices"): 2.2% pinned against 32.8% unpinned for
+onnxruntime, 1.2% against 9.8% for LiteRT, which is why the shipped ``local`` entry is pinned.
+
+    .venv/bin/python bench/lut_repeat.py [--space fmnist --resolutions 32,48] [--builds 4]
+        [--runtime onnxruntime,tflite] [--cpu-mask last] [--limit N] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import statistics
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.emit import emit  # noqa: E402
+
+from profiler.devices import load_devices  # noqa: E402
+from profiler.export import ArtifactCache  # noqa: E402
+from profiler.lut import LutTable  # noqa: E402
+from profiler.measure import profile_device  # noqa: E402
+from profiler.run import with_overhead_probes  # noqa: E402
+from supernet.space import get_space  # noqa: E402
+
+RUNTIMES = ("onnxruntime", "tflite")
+
+
+def block_times(lut: Path, runtime: str) -> dict[tuple[str, str], float]:
+    """The median time of every measured row of ``runtime`` in ``lut``, by (key, resolution)."""
+    rows = LutTable.load(lut).rows.values()
+    return {(r["key"], str(r.get("resolution", ""))): float(r["median_ms"]) for r in rows
+            if r["runtime"] == runtime and r["status"] == "ok"}
+
+
+def pair_differences(builds: list[dict]) -> list[float]:
+    """Per pair of builds, the median over their common blocks of ``|t_a / t_b - 1|`` in %."""
+    out = []
+    for a, b in itertools.combinations(builds, 2):
+        common = sorted(set(a) & set(b))
+        if common:
+            out.append(100 * statistics.median(abs(a[k] / b[k] - 1) for k in common))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--space", default="fmnist")
+    ap.add_argument("--resolutions", default="32,48")
+    ap.add_argument("--runtime", default="onnxruntime,tflite", help="comma-separated runtimes, each built in turn")
+    ap.add_argument("--builds", type=int, default=4, help="builds of each kind (at least 2)")
+    ap.add_argument("--cpu-mask", default="last", help="the pinned builds' cpu_mask (default last)")
+    ap.add_argument("--limit", type=int, default=None, help="the first N blocks only")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per block (default: the device's)")
+    ap.add_argument("--min-time", type=float, default=None, help="timed seconds per block (default: the device's)")
+    ap.add_argument("--devices", type=Path, default=Path(__file__).resolve().parents[1] / "devices.yaml")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the cache and every LUT here")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = ap.parse_args()
+    runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
+    if not runtimes or any(r not in RUNTIMES for r in runtimes):
+        sys.exit(f"error: --runtime {args.runtime!r}: known runtimes are {', '.join(RUNTIMES)}")
+    if args.builds < 2:
+        sys.exit(f"error: --builds must be at least 2 (a pair to compare), got {args.builds}")
+    space = get_space(args.space)
+    specs = space.all_blocks([int(r) for r in args.resolutions.split(",")])
+    specs = with_overhead_probes(specs[: args.limit] if args.limit else specs)  # as profiler.run measures them
+    local = load_devices(args.devices)["local"]
+    overrides = {k: v for k, v in (("repeats", args.repeats), ("min_time_s", args.min_time)) if v is not None}
+    kinds = {"pinned": replace(local, cpu_mask=args.cpu_mask, **overrides),
+             "unpinned": replace(local, cpu_mask="", **overrides)}
+    times: dict[str, dict[str, list[dict]]] = {rt: {k: [] for k in kinds} for rt in runtimes}
+    cpus: dict[str, set[str]] = {k: set() for k in kinds}
+    loads = []
+    with tempfile.TemporaryDirectory(prefix="hwnas-bench-") as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        cache = ArtifactCache(work / "cache")
+        for rt in runtimes:
+            profile_device(kinds["unpinned"], specs, rt, work / f"warm-up-{rt}.csv", cache, progress=False)
+            for i in range(args.builds):
+                for kind in (("pinned", "unpinned") if i % 2 == 0 else ("unpinned", "pinned")):
+                    lut = work / f"{rt}-{kind}-{i}.csv"
+                    res = profile_device(kinds[kind], specs, rt, lut, cache, progress=sys.stderr.isatty())
+                    if res.failed or res.device_lost:
+                        sys.exit(f"error: {kind} build {i} of {rt}: {res.device_lost or res.errors[:1]}")
+                    cpus[kind].add(res.cpus)
+                    loads.append(os.getloadavg()[0])
+                    times[rt][kind].append(block_times(lut, rt))
+    runs = {}
+    for rt in runtimes:
+        runs[rt] = {}
+        for kind in kinds:
+            diffs = pair_differences(times[rt][kind])
+            runs[rt][kind] = {"pairs_median_abs_diff_pct": [round(d, 2) for d in diffs],
+                              "median_abs_diff_pct": round(statistics.median(diffs), 2)}
+    out = {
+        "bench": "lut_repeat", "space": space.name, "resolutions": args.resolutions, "runtimes": runtimes,
+        "blocks": len(specs), "builds": args.builds, "cpu_mask": args.cpu_mask,
+        "cpus": {k: sorted(v) for k, v in cpus.items()}, "threads": local.threads,
+        "min_time_s": overrides.get("min_time_s", local.min_time_s), "machine": platform.machine(),
+        "cpu_count": os.cpu_count(), "load_avg_1m": {"min": round(min(loads), 2), "max": round(max(loads), 2)},
+        "runs": runs,
+    }
+    return emit(out, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
