@@ -33,6 +33,7 @@ import yaml
 from supernet.safeyaml import load_unique, yaml_error_line
 
 from .lut import finite
+from .runner import parse_cpu_mask
 
 TRANSPORTS = ("local", "ssh", "adb")
 RUNTIMES = ("onnxruntime", "tflite")
@@ -195,11 +196,12 @@ def parse_device(file: Path, name: str, entry: Any) -> Device:
                                     f"benchmark_model runs under taskset, which takes a hexadecimal mask like c")
         if any(c.isspace() for c in values["serial"]):
             raise DeviceConfigError(f"{where}: field 'serial': must not contain spaces, got {values['serial']!r}")
-    mask = values.get("cpu_mask", "").removeprefix("0x")
-    if values.get("cpu_mask") and values["cpu_mask"] != "last" and (
-            not mask or not all(c in "0123456789abcdefABCDEF" for c in mask) or not int(mask, 16)):
-        raise DeviceConfigError(f"{where}: field 'cpu_mask': must be a hexadecimal CPU mask naming at least one "
-                                f"CPU, like f0, or last, got {values['cpu_mask']!r}")
+    if values.get("cpu_mask") and values["cpu_mask"] != "last":
+        try:
+            parse_cpu_mask(values["cpu_mask"])  # the runner's own reading of it
+        except ValueError as exc:
+            raise DeviceConfigError(f"{where}: field 'cpu_mask': {exc}; write a hexadecimal CPU mask naming at "
+                                    f"least one CPU, like f0, or last") from None
     if "port" in values and values["port"] > 65535:
         raise DeviceConfigError(f"{where}: field 'port': must be at most 65535, got {values['port']}")
     if values.get("password_env") and not values["password_env"].replace("_", "a").isalnum():

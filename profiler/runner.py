@@ -97,12 +97,11 @@ def runtimes():
 
 def parse_cpu_mask(mask):
     """The CPU numbers of a hexadecimal affinity mask (``"c"`` or ``"0xc"``: CPUs 2 and 3)."""
-    text = str(mask).strip().lower()
+    text = str(mask)
     text = text[2:] if text.startswith("0x") else text
-    try:
-        bits = int(text, 16)
-    except ValueError:
-        raise ValueError(f"CPU mask {mask!r} is not hexadecimal (e.g. 2 for CPU 1, c for CPUs 2-3)") from None
+    if not text or any(c not in "0123456789abcdefABCDEF" for c in text):  # int() would take " c", "+c", "f_0"
+        raise ValueError(f"CPU mask {mask!r} is not hexadecimal (e.g. 2 for CPU 1, c for CPUs 2-3)")
+    bits = int(text, 16)
     cpus = {i for i in range(bits.bit_length()) if bits >> i & 1}
     if not cpus:
         raise ValueError(f"CPU mask {mask!r} names no CPU")

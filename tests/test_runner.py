@@ -73,7 +73,7 @@ def test_runner_pins_itself_to_the_cpu_mask_and_refuses_one_it_cannot_use():
     hello = json.loads(_serve("--cpus", "last:1").stdout.splitlines()[0])  # devices.yaml's cpu_mask: last
     assert hello["affinity"] == [last]
     for mask, words in ((format(1 << (last + 1), "x"), "none of which this process may use"), ("0", "names no CPU"),
-                        ("big", "not hexadecimal"), ("last:0", "N >= 1")):
+                        ("big", "not hexadecimal"), ("f_0", "not hexadecimal"), ("last:0", "N >= 1")):
         p = _serve("--cpus", mask)
         (hello,) = (json.loads(x) for x in p.stdout.splitlines())  # the greeting is the error; nothing served
         assert p.returncode == 2 and hello["ok"] is False and repr(mask) in hello["error"] and words in hello["error"]
