@@ -58,6 +58,8 @@ class Device:
     repeats: int = 50             # at least this many timed runs ...
     min_time_s: float = 0.2       # ... and at least this long
     max_time_s: float = 10.0      # stop timing after this long whatever the count
+    sweeps: int = 2               # the blocks timed this often, in turn, each time for 1/sweeps of the
+                                  # above; a row is its fastest sweep (profiler.measure.sweep_request)
     timeout_s: float = 120.0      # per block, load + warm-up + timing
     retries: int = 2              # transport errors: reconnect and retry this often
     max_attempts: int = 3         # a block that failed this often is not tried again
@@ -91,11 +93,11 @@ class Device:
 
 
 _FIELDS = {f.name: f for f in fields(Device)}
-_INT = {"threads", "warmup", "repeats", "retries", "max_attempts", "port"}
+_INT = {"threads", "warmup", "repeats", "sweeps", "retries", "max_attempts", "port"}
 _FLOAT = {"min_time_s", "max_time_s", "timeout_s", "connect_timeout_s"}
 MAX_SECONDS = 1e6  # about 11 days: every _FLOAT field is a duration
 _BOOL = {"insecure_accept_new_host_key"}
-_POSITIVE = {"threads", "repeats", "max_attempts", "port", "timeout_s", "max_time_s", "connect_timeout_s"}
+_POSITIVE = {"threads", "repeats", "sweeps", "max_attempts", "port", "timeout_s", "max_time_s", "connect_timeout_s"}
 _REQUIRED_BY_TRANSPORT = {"local": (), "ssh": ("host", "user"), "adb": ("serial",)}
 
 

@@ -37,12 +37,16 @@ COLUMNS = [
     # issue 11: how the block was timed: "warm" (alone, again and again; rows of LUTs written
     # before read warm) or "round-robin" (in rotation with the others, profiler.run --context)
     "context",
+    # how many sweeps over the table timed the block (profiler.measure: the row is the fastest
+    # of them; empty in LUTs written before, and for imported rows) and how far apart they were
+    # (slowest sweep's median / fastest's - 1)
+    "sweeps", "sweep_spread",
 ]
 CONTEXTS = ("warm", "round-robin")
 FLOAT_COLUMNS = ("median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms", "max_ms", "iqr_ms")
-OTHER_FLOAT_COLUMNS = ("load_avg", "quant_error", "quant_bound")
+OTHER_FLOAT_COLUMNS = ("load_avg", "quant_error", "quant_bound", "sweep_spread")
 PRECISIONS = ("fp32", "int8")
-INT_COLUMNS = ("count", "threads", "attempts", "resolution")
+INT_COLUMNS = ("count", "threads", "attempts", "resolution", "sweeps")
 REQUIRED = ("key", "runtime", "status")
 TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in FLOAT_COLUMNS + OTHER_FLOAT_COLUMNS + INT_COLUMNS + ("noisy",))
 NOISY_IQR_RATIO = 0.10  # torch.utils.benchmark flags IQR/median above 10%

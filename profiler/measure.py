@@ -14,6 +14,7 @@ error is a failure row with its message; a broken connection is retried after re
 
 from __future__ import annotations
 
+import math
 import platform
 import socket
 import threading
@@ -423,7 +424,8 @@ def profile_device(
         # run -------------------------------------------------------------------------------
         t0 = time.perf_counter()
         session = Session(transport or make_transport(device))
-        bar = tqdm(total=len(todo), desc=f"{device.name} {runtime}", unit="block", position=position,
+        bar = tqdm(total=len(todo) * (max(1, device.sweeps) if context == "warm" else 1),
+                   desc=f"{device.name} {runtime}", unit="block", position=position,
                    disable=not progress, dynamic_ncols=True, leave=True)
         try:
             connect(session, device)
@@ -453,22 +455,28 @@ def profile_device(
                 submitted = broker.submit_many([(str(s), fmt) for s in todo])
                 futures = [(s, submitted[(str(s), fmt)]) for s in todo]
 
-            def record(spec: BlockSpec, path: Path, outcome: dict[str, Any] | str) -> None:
+            def record(spec: BlockSpec, path: Path, outcome: dict[str, Any] | str, sweep: int = 1,
+                       timings: Sequence[dict[str, Any]] = ()) -> None:
+                """The block's row: ``outcome`` (an error message: a failure row), or with
+                ``timings`` (its sweeps so far, ``sweep`` of them) the fastest of them."""
                 if isinstance(outcome, str):
-                    fail(spec, outcome)
+                    if sweep > 1:  # it was counted as measured after its first sweep
+                        res.measured -= 1
+                    fail(spec, outcome if sweep == 1 else f"sweep {sweep}: {outcome}")
                     return
-                reply = outcome
-                ctx = dict(row_ctx, measured_at=_now(), attempts=attempts(spec))
+                reply = fastest(timings) if timings else outcome
+                ctx = dict(row_ctx, measured_at=_now(), attempts=attempts(spec), sweeps=max(1, len(timings)),
+                           sweep_spread=sweep_spread(timings) if len(timings) > 1 else "")
                 if precision == "int8":
                     ctx.update(quant_record(path))
                 if "samples_ms" in reply:
                     writer.add(stats_row(str(spec), runtime, reply, ctx), samples=reply["samples_ms"])
                 else:
                     writer.add(summary_row(str(spec), runtime, reply, ctx))
-                res.measured += 1
-                res.timed_s += reply["timed_s"]
-                shown = reply.get("median_ms") or reply.get("mean_ms") or 0.0
-                bar.set_postfix(ms=f"{shown:.3f}", failed=res.failed, refresh=False)
+                if sweep == 1:
+                    res.measured += 1
+                res.timed_s += outcome["timed_s"]
+                bar.set_postfix(ms=f"{reply_ms(reply):.3f}", failed=res.failed, refresh=False)
 
             def built_path(spec: BlockSpec, fut: Future) -> Path | None:
                 """The block's artifact once converted, or None after its export error row."""
@@ -502,11 +510,37 @@ def profile_device(
                         record(spec, pth, outcome)
                         bar.update(1)
             else:
+                # sweeps: every block timed, then every block again, ...; a row is the fastest
+                # of its block's sweeps (a noisy moment on a shared CPU only adds time), written
+                # after each sweep so that a run stopped in a later sweep keeps the earlier one
+                sweeps = max(1, device.sweeps)
+                req = sweep_request(req_base, sweeps)
+                timed: dict[str, list[dict[str, Any]]] = {}
+                kept: list[tuple[BlockSpec, Path]] = []
                 for spec, fut in futures:
                     broker.stop_if_cancelled(device.name)
                     path = built_path(spec, fut)
                     if path is not None:
-                        record(spec, path, measure_artifact(session, device, path, req_base))
+                        outcome = measure_artifact(session, device, path, req)
+                        if not isinstance(outcome, str):
+                            timed[str(spec)] = [outcome]
+                            kept.append((spec, path))
+                        record(spec, path, outcome, 1, timed.get(str(spec), ()))
+                        bar.update(1)
+                bar.total = len(todo) + (sweeps - 1) * len(kept)
+                for sweep in range(2, sweeps + 1):
+                    bar.set_description(f"{device.name} {runtime} sweep {sweep}/{sweeps}")
+                    for spec, path in kept:
+                        broker.stop_if_cancelled(device.name)
+                        if str(spec) not in timed:  # failed in an earlier sweep
+                            bar.update(1)
+                            continue
+                        outcome = measure_artifact(session, device, path, req)
+                        if isinstance(outcome, str):
+                            timed.pop(str(spec))
+                        else:
+                            timed[str(spec)].append(outcome)
+                        record(spec, path, outcome, sweep, timed.get(str(spec), ()))
                         bar.update(1)
         except TransportError as exc:
             res.device_lost = str(exc)
@@ -560,6 +594,38 @@ def request_base(device: Device, runtime: str) -> dict[str, Any]:
     if device.providers:
         req["providers"] = list(device.providers)
     return req
+
+
+def sweep_request(req_base: dict[str, Any], sweeps: int) -> dict[str, Any]:
+    """The runner request of one of ``sweeps`` sweeps: the device's ``repeats``,
+    ``min_time_s`` and ``max_time_s`` divided among them, so that the sweeps together time a
+    block about as long as one timing did (warm-up is not divided: every sweep loads the
+    model again)."""
+    if sweeps <= 1:
+        return req_base
+    return dict(req_base, repeats=max(1, math.ceil(req_base["repeats"] / sweeps)),
+                min_time_s=req_base["min_time_s"] / sweeps, max_time_s=req_base["max_time_s"] / sweeps)
+
+
+def reply_ms(reply: dict[str, Any]) -> float:
+    """A timing's typical time: its median, or its mean where a summary has no median."""
+    return reply.get("median_ms") or reply.get("mean_ms") or 0.0
+
+
+def fastest(timings: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest of one block's sweeps: on a CPU that other work shares (a VM's, a phone's
+    background apps, thermal throttling) a disturbance only ever adds time, and one that
+    covers a whole timing moves its median as well as its minimum (measured: 26 of 151 rows
+    of two consecutive builds 20% to 2.2x apart, each time the slower one in a disturbed
+    timing with a normal minimum or quartiles twice the block's usual; README, "Profiling
+    real devices")."""
+    return min(timings, key=reply_ms)
+
+
+def sweep_spread(timings: Sequence[dict[str, Any]]) -> float:
+    """How far one block's sweeps were apart: slowest / fastest - 1 (0.0 for one sweep)."""
+    ms = [reply_ms(t) for t in timings]
+    return max(ms) / min(ms) - 1.0 if ms and min(ms) > 0 else 0.0
 
 
 def _staged_request(session: Session, device: Device, paths: Sequence[Path], request: Callable[[list[str]], dict],

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int, default=None, help="runtime threads (default: the device's)")
     ap.add_argument("--repeats", type=int, default=None, help="minimum timed runs per block (default: the device's)")
     ap.add_argument("--min-time", type=float, default=None, help="minimum timed seconds per block (default: the device's)")
+    ap.add_argument("--sweeps", type=int, default=None,
+                    help="time every block this often, in turn, each time for 1/N of --repeats and --min-time; "
+                         "a row is its block's fastest sweep (default: the device's, 2)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N blocks of the space")
     ap.add_argument("--no-overhead-probes", action="store_true",
                     help="do not measure the runtime's per-invocation overhead at each input shape (the latency "
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             specs = specs + stream_probes(layers=stream_layers(largest * BYTES_PER_PARAM["fp32"]))
         if not args.no_overhead_probes:
             specs = with_overhead_probes(specs)
-        for name, value in (("--threads", args.threads), ("--repeats", args.repeats)):
+        for name, value in (("--threads", args.threads), ("--repeats", args.repeats), ("--sweeps", args.sweeps)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1")
         if args.export_workers < 0:
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     overrides = {k: v for k, v in (("threads", args.threads), ("repeats", args.repeats),
-                                    ("min_time_s", args.min_time)) if v is not None}
+                                    ("min_time_s", args.min_time), ("sweeps", args.sweeps)) if v is not None}
     devices = [replace(d, **overrides) for d in devices]
     farm = run_farm(devices, specs, cache, runtimes=runtimes, lut=args.lut, export_workers=args.export_workers,
                     progress=not args.no_progress, on_result=lambda res: _write_summary(res, space.name),

@@ -322,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--export-workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=None, help="profiler: minimum timed runs per block")
     ap.add_argument("--min-time", type=float, default=None, help="profiler: minimum timed seconds per block")
+    ap.add_argument("--sweeps", type=int, default=None, help="profiler: timings of every block, in turn (fastest kept)")
     ap.add_argument("--preset", default="main", help="supernet.train preset")
     ap.add_argument("--train-limit", type=int, default=None, help="training images (default: the preset's)")
     ap.add_argument("--subnets", type=int, default=100, help="subnets evaluated for the predictor")
@@ -390,7 +391,7 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
         raise fail("--subnets must be at least 5 (the predictor holds some rows out)")
     if args.int8_subnets < 2:
         raise fail("--int8-subnets must be at least 2 (the largest and the smallest)")
-    for name in ("validate_subnets", "repeats", "train_limit"):
+    for name in ("validate_subnets", "repeats", "sweeps", "train_limit"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise fail(f"--{name.replace('_', '-')} must be at least 1")
     if args.drift_blocks < 0:
@@ -445,7 +446,7 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
         cmd += ["--cache", str(cache)]
     if int8:  # int8 blocks calibrated on the dataset's images carried to each block (profiler.calibrate)
         cmd += ["--data", args.data]
-    for flag, v in (("--repeats", args.repeats), ("--min-time", args.min_time)):
+    for flag, v in (("--repeats", args.repeats), ("--min-time", args.min_time), ("--sweeps", args.sweeps)):
         if v is not None:
             cmd += [flag, str(v)]
     set_lut_aside(lut, stages, cmd, args.force)

@@ -55,6 +55,8 @@ def test_runtime_lists_and_their_lut_paths():
     ({"transport": "ssh", "runtime": "tflite", "host": "h", "user": "u", "insecure_accept_new_host_key": "yes"},
      "insecure_accept_new_host_key"),
     ({"transport": "scp", "runtime": "tflite"}, "transport"),
+    ({"transport": "local", "runtime": "onnxruntime", "sweeps": 0}, "sweeps"),
+    ({"transport": "local", "runtime": "onnxruntime", "sweeps": 1.5}, "sweeps"),
     ({"transport": "local", "runtime": ["tflite", "tflite"]}, "runtime"),
     ({"transport": "local", "runtime": ["tflite", "tvm"]}, "runtime"),
     ({"transport": "local", "runtime": []}, "runtime"),

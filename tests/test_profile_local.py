@@ -47,7 +47,8 @@ def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
     rows = read_rows(lut)
     assert {(r["key"], r["runtime"]) for r in rows} == {(k, rt) for k in _keys(4) for rt in ("onnxruntime", "tflite")}
     for r in rows:
-        assert r["status"] == "ok" and r["count"] >= 5 and r["threads"] == 1
+        # the device's two sweeps share --repeats 5: the row is the faster sweep's 3 runs or more
+        assert r["status"] == "ok" and r["count"] >= 3 and r["threads"] == 1 and r["sweeps"] == 2
         assert 0 < r["min_ms"] <= r["median_ms"] <= r["p90_ms"] <= r["max_ms"]
         assert r["runtime_version"] and r["device"] == "local" and r["host_cpu"] and r["exporter"]
         assert isinstance(r["load_avg"], float) and r["load_avg"] >= 0
@@ -145,6 +146,38 @@ def test_a_failing_block_is_a_row_and_is_not_retried_forever(tmp_path, artifact_
     run = json.loads(p.stdout)["runs"][0]
     assert run["failed"] == 0 and run["measured"] == 0 and run["skipped"] == len(_keys(2))  # given up after 3 attempts
     assert LutTable.load(lut).get(_keys(2)[0], "onnxruntime")["status"] == "ok"
+
+
+def test_every_block_is_timed_in_two_sweeps_and_its_row_is_the_faster(tmp_path, artifact_cache):
+    from profiler.lut import read_journal
+
+    lut = tmp_path / "local.csv"
+    base = ["--device", "local", "--runtime", "onnxruntime", "--space", "tiny", "--resolutions", "32",
+            "--limit", "3", "--cache", artifact_cache, "--repeats", "20", "--min-time", "0", "--no-progress", "--json"]
+    p = run_cli("profiler.run", *base, "--lut", lut)
+    assert p.returncode == 0, p.stderr
+    run = json.loads(p.stdout)["runs"][0]
+    assert run["measured"] == len(_keys(3)) and run["failed"] == 0
+    journal, _ = read_journal(journal_path(lut))
+    rows = {r["key"]: r for r in read_rows(lut)}
+    assert set(rows) == set(_keys(3))
+    for key, row in rows.items():
+        first, second = [j for j in journal if j["key"] == key]  # written after each sweep
+        assert (first["sweeps"], second["sweeps"], row["sweeps"]) == (1, 2, 2)
+        assert first["sweep_spread"] == ""
+        assert row["count"] >= 10  # repeats 20 shared by the two sweeps
+        # the row is the faster sweep: never slower than the first, and the spread says by how much
+        assert row["median_ms"] <= first["median_ms"]
+        if row["median_ms"] < first["median_ms"]:
+            assert row["sweep_spread"] == pytest.approx(first["median_ms"] / row["median_ms"] - 1, rel=1e-3, abs=1e-5)
+        assert row["sweep_spread"] >= 0
+    # one sweep: one timing per block, as before sweeps
+    p = run_cli("profiler.run", *base, "--lut", tmp_path / "one.csv", "--sweeps", "1")
+    assert p.returncode == 0, p.stderr
+    journal, _ = read_journal(journal_path(tmp_path / "one.csv"))
+    assert len(journal) == len(_keys(3)) and all(j["sweeps"] == 1 and j["count"] >= 20 for j in journal)
+    p = run_cli("profiler.run", *base, "--lut", tmp_path / "none.csv", "--sweeps", "0")
+    assert p.returncode == 2 and last_error_line(p) == "error: --sweeps must be at least 1"
 
 
 def _bad(*args: str, devices: Path | None = None) -> subprocess.CompletedProcess:
