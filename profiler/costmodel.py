@@ -18,6 +18,18 @@ probe rows for its runtime the latency model prices a block as ``LUT(block) -
 LUT(probe(block's input))`` and adds the network input's probe once.  LUTs without probe rows
 (imported tables, older LUTs) are summed as they are; ``overhead=False`` forces that.
 
+**Layout boundary.**  A runtime that computes in a layout of its own converts a model's input
+into it and its output back: onnxruntime's CPU provider runs convolutions in a blocked layout
+(NCHWc), so a block run alone pays two reorders (and the residual add they keep apart) that
+inside a network, where blocks hand blocked tensors on, it does not.  Where the LUT has
+``boundary`` probes at a block's input shape (``supernet.space.boundary_probes``: one and two
+chained 1x1 depthwise convolutions; the profiler measures them for onnxruntime) the edge taken
+off a block is ``2 t(one) - t(two)`` (at least the overhead probe) instead of the overhead
+probe; the network still adds its input's overhead probe once (measured on a 2-core AMD EPYC,
+Fashion-MNIST space at 32-48 px, onnxruntime 1.32, 2026-12-07: the identity-probe model
+over-predicted 20 networks by 16% in the median, README "Fidelity").  ``boundary=False``
+keeps the overhead probe.
+
 **Weight streaming.**  A LUT row times one block again and again, so its weights are in the
 caches each time; a whole network whose weights exceed the caches reads them from further
 away on every run, and pays more than its blocks did one at a time (on a 2 MiB-L2 Xeon a
@@ -55,7 +67,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from supernet.space import OFA_MBV3, BlockSpec, SearchSpace, SubnetConfig, overhead_probe
+from supernet.space import OFA_MBV3, BlockSpec, SearchSpace, SubnetConfig, boundary_probes, overhead_probe
 
 BYTES_PER_PARAM = {"fp32": 4, "int8": 1}
 
@@ -268,6 +280,10 @@ def has_overhead_rows(table: dict[str, float]) -> bool:
     return any(k.startswith("overhead-") for k in table)
 
 
+def has_boundary_rows(table: dict[str, float]) -> bool:
+    return any(k.startswith("boundary-") for k in table)
+
+
 class LatencyModel(CostModel):
     """LUT latency in ms: the sum of the blocks' LUT rows, less one invocation overhead per
     block plus one per network when the LUT has overhead probes (``overhead``), optionally
@@ -279,7 +295,7 @@ class LatencyModel(CostModel):
     def __init__(self, space: SearchSpace, table: dict[str, float] | Callable[[int], dict[str, float]],
                  calibration: tuple[float, float] | None = None, where: str = "LUT",
                  runtime: str = "", device: str = "", overhead: bool = True, precision: str = "fp32",
-                 stream: bool = True):
+                 stream: bool = True, boundary: bool = True):
         """``table``: latency by key, or a function of the resolution returning one (for
         LUTs imported per input size).  ``overhead``: use the LUT's overhead probes when it
         has them (False: sum the rows as they are).  ``stream``: price weight streaming from
@@ -293,6 +309,7 @@ class LatencyModel(CostModel):
         self.device = device
         self.precision = precision
         self.overhead_requested = overhead
+        self.boundary_requested = boundary
         self.calibration_skipped = ""  # from_lut(calibration="auto"): why the file beside the LUT was not applied
         self.context = "warm"  # how the LUT's block rows were timed (from_lut reads it)
         super().__init__(space, self._lookup, calibration, where)
@@ -308,6 +325,26 @@ class LatencyModel(CostModel):
         """Whether sums at resolution ``r`` (default: the space's largest) subtract the
         per-block invocation overhead."""
         return self._table(self.space.resolutions[-1] if r is None else r)[1]
+
+    def uses_boundary(self, r: int | None = None) -> bool:
+        """Whether the edge taken off each block at resolution ``r`` (default: the space's
+        largest) is the layout boundary of the LUT's boundary probes (``edge``)."""
+        t, use = self._table(self.space.resolutions[-1] if r is None else r)
+        return use and self.boundary_requested and has_boundary_rows(t)
+
+    def edge(self, block: BlockSpec, r: int) -> float:
+        """What ``block``'s LUT row holds that the block does not pay inside a network: its
+        input shape's layout boundary (``2 t(one) - t(two)`` of the boundary probes, at least
+        the overhead probe) where the model uses them, else the overhead probe; 0 without
+        the overhead model.  Raises KeyError naming a missing probe."""
+        t, use = self._table(r)
+        if not use:
+            return 0.0
+        ovh = t[str(overhead_probe(block))]
+        if not self.uses_boundary(r):
+            return ovh
+        one, two = boundary_probes(block)
+        return max(2.0 * t[str(one)] - t[str(two)], ovh)
 
     def stream_curve(self, r: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """(weight bytes, excess ms per byte) of the LUT's stream probes at resolution
@@ -369,9 +406,7 @@ class LatencyModel(CostModel):
         return self._table(r)[0][str(block)]
 
     def _lookup(self, block: BlockSpec, r: int) -> float:
-        t, use = self._table(r)
-        value = t[str(block)]
-        return value - t[str(overhead_probe(block))] if use else value
+        return self._table(r)[0][str(block)] - self.edge(block, r)
 
     def network_cost(self, first: BlockSpec, r: int) -> float:
         t, use = self._table(r)
@@ -381,7 +416,7 @@ class LatencyModel(CostModel):
     def from_lut(cls, path: Path | str, space: SearchSpace | None = None, runtime: str | None = None,
                  calibration: tuple[float, float] | str | Path | None = None,
                  stat: str = "median", overhead: bool = True, precision: str = "fp32",
-                 stream: bool = True) -> "LatencyModel":
+                 stream: bool = True, boundary: bool = True) -> "LatencyModel":
         """Load a LUT CSV.  ``calibration``: (a, b), a calibration JSON path, ``"auto"`` (use
         ``<lut>.calibration.json`` when present and fitted for this runtime, precision and
         kind of sum; why one was not applied is then in ``calibration_skipped``), or None.
@@ -397,21 +432,23 @@ class LatencyModel(CostModel):
         model = cls(space or OFA_MBV3, lambda r: lut.table(rt, stat, resolution=r, precision=precision), None,
                     where=str(path) if precision == "fp32" else f"{path} ({precision} rows)",
                     runtime=rt, device=",".join(lut.devices), overhead=overhead, precision=precision,
-                    stream=stream and context == "warm")  # blocks timed in rotation paid cold caches already
+                    stream=stream and context == "warm", boundary=boundary)  # blocks timed in rotation paid cold caches already
         model.context = context
         use = model.uses_overhead()
+        kinds = {"boundary": model.uses_boundary()}
         streams = model.has_weight_cost(model.space.resolutions[-1])
         key = calibration_key(rt, precision)
         if calibration == "auto":
             cp = calibration_path(Path(path))
             if cp.exists():
                 try:
-                    model.calibration = read_calibration(cp, key, overhead=use, stream=streams, context=context)
+                    model.calibration = read_calibration(cp, key, overhead=use, stream=streams, context=context,
+                                                         **kinds)
                 except CalibrationMismatch as exc:  # another runtime's, or the other kind of sum
                     model.calibration_skipped = str(exc)
         elif isinstance(calibration, (str, Path)):
             model.calibration = read_calibration(Path(calibration), key, overhead=use, stream=streams,
-                                                 context=context)
+                                                 context=context, **kinds)
         else:
             model.calibration = calibration
         return model
@@ -455,11 +492,12 @@ def calibration_entries(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def read_calibration(path: Path, runtime: str | None = None, overhead: bool | None = None,
-                     stream: bool | None = None, context: str | None = None) -> tuple[float, float]:
+                     stream: bool | None = None, context: str | None = None,
+                     boundary: bool | None = None) -> tuple[float, float]:
     """(a, b) from a calibration JSON written by ``profiler.validate``.  Raises
     CalibrationMismatch when it holds nothing for ``runtime``, was fitted on sums with (or
-    without) the overhead model or the streaming term where ``overhead`` or ``stream`` says
-    otherwise, or on block rows timed in another ``context`` (files without one: warm), or
+    without) the overhead model, the streaming term or the layout-boundary probes where
+    ``overhead``, ``stream`` or ``boundary`` says otherwise (files without ``boundary``: without), or on block rows timed in another ``context`` (files without one: warm), or
     on a validation whose verdict was ``noisy`` (``profiler.validate``); ValueError when
     corrupt."""
     entries = calibration_entries(path)
@@ -480,7 +518,8 @@ def read_calibration(path: Path, runtime: str | None = None, overhead: bool | No
         raise ValueError(f"{path}: calibration a={a:g}, b={b:g} is not usable (a must be a finite positive "
                          f"slope, b a finite offset in ms)")
     for field, wanted, what in (("overhead", overhead, "the overhead model"),
-                                ("stream", stream, "the weight-streaming term")):
+                                ("stream", stream, "the weight-streaming term"),
+                                ("boundary", boundary, "the layout-boundary probes")):
         fitted = bool(data.get(field, False))
         if wanted is not None and fitted != wanted:
             raise CalibrationMismatch(
@@ -538,4 +577,4 @@ class ParamsModel(CostModel):
 
 
 __all__ = ["BYTES_PER_PARAM", "solo_bytes", "CalibrationMismatch", "CostModel", "LatencyModel", "MacsModel", "MissingKeysError", "ParamsModel",
-           "calibration_entries", "calibration_key", "has_overhead_rows", "read_calibration", "write_calibration"]
+           "calibration_entries", "calibration_key", "has_boundary_rows", "has_overhead_rows", "read_calibration", "write_calibration"]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from supernet.atomic import atomic_write_text
-from supernet.space import BlockSpec
+from supernet.space import PROBE_KINDS, BlockSpec
 
 from .lut import LutError, LutTable, lut_sibling
 
@@ -41,7 +41,7 @@ def block_ratios(table: LutTable, runtime: str) -> list[dict[str, Any]]:
     out = []
     for key in sorted(set(fp32) & set(int8)):
         spec = BlockSpec.parse(key)
-        if spec.kind in ("overhead", "stream") or fp32[key] <= 0:  # probes, in no network
+        if spec.kind in PROBE_KINDS or fp32[key] <= 0:  # probes, in no network
             continue
         out.append({"runtime": runtime, "key": key, "group": group_of(spec), "fp32_ms": fp32[key],
                     "int8_ms": int8[key], "ratio": int8[key] / fp32[key]})

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from supernet.atomic import Busy, ExclusiveLock, atomic_open, atomic_write_text, lock_path
-from supernet.space import BlockSpec
+from supernet.space import PROBE_KINDS, BlockSpec
 
 COLUMNS = [
     "key", "kind", "runtime", "resolution", "status", "median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms",
@@ -317,7 +317,7 @@ class LutTable:
         ``warm``, ``round-robin``, or ``mixed`` (a partial run in the other context)."""
         seen = {r["context"] for (_k, rt, _res, prec), r in self.rows.items()
                 if rt == runtime and prec == precision and r["status"] == "ok"
-                and r.get("kind") not in ("overhead", "stream")}
+                and r.get("kind") not in PROBE_KINDS}
         return seen.pop() if len(seen) == 1 else ("mixed" if seen else "warm")
 
     @property

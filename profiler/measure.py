@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from supernet.space import BlockSpec
+from supernet.space import PROBE_KINDS, BlockSpec
 
 from .devices import Device
 from .export import ArtifactCache, ExportResult, format_for_runtime
@@ -35,6 +35,16 @@ from .transport import (RunnerChannel, RunnerError, RunnerTimeout, Transport, Tr
 
 
 GROUP_SIZE = 160  # models loaded and rotated at once in round-robin measurement
+# runtimes that compute in a layout of their own and convert at every model's edges: their
+# tables get boundary probes (supernet.space.boundary_probes); onnxruntime's CPU provider
+# (NCHWc).  LiteRT's XNNPACK computes in the models' own NHWC: its overhead probe holds the
+# whole edge (its block sums were within 1-2% of whole networks at 32-48 px with it alone).
+BOUNDARY_RUNTIMES = ("onnxruntime",)
+
+
+def probes_for(specs: Sequence[BlockSpec], runtime: str) -> list[BlockSpec]:
+    """``specs`` less the boundary probes where ``runtime`` does not need them."""
+    return list(specs) if runtime in BOUNDARY_RUNTIMES else [s for s in specs if s.kind != "boundary"]
 
 
 class ProfileCancelled(Exception):
@@ -105,7 +115,7 @@ def with_their_probes(todo: Sequence[BlockSpec], specs: Sequence[BlockSpec]) -> 
     from supernet.space import overhead_probe
 
     keys = {str(s) for s in todo}
-    keys |= {str(overhead_probe(s)) for s in todo if s.kind not in ("overhead", "stream")}
+    keys |= {str(overhead_probe(s)) for s in todo if s.kind not in PROBE_KINDS}
     return [s for s in specs if str(s) in keys]
 
 
@@ -386,6 +396,7 @@ def profile_device(
         check_threads(writer, runtime, device.threads)
         if context not in CONTEXTS:
             raise ValueError(f"unknown measurement context {context!r} (known: {', '.join(CONTEXTS)})")
+        specs = probes_for(specs, runtime)
         todo, res.skipped = pending(writer, specs, runtime, device.max_attempts, precision, context)
         if context == "round-robin":
             todo = with_their_probes(todo, specs)

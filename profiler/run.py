@@ -32,7 +32,8 @@ from pathlib import Path
 
 from supernet.atomic import atomic_write_text
 from supernet.cliargs import run_main
-from supernet.space import BlockSpec, get_space, overhead_probe, space_names, stream_layers, stream_probes
+from supernet.space import (PROBE_KINDS, BlockSpec, boundary_probes, get_space, overhead_probe, space_names,
+                            stream_layers, stream_probes)
 
 from .calibrate import CalibrationError, block_activations, calibration_id, stored, write_calibration
 from .costmodel import BYTES_PER_PARAM
@@ -59,13 +60,17 @@ def _float_list(text: str, what: str) -> list[float]:
 
 
 def with_overhead_probes(specs: list[BlockSpec]) -> list[BlockSpec]:
-    """``specs`` with, before the first block of each input shape, the overhead probe of that
-    shape (``supernet.space.overhead_probe``): measured among the blocks it corrects, under
-    the same conditions."""
+    """``specs`` with, before the first block of each input shape, the overhead probe and the
+    two boundary probes of that shape (``supernet.space.overhead_probe``,
+    ``boundary_probes``): measured among the blocks they correct, under the same conditions
+    (boundary probes only for the runtimes that convert layouts at a model's edges:
+    ``profiler.measure.probes_for``)."""
     out: list[BlockSpec] = []
     for s in specs:
-        if s.kind != "overhead":
+        if s.kind != "overhead":  # a stream probe too: its time less its input's overhead probe
             out.append(overhead_probe(s))
+        if s.kind not in PROBE_KINDS:
+            out += boundary_probes(s)
         out.append(s)
     return list(dict.fromkeys(out))  # each probe stays where its shape first appears
 

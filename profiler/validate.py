@@ -455,6 +455,7 @@ def _summary_for(model, plain, subnets, pred: np.ndarray, meas: np.ndarray) -> t
     m_all = np.concatenate([m[o] for m, o in zip(meas, ok)])
     summary = summarise(p_all, m_all, floor=_smallest_cost(model, subnets))
     summary["overhead_model"] = bool(model.uses_overhead())
+    summary["boundary_model"] = bool(model.uses_boundary())
     keep = ("median_abs_error_pct", "within_5pct", "within_10pct", "sum_over_measured", "mean_error_pct")
     summary["plain"] = {k: v for k, v in summarise(np.concatenate([raw[o] for o in ok]), m_all).items() if k in keep}
     streams = [model.has_weight_cost(c.r) for c in subnets]
@@ -500,6 +501,7 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
     for rt, s in summaries.items():
         write_calibration(outputs[".calibration.json"], calibration_key(rt, args.precision), {
             "a": s["a"], "b": s["b"], "overhead": s["overhead_model"], "stream": s["stream_model"],
+            "boundary": s["boundary_model"],
             "context": models[rt][0].context, "device": device.name, "n": s["n"],
             "fitted_at": s["validated_at"], "verdict": s["verdict"],
             "noise_pct": s.get("repeat_median_abs_diff_pct")})
@@ -517,7 +519,8 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
             print(f"{'':{len(rt) + 2}}{i:>6} {cfg.r:>4} {pred[i]:>12.3f} {ms}")
         print(f"\n{device.name} / {fidelity_line(rt if args.precision == 'fp32' else f'{rt} {args.precision}', s)}")
         print(f"  within 5%: {s['within_5pct'] * 100:.0f}%, LUT model / measured (median) {s['sum_over_measured']:.3f}, "
-              f"overhead model {'on' if s['overhead_model'] else 'off (the LUT has no overhead probes)'}, "
+              f"overhead model {'on' if s['overhead_model'] else 'off (the LUT has no overhead probes)'}"
+              f"{' (edges from the layout-boundary probes)' if s['boundary_model'] else ''}, "
               f"weight streaming {'on' if s['stream_model'] else 'off (the LUT has no stream probes)'}")
         if s.get("without_stream"):
             ws = s["without_stream"]

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=float, default=None, help="override the subnet's width multiplier")
     ap.add_argument("--calibrated", action="store_true", help="apply <lut>.calibration.json (a*sum+b)")
     ap.add_argument("--no-overhead", action="store_true", help="sum the LUT rows as they are, without "
-                    "subtracting each block's invocation overhead (the LUT's overhead probes)")
+                    "subtracting each block's invocation overhead or layout boundary (the LUT's probes)")
     ap.add_argument("--stat", choices=["median", "mean"], default="median")
     ap.add_argument("--per-block", action="store_true", help="also list every block's latency")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         "lut": str(args.lut), "runtime": model.runtime, "precision": model.precision, "device": model.device,
         "subnet": cfg.to_dict(), "latency_ms": round(total, 4), "lut_sum_ms": round(raw, 4),
         "calibration": list(model.calibration) if model.calibration else None,
-        "blocks": len(per_block), "overhead_model": overhead,
+        "blocks": len(per_block), "overhead_model": overhead, "boundary_model": model.uses_boundary(cfg.r),
         "network_overhead_ms": round(float(raw - weights - sum(c for _, c in per_block)), 4),
         "weight_streaming_ms": round(weights, 4),
     }
@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             for b, c in per_block:
                 print(f"{c:10.4f} ms  {b}")
         cal = f" (calibrated from {raw:.2f} ms LUT sum)" if model.calibration else ""
-        ovh = (f", blocks less their invocation overhead + {out['network_overhead_ms']:.3f} ms once"
-               if overhead else "")
+        edge = "layout boundary" if out["boundary_model"] else "invocation overhead"
+        ovh = (f", blocks less their {edge} + {out['network_overhead_ms']:.3f} ms once" if overhead else "")
         if model.has_weight_cost(cfg.r):
             ovh += f", + {weights:.3f} ms weight streaming"
         print(f"{total:.2f} ms{cal}  [{out['runtime']} {out['precision']}, r={cfg.r} w={cfg.w:g}, {len(per_block)} blocks{ovh}, "

@@ -139,6 +139,8 @@ def build_block(spec: BlockSpec, dropout: float = 0.0) -> nn.Module:
         return Classifier(spec.in_c, spec.out_c, dropout)
     if spec.kind == "overhead":
         return nn.ReLU()
+    if spec.kind == "boundary":  # depthwise 1x1 with a bias, as a folded conv-BN is
+        return nn.Sequential(*[nn.Conv2d(spec.in_c, spec.in_c, 1, groups=spec.in_c) for _ in range(spec.mid)])
     if spec.kind == "stream":
         layers = [nn.Conv2d(spec.in_c, spec.in_c, 1, bias=False) for _ in range(spec.mid)]
         for layer in layers:  # orthogonal: the signal keeps its scale through any depth (no denormals)

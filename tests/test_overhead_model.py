@@ -16,7 +16,7 @@ from profiler.costmodel import (CalibrationMismatch, LatencyModel, MissingKeysEr
 from profiler.lut import LutWriter, error_row
 from profiler.run import with_overhead_probes
 from profiler.validate import repeat_agreement
-from supernet.space import TINY, BlockSpec, overhead_probe
+from supernet.space import PROBE_KINDS, TINY, BlockSpec, boundary_probes, overhead_probe
 
 from conftest import REPO
 
@@ -42,14 +42,16 @@ def test_probe_is_an_identity_shaped_relu_keyed_like_a_block():
     assert BlockSpec.parse(str(p)) == p
     with pytest.raises(ValueError, match="overhead probe"):
         BlockSpec("overhead", 4, 4, 8, 2, 2, 8, act="relu")
-    # profiler.run measures each shape's probe just before the first block of that shape
+    # profiler.run measures each shape's probes (overhead, then the two boundary probes) just
+    # before the first block of that shape
     specs = TINY.all_blocks([R])
     out = with_overhead_probes(specs)
-    assert [s for s in out if s.kind != "overhead"] == specs
+    assert [s for s in out if s.kind not in PROBE_KINDS] == specs
     for i, s in enumerate(out):
         if s.kind == "overhead":
-            assert out[i + 1].input_shape == s.input_shape
+            assert out[i + 1: i + 3] == list(boundary_probes(s)) and out[i + 3].input_shape == s.input_shape
     assert len([s for s in out if s.kind == "overhead"]) == len({s.input_shape for s in specs})
+    assert len([s for s in out if s.kind == "boundary"]) == 2 * len({s.input_shape for s in specs})
 
 
 def test_overhead_model_subtracts_per_block_and_adds_once_per_network():
@@ -71,6 +73,56 @@ def test_overhead_model_subtracts_per_block_and_adds_once_per_network():
     bare = LatencyModel(TINY, _table(with_probes=False))
     assert not bare.uses_overhead(R)
     assert bare.raw_sum(subnets[0]) == pytest.approx(plain.raw_sum(subnets[0]))
+
+
+def _with_boundary(t, clamped_shape):
+    """``t`` with boundary probes: one layer 0.3 ms, two 0.32 ms + 1e-5 ms per input element
+    (edge 0.28 ms + 1e-5 per element, above the overhead probe), except at ``clamped_shape``,
+    whose two-layer probe is so slow that 2 t(one) - t(two) falls under the overhead probe."""
+    t = dict(t)
+    for p in (s for s in with_overhead_probes(TINY.all_blocks([R])) if s.kind == "overhead"):
+        one, two = boundary_probes(p)
+        el = p.in_h * p.in_w * p.in_c
+        t[str(one)] = 0.3 + 2e-5 * el
+        t[str(two)] = (0.32 + 3e-5 * el) if p.input_shape != clamped_shape else 0.6 + 3e-5 * el
+    return t
+
+
+def test_boundary_probes_replace_the_overhead_probe_as_a_blocks_edge(tmp_path):
+    base = _table()
+    blocks_r = TINY.all_blocks([R])
+    clamped = blocks_r[3].input_shape
+    t = _with_boundary(base, clamped)
+    m, ident = LatencyModel(TINY, t), LatencyModel(TINY, t, boundary=False)
+    assert m.uses_overhead(R) and m.uses_boundary(R) and not ident.uses_boundary(R)
+    assert not LatencyModel(TINY, base).uses_boundary(R) and not LatencyModel(TINY, t, overhead=False).uses_boundary(R)
+    rng = __import__("random").Random(1)
+    subnets = [TINY.sample(rng, resolutions=[R]) for _ in range(12)] + [TINY.max_subnet(r=R), TINY.min_subnet(r=R)]
+
+    def edge(b):
+        one, two = boundary_probes(b)
+        return max(2 * t[str(one)] - t[str(two)], t[str(overhead_probe(b))])
+
+    assert edge(blocks_r[3]) == t[str(overhead_probe(blocks_r[3]))]  # clamped to the overhead probe
+    assert edge(blocks_r[0]) > t[str(overhead_probe(blocks_r[0]))]
+    for cfg in subnets:
+        blocks = TINY.blocks(cfg)
+        first = t[str(overhead_probe(blocks[0]))]  # a network still pays one invocation
+        assert m.raw_sum(cfg) == pytest.approx(sum(t[str(b)] - edge(b) for b in blocks) + first)
+        assert ident.raw_sum(cfg) == pytest.approx(LatencyModel(TINY, base).raw_sum(cfg))
+        assert m.raw_sum(cfg) < ident.raw_sum(cfg)
+    assert np.allclose(m.cost(subnets, calibrated=False), [m.raw_sum(c) for c in subnets])
+    # a missing boundary probe is named like any missing row
+    gone = boundary_probes(TINY.blocks(TINY.max_subnet(r=R))[2])[1]
+    del t[str(gone)]
+    with pytest.raises(MissingKeysError, match=str(gone).replace("+", r"\+")):
+        LatencyModel(TINY, t).raw_sum(TINY.max_subnet(r=R))
+    # a calibration fitted on sums with the overhead probe as the edge is not applied to these
+    cal = tmp_path / "c.json"
+    write_calibration(cal, "onnxruntime", {"a": 1.1, "b": 0.0, "overhead": True, "stream": False})
+    with pytest.raises(CalibrationMismatch, match="without the layout-boundary probes"):
+        read_calibration(cal, "onnxruntime", overhead=True, stream=False, boundary=True)
+    assert read_calibration(cal, "onnxruntime", overhead=True, stream=False, boundary=False) == (1.1, 0.0)
 
 
 def test_a_missing_probe_is_named():

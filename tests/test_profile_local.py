@@ -23,12 +23,14 @@ from supernet.space import TINY
 FAST = ["--repeats", "5", "--min-time", "0", "--no-progress"]
 
 
-def _keys(limit: int, resolutions=(32,)) -> list[str]:
-    """What ``profiler.run --limit N`` measures: the first N blocks and, before the first block
-    of each input shape, that shape's overhead probe."""
+def _keys(limit: int, resolutions=(32,), runtime: str = "onnxruntime") -> list[str]:
+    """What ``profiler.run --limit N`` measures with ``runtime``: the first N blocks and, before
+    the first block of each input shape, that shape's overhead probe and (onnxruntime) its two
+    boundary probes."""
+    from profiler.measure import probes_for
     from profiler.run import with_overhead_probes
 
-    return [str(b) for b in with_overhead_probes(TINY.all_blocks(list(resolutions))[:limit])]
+    return [str(b) for b in probes_for(with_overhead_probes(TINY.all_blocks(list(resolutions))[:limit]), runtime)]
 
 
 def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
@@ -39,13 +41,16 @@ def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
                 "--lut", lut, "--cache", artifact_cache, *FAST, "--json", "--export-workers", "1")
     assert p.returncode == 0, p.stderr
     runs = json.loads(p.stdout)["runs"]
-    n = len(_keys(4))
-    assert n > 4 and any(k.startswith("overhead-") for k in _keys(4))
-    assert [(r["runtime"], r["measured"], r["failed"]) for r in runs] == [("onnxruntime", n, 0), ("tflite", n, 0)]
+    n, n_tfl = len(_keys(4)), len(_keys(4, runtime="tflite"))
+    assert n > n_tfl > 4 and any(k.startswith("overhead-") for k in _keys(4, runtime="tflite"))
+    assert any(k.startswith("boundary-") for k in _keys(4)) and not any(
+        k.startswith("boundary-") for k in _keys(4, runtime="tflite"))  # LiteRT keeps the models' layout
+    assert [(r["runtime"], r["measured"], r["failed"]) for r in runs] == [("onnxruntime", n, 0), ("tflite", n_tfl, 0)]
     if hasattr(os, "sched_getaffinity"):  # the shipped entry's cpu_mask: last, one thread
         assert all(r["cpus"] == str(max(os.sched_getaffinity(0))) for r in runs)
     rows = read_rows(lut)
-    assert {(r["key"], r["runtime"]) for r in rows} == {(k, rt) for k in _keys(4) for rt in ("onnxruntime", "tflite")}
+    assert {(r["key"], r["runtime"]) for r in rows} == {(k, rt) for rt in ("onnxruntime", "tflite")
+                                                        for k in _keys(4, runtime=rt)}
     for r in rows:
         # the device's two sweeps share --repeats 5: the row is the faster sweep's 3 runs or more
         assert r["status"] == "ok" and r["count"] >= 3 and r["threads"] == 1 and r["sweeps"] == 2
@@ -56,7 +61,7 @@ def test_measures_every_block_with_both_runtimes(tmp_path, artifact_cache):
     p = run_cli("profiler.run", "--device", "local", "--space", "tiny", "--resolutions", "32", "--limit", "4",
                 "--runtime", "onnxruntime,tflite", "--lut", lut, "--cache", artifact_cache, *FAST, "--json")
     runs = json.loads(p.stdout)["runs"]
-    assert all(r["measured"] == 0 and r["skipped"] == n and r["exported"] == 0 for r in runs)
+    assert [(r["measured"], r["skipped"], r["exported"]) for r in runs] == [(0, n, 0), (0, n_tfl, 0)]
 
 
 def _signal_mid_run(lut: Path, cache, sig: int, rows: int) -> tuple[list[str], subprocess.Popen, str]:
@@ -131,7 +136,7 @@ def test_a_failing_block_is_a_row_and_is_not_retried_forever(tmp_path, artifact_
     p = run_cli("profiler.run", *base)
     assert p.returncode == 0, p.stderr
     # corrupt one artifact and forget its row: the runtime cannot load it
-    bad_key = _keys(2)[1]
+    bad_key = next(k for k in _keys(2) if k.startswith("mbconv-"))
     ArtifactCache(cache).path(bad_key, "onnx").write_bytes(b"this is not an onnx model")
     lut.unlink()
     journal_path(lut).unlink()
@@ -165,12 +170,13 @@ def test_every_block_is_timed_in_two_sweeps_and_its_row_is_the_faster(tmp_path, 
         first, second = [j for j in journal if j["key"] == key]  # written after each sweep
         assert (first["sweeps"], second["sweeps"], row["sweeps"]) == (1, 2, 2)
         assert first["sweep_spread"] == ""
-        assert row["count"] >= 10  # repeats 20 shared by the two sweeps
+        assert row["median_ms"] == pytest.approx(second["median_ms"], rel=1e-5)  # the CSV holds 6 digits
+        assert second["count"] >= 10  # repeats 20 shared by the two sweeps
         # the row is the faster sweep: never slower than the first, and the spread says by how much
-        assert row["median_ms"] <= first["median_ms"]
-        if row["median_ms"] < first["median_ms"]:
-            assert row["sweep_spread"] == pytest.approx(first["median_ms"] / row["median_ms"] - 1, rel=1e-3, abs=1e-5)
-        assert row["sweep_spread"] >= 0
+        assert second["median_ms"] <= first["median_ms"]
+        if second["median_ms"] < first["median_ms"]:
+            assert second["sweep_spread"] == pytest.approx(first["median_ms"] / second["median_ms"] - 1, rel=1e-6)
+        assert second["sweep_spread"] >= 0
     # one sweep: one timing per block, as before sweeps
     p = run_cli("profiler.run", *base, "--lut", tmp_path / "one.csv", "--sweeps", "1")
     assert p.returncode == 0, p.stderr

@@ -199,10 +199,11 @@ def test_a_lut_timed_in_rotation_prices_no_streaming_and_takes_no_warm_calibrati
     model = LatencyModel.from_lut(lut, TINY, "onnxruntime")
     assert model.context == "round-robin" and not model.has_weight_cost(32)
     cal = tmp_path / "l.calibration.json"
-    cal.write_text(json.dumps({"runtimes": {"onnxruntime": {"a": 1.1, "b": 0.0, "overhead": True, "stream": False}}}))
+    cal.write_text(json.dumps({"runtimes": {"onnxruntime": {"a": 1.1, "b": 0.0, "overhead": True, "stream": False,
+                                                            "boundary": True}}}))
     model = LatencyModel.from_lut(lut, TINY, "onnxruntime", calibration="auto")
     assert model.calibration is None and "timed warm" in model.calibration_skipped
     assert read_calibration(cal, "onnxruntime", overhead=True, stream=False) == (1.1, 0.0)  # no context asked
     cal.write_text(json.dumps({"runtimes": {"onnxruntime": {"a": 1.1, "b": 0.0, "overhead": True, "stream": False,
-                                                             "context": "round-robin"}}}))
+                                                            "boundary": True, "context": "round-robin"}}}))
     assert LatencyModel.from_lut(lut, TINY, "onnxruntime", calibration="auto").calibration == (1.1, 0.0)
