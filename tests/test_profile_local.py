@@ -409,6 +409,10 @@ def test_the_fidelity_verdict_follows_issue_11s_targets_and_the_noise_floor():
                                             "(model / measured 1.13 in the median)")
     # the same error on a device whose networks move 41.9% between two measurements says nothing
     assert fidelity_verdict({**off, "repeat_median_abs_diff_pct": 41.9})[0] == "noisy"
+    # ... and so does one where a third of the networks moved by more than 10%, whatever the median
+    key, words = fidelity_verdict({**off, "repeat_median_abs_diff_pct": 4.4, "repeat_within_10pct": 0.65})
+    assert key == "noisy" and "differ by 4.4% in the median, 35% of them by more than 10%" in words
+    assert fidelity_verdict({**good, "repeat_within_10pct": 0.75, "within_10pct": 0.75})[0] == "faithful"
     one_pass = {k: v for k, v in good.items() if not k.startswith("repeat")}
     assert fidelity_verdict(one_pass)[0] == "unjudged"
     line = fidelity_line("onnxruntime", {**off, "repeat_median_abs_diff_pct": 41.9})
