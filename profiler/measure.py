@@ -526,33 +526,31 @@ def profile_device(
                 # after each sweep so that a run stopped in a later sweep keeps the earlier one
                 sweeps = max(1, device.sweeps)
                 req = sweep_request(req_base, sweeps)
-                timed: dict[str, list[dict[str, Any]]] = {}
-                kept: list[tuple[BlockSpec, Path]] = []
-                for spec, fut in futures:
+                timed: dict[str, list[dict[str, Any]]] = {}  # blocks not failed yet: their timings
+
+                def time_once(spec: BlockSpec, path: Path, sweep: int) -> None:
+                    outcome = measure_artifact(session, device, path, req)
+                    if isinstance(outcome, str):
+                        timed.pop(str(spec), None)
+                    else:
+                        timed.setdefault(str(spec), []).append(outcome)
+                    record(spec, path, outcome, sweep, timed.get(str(spec), ()))
+                    bar.update(1)
+
+                built: list[tuple[BlockSpec, Path]] = []
+                for spec, fut in futures:  # the first sweep waits for each block's conversion
                     broker.stop_if_cancelled(device.name)
                     path = built_path(spec, fut)
                     if path is not None:
-                        outcome = measure_artifact(session, device, path, req)
-                        if not isinstance(outcome, str):
-                            timed[str(spec)] = [outcome]
-                            kept.append((spec, path))
-                        record(spec, path, outcome, 1, timed.get(str(spec), ()))
-                        bar.update(1)
-                bar.total = len(todo) + (sweeps - 1) * len(kept)
+                        time_once(spec, path, 1)
+                        built.append((spec, path))
+                bar.total = len(todo) + (sweeps - 1) * len(timed)
                 for sweep in range(2, sweeps + 1):
                     bar.set_description(f"{device.name} {runtime} sweep {sweep}/{sweeps}")
-                    for spec, path in kept:
+                    for spec, path in built:
                         broker.stop_if_cancelled(device.name)
-                        if str(spec) not in timed:  # failed in an earlier sweep
-                            bar.update(1)
-                            continue
-                        outcome = measure_artifact(session, device, path, req)
-                        if isinstance(outcome, str):
-                            timed.pop(str(spec))
-                        else:
-                            timed[str(spec)].append(outcome)
-                        record(spec, path, outcome, sweep, timed.get(str(spec), ()))
-                        bar.update(1)
+                        if str(spec) in timed:  # not failed in an earlier sweep
+                            time_once(spec, path, sweep)
         except TransportError as exc:
             res.device_lost = str(exc)
         finally:
