@@ -310,6 +310,7 @@ class LatencyModel(CostModel):
         self.precision = precision
         self.overhead_requested = overhead
         self.boundary_requested = boundary
+        self._boundary_by_r: dict[int, bool] = {}
         self.calibration_skipped = ""  # from_lut(calibration="auto"): why the file beside the LUT was not applied
         self.context = "warm"  # how the LUT's block rows were timed (from_lut reads it)
         super().__init__(space, self._lookup, calibration, where)
@@ -329,8 +330,12 @@ class LatencyModel(CostModel):
     def uses_boundary(self, r: int | None = None) -> bool:
         """Whether the edge taken off each block at resolution ``r`` (default: the space's
         largest) is the layout boundary of the LUT's boundary probes (``edge``)."""
-        t, use = self._table(self.space.resolutions[-1] if r is None else r)
-        return use and self.boundary_requested and has_boundary_rows(t)
+        r = self.space.resolutions[-1] if r is None else r
+        hit = self._boundary_by_r.get(r)
+        if hit is None:
+            t, use = self._table(r)
+            hit = self._boundary_by_r[r] = use and self.boundary_requested and has_boundary_rows(t)
+        return hit
 
     def edge(self, block: BlockSpec, r: int) -> float:
         """What ``block``'s LUT row holds that the block does not pay inside a network: its
@@ -432,10 +437,10 @@ class LatencyModel(CostModel):
         model = cls(space or OFA_MBV3, lambda r: lut.table(rt, stat, resolution=r, precision=precision), None,
                     where=str(path) if precision == "fp32" else f"{path} ({precision} rows)",
                     runtime=rt, device=",".join(lut.devices), overhead=overhead, precision=precision,
-                    stream=stream and context == "warm", boundary=boundary)  # blocks timed in rotation paid cold caches already
+                    stream=stream and context == "warm",  # blocks timed in rotation paid cold caches already
+                    boundary=boundary)
         model.context = context
-        use = model.uses_overhead()
-        kinds = {"boundary": model.uses_boundary()}
+        use, bnd = model.uses_overhead(), model.uses_boundary()
         streams = model.has_weight_cost(model.space.resolutions[-1])
         key = calibration_key(rt, precision)
         if calibration == "auto":
@@ -443,12 +448,12 @@ class LatencyModel(CostModel):
             if cp.exists():
                 try:
                     model.calibration = read_calibration(cp, key, overhead=use, stream=streams, context=context,
-                                                         **kinds)
+                                                         boundary=bnd)
                 except CalibrationMismatch as exc:  # another runtime's, or the other kind of sum
                     model.calibration_skipped = str(exc)
         elif isinstance(calibration, (str, Path)):
             model.calibration = read_calibration(Path(calibration), key, overhead=use, stream=streams,
-                                                 context=context, **kinds)
+                                                 context=context, boundary=bnd)
         else:
             model.calibration = calibration
         return model
@@ -497,7 +502,8 @@ def read_calibration(path: Path, runtime: str | None = None, overhead: bool | No
     """(a, b) from a calibration JSON written by ``profiler.validate``.  Raises
     CalibrationMismatch when it holds nothing for ``runtime``, was fitted on sums with (or
     without) the overhead model, the streaming term or the layout-boundary probes where
-    ``overhead``, ``stream`` or ``boundary`` says otherwise (files without ``boundary``: without), or on block rows timed in another ``context`` (files without one: warm), or
+    ``overhead``, ``stream`` or ``boundary`` says otherwise (files without ``boundary``:
+    without), or on block rows timed in another ``context`` (files without one: warm), or
     on a validation whose verdict was ``noisy`` (``profiler.validate``); ValueError when
     corrupt."""
     entries = calibration_entries(path)
