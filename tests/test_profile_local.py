@@ -284,6 +284,10 @@ def test_fidelity_report(tmp_path, artifact_cache):
     assert Path(f"{stem}.validate.png").stat().st_size > 1000
     cal = json.loads(Path(f"{stem}.calibration.json").read_text())["runtimes"]["onnxruntime"]
     assert cal["a"] == s["a"] and cal["overhead"] is True  # fitted on the overhead model's sums
+    # onnxruntime's table has boundary probes: the model takes them off, and the report gives
+    # the same model with the overhead probe as the edge beside it (never a larger edge)
+    assert s["boundary_model"] is True and cal["boundary"] is True
+    assert s["without_boundary"]["sum_over_measured"] >= s["sum_over_measured"]
     # every network measured twice: the repeat agreement beside the LUT's error
     assert s["passes"] == 2 and 0 <= s["repeat_within_10pct"] <= 1 and s["repeat_median_abs_diff_pct"] >= 0
     from profiler.validate import fidelity_verdict
