@@ -155,9 +155,10 @@ NOISY_APART = 0.25
 def fidelity_verdict(s: dict[str, Any]) -> tuple[str, str]:
     """What a validation says about the table, as (key, words), by issue 11's targets:
     ``unjudged`` (one pass: no noise floor), ``noisy`` (the same networks measured twice
-    differ by more than ``TARGET_PCT`` in the median, or more than a quarter of them by more
-    than 10%: the device, not the table, is what the error shows), ``faithful`` (median error <= 5% and a share within 10% no more
-    than 5 points under the repeat's) or ``off`` (beyond the device's noise)."""
+    differ by more than ``TARGET_PCT`` in the median, or more than ``NOISY_APART`` of them by
+    more than 10%: the device, not the table, is what the error shows), ``faithful`` (median
+    error <= 5% and a share within 10% no more than 5 points under the repeat's) or ``off``
+    (beyond the device's noise)."""
     if "repeat_median_abs_diff_pct" not in s:
         return "unjudged", "one pass: no noise floor to judge the table against (--passes 2)"
     noise, apart = s["repeat_median_abs_diff_pct"], 1.0 - s["repeat_within_10pct"]
