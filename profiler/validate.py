@@ -465,18 +465,21 @@ def _summary_for(model, plain, subnets, pred: np.ndarray, meas: np.ndarray) -> t
     summary["overhead_model"] = bool(model.uses_overhead())
     summary["boundary_model"] = bool(model.uses_boundary())
     keep = ("median_abs_error_pct", "within_5pct", "within_10pct", "sum_over_measured", "mean_error_pct")
-    summary["plain"] = {k: v for k, v in summarise(np.concatenate([raw[o] for o in ok]), m_all).items() if k in keep}
+
+    def compared(other: np.ndarray) -> dict[str, Any]:
+        """The kept statistics of another prediction per network (a variant of the model)."""
+        return {k: v for k, v in summarise(np.concatenate([other[o] for o in ok]), m_all).items() if k in keep}
+
+    summary["plain"] = compared(raw)
     streams = [model.has_weight_cost(c.r) for c in subnets]
     summary["stream_model"] = bool(any(streams))
     if any(streams):  # the same model without its weight-streaming term, for comparison
         term = np.array([model.network_weight_cost(model.space.blocks(c), c.r) for c in subnets])
-        summary["without_stream"] = {k: v for k, v in summarise(
-            np.concatenate([(pred - term)[o] for o in ok]), m_all).items() if k in keep}
+        summary["without_stream"] = compared(pred - term)
     if summary["boundary_model"]:  # the same model with the overhead probe as each block's edge
         extra = np.array([sum(model.edge(b, c.r) - model.row(overhead_probe(b), c.r) for b in model.space.blocks(c))
                           for c in subnets])
-        summary["without_boundary"] = {k: v for k, v in summarise(
-            np.concatenate([(pred + extra)[o] for o in ok]), m_all).items() if k in keep}
+        summary["without_boundary"] = compared(pred + extra)
     summary.update(repeat_agreement(meas))
     summary["passes"] = int(meas.shape[0])
     summary["verdict"] = fidelity_verdict(summary)[0]
