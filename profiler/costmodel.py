@@ -31,22 +31,29 @@ over-predicted 20 networks by 16% in the median, README "Fidelity").  ``boundary
 keeps the overhead probe.
 
 **Weight streaming.**  A LUT row times one block again and again, so its weights are in the
-caches each time; a whole network whose weights exceed the caches reads them from further
-away on every run, and pays more than its blocks did one at a time (on a 2 MiB-L2 Xeon a
-Fashion-MNIST network of 1.4-2.9 MB of weights ran 0-75 us over its block sum, in proportion
-to its weights).  The profiler measures ``stream`` probes (``supernet.space.stream_probes``:
-chains of matrix-vector products with 0.25 MiB of weights up to the largest network's); their time per weight byte
-``c(W)`` (each less its input shape's overhead probe) is flat while the weights fit and rises
-once they do not; call ``e(W) = c(W) - c_min`` its excess (made non-decreasing above the
-minimum, held at its last value beyond the largest probe).  A network of ``W`` weight bytes
-(parameters x 4 in float32; x 1 in int8, priced from the int8 table's own probes, the same
-chains quantized) pays, for each block of ``w_b`` weight bytes, ``max(0, e(W) -
-e(s_b)) * w_b``, where ``s_b`` is what the block touches alone (weights and activations,
-``solo_bytes``): a block that overflows the caches on its own (at 160-224 px) streamed its
-weights in its LUT row already.  LUTs without stream rows, and LUTs whose blocks were timed in rotation
-(``--context round-robin``: each block already met cold caches), get no such term; ``stream=False``
-forces that.  It is not additive over blocks (it depends on the whole network's ``W``):
-``cost`` adds it per subnet from per-block parameter tables (``param_tables``).
+caches each time; inside a network a block's weights were last read one whole run before,
+and if that run touched more than the caches hold they come from further away, so a network
+pays more than its blocks did one at a time (on a 2 MiB-L2 Xeon a Fashion-MNIST network of
+1.4-2.9 MB of weights ran 0-75 us over its block sum, in proportion to its weights).  The
+profiler measures ``stream`` probes (``supernet.space.stream_probes``: chains of
+matrix-vector products with 0.25 MiB of weights up to what the largest network touches in a
+run); their time per weight byte ``c(W)`` (each less its input shape's overhead probe) is
+flat while the weights fit and rises once they do not; call ``e(W) = c(W) - c_min`` its
+excess (made non-decreasing above the minimum, held at its last value beyond the largest
+probe).  A network pays, for each block of ``w_b`` weight bytes, ``max(0, e(F) - e(s_b)) *
+w_b``, where ``s_b`` is what the block touches alone (weights and activations,
+``solo_bytes``: a block that overflows the caches on its own, at 160-224 px, streamed its
+weights in its LUT row already) and ``F = sum of s_b`` over the network's blocks is what one
+run touches between two reads of the same weights (its reuse distance; bytes are parameters
+and values x 4 in float32, x 1 in int8, priced from the int8 table's own probes, the same
+chains quantized).  ``F`` counts activations as well as weights because at 224 px they are
+most of it: ``ofa_mbv3``'s 224-px networks hold 14-31 MiB of weights but touch 40-70 MiB a
+run, past a 32 MiB L3, where the chains read 2.2x slower per byte than at 8 MiB (AMD EPYC,
+AVX2 only, onnxruntime, 2026-12-07).  LUTs without stream rows, and LUTs whose blocks were
+timed in rotation (``--context round-robin``: each block already met cold caches), get no
+such term; ``stream=False`` forces that.  It is not additive over blocks (it depends on the
+whole network's ``F``): ``cost`` adds it per subnet from per-block parameter and footprint
+tables (``param_tables``).
 
 **Calibration** (``profiler.validate`` fits it): ``measured ~ a * sum + b`` per runtime (and
 precision: an int8 fit is recorded as ``<runtime>-int8``), in ``<lut>.calibration.json``,
@@ -126,7 +133,7 @@ class CostModel:
     def weight_cost(self, block_params: np.ndarray, block_solo: np.ndarray, r: int) -> np.ndarray:
         """What whole networks pay for their weights beyond their blocks' costs, from each
         network's blocks' parameter counts and their solo working sets in bytes (``(N, B)``
-        arrays, a block with no parameters counting nothing); ``(N,)``.  None here
+        arrays; a block the network does not run has 0 in both); ``(N,)``.  None here
         (``LatencyModel``: weight streaming)."""
         return np.zeros(np.shape(block_params)[0])
 
@@ -267,7 +274,8 @@ class CostModel:
                 n = len(idx)
                 params = np.concatenate([np.broadcast_to(pbase, (n, len(pbase))),
                                          pslot[slots[None, :], ks, es] * active], axis=1)
-                solo = np.concatenate([np.broadcast_to(sbase, (n, len(sbase))), sslot[slots[None, :], ks, es]], axis=1)
+                solo = np.concatenate([np.broadcast_to(sbase, (n, len(sbase))),
+                                       sslot[slots[None, :], ks, es] * active], axis=1)
                 out[idx] += self.weight_cost(params, solo, r)
         return self.calibrate(out) if calibrated else out
 
@@ -385,24 +393,25 @@ class LatencyModel(CostModel):
         return self.stream_curve(r) is not None
 
     def weight_cost(self, block_params: np.ndarray, block_solo: np.ndarray, r: int) -> np.ndarray:
-        """Weight streaming in ms (``stream_curve``'s excess ``e``): a network of ``W``
-        weight bytes pays, for each block of ``w_b`` weight bytes that touches ``s_b`` bytes
-        alone, ``max(0, e(W) - e(s_b)) * w_b``: what its weights cost beyond what the block's
-        LUT row already paid for them (a block whose own working set overflows the caches
-        streamed its weights when it was timed alone too); 0 without stream probes."""
+        """Weight streaming in ms (``stream_curve``'s excess ``e``): a network whose run
+        touches ``F`` bytes (the sum of its blocks' ``s_b``) pays, for each block of ``w_b``
+        weight bytes that touches ``s_b`` bytes alone, ``max(0, e(F) - e(s_b)) * w_b``: what
+        its weights cost beyond what the block's LUT row already paid for them (a block whose
+        own working set overflows the caches streamed its weights when it was timed alone
+        too); 0 without stream probes."""
         if self.stream_curve(r) is None:
             return super().weight_cost(block_params, block_solo, r)
-        block_params = np.asarray(block_params, dtype=float)
-        return self.weight_terms(block_params.sum(axis=1), block_params, block_solo, r).sum(axis=1)
+        block_solo = np.asarray(block_solo, dtype=float)
+        return self.weight_terms(block_solo.sum(axis=1), block_params, block_solo, r).sum(axis=1)
 
-    def weight_terms(self, net_params: np.ndarray | float, block_params: np.ndarray, block_solo: np.ndarray,
+    def weight_terms(self, net_bytes: np.ndarray | float, block_params: np.ndarray, block_solo: np.ndarray,
                      r: int) -> np.ndarray:
-        """Each block's share of ``weight_cost`` in networks of ``net_params`` parameters
-        (``(N,)``, or one number for every block): ``max(0, e(W) - e(s_b)) * w_b``, shaped
+        """Each block's share of ``weight_cost`` in networks that touch ``net_bytes`` a run
+        (``(N,)``, or one number for every block): ``max(0, e(F) - e(s_b)) * w_b``, shaped
         like ``block_params``.  Needs the stream curve (``has_weight_cost``)."""
         wbytes, excess = self.stream_curve(r)
         wb = np.asarray(block_params, dtype=float) * self.bytes_per_param
-        net = np.interp(np.asarray(net_params, dtype=float) * self.bytes_per_param, wbytes, excess)
+        net = np.interp(np.asarray(net_bytes, dtype=float), wbytes, excess)
         solo = np.interp(np.asarray(block_solo, dtype=float), wbytes, excess)
         return np.maximum(np.asarray(net)[..., None] - solo, 0.0) * wb
 

@@ -12,7 +12,7 @@ what is measured; a killed run resumes where it stopped.  Beside the blocks it m
 ``overhead`` probe at each input shape (the runtime's fixed cost of one invocation, which the
 latency model takes off every block and charges a network once; ``profiler.costmodel``),
 and, when the whole space is timed warm, ``stream`` probes (``--stream-probes``): chains of matrix-vector products of 0.25
-MiB of weights up to the space's largest network's (``supernet.space.stream_layers``), whose time per weight byte tells how much more a network pays for
+MiB of weights up to what the space's largest network touches in a run (``supernet.space.stream_layers``), whose time per weight byte tells how much more a network pays for
 weights that no longer fit the device's caches than its blocks paid one at a time
 (``supernet.space.stream_probes``).
 ``--precision int8`` (or ``fp32,int8``) measures post-training-quantized blocks too
@@ -36,7 +36,7 @@ from supernet.space import (PROBE_KINDS, BlockSpec, boundary_probes, get_space, 
                             stream_layers, stream_probes)
 
 from .calibrate import CalibrationError, block_activations, calibration_id, stored, write_calibration
-from .costmodel import BYTES_PER_PARAM
+from .costmodel import BYTES_PER_PARAM, solo_bytes
 from .devices import DEFAULT_DEVICES_FILE, RUNTIMES, DeviceConfigError, load_devices, select_devices
 from .export import ArtifactCache, default_cache_dir, default_export_workers
 from .farm import run_farm
@@ -152,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
                              "rotation, not the device's caches)")
         if args.stream_probes == "on" or (args.stream_probes == "auto" and args.limit is None
                                           and args.context == "warm"):
-            largest = max(sum(b.params() for b in space.blocks(space.max_subnet(r, w)))
+            largest = max(sum(solo_bytes(b, BYTES_PER_PARAM["fp32"]) for b in space.blocks(space.max_subnet(r, w)))
                           for r in (args.resolutions or space.resolutions)
                           for w in (args.widths or (space.default_width,)))
-            specs = specs + stream_probes(layers=stream_layers(largest * BYTES_PER_PARAM["fp32"]))
+            specs = specs + stream_probes(layers=stream_layers(largest))
         if not args.no_overhead_probes:
             specs = with_overhead_probes(specs)
         for name, value in (("--threads", args.threads), ("--repeats", args.repeats), ("--sweeps", args.sweeps)):

@@ -130,7 +130,7 @@ class CostArrays:
                 self.base[ri, wi] = b
                 self.slot[ri, wi] = s
         # a whole network's weight cost (weight streaming, profiler.costmodel): not additive
-        # over blocks, so priced per subnet from its parameter count
+        # over blocks, so priced per subnet from its blocks' parameters and footprints
         has_weight = getattr(model, "has_weight_cost", lambda _r: False)
         self._weighted = [ri for ri, r in enumerate(choices.resolutions) if has_weight(r)]
         if self._weighted:
@@ -158,7 +158,7 @@ class CostArrays:
             sel = pop.r == ri
             if sel.any():
                 params = np.concatenate([self.pbase[ri, pop.w[sel]], self._pflat[idx[sel]] * active[sel]], axis=1)
-                solo = np.concatenate([self.sbase[ri, pop.w[sel]], self._sflat[idx[sel]]], axis=1)
+                solo = np.concatenate([self.sbase[ri, pop.w[sel]], self._sflat[idx[sel]] * active[sel]], axis=1)
                 out[sel] += self.model.weight_cost(params, solo, self.choices.resolutions[ri])
         return out
 
@@ -168,14 +168,14 @@ class CostArrays:
     def dearest(self) -> float:
         """The exact maximum cost over the choices: every slot at its dearest (kernel, expand),
         every stage at full depth (block costs are not negative); with a weight term (weight
-        streaming), an upper bound: every block's dearest term at the heaviest network's
-        excess (the term grows with the network's weights)."""
+        streaming), an upper bound: every block's dearest term at the excess of the network
+        that touches most (the term grows with what a run touches)."""
         nr, nw = self.base.shape
         total = self.base + self.slot.reshape(nr, nw, self.slot.shape[2], -1).max(axis=-1).sum(axis=-1)
         for ri in self._weighted:  # per width: the heaviest network's excess applied to every block's dearest case
             r = self.choices.resolutions[ri]
             for wi in range(nw):
-                heaviest = self.pbase[ri, wi].sum() + self.pslot[ri, wi].reshape(self.slot.shape[2], -1).max(axis=-1).sum()
+                heaviest = self.sbase[ri, wi].sum() + self.sslot[ri, wi].reshape(self.slot.shape[2], -1).max(axis=-1).sum()
                 blocks = np.concatenate([self.pbase[ri, wi], self.pslot[ri, wi].reshape(-1)])
                 solo = np.concatenate([self.sbase[ri, wi], self.sslot[ri, wi].reshape(-1)])
                 per = self.model.weight_terms(heaviest, blocks, solo, r)

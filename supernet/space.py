@@ -288,12 +288,14 @@ STREAM_MORE = (48, 64, 96, 128, 192, 256, 384, 512)  # 12 to 128 MiB: added up t
 
 def stream_layers(weight_bytes: float = 0.0, channels: int = STREAM_CHANNELS,
                   bytes_per_param: int = 4) -> tuple[int, ...]:
-    """The chain lengths of the stream probes for networks of up to ``weight_bytes`` of
-    weights: ``STREAM_LAYERS``, then ``STREAM_MORE`` up to the first probe that holds at
-    least ``weight_bytes`` (the latency model reads the curve at a network's own weight
-    bytes and holds its last value beyond the largest probe, so the probes must reach the
+    """The chain lengths of the stream probes for networks that touch up to ``weight_bytes``
+    in a run (weights and activations, ``profiler.costmodel.solo_bytes`` summed over the
+    largest network's blocks): ``STREAM_LAYERS``, then ``STREAM_MORE`` up to the first
+    probe that holds at least that (the latency model reads the curve at what a network
+    touches and holds its last value beyond the largest probe, so the probes must reach the
     largest network: on a 2-core EPYC VM with a 32 MiB L3 the time per weight byte was flat
-    to 16 MiB and 1.7x at 32 MiB, where ``ofa_mbv3``'s 224-px networks hold 14-31 MiB)."""
+    to 16 MiB, 1.7x at 32 MiB and 2.2x from 64 MiB, where ``ofa_mbv3``'s 224-px networks
+    touch 40-70 MiB a run)."""
     layer = channels * channels * bytes_per_param
     out = list(STREAM_LAYERS)
     for n in STREAM_MORE:

@@ -60,10 +60,11 @@ def test_stream_probes_are_chains_of_matrix_vector_products_keyed_like_blocks():
             BlockSpec(**kw)
 
 
-def test_stream_probes_reach_the_largest_network_of_the_space():
-    """The curve is held flat beyond its largest probe, so the probes must reach the
-    weights of the largest network profiled: the fmnist space's fit in the base set, the
-    OFA space's 224-px networks (about 31 MiB at width 1.0) need probes to 32 MiB."""
+def test_stream_probes_reach_what_the_largest_network_touches():
+    """The curve is held flat beyond its largest probe, so the probes must reach what the
+    largest network profiled touches in a run (its blocks' weights and activations): the
+    fmnist space's fit in the base set, the OFA space's 224-px networks (about 70 MiB at
+    width 1.0, 31 MiB of it weights) need probes to 96 MiB."""
     mib = 2**20
     assert stream_layers(0) == stream_layers(8 * mib) == STREAM_LAYERS
     assert stream_layers(8 * mib + 1) == STREAM_LAYERS + (48,)
@@ -71,12 +72,15 @@ def test_stream_probes_reach_the_largest_network_of_the_space():
     assert stream_layers(10**12) == STREAM_LAYERS + STREAM_MORE  # capped: 128 MiB
     for name, r, w in (("fmnist", 48, 1.0), ("ofa_mbv3", 224, 1.0), ("ofa_mbv3", 224, 1.2)):
         space = get_space(name)
-        largest = sum(b.params() for b in space.blocks(space.max_subnet(r, w))) * 4
+        largest = sum(solo_bytes(b) for b in space.blocks(space.max_subnet(r, w)))
+        assert largest > sum(b.params() for b in space.blocks(space.max_subnet(r, w))) * 4
         layers = stream_layers(largest)
         assert layers[-1] * 256 * 256 * 4 >= largest
         assert len(layers) == len(STREAM_LAYERS) or layers[-2] * 256 * 256 * 4 < largest  # no probe beyond need
-    assert stream_layers(sum(b.params() for b in get_space("fmnist").blocks(get_space("fmnist").max_subnet(48))) * 4) \
+    assert stream_layers(sum(solo_bytes(b) for b in get_space("fmnist").blocks(get_space("fmnist").max_subnet(48)))) \
         == STREAM_LAYERS
+    ofa = get_space("ofa_mbv3")
+    assert stream_layers(sum(solo_bytes(b) for b in ofa.blocks(ofa.max_subnet(224)))) == STREAM_LAYERS + STREAM_MORE[:7]
 
 
 def test_stream_curve_is_the_excess_time_per_byte_above_its_minimum():
@@ -102,15 +106,22 @@ def test_weight_cost_charges_each_block_the_networks_excess_above_its_own():
     m = LatencyModel(TINY, _table())
     curve = m.stream_curve(R)
     e = lambda x: float(np.interp(x, *curve))  # noqa: E731
-    # a heavy network: every block pays e(W) - e(its solo working set) per weight byte
-    params = np.array([[200_000.0, 300_000.0, 0.0]])  # 2 MB of float32 weights in all
+    # a heavy network: every block pays e(F) - e(its solo working set) per weight byte, F
+    # being what a run touches (every block's weights and activations: 4 MB here, of which
+    # 2 MB are weights)
+    params = np.array([[200_000.0, 300_000.0, 0.0]])
     solo = np.array([[0.9 * MB, 3.0 * MB, 0.1 * MB]])  # the second block overflowed the caches alone
     got = m.weight_cost(params, solo, R)[0]
-    net = e(2.0 * MB)
+    net = e(4.0 * MB)
     want = max(0.0, net - e(0.9 * MB)) * 0.8 * MB + max(0.0, net - e(3.0 * MB)) * 1.2 * MB
     assert got == pytest.approx(want) and got > 0
-    # a light network pays nothing
-    assert m.weight_cost(np.array([[50_000.0, 60_000.0]]), np.array([[0.3 * MB, 0.4 * MB]]), R)[0] == 0.0
+    # a light network pays nothing, and activations count: two blocks whose weights fit pay
+    # nothing beside a block without weights that touches little, and pay once that block's
+    # activations push a run past the caches
+    light = np.array([[25_000.0, 25_000.0, 0.0]])  # 0.2 MB of weights
+    assert m.weight_cost(light, np.array([[0.2 * MB, 0.2 * MB, 0.05 * MB]]), R)[0] == 0.0
+    pushed = m.weight_cost(light, np.array([[0.2 * MB, 0.2 * MB, 2.0 * MB]]), R)[0]
+    assert pushed == pytest.approx(2 * (e(2.4 * MB) - e(0.2 * MB)) * 0.1 * MB) and pushed > 0
     # no stream rows, or stream=False: no term
     assert not LatencyModel(TINY, _table(stream=False)).has_weight_cost(R)
     assert not LatencyModel(TINY, _table(), stream=False).has_weight_cost(R)
