@@ -294,6 +294,14 @@ def test_fidelity_report(tmp_path, artifact_cache):
     assert s["verdict"] == fidelity_verdict(s)[0]  # the JSON twin of the printed verdict
     assert cal["verdict"] == s["verdict"]  # a noisy one is then not applied (test_overhead_model)
     assert len(rows) == 6 and sorted({r["pass"] for r in rows}) == ["1", "2"]
+    # beside the pooled figures, the error against each network's faster pass
+    fast = {}
+    for r in rows:
+        fast[r["index"]] = min(fast.get(r["index"], np.inf), float(r["measured_ms"]))
+    pred = {r["index"]: float(r["lut_model_ms"]) for r in rows}
+    err = sorted(abs(pred[i] - m) / m for i, m in fast.items())
+    assert s["fastest_pass"]["median_abs_error_pct"] == pytest.approx(100 * err[1], abs=0.3)  # the CSV rounds to 0.1 us
+    assert np.mean([e <= 0.098 for e in err]) <= s["fastest_pass"]["within_10pct"] <= np.mean([e <= 0.102 for e in err])
     # the LUT's heaviest blocks timed again: how far the device moved since the table
     d = s["lut_drift"]
     assert d["status"] == "measured" and 1 <= d["n"] == len(d["blocks"]) <= 3, d
