@@ -15,8 +15,8 @@ error.  Both are pooled over the passes: the LUT's error is taken against each m
 Beside them (``fastest_pass``) the error against each network's faster pass, the way a LUT
 row is its block's faster sweep (a shared CPU only adds time); the verdict and the
 calibration stay on the pooled figures.  The plain sum (no overhead model) is reported
-beside it.  Several runtimes (comma list) are
-validated on the same networks, one after the other.  Writes next to the LUT:
+beside it.  Several runtimes (comma list) are validated on the same networks, one after the
+other.  Writes next to the LUT:
 
 - ``<lut>.validate.csv``: per runtime, subnet and pass, the prediction, the measurement and
   the error;
