@@ -22,9 +22,15 @@ int8 per-channel weights; the probe is its QuantizeLinear/DequantizeLinear pair)
 calibrated on the same ``--calib`` seeded random network inputs carried through the blocks
 before it, so a block alone sees the inputs it sees inside the prefix.
 
+``--junctions``: every pair of neighbouring blocks is also timed as one model, and each
+junction's saving ``t(A) + t(B) - t(AB)`` is set beside what the whole network saves over
+its blocks alone (``alone_sum_us - network_us``): at 224 px on an AVX2-only EPYC neighbours
+save tens of microseconds each while whole networks save about nothing (README, "Weight
+streaming at a network's reuse distance").
+
     .venv/bin/python bench/block_marginal.py [--runtime onnxruntime|tflite] [--space fmnist]
         [--resolution 48] [--subnets 3] [--rounds 5] [--reps 200] [--big-params 50000]
-        [--precision fp32|int8] [--calib 8]
+        [--precision fp32|int8] [--calib 8] [--junctions]
 """
 
 from __future__ import annotations
@@ -122,11 +128,17 @@ def _subnet(args, space, fmt: str, rng: random.Random, si: int, tmp: Path, check
                                      "float after quantization")
                 checked.append(q.name)
         sessions.append(tuple(_Session(p, args.runtime) for p in (prefix, alone, probe)))
+    pairs = [_Session(_pair_model(fmt, mods, k, acts[k - 1], tmp / f"s{si}-j{k}.{fmt}", [c[k - 1] for c in calib],
+                                  checked), args.runtime)
+             for k in range(1, n)] if args.junctions else []
     times: list[list[list[float]]] = [[[], [], []] for _ in sessions]
+    pair_times: list[list[float]] = [[] for _ in pairs]
     for _ in range(args.rounds):
         for k, trio in enumerate(sessions):
             for j, sess in enumerate(trio):
                 times[k][j].append(_median_ms(sess, args.reps) * 1e3)
+        for k, sess in enumerate(pairs):
+            pair_times[k].append(_median_ms(sess, args.reps) * 1e3)
     med = [[statistics.median(t) for t in per] for per in times]
     blocks, prev = [], 0.0
     for k, (p_us, a_us, r_us) in enumerate(med):
@@ -143,8 +155,39 @@ def _subnet(args, space, fmt: str, rng: random.Random, si: int, tmp: Path, check
     for b in blocks:
         print(f"{b['block'][:44]:44s} {b['params']:7d} {b['marginal_us']:9.1f} {b['alone_us']:7.1f} "
               f"{b['probe_us']:6.1f} {b['extra_us']:7.1f}", file=sys.stderr)
-    return {"subnet": cfg.to_json(), "blocks_timed": n, "network_us": round(med[-1][0], 2),
-            "model_us": round(model, 2), "model_over_network": round(model / med[-1][0], 3), "blocks": blocks}
+    out = {"subnet": cfg.to_json(), "blocks_timed": n, "network_us": round(med[-1][0], 2),
+           "alone_sum_us": round(sum(a for _, a, _ in med), 2),
+           "model_us": round(model, 2), "model_over_network": round(model / med[-1][0], 3), "blocks": blocks}
+    if pairs:  # what two neighbours save together: t(A) + t(B) - t(AB)
+        out["junctions"] = [{"a": str(specs[k]), "b": str(specs[k + 1]), "pair_us": round(statistics.median(t), 2),
+                             "saving_us": round(med[k][1] + med[k + 1][1] - statistics.median(t), 2)}
+                            for k, t in enumerate(pair_times)]
+        saving = [j["saving_us"] for j in out["junctions"]]
+        print(f"junctions: median saving {statistics.median(saving):.1f} us, sum {sum(saving):.1f} us; the whole "
+              f"network against its blocks alone: {out['alone_sum_us'] - out['network_us']:.1f} us",
+              file=sys.stderr)
+    return out
+
+
+def _pair_model(fmt: str, mods: list, k: int, x0, path: Path, calib_in: list, checked: list[str]) -> Path:
+    """Blocks ``k`` and ``k + 1`` (1-based) of the subnet as one model, exported (and, in int8,
+    quantized on the first block's carried inputs) like the prefixes."""
+    import torch
+
+    net = torch.nn.Sequential(mods[k - 1], mods[k]).eval()
+    (export_onnx if fmt == "onnx" else export_tflite)(net, x0, path)
+    if not calib_in:
+        return path
+    from profiler.quantize import quantize_onnx
+
+    q = path.with_suffix(".int8.onnx")
+    quantize_onnx(path, q, calib_in)
+    floats = _float_matmuls(q)
+    if floats:
+        raise SystemExit(f"block_marginal: error: {q.name}: onnxruntime runs {', '.join(floats)} in float after "
+                         "quantization")
+    checked.append(q.name)
+    return q
 
 
 def main() -> int:
@@ -160,6 +203,9 @@ def main() -> int:
     ap.add_argument("--precision", default="fp32", choices=("fp32", "int8"),
                     help="int8: every model quantized as profiler.quantize does (onnxruntime only)")
     ap.add_argument("--calib", type=int, default=8, help="int8: calibration inputs per model")
+    ap.add_argument("--junctions", action="store_true",
+                    help="also time every pair of neighbouring blocks as one model: what each junction saves, "
+                         "t(A) + t(B) - t(AB), against what the whole network saves over its blocks alone")
     args = ap.parse_args()
     if args.precision == "int8" and args.runtime != "onnxruntime":
         ap.error("--precision int8 is implemented for --runtime onnxruntime only")
@@ -188,6 +234,11 @@ def main() -> int:
         "median_extra_us_big": round(float(np.median(extra[big])), 2) if big.any() else None,
         "median_extra_us_small": round(float(np.median(extra[~big])), 2) if (~big).any() else None,
         "median_model_over_network": round(statistics.median(s["model_over_network"] for s in out_subnets), 3),
+        **({"median_junction_saving_us": round(statistics.median(j["saving_us"] for s in out_subnets
+                                                                  for j in s["junctions"]), 2),
+            "network_saving_us": [round(s["alone_sum_us"] - s["network_us"], 2) for s in out_subnets],
+            "junction_saving_sum_us": [round(sum(j["saving_us"] for j in s["junctions"]), 2) for s in out_subnets]}
+           if args.junctions else {}),
         "subnets": out_subnets,
     }
     print(json.dumps(summary))

@@ -14,11 +14,22 @@ from conftest import REPO
 @pytest.mark.slow
 def test_block_marginal_prints_each_blocks_cost_inside_the_network():
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "block_marginal.py"), "--runtime", "onnxruntime",
-                           "--space", "tiny", "--resolution", "32", "--subnets", "1", "--rounds", "1", "--reps", "5"],
+                           "--space", "tiny", "--resolution", "32", "--subnets", "1", "--rounds", "1", "--reps", "5",
+                           "--junctions"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["bench"] == "block_marginal" and out["runtime"] == "onnxruntime" and len(out["subnets"]) == 1
+    # --junctions: every pair of neighbours timed as one model; its saving is the two blocks
+    # alone less the pair, set beside what the whole network saves over its blocks alone
+    sub = out["subnets"][0]
+    junctions, blocks = sub["junctions"], sub["blocks"]
+    assert len(junctions) == len(blocks) - 1 and all(j["pair_us"] > 0 for j in junctions)
+    for k, j in enumerate(junctions):
+        assert (j["a"], j["b"]) == (blocks[k]["block"], blocks[k + 1]["block"])
+        assert abs(j["saving_us"] - (blocks[k]["alone_us"] + blocks[k + 1]["alone_us"] - j["pair_us"])) < 0.05
+    assert abs(out["network_saving_us"][0] - (sum(b["alone_us"] for b in blocks) - sub["network_us"])) < 0.05 * len(blocks)
+    assert out["junction_saving_sum_us"][0] == pytest.approx(sum(j["saving_us"] for j in junctions), abs=0.05)
     sub = out["subnets"][0]
     blocks = sub["blocks"]
     assert len(blocks) == sub["blocks_timed"] == out["blocks"] >= 3
@@ -36,16 +47,17 @@ def test_block_marginal_prints_each_blocks_cost_inside_the_network():
 
 @pytest.mark.slow
 def test_block_marginal_in_int8_quantizes_every_model():
-    """``--precision int8``: prefixes, blocks and probes quantized as profiler.quantize does
+    """``--precision int8``: prefixes, blocks, probes (and pairs) quantized as profiler.quantize does
     (a convolution onnxruntime still runs in float makes the run say so); the
     telescoping holds as in fp32; LiteRT int8 is one clear error."""
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "block_marginal.py"), "--runtime", "onnxruntime",
                            "--space", "tiny", "--resolution", "32", "--subnets", "1", "--rounds", "1", "--reps", "5",
-                           "--precision", "int8", "--calib", "2"],
+                           "--precision", "int8", "--calib", "2", "--junctions"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["precision"] == "int8" and out["int8_models_checked"] == 3 * out["blocks"] >= 9
+    # prefixes, blocks, probes and the pairs of neighbours, all quantized and checked
+    assert out["precision"] == "int8" and out["int8_models_checked"] == 4 * out["blocks"] - 1 >= 11
     sub = out["subnets"][0]
     assert abs(sum(b["marginal_us"] for b in sub["blocks"]) - sub["network_us"]) < 0.05 * len(sub["blocks"])
     bad = subprocess.run([sys.executable, str(REPO / "bench" / "block_marginal.py"), "--runtime", "tflite",
