@@ -24,9 +24,9 @@ before it, so a block alone sees the inputs it sees inside the prefix.
 
 ``--junctions``: every pair of neighbouring blocks is also timed as one model, and each
 junction's saving ``t(A) + t(B) - t(AB)`` is set beside what the whole network saves over
-its blocks alone (``alone_sum_us - network_us``): at 224 px on an AVX2-only EPYC neighbours
-save tens of microseconds each while whole networks save about nothing (README, "Weight
-streaming at a network's reuse distance").
+its blocks alone (``alone_sum_us - network_us``): at 224 px in fp32 on an AVX2-only EPYC
+neighbours saved a median 24 us each while the whole network cost 719 us more than its
+blocks alone (README, "Weight streaming at a network's reuse distance").
 
     .venv/bin/python bench/block_marginal.py [--runtime onnxruntime|tflite] [--space fmnist]
         [--resolution 48] [--subnets 3] [--rounds 5] [--reps 200] [--big-params 50000]
@@ -117,16 +117,9 @@ def _subnet(args, space, fmt: str, rng: random.Random, si: int, tmp: Path, check
             from profiler.quantize import qdq_probe_onnx, quantize_onnx
 
             ins = [c[k - 1] for c in calib]
-            for src, cal, fn in ((prefix, [c[0] for c in calib], quantize_onnx), (alone, ins, quantize_onnx),
-                                 (probe, ins, qdq_probe_onnx)):
-                fn(src, src.with_suffix(".int8.onnx"), cal)
-            prefix, alone, probe = (q.with_suffix(".int8.onnx") for q in (prefix, alone, probe))
-            for q in (prefix, alone, probe):  # a convolution onnxruntime runs in float would time fp32
-                floats = _float_matmuls(q)
-                if floats:
-                    raise SystemExit(f"block_marginal: error: {q.name}: onnxruntime runs {', '.join(floats)} in "
-                                     "float after quantization")
-                checked.append(q.name)
+            prefix, alone, probe = (_quantized(src, cal, fn, checked) for src, cal, fn in (
+                (prefix, [c[0] for c in calib], quantize_onnx), (alone, ins, quantize_onnx),
+                (probe, ins, qdq_probe_onnx)))
         sessions.append(tuple(_Session(p, args.runtime) for p in (prefix, alone, probe)))
     pairs = [_Session(_pair_model(fmt, mods, k, acts[k - 1], tmp / f"s{si}-j{k}.{fmt}", [c[k - 1] for c in calib],
                                   checked), args.runtime)
@@ -180,8 +173,14 @@ def _pair_model(fmt: str, mods: list, k: int, x0, path: Path, calib_in: list, ch
         return path
     from profiler.quantize import quantize_onnx
 
-    q = path.with_suffix(".int8.onnx")
-    quantize_onnx(path, q, calib_in)
+    return _quantized(path, calib_in, quantize_onnx, checked)
+
+
+def _quantized(src: Path, calib_in: list, quantize, checked: list[str]) -> Path:
+    """``src`` quantized by ``quantize`` on ``calib_in`` beside it (``.int8.onnx``), refused
+    when onnxruntime still runs a convolution of it in float (it would time fp32)."""
+    q = src.with_suffix(".int8.onnx")
+    quantize(src, q, calib_in)
     floats = _float_matmuls(q)
     if floats:
         raise SystemExit(f"block_marginal: error: {q.name}: onnxruntime runs {', '.join(floats)} in float after "

@@ -747,8 +747,8 @@ def fidelity_summary(doc: dict) -> dict:
     """Per runtime, the figures of ``profiler.validate``'s JSON the summary keeps."""
     per = doc.get("runtimes") or ({doc["runtime"]: doc} if "runtime" in doc else {})
     keep = ("n", "passes", "median_abs_error_pct", "within_10pct", "repeat_median_abs_diff_pct",
-            "repeat_within_10pct", "fastest_pass", "overhead_model", "boundary_model", "without_boundary", "plain", "a", "b",
-            "calibrated_median_abs_error_pct", "calibrated_within_10pct", "sum_over_measured", "verdict")
+            "repeat_within_10pct", "fastest_pass", "overhead_model", "boundary_model", "without_boundary", "plain",
+            "a", "b", "calibrated_median_abs_error_pct", "calibrated_within_10pct", "sum_over_measured", "verdict")
     drift_keep = ("status", "n", "ratio_median", "ratio_min", "ratio_max", "share_of_model", "model_x_drift", "reason")
     out = {rt: {k: s[k] for k in keep if k in s} for rt, s in per.items()}
     for rt, s in per.items():

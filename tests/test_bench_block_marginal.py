@@ -20,16 +20,6 @@ def test_block_marginal_prints_each_blocks_cost_inside_the_network():
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["bench"] == "block_marginal" and out["runtime"] == "onnxruntime" and len(out["subnets"]) == 1
-    # --junctions: every pair of neighbours timed as one model; its saving is the two blocks
-    # alone less the pair, set beside what the whole network saves over its blocks alone
-    sub = out["subnets"][0]
-    junctions, blocks = sub["junctions"], sub["blocks"]
-    assert len(junctions) == len(blocks) - 1 and all(j["pair_us"] > 0 for j in junctions)
-    for k, j in enumerate(junctions):
-        assert (j["a"], j["b"]) == (blocks[k]["block"], blocks[k + 1]["block"])
-        assert abs(j["saving_us"] - (blocks[k]["alone_us"] + blocks[k + 1]["alone_us"] - j["pair_us"])) < 0.05
-    assert abs(out["network_saving_us"][0] - (sum(b["alone_us"] for b in blocks) - sub["network_us"])) < 0.05 * len(blocks)
-    assert out["junction_saving_sum_us"][0] == pytest.approx(sum(j["saving_us"] for j in junctions), abs=0.05)
     sub = out["subnets"][0]
     blocks = sub["blocks"]
     assert len(blocks) == sub["blocks_timed"] == out["blocks"] >= 3
@@ -40,6 +30,16 @@ def test_block_marginal_prints_each_blocks_cost_inside_the_network():
         assert abs(b["extra_us"] - (b["marginal_us"] - (b["alone_us"] - b["probe_us"]))) < 0.05
     model = sum(b["alone_us"] - b["probe_us"] for b in blocks) + blocks[0]["probe_us"]
     assert abs(model - sub["model_us"]) < 0.05 * len(blocks)
+    # --junctions: every pair of neighbours timed as one model; its saving is the two blocks
+    # alone less the pair, set beside what the whole network saves over its blocks alone
+    junctions = sub["junctions"]
+    assert len(junctions) == len(blocks) - 1 and all(j["pair_us"] > 0 for j in junctions)
+    for k, j in enumerate(junctions):
+        assert (j["a"], j["b"]) == (blocks[k]["block"], blocks[k + 1]["block"])
+        assert abs(j["saving_us"] - (blocks[k]["alone_us"] + blocks[k + 1]["alone_us"] - j["pair_us"])) < 0.05
+    assert abs(out["network_saving_us"][0] - (sum(b["alone_us"] for b in blocks) - sub["network_us"])) \
+        < 0.05 * len(blocks)
+    assert out["junction_saving_sum_us"][0] == pytest.approx(sum(j["saving_us"] for j in junctions), abs=0.05)
     bad = subprocess.run([sys.executable, str(REPO / "bench" / "block_marginal.py"), "--space", "tiny",
                           "--resolution", "33"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--resolution 33 is not one of space tiny" in bad.stderr.strip().splitlines()[-1]
