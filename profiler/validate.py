@@ -469,9 +469,12 @@ def _summary_for(model, plain, subnets, pred: np.ndarray, meas: np.ndarray) -> t
     summary["boundary_model"] = bool(model.uses_boundary())
     keep = ("median_abs_error_pct", "within_5pct", "within_10pct", "sum_over_measured", "mean_error_pct")
 
+    def kept(p: np.ndarray, m: np.ndarray) -> dict[str, Any]:
+        return {k: v for k, v in summarise(p, m).items() if k in keep}
+
     def compared(other: np.ndarray) -> dict[str, Any]:
         """The kept statistics of another prediction per network (a variant of the model)."""
-        return {k: v for k, v in summarise(np.concatenate([other[o] for o in ok]), m_all).items() if k in keep}
+        return kept(np.concatenate([other[o] for o in ok]), m_all)
 
     summary["plain"] = compared(raw)
     streams = [model.has_weight_cost(c.r) for c in subnets]
@@ -486,7 +489,7 @@ def _summary_for(model, plain, subnets, pred: np.ndarray, meas: np.ndarray) -> t
     if meas.shape[0] > 1:  # each network's faster pass, as a LUT row is its block's faster sweep
         fast = np.where(ok, meas, np.inf).min(axis=0)
         seen = np.isfinite(fast)
-        summary["fastest_pass"] = {k: v for k, v in summarise(pred[seen], fast[seen]).items() if k in keep}
+        summary["fastest_pass"] = kept(pred[seen], fast[seen])
     summary.update(repeat_agreement(meas))
     summary["passes"] = int(meas.shape[0])
     summary["verdict"] = fidelity_verdict(summary)[0]

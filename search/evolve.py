@@ -172,13 +172,13 @@ class CostArrays:
         that touches most (the term grows with what a run touches)."""
         nr, nw = self.base.shape
         total = self.base + self.slot.reshape(nr, nw, self.slot.shape[2], -1).max(axis=-1).sum(axis=-1)
-        for ri in self._weighted:  # per width: the heaviest network's excess applied to every block's dearest case
+        for ri in self._weighted:  # per width: the excess of the network touching most, on every block's dearest case
             r = self.choices.resolutions[ri]
             for wi in range(nw):
-                heaviest = self.sbase[ri, wi].sum() + self.sslot[ri, wi].reshape(self.slot.shape[2], -1).max(axis=-1).sum()
+                most = self.sbase[ri, wi].sum() + self.sslot[ri, wi].reshape(self.slot.shape[2], -1).max(axis=-1).sum()
                 blocks = np.concatenate([self.pbase[ri, wi], self.pslot[ri, wi].reshape(-1)])
                 solo = np.concatenate([self.sbase[ri, wi], self.sslot[ri, wi].reshape(-1)])
-                per = self.model.weight_terms(heaviest, blocks, solo, r)
+                per = self.model.weight_terms(most, blocks, solo, r)
                 nf = len(self.pbase[ri, wi])
                 total[ri, wi] += per[:nf].sum() + per[nf:].reshape(self.slot.shape[2], -1).max(axis=-1).sum()
         return float((self.a * total + self.b).max())

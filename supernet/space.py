@@ -286,9 +286,9 @@ STREAM_LAYERS = (1, 2, 4, 6, 8, 12, 16, 32)  # 0.25 to 8 MiB of float32 weights:
 STREAM_MORE = (48, 64, 96, 128, 192, 256, 384, 512)  # 12 to 128 MiB: added up to a space's largest network
 
 
-def stream_layers(weight_bytes: float = 0.0, channels: int = STREAM_CHANNELS,
+def stream_layers(touched_bytes: float = 0.0, channels: int = STREAM_CHANNELS,
                   bytes_per_param: int = 4) -> tuple[int, ...]:
-    """The chain lengths of the stream probes for networks that touch up to ``weight_bytes``
+    """The chain lengths of the stream probes for networks that touch up to ``touched_bytes``
     in a run (weights and activations, ``profiler.costmodel.solo_bytes`` summed over the
     largest network's blocks): ``STREAM_LAYERS``, then ``STREAM_MORE`` up to the first
     probe that holds at least that (the latency model reads the curve at what a network
@@ -299,7 +299,7 @@ def stream_layers(weight_bytes: float = 0.0, channels: int = STREAM_CHANNELS,
     layer = channels * channels * bytes_per_param
     out = list(STREAM_LAYERS)
     for n in STREAM_MORE:
-        if out[-1] * layer >= weight_bytes:
+        if out[-1] * layer >= touched_bytes:
             break
         out.append(n)
     return tuple(out)
