@@ -31,21 +31,12 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
 from supernet.cliargs import run_main, seed_arg
 
 FIELDS = ["index", "subnet", "r", "runtime", "torch_top1", "fp32_top1", "int8_top1", "drop_pp", "seconds"]
-
-
-def cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class SubnetError(RuntimeError):
@@ -160,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
+    from supernet.device import usable_cores
+
     held_out = min(evaluator.eval_images or len(evaluator.data.valid), len(evaluator.data.valid))
-    workers = min(args.workers or min(2, cores()), len(cfgs))
+    workers = min(args.workers or min(2, usable_cores()), len(cfgs))
     bar = tqdm(total=len(cfgs), desc="int8 drop", unit="subnet", disable=args.no_progress)
     by_subnet: dict[int, list[dict]] = {}
 

@@ -8,6 +8,8 @@
 - ``autocast(device, amp)``: the context a forward pass runs in.
 - ``resolve_allocator("auto"|"keep"|"system", device)`` / ``apply_allocator``: on the CPU,
   glibc keeps freed memory for the next training step instead of returning it to the kernel.
+- ``process_threads(threads)``: a run's thread count for this process, at most the cores it
+  gets when ``torchrun`` starts several processes on one machine.
 - Channels-last (NHWC) is the default memory format for the supernet and its batches: on
   this project's 2-core CPU it trains the largest Fashion-MNIST subnet about 3x faster
   than NCHW (README, "Training speed"), and cuDNN prefers it for mixed precision.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import platform
 
 import torch
@@ -177,6 +180,27 @@ def place(module: torch.nn.Module, device: torch.device, channels_last: bool = F
     return module.to(memory_format=torch.channels_last) if channels_last else module
 
 
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def process_threads(threads: int | None) -> int | None:
+    """A run's torch thread count for this process: at most its share of the cores when
+    ``torchrun`` starts ``LOCAL_WORLD_SIZE`` processes on this machine, at least 1; None stays
+    None (torch's default, which ``torchrun`` sets to 1 a process).  A preset's threads are
+    what it was measured with on one process; two ranks of 2 threads on 2 cores each spin a
+    second OpenMP thread against the other rank's work, and trained the ``tiny`` preset about
+    2.5x slower than one process (README, "The once-for-all supernet")."""
+    if threads is None:
+        return None
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(threads, usable_cores() // local))
+
+
 def describe(device: torch.device) -> str:
     """A short description of ``device`` for logs and run records."""
     if device.type == "cuda":
@@ -185,4 +209,4 @@ def describe(device: torch.device) -> str:
 
 
 __all__ = ["AMP_MODES", "CUDNN_MODES", "ALLOCATOR_MODES", "resolve_allocator", "apply_allocator", "DEVICES_HELP", "resolve_device", "resolve_amp", "resolve_cudnn", "apply_cudnn", "amp_dtype", "autocast", "grad_scaler",
-           "to_device", "place", "describe"]
+           "to_device", "place", "usable_cores", "process_threads", "describe"]

@@ -38,7 +38,7 @@ from torch import nn
 
 from .atomic import ExclusiveLock, atomic_open, atomic_write_bytes, atomic_write_text, run_folder_lock  # noqa: F401 (run_folder_lock re-exported)
 from .data import Data, TensorSplit, load_data, resize, steps_per_epoch, train_batches
-from .device import (apply_allocator, apply_cudnn, resolve_allocator, autocast, describe, grad_scaler, place, resolve_amp, resolve_cudnn, resolve_device,
+from .device import (apply_allocator, apply_cudnn, resolve_allocator, autocast, describe, grad_scaler, place, process_threads, resolve_amp, resolve_cudnn, resolve_device,
                      to_device)
 from .errors import TrainingStopped
 from .evaluation import CheckpointError, Evaluator, adapt_space, load_checkpoint, space_record
@@ -262,6 +262,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, dist: Dist, progress: bool
            lock: ExclusiveLock | None) -> Path:
     out = Path(out)
     ckpt_path, final_path = out / "checkpoints" / "last.pt", out / "supernet.pt"
+    cfg = replace(cfg, threads=process_threads(cfg.threads))  # config.yaml records what each process ran
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
@@ -316,7 +317,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, dist: Dist, progress: bool
     if dist.main:  # where it runs, always said (stderr, beside the bar)
         cudnn = f", cuDNN {cfg.cudnn}" if dist.device.type == "cuda" else ""
         keep = ", allocator keeps freed memory" if cfg.allocator == "keep" else ""
-        bar.write(f"supernet.train: {describe(dist.device)}, amp {cfg.amp}{cudnn}{keep}, "
+        ranks = f" in each of {dist.world} processes" if dist.world > 1 else ""
+        bar.write(f"supernet.train: {describe(dist.device)}{ranks}, amp {cfg.amp}{cudnn}{keep}, "
                   f"{'channels-last' if cfg.channels_last else 'NCHW'}, {len(data.train)} training images",
                   file=sys.stderr)
         if ckpt is not None:

@@ -187,7 +187,7 @@ def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path, ca
     import csv as csv_
 
     from search.evolve import int8_drop
-    from search.int8_drop import cores
+    from supernet.device import usable_cores
     from search.int8_drop import main as int8_drop_main
 
     out = tmp_path / "drop"
@@ -200,7 +200,7 @@ def test_int8_drop_writes_the_drop_model_the_search_reads(full_run, tmp_path, ca
     assert len(rows) == 3 and rows[0].startswith("index,subnet,r,runtime")
     # two worker processes (the default on 2 cores) write the rows in subnet order, each the
     # row this process computes for that subnet (one thread, as --workers 1 runs them)
-    assert summary["workers"] == min(2, cores())
+    assert summary["workers"] == min(2, usable_cores())
     from search.int8_drop import subnet_rows
     from supernet.evaluation import load_run
     from supernet.space import SubnetConfig
@@ -391,10 +391,21 @@ def test_two_process_ddp_keeps_ranks_identical(fake_fmnist, tmp_path):
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    import yaml
+
+    from supernet.device import usable_cores
+
     out = tmp_path / "ddp"
-    _run(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "supernet.train",
-          "--preset", "test", "--data", f"fmnist:{fake_fmnist}", "--out", str(out), "--no-progress",
-          "--threads", "1", "--dump-rank-weights"], timeout=240)
+    cores = tmp_path / "cores.yaml"  # a preset's thread count for one process: more than each of 2 ranks gets
+    cores.write_text(f"threads: {2 * usable_cores()}\n")
+    proc = _run(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "supernet.train",
+                 "--preset", "test", "--data", f"fmnist:{fake_fmnist}", "--out", str(out), "--no-progress",
+                 "--config", str(cores), "--dump-rank-weights"], timeout=240)
+    # each rank takes its share of the cores, not the preset's count (two ranks of 2 threads on 2
+    # cores trained 2.5x slower than one process), records it and says so
+    share = max(1, usable_cores() // 2)
+    assert yaml.safe_load((out / "config.yaml").read_text())["threads"] == share
+    assert f"cpu ({share} threads) in each of 2 processes" in proc.stderr, proc.stderr[-2000:]
     r0 = torch.load(out / "rank0.pt", weights_only=True)
     r1 = torch.load(out / "rank1.pt", weights_only=True)
     final = torch.load(out / "supernet.pt", weights_only=True)["model"]
@@ -402,6 +413,18 @@ def test_two_process_ddp_keeps_ranks_identical(fake_fmnist, tmp_path):
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
         assert torch.equal(r0[k], final[k]), k  # rank 0 wrote what every rank holds
+
+
+def test_process_threads_is_each_process_share_of_the_cores(monkeypatch):
+    from supernet.device import process_threads, usable_cores
+
+    n = usable_cores()
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert process_threads(None) is None and process_threads(1) == 1 and process_threads(n + 3) == n
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert process_threads(n) == max(1, n // 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(4 * n))  # more processes than cores: one thread each
+    assert process_threads(8) == 1
 
 
 class _Payload:
