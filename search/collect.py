@@ -2,7 +2,9 @@
 evaluate each on the held-out split (``supernet.evaluation.Evaluator``).
 
     python -m search.collect --run RUN --subnets N [--seed S] [--eval-images M]
-    torchrun --nproc_per_node 2 -m search.collect --run RUN --subnets N     # sharded
+    torchrun --nproc_per_node 2 -m search.collect -- --run RUN --subnets N     # sharded
+
+(The ``--`` keeps torchrun from reading ``--run`` as an abbreviation of its own ``--run-path``.)
 
 Subnet ``i`` is drawn from its own seeded generator (``random.Random(f"{seed}:{i}")``), so
 the list does not depend on how it is sharded or resumed.  Process ``rank`` of ``world``

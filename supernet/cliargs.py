@@ -96,5 +96,7 @@ def resume_command(module: str, argv, *, out=None, drop_with_value: tuple[str, .
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: the same launch, one node or several
         if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
             return "the same torchrun command with " + shlex.join(args)
+        # "--": torchrun reads abbreviations of its own options past the module (--run for --run-path)
         launcher = ["torchrun", f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])}"]
+        return shlex.join([*launcher, "-m", module, "--", *args])
     return shlex.join([*launcher, "-m", module, *args])

@@ -90,7 +90,7 @@ def test_the_command_that_continues_a_stopped_training(monkeypatch, tmp_path):
                           tmp_path) == f"python -m supernet.train --preset main --data 'fmnist:/a b' --out {tmp_path} --resume"
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert resume_command(["--out", "r"], tmp_path) == "torchrun --nproc_per_node=4 -m supernet.train --out r --resume"
+    assert resume_command(["--out", "r"], tmp_path) == "torchrun --nproc_per_node=4 -m supernet.train -- --out r --resume"
     monkeypatch.setenv("HWNAS_CONTINUE_WITH", "the same search.pipeline command")
     assert resume_command([], tmp_path) == "the same search.pipeline command"
 

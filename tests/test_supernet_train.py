@@ -391,6 +391,8 @@ def test_two_process_ddp_keeps_ranks_identical(fake_fmnist, tmp_path):
     with socket.socket() as s:  # a free port for the rendezvous
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    import csv as csv_
+
     import yaml
 
     from supernet.device import usable_cores
@@ -413,6 +415,17 @@ def test_two_process_ddp_keeps_ranks_identical(fake_fmnist, tmp_path):
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
         assert torch.equal(r0[k], final[k]), k  # rank 0 wrote what every rank holds
+
+    # the README's sharded collection, as typed: the "--" keeps torchrun from taking --run for
+    # an abbreviation of its own --run-path
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _run(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "search.collect",
+                 "--", "--run", str(out), "--subnets", "4", "--no-progress"], timeout=240)
+    assert "rank 0/2: evaluated 2 subnets" in proc.stdout and "rank 1/2: evaluated 2 subnets" in proc.stdout, proc.stdout
+    with (out / "accuracy.csv").open() as f:
+        assert sorted(int(r["index"]) for r in csv_.DictReader(f)) == [0, 1, 2, 3]
 
 
 def test_process_threads_is_each_process_share_of_the_cores(monkeypatch):
