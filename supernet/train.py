@@ -63,8 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="images per step and process (default: the preset's)")
     p.add_argument("--train-limit", type=int, help="use only this many training images")
     p.add_argument("--seed", type=cliargs.seed_arg, help="seed of weights, data order and subnet sampling (default 0)")
-    p.add_argument("--threads", type=int, help="torch threads of each process (default: the preset's, else torch's; "
-                                               "under torchrun at most the cores each process of a machine gets)")
+    p.add_argument("--threads", type=int, help="torch threads of each process (default: the preset's, else torch's), "
+                                               "at most its share of the cores (under torchrun, of its machine's)")
     p.add_argument("--workers", type=int, help="DataLoader workers decoding images (ImageFolder)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="bit-reproducible kernels (a resumed run then ends with an unbroken run's weights; slower)")

@@ -404,7 +404,7 @@ def test_two_process_ddp_keeps_ranks_identical(fake_fmnist, tmp_path):
                  "--preset", "test", "--data", f"fmnist:{fake_fmnist}", "--out", str(out), "--no-progress",
                  "--config", str(cores), "--dump-rank-weights"], timeout=240)
     # each rank takes its share of the cores, not the preset's count (two ranks of 2 threads on 2
-    # cores trained 2.5x slower than one process), records it and says so
+    # cores spun OpenMP threads against each other: 5x slower than one thread each), records it and says so
     share = max(1, usable_cores() // 2)
     assert yaml.safe_load((out / "config.yaml").read_text())["threads"] == share
     assert f"cpu ({share} threads) in each of 2 processes" in proc.stderr, proc.stderr[-2000:]
