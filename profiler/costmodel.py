@@ -110,6 +110,24 @@ def solo_bytes(block: BlockSpec, bytes_per_value: int = 4) -> float:
     return float(bytes_per_value * (block.params() + values))
 
 
+def cheapest_by_blocks(space: SearchSpace, base: np.ndarray, slot: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cheapest subnet by its blocks at every (resolution, width): ``base`` ``(nr, nw)``
+    and ``slot`` ``(nr, nw, slots, kernels, expands)``, ``CostModel.tables`` stacked.  Per
+    stage the cheapest depth given the cheapest (kernel, expand) of every slot: exact, because
+    slots are independent given (r, w).  Returns the costs ``(nr, nw)``, the flat (kernel,
+    expand) index of every slot ``(nr, nw, slots)`` and the depth index of every stage
+    ``(nr, nw, stages)``."""
+    nr, nw = base.shape
+    ns, md = len(space.stages), space.max_depth
+    flat = slot.reshape(nr, nw, space.num_blocks, -1)
+    min_slot = flat.min(axis=-1).reshape(nr, nw, ns, md)
+    depth_cost = np.cumsum(min_slot, axis=-1)[..., np.asarray(space.depths) - 1]  # first d slots of each stage
+    allowed = np.array([[d in space.stage_depths(i) for d in space.depths] for i in range(ns)])
+    depth_cost = np.where(allowed, depth_cost, np.inf)  # a stage capped below a depth
+    return base + depth_cost.min(axis=-1).sum(axis=-1), flat.argmin(axis=-1), depth_cost.argmin(axis=-1)
+
+
 class CostModel:
     """Sum of a per-block cost over a subnet's blocks, vectorised over populations."""
 
@@ -240,6 +258,16 @@ class CostModel:
                     continue
                 out.append((r, w))
         return out
+
+    def cheapest_block_sum(self) -> float | None:
+        """The smallest uncalibrated block sum of any subnet at any (resolution, width) the
+        model covers (None: it covers none); the weight term, never negative, left out, so
+        every subnet a search can price costs at least this."""
+        tabs = [self.tables(r, w) for r, w in self.covered()]
+        if not tabs:
+            return None
+        total, _, _ = cheapest_by_blocks(self.space, np.array([[b for b, _ in tabs]]), np.array([[s for _, s in tabs]]))
+        return float(total.min())
 
     def param_tables(self, r: int, w: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """For ``weight_cost``: the fixed blocks' parameter counts and solo working sets

@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from profiler.costmodel import cheapest_by_blocks
 from supernet.atomic import atomic_write_text, ensure_writable_folder
 from supernet.cliargs import run_main, seed_arg
 from supernet.space import SearchSpace, SubnetConfig, get_space
@@ -192,17 +193,7 @@ class CostArrays:
         cost returned is its own, term included.
         """
         sp = self.choices.space
-        nr, nw = self.base.shape
-        ns, md = len(sp.stages), sp.max_depth
-        flat = self.slot.reshape(nr, nw, sp.num_blocks, -1)
-        best_ke = flat.argmin(axis=-1)                       # (nr, nw, nb)
-        min_slot = flat.min(axis=-1).reshape(nr, nw, ns, md)
-        cums = np.cumsum(min_slot, axis=-1)                  # cost of the first j+1 slots
-        depth_cost = cums[..., np.asarray(sp.depths) - 1]     # (nr, nw, ns, n_depths)
-        allowed = np.array([[d in sp.stage_depths(i) for d in sp.depths] for i in range(ns)])
-        depth_cost = np.where(allowed, depth_cost, np.inf)   # a stage capped below a depth
-        di = depth_cost.argmin(axis=-1)                      # (nr, nw, ns)
-        total = self.base + depth_cost.min(axis=-1).sum(axis=-1)
+        total, best_ke, di = cheapest_by_blocks(sp, self.base, self.slot)
         ri, wi = np.unravel_index(int(np.argmin(self.a * total)), total.shape)
         ke = best_ke[ri, wi]
         pop = Population.of((ke // len(sp.expands))[None, :], (ke % len(sp.expands))[None, :],

@@ -411,6 +411,9 @@ def test_a_falling_calibration_fit_falls_back_to_the_ratio():
     assert steep["fit"] == "ratio" and steep["b"] == 0.0 and steep["a"] > 0
     mild = summarise(pred, 2 * pred - 0.4, floor=0.5)  # takes 0.4 of the smallest's 1.0: kept
     assert mild["fit"] == "least-squares" and mild["b"] == pytest.approx(-0.4)
+    # a model that prices its cheapest subnet at nothing or less allows no negative intercept
+    assert summarise(pred, 2 * pred - 0.01, floor=0.0)["fit"] == "ratio"
+    assert summarise(pred, 2 * pred + 0.05, floor=-0.01)["fit"] == "least-squares"
 
 
 def test_the_fidelity_verdict_follows_issue_11s_targets_and_the_noise_floor():

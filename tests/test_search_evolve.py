@@ -98,6 +98,22 @@ def test_cheapest_is_the_exact_minimum(model, everything):
     assert len(everything) == 2400
     assert floor == pytest.approx(costs(everything).min(), rel=1e-12)
     assert costs(pop)[0] == pytest.approx(floor)
+    # the floor profiler.validate guards its calibration with: the same minimum, from the model alone
+    assert model.cheapest_block_sum() == pytest.approx(floor, rel=1e-12)
+
+
+def test_the_cheapest_subnet_need_not_be_the_smallest_network(everything):
+    """With a block of a larger kernel timed cheaper (a LUT row less its overhead probe can
+    be), the cheapest subnet is not the space's smallest network, and the calibration guard
+    must see the cheaper one."""
+    table = synthetic_table()
+    small = TINY.min_subnet(r=min(TINY.resolutions), w=min(TINY.width_mults))
+    block = [b for b in TINY.blocks(small) if b.kind == "mbconv" and b.kernel == min(TINY.kernels)][-1]  # an elastic slot
+    bigger = str(block).replace(f"kernel:{block.kernel}", f"kernel:{max(TINY.kernels)}")
+    table[bigger] = table[str(block)] - 0.01
+    model = LatencyModel(TINY, table)
+    assert model.cheapest_block_sum() < float(model.latency([small])[0]) - 0.005
+    assert model.cheapest_block_sum() == pytest.approx(CostArrays(model, CH)(everything).min(), rel=1e-12)
 
 
 def test_mutation_and_crossover_stay_in_space():
