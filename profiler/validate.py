@@ -445,17 +445,6 @@ def _report_csv(subnets: list[SubnetConfig], preds: dict[str, np.ndarray], rows:
     return buf.getvalue()
 
 
-def _smallest_cost(model) -> float | None:
-    """The model's cheapest subnet at any resolution and width the LUT covers (what a
-    calibration fitted on a few networks must still price above nothing: a search's budgets
-    start there); None when it covers none.  Not the space's smallest network: with per-block
-    overhead taken off, a block of another kernel can be the cheaper one, and a fit guarded by
-    the smallest network's price once priced the cheapest subnet of the pipeline test's tiny
-    space below zero (AVX2-only EPYC, 2026-12-07)."""
-    cost = model.cheapest_block_sum()
-    return cost if cost is not None and np.isfinite(cost) else None
-
-
 def _summary_for(model, plain, subnets, pred: np.ndarray, meas: np.ndarray) -> tuple[dict[str, Any], np.ndarray,
                                                                                       np.ndarray]:
     """Summary of one runtime (``meas``: passes x networks); returns it with the pooled
@@ -464,7 +453,11 @@ def _summary_for(model, plain, subnets, pred: np.ndarray, meas: np.ndarray) -> t
     ok = ~np.isnan(meas)
     p_all = np.concatenate([pred[o] for o in ok])
     m_all = np.concatenate([m[o] for m, o in zip(meas, ok)])
-    summary = summarise(p_all, m_all, floor=_smallest_cost(model))
+    # the floor is the model's cheapest subnet wherever the LUT reaches (a search's budgets start
+    # there), not the space's smallest network: with each block's probe taken off, a larger
+    # kernel's row can be the cheaper, and a fit guarded by the smallest network's price once
+    # priced the cheapest subnet of the pipeline test's tiny space below zero (2026-12-07)
+    summary = summarise(p_all, m_all, floor=model.cheapest_block_sum())
     summary["overhead_model"] = bool(model.uses_overhead())
     summary["boundary_model"] = bool(model.uses_boundary())
     keep = ("median_abs_error_pct", "within_5pct", "within_10pct", "sum_over_measured", "mean_error_pct")
