@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.emit import emit  # noqa: E402
 
 from profiler.devices import load_devices  # noqa: E402
-from profiler.export import ArtifactCache  # noqa: E402
+from profiler.export import ArtifactCache, default_export_workers  # noqa: E402
 from profiler.measure import profile_device  # noqa: E402
 from profiler.run import with_overhead_probes  # noqa: E402
 from supernet.space import get_space  # noqa: E402
@@ -55,7 +55,7 @@ def main() -> int:
     ap.add_argument("--space", default="ofa_mbv3")
     ap.add_argument("--runtime", default="onnxruntime,tflite", help="comma-separated runtimes, each timed in turn")
     ap.add_argument("--limit", type=int, default=None)
-    ap.add_argument("--export-workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--export-workers", type=int, default=default_export_workers())
     ap.add_argument("--devices", type=Path, default=Path(__file__).resolve().parents[1] / "devices.yaml")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--workdir", type=Path, default=None,

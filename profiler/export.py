@@ -613,8 +613,11 @@ def _worker_init() -> None:
 
 
 def default_export_workers() -> int:
-    """The default number of export processes: 2, or the cores there are if fewer."""
-    return min(2, os.cpu_count() or 1)
+    """The default number of export processes: 2, or the cores this process may run on if
+    fewer (under ``taskset -c 0`` one worker, not two on one core)."""
+    from supernet.cliargs import usable_cores
+
+    return min(2, usable_cores())
 
 
 def export_pool(workers: int) -> ProcessPoolExecutor:

@@ -39,6 +39,15 @@ def seed_arg(text: str) -> int:
     return value
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: ``taskset`` or a container's
+    cpuset can leave fewer than ``os.cpu_count()``); the default for worker and thread counts."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def threads_arg(text: str) -> int:
     """``--threads``: a whole number of threads, at least 1 (torch refuses anything else with
     a traceback from deep inside a run)."""

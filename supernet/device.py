@@ -24,7 +24,7 @@ import platform
 
 import torch
 
-from .cliargs import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP, allocator_mode  # noqa: F401 (re-exported)
+from .cliargs import ALLOCATOR_MODES, AMP_MODES, CUDNN_MODES, DEVICES_HELP, allocator_mode, usable_cores  # noqa: F401 (re-exported)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -178,14 +178,6 @@ def place(module: torch.nn.Module, device: torch.device, channels_last: bool = F
     the teacher and evaluated subnets are placed)."""
     module = module.to(device)
     return module.to(memory_format=torch.channels_last) if channels_last else module
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def process_threads(threads: int | None) -> int | None:

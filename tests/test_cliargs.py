@@ -141,3 +141,19 @@ def test_a_mistyped_command_answers_before_importing_torch(tmp_path, module, arg
     assert p.returncode != 0 and message in errors[-1], p.stderr[-2000:]
     imported = {ln.rsplit("|", 1)[-1].strip() for ln in lines if ln.startswith("import time:")}
     assert imported and "torch" not in imported, sorted(m for m in imported if m.startswith("torch"))[:10]
+
+
+def test_worker_defaults_follow_the_cores_this_process_may_use(monkeypatch):
+    # under taskset -c 0 (or a one-CPU cpuset) os.cpu_count() still says every core of the
+    # machine: two export workers would share one core
+    import os
+
+    from profiler.export import default_export_workers
+    from supernet.cliargs import usable_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert usable_cores() == 1
+    assert default_export_workers() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert usable_cores() == 4
+    assert default_export_workers() == 2
