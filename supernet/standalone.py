@@ -19,7 +19,7 @@ from torch import nn
 from .data import Data, eval_batches, resize, steps_per_epoch, train_batches
 from .device import apply_allocator, place, resolve_allocator, to_device
 from .dynamic import fast_depthwise
-from .evaluation import top1
+from .evaluation import EVAL_BATCH, top1
 from .optim import SGD
 
 
@@ -66,7 +66,7 @@ def evaluate(net: nn.Module, data: Data, r: int, device: torch.device, channels_
     """Top-1 (%) of ``net`` on the held-out split at resolution ``r``."""
     net.eval()
     return top1(net, ((to_device(resize(to_device(x, device), r), device, channels_last), to_device(y, device))
-                      for x, y in eval_batches(data.valid, 500, limit)))
+                      for x, y in eval_batches(data.valid, EVAL_BATCH, limit)))
 
 
 def train_standalone(net: nn.Module, data: Data, r: int, recipe: Recipe, device: torch.device,
