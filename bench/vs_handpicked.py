@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     from search.predictor import load_predictor
     from supernet.data import DataError, eval_batches, load_test, resize
     from supernet.device import to_device
-    from supernet.evaluation import CheckpointError, load_run, top1
+    from supernet.evaluation import EVAL_BATCH, CheckpointError, load_run, top1
     from supernet.presets import TrainConfig
     from supernet.space import SubnetConfig
     from supernet.standalone import Recipe, train_standalone
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             return None
         module.eval()
         return round(top1(module, ((to_device(resize(to_device(x, ev.device), r), ev.device, rc.channels_last),
-                                    to_device(y, ev.device)) for x, y in eval_batches(test, 500, args.test_images))), 3)
+                                    to_device(y, ev.device)) for x, y in eval_batches(test, EVAL_BATCH, args.test_images))), 3)
 
     def build(name: str, seed: int) -> nn.Module:
         torch.manual_seed(seed)
