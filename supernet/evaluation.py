@@ -71,9 +71,9 @@ def standard_error(top1_percent: float, n: int) -> float:
 # near the caches: at 48 px a batch of 500 holds 111 MB in the largest layer output of the
 # largest Fashion-MNIST subnet (44 MB at 200), and every conv, BN and ReLU streams it through
 # memory; batches of 200 evaluated it 1.6x and recalibrated it 1.5x as fast (AVX2-only EPYC,
-# 2 threads, 2026-12-07; the same at 32 px; 25-50 lose again to per-call overhead).  Recalibration averages each
-# batch's statistics, an unbiased estimate at any batch size; OFA's recalibrates at the
-# training batch size.
+# 2 threads, 2026-12-07; the same at 32 px; 25-50 lose again to per-call overhead).
+# Recalibration averages each batch's statistics, an unbiased estimate at any batch size;
+# OFA's ``reset_running_statistics`` takes batches of 200 too.
 EVAL_BATCH = 200
 
 
