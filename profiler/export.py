@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from supernet.atomic import mode_for
+from supernet.cliargs import usable_cores
 from supernet.space import BlockSpec, SearchSpace, SubnetConfig
 
 EXPORTER_REV = 1
@@ -614,9 +615,8 @@ def _worker_init() -> None:
 
 def default_export_workers() -> int:
     """The default number of export processes: 2, or the cores this process may run on if
-    fewer (under ``taskset -c 0`` one worker, not two on one core)."""
-    from supernet.cliargs import usable_cores
-
+    fewer (under ``taskset -c 0`` one worker, not two on one core); ``search.int8_drop``'s
+    workers, which convert whole networks the same way, take the same default."""
     return min(2, usable_cores())
 
 

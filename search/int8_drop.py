@@ -16,8 +16,8 @@ held-out images.  Writes ``DIR/int8_drop.csv`` (one row per subnet and runtime) 
 drop, its standard error, and the Kendall tau between the fp32 and int8 accuracies: whether
 int8 preserves the fp32 ranking the predictor is trained on) and prints that JSON.
 
-``--workers N`` (default: 2, or the cores there are if fewer) evaluates N subnets at a time in
-processes of their own: converting a network to TFLite (litert-torch) and running it image
+``--workers N`` (default: 2, or the cores this process may use if fewer) evaluates N subnets
+at a time in processes of their own: converting a network to TFLite (litert-torch) and running it image
 by image use one core each, so one process left the other core of a 2-core machine idle for
 most of the stage.  Every evaluation runs PyTorch on one thread, whatever N is, so that the
 rows do not depend on N: BN recalibration on 2 threads sums in another order, and the int8
@@ -151,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
-    from supernet.device import usable_cores
+    from profiler.export import default_export_workers
 
     held_out = min(evaluator.eval_images or len(evaluator.data.valid), len(evaluator.data.valid))
-    workers = min(args.workers or min(2, usable_cores()), len(cfgs))
+    workers = min(args.workers or default_export_workers(), len(cfgs))
     bar = tqdm(total=len(cfgs), desc="int8 drop", unit="subnet", disable=args.no_progress)
     by_subnet: dict[int, list[dict]] = {}
 
