@@ -14,6 +14,13 @@
   one model per block (``profiler.tflite_split``): the same operators, weights and outputs
   as converting each alone, at a fraction of the time.
 
+Both exporters are handed the module with each convolution's BatchNorm folded into it
+(``supernet.ops.fold_bn``), as both runtimes' graphs have it anyway: the same operators and
+constant buffers, bit for bit, in the .tflite (read from the flatbuffers), and a
+litert-torch conversion 1.5x faster (26 s against 38.5 s for three Fashion-MNIST networks,
+AVX2-only EPYC, 2026-12-07), since every BatchNorm it is given is decomposed and traced
+three times before being folded.
+
 int8 artifacts (formats ``onnx-int8`` and ``tflite-int8``, issue 16) are quantized from the
 block's fp32 artifact by ``profiler.quantize``; their version adds the quantizer's.
 
@@ -234,6 +241,10 @@ def export_onnx(module, example, path: Path) -> None:
     """Export ``module`` traced on ``example`` (NCHW) to one self-contained ONNX file."""
     import torch
 
+    from supernet.ops import fold_bn
+
+    module = fold_bn(module)
+
     def write(tmp: Path) -> None:
         with quiet_fds() as log:
             try:
@@ -255,8 +266,11 @@ def export_tflite(module, example_nchw, path: Path, nhwc_module=None) -> None:
     import litert_torch
     import torch
 
+    from supernet.ops import fold_bn
+
     x_nhwc = example_nchw.permute(0, 2, 3, 1).contiguous()
     if nhwc_module is None:
+        module = fold_bn(module)
         with torch.no_grad():
             out_dims = module(example_nchw).dim()
         nhwc_module = litert_torch.to_channel_last_io(
@@ -310,6 +324,9 @@ def export_tflite_many(modules: Sequence, examples: Sequence, paths: Sequence[Pa
         def forward(self, *xs):
             return tuple(m(x) for m, x in zip(self.parts, xs))
 
+    from supernet.ops import fold_bn
+
+    modules = [fold_bn(m) for m in modules]
     n = len(modules)
     with torch.no_grad():
         four_d = [i for i, (m, x) in enumerate(zip(modules, examples)) if m(x).dim() == 4]
