@@ -314,6 +314,8 @@ def export_tflite_many(modules: Sequence, examples: Sequence, paths: Sequence[Pa
     import litert_torch
     import torch
 
+    from supernet.ops import fold_bn
+
     from .tflite_split import split_model
 
     class Many(torch.nn.Module):
@@ -323,8 +325,6 @@ def export_tflite_many(modules: Sequence, examples: Sequence, paths: Sequence[Pa
 
         def forward(self, *xs):
             return tuple(m(x) for m, x in zip(self.parts, xs))
-
-    from supernet.ops import fold_bn
 
     modules = [fold_bn(m) for m in modules]
     n = len(modules)
