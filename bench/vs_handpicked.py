@@ -381,12 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     from profiler.validate import measure_networks, measure_paths
     from search.evolve import CostArrays, EvolutionParams, InfeasibleBudget, covered_choices, evolve
     from search.predictor import load_predictor
-    from supernet.data import DataError, eval_batches, load_test, resize
-    from supernet.device import to_device
-    from supernet.evaluation import EVAL_BATCH, CheckpointError, load_run, top1
+    from supernet.data import DataError, load_test
+    from supernet.evaluation import CheckpointError, load_run
     from supernet.presets import TrainConfig
     from supernet.space import SubnetConfig
-    from supernet.standalone import Recipe, train_standalone
+    from supernet.standalone import Recipe, split_top1, train_standalone
 
     try:
         models = list(HANDPICKED) if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
@@ -452,9 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     def test_top1(module: nn.Module, r: int) -> float | None:
         if test is None:
             return None
-        module.eval()
-        return round(top1(module, ((to_device(resize(to_device(x, ev.device), r), ev.device, rc.channels_last),
-                                    to_device(y, ev.device)) for x, y in eval_batches(test, EVAL_BATCH, args.test_images))), 3)
+        return round(split_top1(module, test, r, ev.device, rc.channels_last, args.test_images), 3)
 
     def build(name: str, seed: int) -> nn.Module:
         torch.manual_seed(seed)

@@ -61,12 +61,19 @@ def cosine_lr(base: float, step: int, total: int, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def split_top1(net: nn.Module, split, r: int, device: torch.device, channels_last: bool = True,
+               limit: int | None = None) -> float:
+    """Top-1 (%) of ``net`` on ``split`` (a split of ``Data``: the held-out or the test
+    images) at resolution ``r``, in batches of ``EVAL_BATCH``."""
+    net.eval()
+    return top1(net, ((to_device(resize(to_device(x, device), r), device, channels_last), to_device(y, device))
+                      for x, y in eval_batches(split, EVAL_BATCH, limit)))
+
+
 def evaluate(net: nn.Module, data: Data, r: int, device: torch.device, channels_last: bool = True,
              limit: int | None = None) -> float:
     """Top-1 (%) of ``net`` on the held-out split at resolution ``r``."""
-    net.eval()
-    return top1(net, ((to_device(resize(to_device(x, device), r), device, channels_last), to_device(y, device))
-                      for x, y in eval_batches(data.valid, EVAL_BATCH, limit)))
+    return split_top1(net, data.valid, r, device, channels_last, limit)
 
 
 def train_standalone(net: nn.Module, data: Data, r: int, recipe: Recipe, device: torch.device,
@@ -125,4 +132,4 @@ def train_standalone(net: nn.Module, data: Data, r: int, recipe: Recipe, device:
             "images_per_s": round(step * recipe.batch_size / wall, 1), "top1": round(acc, 3)}
 
 
-__all__ = ["Recipe", "sgd", "cosine_lr", "evaluate", "train_standalone"]
+__all__ = ["Recipe", "sgd", "cosine_lr", "evaluate", "split_top1", "train_standalone"]
