@@ -623,6 +623,38 @@ def test_collect_samples_only_the_width_the_run_trained(full_run):
     assert "collect (rank 0)" not in quiet.stderr and "subnet/s" not in quiet.stderr, quiet.stderr
 
 
+def test_collect_workers_write_the_rows_of_one_process(full_run, tmp_path):
+    """``search.collect --workers 2``: two spawned one-thread processes evaluate the subnets
+    and this process writes them: the same subnets, accuracies and files as one process of
+    one thread; a bad count is one line."""
+    import shutil
+
+    from search.collect import collect_workers, read_rows
+
+    runs = {}
+    for workers in ("1", "2"):
+        run = tmp_path / f"w{workers}"
+        shutil.copytree(full_run, run, ignore=shutil.ignore_patterns("accuracy*"))
+        got = json.loads(_run(["-m", "search.collect", "--run", str(run), "--subnets", "9", "--eval-images", "32",
+                               "--workers", workers, "--json"]).stdout)
+        assert got["evaluated"] == 9 and got["ok"] == 9
+        assert json.loads((run / "accuracy.config.json").read_text())["workers"] == int(workers)
+        assert [p.name for p in (run / "accuracy.parts").glob("rank*.csv")] == ["rank0.csv"]
+        runs[workers] = read_rows([run / "accuracy.csv"])
+    assert sorted(runs["2"]) == list(range(9))
+    for i, row in runs["1"].items():
+        assert (runs["2"][i]["subnet"], runs["2"][i]["top1"]) == (row["subnet"], row["top1"])
+        assert float(runs["2"][i]["seconds"]) > 0
+    bad = _run(["-m", "search.collect", "--run", str(full_run), "--subnets", "2", "--workers", "0"], check=False)
+    assert bad.returncode == 2 and "--workers must be auto or a whole number of at least 1, got '0'" in \
+        bad.stderr.strip().splitlines()[-1], bad.stderr
+    assert collect_workers("auto", "cuda", 1) == 1 and collect_workers("auto", "cpu", 2) == 1
+    with pytest.raises(ValueError, match="workers are for the CPU"):
+        collect_workers("2", "cuda", 1)
+    with pytest.raises(ValueError, match="each rank is a worker"):
+        collect_workers("2", "cpu", 2)
+
+
 @pytest.mark.slow
 def test_supernet_vs_scratch_bench_trains_each_subnet_alone_for_the_given_time(full_run, tmp_path):
     """bench/supernet_vs_scratch.py: the subnet from the supernet against the same
