@@ -37,8 +37,8 @@ networks are cached apart, as blocks are.
 
 **LUT drift** (``--drift-blocks N``, default 8; 0: off): after a runtime's networks, the
 N blocks that weigh most in the sampled networks' model are timed again from the artifact
-cache, the way their LUT rows were (one block on end, warm), and the report gives their
-median time now over their LUT rows.  A table carries the minute it was measured in; when
+cache, the way their LUT rows were (one block on end, warm, in the device's ``sweeps``, the
+fastest sweep kept), and the report gives their median time now over their LUT rows.  A table carries the minute it was measured in; when
 the device has since become slower or faster, this says by how much, apart from what the
 model gets wrong (the report also gives the model's error scaled by that ratio; the
 uncalibrated error stays the headline).  Skipped, with the reason in the report, for a LUT
@@ -214,9 +214,11 @@ def drift_blocks(model: LatencyModel, subnets: list[SubnetConfig], n: int) -> li
 def lut_drift(device, runtime: str, model: LatencyModel, subnets: list[SubnetConfig], cache: ArtifactCache,
               fmt: str, n: int, progress: bool = False) -> dict[str, Any]:
     """Time the ``n`` heaviest blocks of ``subnets`` again, from ``cache``, as their LUT rows
-    were timed (``measure_paths``: the runner's loop, one block on end), and compare: how far
-    the device has drifted since the table was measured.  Returns ``{"status": "measured",
-    "ratio_median", ...}``, or ``{"status": "skipped", "reason"}`` / ``{"status": "off"}``."""
+    were timed (``measure_paths``: the runner's loop, one block on end, in the device's
+    ``sweeps`` with each block's fastest kept: a single timing against the fastest of two
+    reads slow on a noisy CPU), and compare: how far the device has drifted since the table
+    was measured.  Returns ``{"status": "measured", "ratio_median", ...}``, or
+    ``{"status": "skipped", "reason"}`` / ``{"status": "off"}``."""
     if n <= 0:
         return {"status": "off"}
     if model.context != "warm":
@@ -230,16 +232,20 @@ def lut_drift(device, runtime: str, model: LatencyModel, subnets: list[SubnetCon
         return {"status": "skipped", "reason": f"none of the {len(picked)} blocks' {fmt} artifacts is in "
                 f"{cache.root} (validate with the --cache the LUT was built with{hint})"}
     picked = [picked[i] for i in have]
-    out = measure_paths(device, runtime, [paths[i] for i in have], [""] * len(have), progress, desc="LUT blocks again")
+    sweeps = max(1, device.sweeps)
+    out = measure_paths(device, runtime, [paths[i] for i in have], [""] * len(have), progress, passes=sweeps,
+                        desc="LUT blocks again", sweeps=sweeps)
     if isinstance(out, str):
         return {"status": "skipped", "reason": f"the blocks could not be measured again: {out}"[:500]}
-    now = np.atleast_1d(out[0])
-    blocks = [{"key": key, "lut_ms": lut_ms, "now_ms": None if np.isnan(t) else float(t),
-               "share_of_model": round(share, 4)} for (key, lut_ms, share), t in zip(picked, now)]
+    timings = np.atleast_2d(out[0])  # sweeps x blocks (NaN for a block that failed)
+    blocks = [{"key": key, "lut_ms": lut_ms,
+               "now_ms": None if np.isnan(t).any() else float(t.min()),
+               "sweeps_ms": [None if np.isnan(x) else float(x) for x in t],
+               "share_of_model": round(share, 4)} for (key, lut_ms, share), t in zip(picked, timings.T)]
     ratios = np.array([b["now_ms"] / b["lut_ms"] for b in blocks if b["now_ms"] is not None and b["lut_ms"] > 0])
     if not len(ratios):
         return {"status": "skipped", "reason": "none of the blocks could be measured again", "blocks": blocks}
-    return {"status": "measured", "n": int(len(ratios)), "ratio_median": float(np.median(ratios)),
+    return {"status": "measured", "n": int(len(ratios)), "sweeps": sweeps, "ratio_median": float(np.median(ratios)),
             "ratio_min": float(ratios.min()), "ratio_max": float(ratios.max()),
             "share_of_model": round(sum(b["share_of_model"] for b in blocks if b["now_ms"] is not None), 4),
             "blocks": blocks}
@@ -610,20 +616,21 @@ def measure_networks(device, runtime: str, space: SearchSpace, subnets: list[Sub
 
 def measure_paths(device, runtime: str, paths: list[Path | None], errors: list[str], progress: bool,
                   on_row: Callable[[dict[str, Any]], None] | None = None, passes: int = 1,
-                  desc: str = "networks"):
+                  desc: str = "networks", sweeps: int = 1):
     """Measure already exported whole networks (``paths``; None where ``errors`` says why)
     on ``device`` with ``runtime`` as ``measure_networks`` does: the profiler's own loop
-    (reconnects, retries, the runner's summaries), ``passes`` times interleaved.  Returns
+    (reconnects, retries, the runner's summaries), ``passes`` times interleaved, each timing
+    one of ``sweeps`` (``profiler.measure.sweep_request``: 1, a whole timing).  Returns
     (measured ms: N, or passes x N; the last pass's rows) or an error string."""
     from tqdm import tqdm
 
-    from .measure import Session, connect, measure_artifact, request_base
+    from .measure import Session, connect, measure_artifact, request_base, sweep_request
     from .transport import TransportError, make_transport
 
     errors = list(errors)
     meas = np.full((passes, len(paths)), np.nan)
     loads: list[float | None] = [None] * len(paths)
-    req = request_base(device, runtime)
+    req = sweep_request(request_base(device, runtime), sweeps)
     session = Session(make_transport(device))
     bar = tqdm(total=passes * len(paths), desc=f"{device.name} {runtime} {desc}", unit="net", disable=not progress)
     try:

@@ -307,8 +307,10 @@ def test_fidelity_report(tmp_path, artifact_cache):
     assert d["status"] == "measured" and 1 <= d["n"] == len(d["blocks"]) <= 3, d
     with lut.open() as fh:
         table = {r["key"]: float(r["median_ms"]) for r in csv.DictReader(fh) if r["runtime"] == "onnxruntime"}
+    assert d["sweeps"] == 2  # timed again as the rows were: the local device's two sweeps, the fastest kept
     for b in d["blocks"]:
         assert b["lut_ms"] == table[b["key"]] and b["now_ms"] > 0 and not b["key"].startswith(("overhead", "stream"))
+        assert len(b["sweeps_ms"]) == 2 and b["now_ms"] == min(b["sweeps_ms"])
     ratios = sorted(b["now_ms"] / b["lut_ms"] for b in d["blocks"])
     assert d["ratio_median"] == pytest.approx(float(np.median(ratios))) and d["ratio_min"] == pytest.approx(ratios[0])
     shares = [b["share_of_model"] for b in d["blocks"]]
