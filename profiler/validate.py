@@ -38,10 +38,10 @@ networks are cached apart, as blocks are.
 **LUT drift** (``--drift-blocks N``, default 8; 0: off): after a runtime's networks, the
 N blocks that weigh most in the sampled networks' model are timed again from the artifact
 cache, the way their LUT rows were (one block on end, warm, in the device's ``sweeps``, the
-fastest sweep kept), and the report gives their median time now over their LUT rows.  A table carries the minute it was measured in; when
-the device has since become slower or faster, this says by how much, apart from what the
-model gets wrong (the report also gives the model's error scaled by that ratio; the
-uncalibrated error stays the headline).  Skipped, with the reason in the report, for a LUT
+fastest sweep kept), and the report gives their median time now over their LUT rows.  A
+table carries the minute it was measured in; when the device has since become slower or
+faster, this says by how much, apart from what the model gets wrong (the report also gives
+the model's error scaled by that ratio; the uncalibrated error stays the headline).  Skipped, with the reason in the report, for a LUT
 whose blocks were timed in rotation (``--context round-robin``: a warm re-timing would not
 compare) and when the blocks' artifacts are not in ``--cache``.
 

@@ -22,8 +22,8 @@ to ``RUN/accuracy.config.json``.
 fewer, once there are at least 8 subnets to evaluate) evaluates N subnets at a time in spawned
 processes of one thread each that die with this one (``profiler.export``'s watchdog); this
 process writes every row, so the files and the resumption are those of one process.  On two
-cores two one-thread processes evaluate about 1.3x faster than one process of two threads
-(BN recalibration and evaluation run many small operators that two threads share badly).
+cores two one-thread processes evaluate 1.1-1.3x faster than one process of two threads
+(measured on two AMD EPYC hosts; README, "Hardware-aware search"), with the same accuracies.
 
 ``--precision int8 [--runtime tflite|onnxruntime]`` (issue 16) evaluates the same subnets
 post-training quantized as the profiler quantizes for a device (``Evaluator.int8_top1``:
