@@ -20,7 +20,7 @@ to ``RUN/accuracy.config.json``.
 
 ``--workers N`` (CPU, one process: default ``auto``, 2 or the cores this process may use if
 fewer, once there are at least 8 subnets to evaluate) evaluates N subnets at a time in spawned
-processes of one thread each that die with this one (``profiler.export``'s watchdog); this
+processes of one thread each that die with this one (``search.workers``); this
 process writes every row, so the files and the resumption are those of one process.  On two
 cores two one-thread processes evaluate 1.1-1.3x faster than one process of two threads
 (measured on two AMD EPYC hosts; README, "Hardware-aware search"), with the same accuracies.
@@ -176,40 +176,27 @@ def evaluation(evaluator, precision: str = "fp32", runtime: str = "tflite") -> C
 
 MIN_POOLED = 8  # fewer subnets than this are evaluated in this process: a worker takes seconds to start
 
-_WORKER: dict = {}
+def _worker_task(cfg_json: str, precision: str, runtime: str) -> tuple[float | dict | None, str, float]:
+    from search.workers import evaluator
 
-
-def _worker_init(run: str, data: str | None, eval_images: int | None, recal_images: int | None,
-                 allocator: str, precision: str, runtime: str) -> None:
-    """An evaluation worker: one thread, gone with its parent (``profiler.export``'s
-    watchdog); loads the run once, on the CPU, as the parent did."""
-    from profiler.export import _worker_init as watch_parent
-    from supernet.evaluation import load_run
-
-    watch_parent()
-    _, evaluator, _ = load_run(Path(run), data, "cpu", "off", recal_images=recal_images, allocator=allocator)
-    if eval_images:
-        evaluator.eval_images = eval_images
-    _WORKER["evaluate"] = evaluation(evaluator, precision, runtime)
-
-
-def _worker_task(cfg_json: str) -> tuple[float | dict | None, str, float]:
-    return timed(_WORKER["evaluate"], SubnetConfig.from_json(cfg_json))
+    return timed(evaluation(evaluator(), precision, runtime), SubnetConfig.from_json(cfg_json))
 
 
 def worker_pool(workers: int, run: Path, data: str | None, eval_images: int | None, recal_images: int | None,
                 allocator: str, precision: str = "fp32", runtime: str = "tflite"):
-    """``workers`` spawned evaluation processes for ``collect(pool=...)``."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    """For ``collect(pool=...)``: ``workers`` evaluation processes (``search.workers``) and the
+    task they run per subnet (the subnet as JSON in, ``timed``'s triple out)."""
+    from functools import partial
 
-    return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                               initargs=(str(run), data, eval_images, recal_images, allocator, precision, runtime))
+    from search.workers import evaluator_pool
+
+    return (evaluator_pool(workers, run, data, eval_images, recal_images, allocator),
+            partial(_worker_task, precision=precision, runtime=runtime))
 
 
-def _evaluations(todo: list[int], cfgs: dict[int, SubnetConfig], evaluate, pool):
+def _evaluations(todo: list[int], cfgs: dict[int, SubnetConfig], evaluate, pool, task):
     """(index, result, error, seconds) for every index of ``todo``: in this process, in
-    order, or as ``pool``'s workers finish them."""
+    order, or as ``pool``'s workers finish ``task`` for them."""
     if pool is None:
         for i in todo:
             yield (i, *timed(evaluate, cfgs[i]))
@@ -217,7 +204,7 @@ def _evaluations(todo: list[int], cfgs: dict[int, SubnetConfig], evaluate, pool)
     from concurrent.futures import as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    futures = {pool.submit(_worker_task, cfgs[i].to_json()): i for i in todo}
+    futures = {pool.submit(task, cfgs[i].to_json()): i for i in todo}
     try:
         for f in as_completed(futures):
             yield (futures[f], *f.result())
@@ -241,7 +228,7 @@ def collect(
     world: int = 1,
     progress: bool = True,
     stem: str = "accuracy",
-    pool: Callable[[], object] | None = None,
+    pool: Callable[[], tuple[object, Callable]] | None = None,
 ) -> tuple[int, int]:
     """Evaluate this rank's share of the first ``n`` subnets that no part holds yet.
 
@@ -253,8 +240,8 @@ def collect(
         rank, world: this process's shard.
         stem: ``accuracy`` or ``stem_for(precision, runtime)`` (files ``<stem>.csv``, ``<stem>.parts``).
         pool: called with no argument when at least ``MIN_POOLED`` subnets are to be evaluated,
-            it returns an executor whose workers evaluate them (``worker_pool``); this process
-            still writes every row.
+            it returns an executor and the task its workers run per subnet (``worker_pool``);
+            this process still writes every row.
     Returns:
         (evaluated now, already present) for this rank's share.
     """
@@ -278,13 +265,13 @@ def collect(
         if not new_file:
             drop_torn_tail(part)  # a row torn by a kill is evaluated again
         cfgs = {i: subnet_at(space, seed, i, resolutions, widths) for i in todo}
-        pooled = pool() if pool is not None and len(todo) >= MIN_POOLED else None
-        with part.open("a", newline="") as f, pooled or nullcontext():
+        executor, task = pool() if pool is not None and len(todo) >= MIN_POOLED else (None, None)
+        with part.open("a", newline="") as f, executor or nullcontext():
             w = csv.DictWriter(f, fieldnames=columns_for(stem))
             if new_file:
                 w.writeheader()
             bar = tqdm(total=len(todo), desc=f"collect (rank {rank})", unit="subnet", disable=not progress or rank != 0)
-            for i, out, error, seconds in _evaluations(todo, cfgs, evaluate, pooled):
+            for i, out, error, seconds in _evaluations(todo, cfgs, evaluate, executor, task):
                 cfg = cfgs[i]
                 row = {"index": i, "subnet": cfg.to_json(), "r": cfg.r, "w": cfg.w, "rank": rank, "seconds": seconds,
                        "macs_m": round(float(macs.cost([cfg])[0]), 3), "params_m": round(float(params.cost([cfg])[0]), 4)}

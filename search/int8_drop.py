@@ -59,26 +59,11 @@ def subnet_rows(evaluator, i: int, cfg, runtimes: list[str], calib_images: int) 
     return rows
 
 
-_WORKER: dict = {}
-
-
-def _worker_init(run: str, eval_images: int | None) -> None:
-    """A worker process: dies with its parent (``profiler.export``'s watchdog, which also
-    sets one thread), and loads the run once for all the subnets it is given."""
-    from profiler.export import _worker_init as watch_parent
-    from supernet.evaluation import load_run
-
-    watch_parent()
-    _, evaluator, _ = load_run(Path(run), device="cpu", amp="off")
-    if eval_images:
-        evaluator.eval_images = eval_images
-    _WORKER["evaluator"] = evaluator
-
-
 def _worker_task(i: int, cfg_json: str, runtimes: list[str], calib_images: int) -> list[dict]:
+    from search.workers import evaluator
     from supernet.space import SubnetConfig
 
-    return subnet_rows(_WORKER["evaluator"], i, SubnetConfig.from_json(cfg_json), runtimes, calib_images)
+    return subnet_rows(evaluator(), i, SubnetConfig.from_json(cfg_json), runtimes, calib_images)
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float | None:
@@ -171,12 +156,12 @@ def main(argv: list[str] | None = None) -> int:
             for i, cfg in enumerate(cfgs):
                 done(i, subnet_rows(evaluator, i, cfg, runtimes, args.calib_images))
         else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
+            from concurrent.futures import as_completed
             from concurrent.futures.process import BrokenProcessPool
 
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                     initargs=(str(args.run), args.eval_images)) as pool:
+            from search.workers import evaluator_pool
+
+            with evaluator_pool(workers, args.run, eval_images=args.eval_images) as pool:
                 futures = {pool.submit(_worker_task, i, cfg.to_json(), runtimes, args.calib_images): i
                            for i, cfg in enumerate(cfgs)}
                 try:
