@@ -201,19 +201,14 @@ def _evaluations(todo: list[int], cfgs: dict[int, SubnetConfig], evaluate, pool,
         for i in todo:
             yield (i, *timed(evaluate, cfgs[i]))
         return
-    from concurrent.futures import as_completed
-    from concurrent.futures.process import BrokenProcessPool
+    from search.workers import WorkerDied, finished
 
-    futures = {pool.submit(task, cfgs[i].to_json()): i for i in todo}
     try:
-        for f in as_completed(futures):
-            yield (futures[f], *f.result())
-    except BrokenProcessPool:
+        for i, got in finished(pool, task, {i: (cfgs[i].to_json(),) for i in todo}):
+            yield (i, *got)
+    except WorkerDied:
         raise OSError("an evaluation worker died (out of memory?); the rows so far are kept; "
                       "rerun with --workers 1") from None
-    finally:
-        for f in futures:
-            f.cancel()
 
 
 def collect(

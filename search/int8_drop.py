@@ -156,23 +156,15 @@ def main(argv: list[str] | None = None) -> int:
             for i, cfg in enumerate(cfgs):
                 done(i, subnet_rows(evaluator, i, cfg, runtimes, args.calib_images))
         else:
-            from concurrent.futures import as_completed
-            from concurrent.futures.process import BrokenProcessPool
-
-            from search.workers import evaluator_pool
+            from search.workers import WorkerDied, evaluator_pool, finished
 
             with evaluator_pool(workers, args.run, eval_images=args.eval_images) as pool:
-                futures = {pool.submit(_worker_task, i, cfg.to_json(), runtimes, args.calib_images): i
-                           for i, cfg in enumerate(cfgs)}
+                jobs = {i: (i, cfg.to_json(), runtimes, args.calib_images) for i, cfg in enumerate(cfgs)}
                 try:
-                    for f in as_completed(futures):
-                        done(futures[f], f.result())
-                except BrokenProcessPool:
+                    for i, got in finished(pool, _worker_task, jobs):
+                        done(i, got)
+                except WorkerDied:
                     raise SubnetError("an int8 evaluation worker died (out of memory?); rerun with --workers 1") from None
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
     except SubnetError as exc:
         bar.close()
         print(f"error: {exc}", file=sys.stderr)

@@ -85,3 +85,20 @@ def test_ranks_merge_one_at_a_time(tmp_path):
         assert not done.wait(0.3)
     t.join(10)
     assert done.is_set() and sorted(read_rows([tmp_path / "accuracy.csv"])) == [0, 1, 2, 3]
+
+
+def test_a_dead_evaluation_worker_is_one_error_and_the_rest_is_cancelled():
+    """search.workers.finished (search.collect's and search.int8_drop's workers): results as
+    they finish; a worker that dies breaks the pool into ``WorkerDied``, not a hang, and the
+    tasks not started are cancelled."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from search.workers import WorkerDied, finished
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        assert sorted(finished(pool, pow, {"a": (2, 3), "b": (3, 2)})) == [("a", 8), ("b", 9)]
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        with pytest.raises(WorkerDied):
+            list(finished(pool, os._exit, {i: (1,) for i in range(4)}))
