@@ -43,9 +43,10 @@ RUNTIMES = ("onnxruntime", "tflite")
 
 
 def block_times(lut: Path, runtime: str) -> dict[tuple[str, str], float]:
-    """The median time of every measured row of ``runtime`` in ``lut``, by (key, resolution)."""
+    """The time the latency model prices every measured row of ``runtime`` in ``lut`` by
+    (``quiet_ms``, the median where a row has none), by (key, resolution)."""
     rows = LutTable.load(lut).rows.values()
-    return {(r["key"], str(r.get("resolution", ""))): float(r["median_ms"]) for r in rows
+    return {(r["key"], str(r.get("resolution", ""))): float(r["quiet_ms"] or r["median_ms"]) for r in rows
             if r["runtime"] == runtime and r["status"] == "ok"}
 
 

@@ -457,7 +457,7 @@ class LatencyModel(CostModel):
     @classmethod
     def from_lut(cls, path: Path | str, space: SearchSpace | None = None, runtime: str | None = None,
                  calibration: tuple[float, float] | str | Path | None = None,
-                 stat: str = "median", overhead: bool = True, precision: str = "fp32",
+                 stat: str = "quiet", overhead: bool = True, precision: str = "fp32",
                  stream: bool = True, boundary: bool = True) -> "LatencyModel":
         """Load a LUT CSV.  ``calibration``: (a, b), a calibration JSON path, ``"auto"`` (use
         ``<lut>.calibration.json`` when present and fitted for this runtime, precision and

@@ -41,10 +41,15 @@ COLUMNS = [
     # of them; empty in LUTs written before, and for imported rows) and how far apart they were
     # (slowest sweep's median / fastest's - 1)
     "sweeps", "sweep_spread",
+    # the median of the timing's quietest stretch of samples (profiler.runner.quiet_median):
+    # what the latency model prices (empty in LUTs written before, for imported rows and
+    # benchmark_model summaries, which then price from median_ms)
+    "quiet_ms",
 ]
 CONTEXTS = ("warm", "round-robin")
+STATS = ("quiet", "median", "mean")  # what LutTable.table prices a row by
 FLOAT_COLUMNS = ("median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms", "max_ms", "iqr_ms")
-OTHER_FLOAT_COLUMNS = ("load_avg", "quant_error", "quant_bound", "sweep_spread")
+OTHER_FLOAT_COLUMNS = ("load_avg", "quant_error", "quant_bound", "sweep_spread", "quiet_ms")
 PRECISIONS = ("fp32", "int8")
 INT_COLUMNS = ("count", "threads", "attempts", "resolution", "sweeps")
 REQUIRED = ("key", "runtime", "status")
@@ -355,16 +360,21 @@ class LutTable:
             raise LutError(f"{self.path or 'LUT'}: no {precision} rows for runtime {runtime} "
                            f"(has: {', '.join(have) or 'none'}){': ' + hint if hint else ''}")
 
-    def table(self, runtime: str | None = None, stat: str = "median",
+    def table(self, runtime: str | None = None, stat: str = "quiet",
               resolution: int | None = None, precision: str = "fp32") -> dict[str, float]:
         """Latency in ms by block key, from the ``ok`` rows of one runtime and one precision
         (never another's: an int8 table prices from int8 rows only).
 
-        ``stat``: median (falling back to the mean for rows without one, as in imported OFA
-        tables) or mean.  ``resolution``: for tables imported per input size, prefer rows of
-        that size, then untagged rows, then the nearest size."""
+        ``stat``: ``quiet`` (the median of the timing's quietest stretch, ``quiet_ms``; the
+        median for rows without one: LUTs written before it, benchmark_model summaries),
+        ``median`` (falling back to the mean for rows without one, as in imported OFA
+        tables) or ``mean``.  ``resolution``: for tables imported per input size, prefer rows
+        of that size, then untagged rows, then the nearest size."""
+        if stat not in STATS:
+            raise LutError(f"unknown statistic {stat!r} (known: {', '.join(STATS)})")
         rt = self.pick_runtime(runtime)
-        first, second = ("median_ms", "mean_ms") if stat == "median" else ("mean_ms", "median_ms")
+        order = {"quiet": ("quiet_ms", "median_ms", "mean_ms"), "median": ("median_ms", "mean_ms"),
+                 "mean": ("mean_ms", "median_ms")}[stat]
         best: dict[str, tuple[tuple[int, int], float]] = {}
         for (key, r_rt, res, prec), row in self.rows.items():
             if r_rt != rt or prec != precision or row["status"] != "ok":
@@ -375,7 +385,7 @@ class LutTable:
                 rank = (0, 0)
             else:
                 rank = (2, abs(res - resolution) if resolution is not None else res)
-            value = row[first] if row[first] != "" else row[second]
+            value = next(row[c] for c in order if row[c] not in ("", None))
             if key not in best or rank < best[key][0]:
                 best[key] = (rank, float(value))
         return {k: v for k, (_, v) in best.items()}
@@ -467,6 +477,7 @@ def stats_row(key: str, runtime: str, reply: dict[str, Any], context: dict[str, 
     })
     for c in FLOAT_COLUMNS + ("count",):
         row[c] = reply[c]
+    row["quiet_ms"] = reply.get("quiet_ms", "")
     row["noisy"] = reply["median_ms"] > 0 and reply["iqr_ms"] / reply["median_ms"] > NOISY_IQR_RATIO
     if reply.get("load_avg") is not None:
         row["load_avg"] = reply["load_avg"]

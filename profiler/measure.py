@@ -617,8 +617,11 @@ def sweep_request(req_base: dict[str, Any], sweeps: int) -> dict[str, Any]:
 
 
 def reply_ms(reply: dict[str, Any]) -> float:
-    """A timing's typical time: its median, or its mean where a summary has no median."""
-    return reply.get("median_ms") or reply.get("mean_ms") or 0.0
+    """A timing's typical time: the median of its quietest stretch (``runner.quiet_median``),
+    its median where it has no samples (a ``benchmark_model`` summary), or its mean where a
+    summary has no median either.  LUT rows are priced with the same statistic
+    (``LutTable.table``), so a network measured here is compared like with like."""
+    return reply.get("quiet_ms") or reply.get("median_ms") or reply.get("mean_ms") or 0.0
 
 
 def fastest(timings: Sequence[dict[str, Any]]) -> dict[str, Any]:

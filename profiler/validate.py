@@ -624,7 +624,7 @@ def measure_paths(device, runtime: str, paths: list[Path | None], errors: list[s
     (measured ms: N, or passes x N; the last pass's rows) or an error string."""
     from tqdm import tqdm
 
-    from .measure import Session, connect, measure_artifact, request_base, sweep_request
+    from .measure import Session, connect, measure_artifact, reply_ms, request_base, sweep_request
     from .transport import TransportError, make_transport
 
     errors = list(errors)
@@ -644,7 +644,7 @@ def measure_paths(device, runtime: str, paths: list[Path | None], errors: list[s
                     if isinstance(out, str):
                         err = errors[i] = f"measure: {out}"[:500]
                     else:
-                        meas[k, i] = out["median_ms"] if out.get("median_ms") not in (None, "") else out["mean_ms"]
+                        meas[k, i] = reply_ms(out)
                         loads[i] = out.get("load_avg")
                 bar.update(1)
                 if on_row is not None:

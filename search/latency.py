@@ -8,7 +8,8 @@ The model sums the subnet's blocks' LUT rows; with the LUT's overhead probes (me
 CLI::
 
     python -m search.latency --lut luts/local.csv --subnet max|min|<json>|FILE|budget_*ms.json [--runtime R]
-                             [--precision fp32|int8] [--space NAME] [--calibrated] [--no-overhead] [--per-block] [--json]
+                             [--precision fp32|int8] [--space NAME] [--calibrated] [--no-overhead] [--per-block]
+                             [--stat quiet|median|mean] [--json]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from profiler.costmodel import (CalibrationMismatch, CostModel, LatencyModel, MacsModel,  # noqa: F401 - re-exported
                                 MissingKeysError, ParamsModel, read_calibration)
+from profiler.lut import STATS
 from supernet.space import OFA_MBV3, get_space, parse_subnet
 
 
@@ -60,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibrated", action="store_true", help="apply <lut>.calibration.json (a*sum+b)")
     ap.add_argument("--no-overhead", action="store_true", help="sum the LUT rows as they are, without "
                     "subtracting each block's invocation overhead or layout boundary (the LUT's probes)")
-    ap.add_argument("--stat", choices=["median", "mean"], default="median")
+    ap.add_argument("--stat", choices=list(STATS), default="quiet",
+                    help="the row statistic to price by (quiet: the median of each timing's quietest stretch, "
+                         "the median for rows without one)")
     ap.add_argument("--per-block", action="store_true", help="also list every block's latency")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)

@@ -42,6 +42,19 @@ def test_writer_round_trip_and_tidy_csv(tmp_path):
     assert len(lines) == len(KEYS) and json.loads(lines[0])["samples_ms"] == [0.1, 0.2]
 
 
+def test_rows_are_priced_by_their_quietest_stretch_and_older_rows_by_their_median(tmp_path):
+    path = tmp_path / "l.csv"
+    with LutWriter(path) as w:
+        w.add(dict(_ok(KEYS[0], 2.0), quiet_ms=1.5))
+        w.add(_ok(KEYS[1], 3.0))  # no quiet_ms: a row of a LUT written before it, a benchmark_model summary
+    t = LutTable.load(path)
+    assert t.rows[(KEYS[0], "onnxruntime", "", "fp32")]["quiet_ms"] == 1.5
+    assert t.table() == {KEYS[0]: 1.5, KEYS[1]: 3.0}
+    assert t.table(stat="median") == {KEYS[0]: 2.0, KEYS[1]: 3.0}
+    with pytest.raises(LutError, match="unknown statistic 'p99'"):
+        t.table(stat="p99")
+
+
 def test_journal_rows_survive_a_crash_before_the_csv_is_written(tmp_path):
     path = tmp_path / "l.csv"
     w = LutWriter(path, flush_every_s=3600)

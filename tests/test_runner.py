@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import statistics
 import subprocess
 import sys
 
@@ -23,6 +25,26 @@ def test_host_recomputes_statistics_from_samples():
     out = validate_reply(_reply())
     assert out["median_ms"] == 2.0 and out["count"] == 3 and out["min_ms"] == 1.0 and out["max_ms"] == 3.0
     assert out["load_avg"] == 0.5
+
+
+def test_a_timing_is_priced_by_the_median_of_its_quietest_stretch():
+    from profiler.runner import QUIET_WINDOW, quiet_median
+
+    rng = random.Random(0)
+    quiet = [5.0 + 0.1 * rng.random() for _ in range(2 * QUIET_WINDOW)]
+    busy = [9.0 + rng.random() for _ in range(6 * QUIET_WINDOW)]
+    samples = busy[:3 * QUIET_WINDOW] + quiet + busy[3 * QUIET_WINDOW:]  # disturbed three quarters of the time
+    assert statistics.median(samples) > 9.0  # the plain median is the disturbance's
+    assert 5.0 <= quiet_median(samples) <= 5.1
+    # undisturbed, the windows agree: within a tenth of the spread of the plain median
+    steady = [5.0 + 0.1 * rng.random() for _ in range(8 * QUIET_WINDOW)]
+    assert abs(quiet_median(steady) - statistics.median(steady)) < 0.01
+    # fewer than two windows (a slow model timed a few hundred times): the plain median
+    few = busy[:2 * QUIET_WINDOW - 2] + quiet[:1]
+    assert quiet_median(few) == statistics.median(few)
+    # the host recomputes it from the samples, never takes the reply's word for it
+    out = validate_reply(_reply(samples_ms=samples, quiet_ms=0.001))
+    assert out["quiet_ms"] == quiet_median(samples) and out["median_ms"] == statistics.median(samples)
 
 
 @pytest.mark.parametrize("bad, message", [
