@@ -23,7 +23,8 @@ into it and its output back: onnxruntime's CPU provider runs convolutions in a b
 (NCHWc), so a block run alone pays two reorders (and the residual add they keep apart) that
 inside a network, where blocks hand blocked tensors on, it does not.  Where the LUT has
 ``boundary`` probes at a block's input shape (``supernet.space.boundary_probes``: one and two
-chained 1x1 depthwise convolutions; the profiler measures them for onnxruntime) the edge taken
+chained 1x1 depthwise convolutions; the profiler measures them for onnxruntime's fp32 tables,
+``prices_boundary``, whose int8 blocks do not run in that layout) the edge taken
 off a block is ``2 t(one) - t(two)`` (at least the overhead probe) instead of the overhead
 probe; the network still adds its input's overhead probe once (measured on a 2-core AMD EPYC,
 Fashion-MNIST space at 32-48 px, onnxruntime 1.32, 2026-12-07: the identity-probe model
@@ -320,6 +321,23 @@ def has_boundary_rows(table: dict[str, float]) -> bool:
     return any(k.startswith("boundary-") for k in table)
 
 
+# Tables whose blocks pay a layout boundary at a model's edges that a network pays once: the
+# profiler measures boundary probes (supernet.space.boundary_probes) for them and the model
+# takes that boundary off each block.  onnxruntime's CPU provider computes fp32 convolutions
+# in its blocked NCHWc layout and converts at every model's edges.  LiteRT's XNNPACK computes
+# in the models' own NHWC: its overhead probe holds the whole edge (its block sums were within
+# 1-2% of whole networks at 32-48 px with it alone).  onnxruntime int8 (QDQ) blocks do not
+# run in NCHWc: priced with boundary edges, three int8 tables over-took 6-13% off 20 networks
+# at 32-48 px, with the overhead probe 1.9-4.4% (AMD EPYC, 2026-12-07, README "int8 tables").
+BOUNDARY_RUNTIMES = ("onnxruntime",)
+BOUNDARY_PRECISIONS = ("fp32",)
+
+
+def prices_boundary(runtime: str | None, precision: str) -> bool:
+    """Whether a ``runtime`` table of ``precision`` is priced with layout-boundary edges."""
+    return runtime in BOUNDARY_RUNTIMES and precision in BOUNDARY_PRECISIONS
+
+
 class LatencyModel(CostModel):
     """LUT latency in ms: the sum of the blocks' LUT rows, less one invocation overhead per
     block plus one per network when the LUT has overhead probes (``overhead``), optionally
@@ -370,7 +388,8 @@ class LatencyModel(CostModel):
         hit = self._boundary_by_r.get(r)
         if hit is None:
             t, use = self._table(r)
-            hit = self._boundary_by_r[r] = use and self.boundary_requested and has_boundary_rows(t)
+            hit = self._boundary_by_r[r] = (use and self.boundary_requested and has_boundary_rows(t)
+                                            and self.precision in BOUNDARY_PRECISIONS)  # older int8 tables have them
         return hit
 
     def edge(self, block: BlockSpec, r: int) -> float:

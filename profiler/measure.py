@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 
 from supernet.space import PROBE_KINDS, BlockSpec
 
+from .costmodel import prices_boundary
 from .devices import Device
 from .export import ArtifactCache, ExportResult, format_for_runtime
 from .lut import COLUMNS, CONTEXTS, FLOAT_COLUMNS, LutWriter, error_row, stats_row
@@ -35,16 +36,12 @@ from .transport import (RunnerChannel, RunnerError, RunnerTimeout, Transport, Tr
 
 
 GROUP_SIZE = 160  # models loaded and rotated at once in round-robin measurement
-# runtimes that compute in a layout of their own and convert at every model's edges: their
-# tables get boundary probes (supernet.space.boundary_probes); onnxruntime's CPU provider
-# (NCHWc).  LiteRT's XNNPACK computes in the models' own NHWC: its overhead probe holds the
-# whole edge (its block sums were within 1-2% of whole networks at 32-48 px with it alone).
-BOUNDARY_RUNTIMES = ("onnxruntime",)
 
 
-def probes_for(specs: Sequence[BlockSpec], runtime: str) -> list[BlockSpec]:
-    """``specs`` less the boundary probes where ``runtime`` does not need them."""
-    return list(specs) if runtime in BOUNDARY_RUNTIMES else [s for s in specs if s.kind != "boundary"]
+def probes_for(specs: Sequence[BlockSpec], runtime: str, precision: str = "fp32") -> list[BlockSpec]:
+    """``specs`` less the boundary probes where the latency model does not price a layout
+    boundary (``profiler.costmodel.prices_boundary``)."""
+    return list(specs) if prices_boundary(runtime, precision) else [s for s in specs if s.kind != "boundary"]
 
 
 class ProfileCancelled(Exception):
@@ -396,7 +393,7 @@ def profile_device(
         check_threads(writer, runtime, device.threads)
         if context not in CONTEXTS:
             raise ValueError(f"unknown measurement context {context!r} (known: {', '.join(CONTEXTS)})")
-        specs = probes_for(specs, runtime)
+        specs = probes_for(specs, runtime, precision)
         todo, res.skipped = pending(writer, specs, runtime, device.max_attempts, precision, context)
         if context == "round-robin":
             todo = with_their_probes(todo, specs)

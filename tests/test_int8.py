@@ -294,6 +294,9 @@ def test_validate_int8_quantizes_whole_networks_on_real_images_with_data(fake_fm
                    "--resolutions", "32", "--precision", "int8", "--repeats", "5", "--min-time", "0",
                    "--cache", artifact_cache, "--lut", lut, "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # int8 blocks do not run in onnxruntime's NCHWc layout: overhead probes, no boundary probes
+    kinds = {r["kind"] for r in read_rows(lut)}
+    assert "overhead" in kinds and "boundary" not in kinds, kinds
     base = ["--runtime", "onnxruntime", "--space", "tiny", "--lut", lut, "--subnets", "2", "--passes", "1",
             "--precision", "int8", "--cache", cache, "--drift-blocks", "0", "--no-progress", "--json"]
     real = run_cli("profiler.validate", *base, "--data", f"fmnist:{fake_fm}", "--calib-images", "3")
