@@ -327,8 +327,9 @@ def has_boundary_rows(table: dict[str, float]) -> bool:
 # in its blocked NCHWc layout and converts at every model's edges.  LiteRT's XNNPACK computes
 # in the models' own NHWC: its overhead probe holds the whole edge (its block sums were within
 # 1-2% of whole networks at 32-48 px with it alone).  onnxruntime int8 (QDQ) blocks do not
-# run in NCHWc: priced with boundary edges, three int8 tables over-took 6-13% off 20 networks
-# at 32-48 px, with the overhead probe 1.9-4.4% (AMD EPYC, 2026-12-07, README "int8 tables").
+# run in NCHWc: priced with boundary edges, three int8 tables under-predicted 20 networks at
+# 32-48 px by 6-13%, with the overhead probe as the edge they were within 1.9-4.4% (AMD EPYC,
+# 2026-12-07, README "int8 tables").
 BOUNDARY_RUNTIMES = ("onnxruntime",)
 BOUNDARY_PRECISIONS = ("fp32",)
 

@@ -238,8 +238,8 @@ def quiet_median(samples):
     k = n // QUIET_WINDOW
     if k < 2:
         return statistics.median(samples)
-    edges = [i * n // k for i in range(k + 1)]
-    return min(statistics.median(samples[a:b]) for a, b in zip(edges, edges[1:]))
+    cuts = [i * n // k for i in range(k + 1)]
+    return min(statistics.median(samples[a:b]) for a, b in zip(cuts, cuts[1:]))
 
 
 def _stats(samples):
@@ -258,7 +258,7 @@ def _stats(samples):
     return {
         "count": n,
         "median_ms": statistics.median(s),
-        "quiet_ms": quiet_median(list(samples)),
+        "quiet_ms": quiet_median(samples),
         "mean_ms": statistics.fmean(s),
         "std_ms": statistics.stdev(s) if n > 1 else 0.0,
         "p90_ms": q(0.9),
