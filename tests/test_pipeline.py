@@ -100,6 +100,27 @@ def test_pipeline_end_to_end_for_one_runtime_and_resume(tmp_path, artifact_cache
     assert json.loads((out / "summary.json").read_text())["rows"] == rows
     assert time.time() - t1 < first
 
+    # a validate stage too noisy to judge the table is made again before the searches read its
+    # calibration, and its own report is kept beside the new one
+    validated, first_validation = out / "luts" / "local.validate.json", out / "luts" / "local.validate-first.json"
+    doc = json.loads(validated.read_text())  # one runtime: its report flat
+    assert doc["runtime"] == "onnxruntime"
+    doc["verdict"] = "noisy"
+    validated.write_text(json.dumps(doc))
+    st = json.loads((out / "stages.json").read_text())
+    st["stages"].pop("validate again", None)  # (the first run may have validated again already)
+    (out / "stages.json").write_text(json.dumps(st))
+    third = run_cli("search.pipeline", *args, timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "] validate: finished before" in third.stdout and "] validate again: " in third.stdout, third.stdout
+    assert f"validating again, the first report kept in {first_validation}" in third.stdout
+    assert json.loads(first_validation.read_text())["verdict"] == "noisy"
+    assert json.loads(validated.read_text())["validated_at"] != doc["validated_at"]  # measured anew
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fidelity_validate_stage"]["onnxruntime"]["verdict"] == "noisy"
+    assert "LUT fidelity in the validate stage, onnxruntime" in third.stdout
+    assert "validate again" in json.loads((out / "stages.json").read_text())["stages"]
+
 
 @pytest.mark.slow
 def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
