@@ -497,10 +497,11 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
         times["int8 drop"] = stages.run("int8 drop", cmd, [run / "int8_drop.json"], limit)
     # 4c. a validation too noisy to judge the table (a busy host in those two minutes) is made
     # again, minutes later, before the searches read its calibration; the first is kept
-    again = noisy_runtimes(validated) or "validate again" in stages.done
+    noisy = noisy_runtimes(validated)
+    again = noisy or "validate again" in stages.done
     if again and not stages.finished("validate again", validate_cmd, [validated, first_validation]):
         atomic_write_text(first_validation, validated.read_text())
-        print(f"note: the validate stage could not judge the LUT for {', '.join(noisy_runtimes(validated))} (the "
+        print(f"note: the validate stage could not judge the LUT for {', '.join(noisy)} (the "
               f"same networks measured twice too far apart); validating again, the first report kept in "
               f"{first_validation}", flush=True)
     if again:
