@@ -34,7 +34,7 @@ from bench.emit import emit  # noqa: E402
 
 from profiler.devices import load_devices  # noqa: E402
 from profiler.export import ArtifactCache  # noqa: E402
-from profiler.lut import LutTable  # noqa: E402
+from profiler.lut import LutTable, row_ms  # noqa: E402
 from profiler.measure import profile_device  # noqa: E402
 from profiler.run import with_overhead_probes  # noqa: E402
 from supernet.space import get_space  # noqa: E402
@@ -46,7 +46,7 @@ def block_times(lut: Path, runtime: str) -> dict[tuple[str, str], float]:
     """The time the latency model prices every measured row of ``runtime`` in ``lut`` by
     (``quiet_ms``, the median where a row has none), by (key, resolution)."""
     rows = LutTable.load(lut).rows.values()
-    return {(r["key"], str(r.get("resolution", ""))): float(r["quiet_ms"] or r["median_ms"]) for r in rows
+    return {(r["key"], str(r.get("resolution", ""))): row_ms(r) for r in rows
             if r["runtime"] == runtime and r["status"] == "ok"}
 
 

@@ -51,6 +51,11 @@ CONTEXTS = ("warm", "round-robin")
 STAT_COLUMNS = {"quiet": ("quiet_ms", "median_ms", "mean_ms"), "median": ("median_ms", "mean_ms"),
                 "mean": ("mean_ms", "median_ms")}
 STATS = tuple(STAT_COLUMNS)
+
+
+def row_ms(row: dict[str, Any], stat: str = "quiet") -> float:
+    """An ``ok`` row's time by ``stat``: the first of ``STAT_COLUMNS[stat]`` the row has."""
+    return float(next(row[c] for c in STAT_COLUMNS[stat] if row[c] not in ("", None)))
 FLOAT_COLUMNS = ("median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms", "max_ms", "iqr_ms")
 OTHER_FLOAT_COLUMNS = ("load_avg", "quant_error", "quant_bound", "sweep_spread", "quiet_ms")
 PRECISIONS = ("fp32", "int8")
@@ -376,7 +381,6 @@ class LutTable:
         if stat not in STATS:
             raise LutError(f"unknown statistic {stat!r} (known: {', '.join(STATS)})")
         rt = self.pick_runtime(runtime)
-        order = STAT_COLUMNS[stat]
         best: dict[str, tuple[tuple[int, int], float]] = {}
         for (key, r_rt, res, prec), row in self.rows.items():
             if r_rt != rt or prec != precision or row["status"] != "ok":
@@ -387,9 +391,8 @@ class LutTable:
                 rank = (0, 0)
             else:
                 rank = (2, abs(res - resolution) if resolution is not None else res)
-            value = next(row[c] for c in order if row[c] not in ("", None))
             if key not in best or rank < best[key][0]:
-                best[key] = (rank, float(value))
+                best[key] = (rank, row_ms(row, stat))
         return {k: v for k, (_, v) in best.items()}
 
     def sorted_rows(self) -> list[dict[str, Any]]:

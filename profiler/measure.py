@@ -30,7 +30,7 @@ from supernet.space import PROBE_KINDS, BlockSpec
 from .costmodel import prices_boundary
 from .devices import Device
 from .export import ArtifactCache, ExportResult, format_for_runtime
-from .lut import COLUMNS, CONTEXTS, FLOAT_COLUMNS, LutWriter, error_row, stats_row
+from .lut import COLUMNS, CONTEXTS, FLOAT_COLUMNS, STAT_COLUMNS, LutWriter, error_row, stats_row
 from .transport import (RunnerChannel, RunnerError, RunnerTimeout, Transport, TransportError, fatal,
                         make_transport, validate_info, validate_reply)
 
@@ -618,7 +618,7 @@ def reply_ms(reply: dict[str, Any]) -> float:
     its median where it has no samples (a ``benchmark_model`` summary), or its mean where a
     summary has no median either.  LUT rows are priced with the same statistic
     (``LutTable.table``), so a network measured here is compared like with like."""
-    return reply.get("quiet_ms") or reply.get("median_ms") or reply.get("mean_ms") or 0.0
+    return next((reply[c] for c in STAT_COLUMNS["quiet"] if reply.get(c)), 0.0)
 
 
 def fastest(timings: Sequence[dict[str, Any]]) -> dict[str, Any]:
