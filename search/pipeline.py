@@ -497,7 +497,10 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
         times["int8 drop"] = stages.run("int8 drop", cmd, [run / "int8_drop.json"], limit)
     # 4c. a validation too noisy to judge the table (a busy host in those two minutes) is made
     # again, minutes later, before the searches read its calibration; the first is kept
-    noisy = noisy_runtimes(validated)
+    try:
+        noisy = noisy_runtimes(validated)
+    except (OSError, ValueError, AttributeError) as exc:  # AttributeError: JSON that is no object
+        raise fail(f"{validated}: unreadable ({exc}); rerun with --force") from None
     again = noisy or "validate again" in stages.done
     if again and not stages.finished("validate again", validate_cmd, [validated, first_validation]):
         atomic_write_text(first_validation, validated.read_text())

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import run_cli
+from conftest import last_error_line, run_cli
 
 # block exports and whole-network conversions dominate, much longer on a loaded box, hence
 # the generous timeout
@@ -120,6 +120,11 @@ def test_pipeline_end_to_end_for_one_runtime_and_resume(tmp_path, artifact_cache
     assert summary["fidelity_validate_stage"]["onnxruntime"]["verdict"] == "noisy"
     assert "LUT fidelity in the validate stage, onnxruntime" in third.stdout
     assert "validate again" in json.loads((out / "stages.json").read_text())["stages"]
+    # a validation report that cannot be read is one error line
+    validated.write_text("{not json")
+    bad = run_cli("search.pipeline", *args, timeout=200)
+    assert bad.returncode != 0 and last_error_line(bad).startswith(f"error: {validated}: unreadable"), bad.stderr[-1000:]
+    assert "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow
