@@ -553,6 +553,17 @@ def calibration_entries(path: Path) -> dict[str, dict[str, Any]]:
     return {str(data.get("runtime") or ""): data}
 
 
+# validations whose calibration is never applied (profiler.validate.fidelity_verdict): what
+# the line was fitted on, the entry's field that says how bad, its words, what to do
+UNUSABLE_VERDICTS = {
+    "noisy": ("on a validation too noisy to judge the table", "noise_pct",
+              " (the same networks measured twice differed by {:.1f}% in the median)",
+              "run profiler.validate again on a quiet device"),
+    "drifted": ("while the device had drifted from the table", "drift", " (its blocks took {:.2f}x their LUT time)",
+                "measure the table again, or run profiler.validate again"),
+}
+
+
 def read_calibration(path: Path, runtime: str | None = None, overhead: bool | None = None,
                      stream: bool | None = None, context: str | None = None,
                      boundary: bool | None = None) -> tuple[float, float]:
@@ -589,13 +600,14 @@ def read_calibration(path: Path, runtime: str | None = None, overhead: bool | No
                 f"{path}: calibration for {runtime or 'this runtime'} was fitted on LUT sums "
                 f"{'with' if fitted else 'without'} {what}, and these sums are "
                 f"{'with' if wanted else 'without'} it: run profiler.validate again")
-    if data.get("verdict") == "noisy":  # a line through noise would move every price by it
-        noise = data.get("noise_pct")
+    unjudged = UNUSABLE_VERDICTS.get(str(data.get("verdict")))
+    if unjudged:  # a line through noise, or through a passing state of the device, would move every price by it
+        what, field, detail, todo = unjudged
+        value = data.get(field)
         raise CalibrationMismatch(
-            f"{path}: calibration for {runtime or 'this runtime'} was fitted on a validation too noisy to judge "
-            f"the table" + (f" (the same networks measured twice differed by {float(noise):.1f}% in the median)"
-                            if isinstance(noise, (int, float)) and math.isfinite(noise) else "")
-            + ": run profiler.validate again on a quiet device")
+            f"{path}: calibration for {runtime or 'this runtime'} was fitted {what}"
+            + (detail.format(float(value)) if isinstance(value, (int, float)) and math.isfinite(value) else "")
+            + f": {todo}")
     fitted_ctx = str(data.get("context") or "warm")
     if context is not None and fitted_ctx != context:
         raise CalibrationMismatch(

@@ -156,13 +156,29 @@ TARGET_PCT = 5.0  # issue 11: median |error| <= 5%; a repeat median difference a
 NOISY_APART = 0.25
 
 
+# the table's own blocks timed again (lut_drift) further than this from their rows: the device
+# is not the one the table measured (AMD EPYC VM, 2026-12-07, 20:31-20:34: every block 1.16-1.18x
+# its row and two validations "off" by 15-16%; an hour later, blocks at 1.00x, the same table
+# within 2.7%)
+DRIFT_TOLERANCE = 0.05
+
+
+def drift_ratio(s: dict[str, Any]) -> float | None:
+    """How far the device drifted since the table was measured (``lut_drift``'s median ratio
+    of the blocks' time now to their rows), None where it was not measured."""
+    d = s.get("lut_drift") or {}
+    return float(d["ratio_median"]) if d.get("status") == "measured" else None
+
+
 def fidelity_verdict(s: dict[str, Any]) -> tuple[str, str]:
     """What a validation says about the table, as (key, words), by issue 11's targets:
     ``unjudged`` (one pass: no noise floor), ``noisy`` (the same networks measured twice
     differ by more than ``TARGET_PCT`` in the median, or more than ``NOISY_APART`` of them by
     more than 10%: the device, not the table, is what the error shows), ``faithful`` (median
-    error <= 5% and a share within 10% no more than 5 points under the repeat's) or ``off``
-    (beyond the device's noise)."""
+    error <= 5% and a share within 10% no more than 5 points under the repeat's),
+    ``drifted`` (beyond that, while the table's own blocks now take more than
+    ``DRIFT_TOLERANCE`` more or less than their rows: the device changed since the table was
+    measured, so the error does not judge the table) or ``off`` (beyond the device's noise)."""
     if "repeat_median_abs_diff_pct" not in s:
         return "unjudged", "one pass: no noise floor to judge the table against (--passes 2)"
     noise, apart = s["repeat_median_abs_diff_pct"], 1.0 - s["repeat_within_10pct"]
@@ -172,6 +188,13 @@ def fidelity_verdict(s: dict[str, Any]) -> tuple[str, str]:
                                              else "") + "; measure on a quiet device (cpu_mask pins the runner)")
     if s["median_abs_error_pct"] <= TARGET_PCT and s["within_10pct"] >= s["repeat_within_10pct"] - 0.05:
         return "faithful", "the table predicts this device within its noise"
+    drift = drift_ratio(s)
+    if drift is not None and abs(drift - 1.0) > DRIFT_TOLERANCE:
+        scaled = (s["lut_drift"].get("model_x_drift") or {}).get("median_abs_error_pct")
+        return "drifted", (f"the device drifted since the table was measured: its blocks now take {drift:.2f}x their "
+                           f"LUT time" + (f" (the model scaled by that: median |error| {scaled:.1f}%)"
+                                          if scaled is not None else "")
+                           + "; measure the table again, or validate when the device is as it was")
     ratio = s.get("sum_over_measured")
     return "off", ("the table is off by more than the device's noise"
                    + (f" (model / measured {ratio:.2f} in the median)" if ratio is not None else ""))
@@ -518,6 +541,7 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
             scaled = summarise(p_all * d["ratio_median"], m_all)
             d["model_x_drift"] = {k: scaled[k] for k in ("median_abs_error_pct", "within_10pct", "sum_over_measured")}
         s["lut_drift"] = d
+        s["verdict"] = fidelity_verdict(s)[0]  # again, with the drift
         summaries[rt] = s
         panels.append((f"{device.name} / {rt} {args.precision} / {space.name}", p_all, m_all, s))
     atomic_write_text(outputs[".validate.csv"], _report_csv(subnets, preds, rows))
@@ -529,7 +553,7 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
             "boundary": s["boundary_model"],
             "context": models[rt][0].context, "device": device.name, "n": s["n"],
             "fitted_at": s["validated_at"], "verdict": s["verdict"],
-            "noise_pct": s.get("repeat_median_abs_diff_pct")})
+            "noise_pct": s.get("repeat_median_abs_diff_pct"), "drift": drift_ratio(s)})
     _plot(outputs[".validate.png"], panels)
     if args.json:
         print(json.dumps(doc))
@@ -569,7 +593,8 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
                   f"{s['load_avg_median']:.2f} during validation")
         sign = "-" if s["b"] < 0 else "+"
         how = "least-squares fit" if s["fit"] == "least-squares" else "the plain ratio: the fit fell or priced small networks at nothing"
-        unused = "; searches will not apply it (fitted on noise)" if s["verdict"] == "noisy" else ""
+        unused = {"noisy": "; searches will not apply it (fitted on noise)",
+                  "drifted": "; searches will not apply it (fitted on a drifted device)"}.get(s["verdict"], "")
         print(f"  calibration ({how}): measured ~ {s['a']:.4f} * model {sign} {abs(s['b']):.4f} ms -> median |error| "
               f"{s['calibrated_median_abs_error_pct']:.1f}%, within 10%: {s['calibrated_within_10pct'] * 100:.0f}%"
               f"{unused}\n")

@@ -12,9 +12,10 @@
 4b. (``--precision fp32,int8``, the default) measure the fp32 -> int8 accuracy drop of a few
    subnets, quantized per runtime as the profiler quantizes blocks (search.int8_drop): the
    drop model the search scores int8 candidates with;
-4c. when the validation of step 1 was too noisy to judge the table for a runtime (verdict
-   ``noisy``: a busy host in those minutes), validate again, ten minutes later and before the
-   searches read its calibration; the first report is kept (``local.validate-first.json``);
+4c. when the validation of step 1 could not judge the table for a runtime (verdict ``noisy``:
+   a busy host in those minutes, or ``drifted``: the table's own blocks no longer ran at their
+   rows' time), validate again, ten minutes later and before the searches read its
+   calibration; the first report is kept (``local.validate-first.json``);
 5. search two or three latency budgets per runtime (search.evolve), the budgets spread over
    each runtime's own range (``--fractions`` of the way from its cheapest to its largest
    subnet); with both precisions, per budget the better of an fp32 and an int8 search, each
@@ -60,6 +61,7 @@ import sys
 import time
 from pathlib import Path
 
+from profiler.costmodel import UNUSABLE_VERDICTS
 from profiler.validate import DRIFT_BLOCKS, fidelity_line
 from supernet.atomic import Busy, ExclusiveLock, atomic_open, atomic_write_text, stamped_free_path
 from supernet.cliargs import run_main, seed_arg
@@ -495,17 +497,18 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
                "--runtime", ",".join(runtimes), "--resolutions", res_arg, "--width", w_arg,
                "--eval-images", str(args.int8_eval_images), "--seed", seed, *quiet]
         times["int8 drop"] = stages.run("int8 drop", cmd, [run / "int8_drop.json"], limit)
-    # 4c. a validation too noisy to judge the table (a busy host in those two minutes) is made
+    # 4c. a validation that could not judge the table (a busy host in those two minutes) is made
     # again, minutes later, before the searches read its calibration; the first is kept
     try:
-        noisy = noisy_runtimes(validated)
+        noisy = unjudged_runtimes(validated)
     except (OSError, ValueError, AttributeError) as exc:  # AttributeError: JSON that is no object
         raise fail(f"{validated}: unreadable ({exc}); rerun with --force") from None
     again = noisy or "validate again" in stages.done
     if again and not stages.finished("validate again", validate_cmd, [validated, first_validation]):
         atomic_write_text(first_validation, validated.read_text())
         print(f"note: the validate stage could not judge the LUT for {', '.join(noisy)} (the "
-              f"same networks measured twice too far apart); validating again, the first report kept in "
+              f"same networks measured twice too far apart, or the LUT's blocks no longer at their rows' time); "
+              f"validating again, the first report kept in "
               f"{first_validation}", flush=True)
     if again:
         times["validate again"] = stages.run("validate again", validate_cmd, [validated, first_validation], limit)
@@ -747,7 +750,7 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
     for line in quality_lines(quality or {}):
         print(line)
     for rt, f in (summary["fidelity_validate_stage"] or {}).items():
-        if f.get("verdict") == "noisy":
+        if f.get("verdict") in UNJUDGED:
             print("LUT fidelity in the validate stage, " + fidelity_line(rt, f) + "; validated again:")
     for rt, f in summary["fidelity"].items():
         print("LUT fidelity, " + fidelity_line(rt, f) + f" ({f['n']} networks x {f['passes']} passes)")
@@ -777,10 +780,16 @@ def first_validation_path(lut: Path) -> Path:
     return lut.with_name("local.validate-first.json")
 
 
-def noisy_runtimes(path: Path) -> list[str]:
-    """The runtimes whose validation in ``path`` (``profiler.validate``'s JSON) was too noisy
-    to judge the table (verdict ``noisy``)."""
-    return [rt for rt, s in per_runtime(json.loads(path.read_text())).items() if s.get("verdict") == "noisy"]
+# validation verdicts that say nothing of the table (profiler.validate.fidelity_verdict): its
+# networks disagreed with themselves, or its blocks no longer ran at their rows' time; their
+# calibrations are never applied either
+UNJUDGED = tuple(UNUSABLE_VERDICTS)
+
+
+def unjudged_runtimes(path: Path) -> list[str]:
+    """The runtimes whose validation in ``path`` (``profiler.validate``'s JSON) could not
+    judge the table (a verdict in ``UNJUDGED``)."""
+    return [rt for rt, s in per_runtime(json.loads(path.read_text())).items() if s.get("verdict") in UNJUDGED]
 
 
 def per_runtime(doc: dict) -> dict:

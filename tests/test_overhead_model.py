@@ -190,6 +190,11 @@ def test_a_calibration_fitted_on_a_noisy_validation_is_not_applied(tmp_path):
     assert "41.9%" in model.calibration_skipped
     with pytest.raises(CalibrationMismatch, match="run profiler.validate again on a quiet device"):
         read_calibration(cal, "onnxruntime", overhead=True)
+    # nor one fitted while the table's own blocks ran 1.16x their rows (a passing state of the device)
+    write_calibration(cal, "onnxruntime", {"a": 1.2, "b": 0.0, "overhead": True, "verdict": "drifted",
+                                           "noise_pct": 1.9, "drift": 1.16})
+    model = LatencyModel.from_lut(lut, TINY, calibration="auto")
+    assert model.calibration is None and "took 1.16x their LUT time" in model.calibration_skipped
 
 
 def test_repeat_agreement_pools_both_directions():

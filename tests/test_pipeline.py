@@ -218,6 +218,17 @@ def test_pipeline_end_to_end_and_resume(tmp_path, artifact_cache):
     assert time.time() - t1 < first
 
 
+def test_the_runtimes_validated_again_are_those_whose_validation_could_not_judge_the_table(tmp_path):
+    from search.pipeline import unjudged_runtimes
+
+    report = tmp_path / "local.validate.json"
+    report.write_text(json.dumps({"runtimes": {"onnxruntime": {"verdict": "drifted"}, "tflite": {"verdict": "off"},
+                                               "other": {"verdict": "noisy"}}}))
+    assert unjudged_runtimes(report) == ["onnxruntime", "other"]
+    report.write_text(json.dumps({"runtime": "tflite", "verdict": "faithful"}))  # one runtime: flat
+    assert unjudged_runtimes(report) == []
+
+
 def test_a_stage_over_its_timeout_is_stopped_with_its_workers_in_one_error_line(tmp_path):
     """--stage-timeout stops a stage with one line that says how to go on; the stage is not
     recorded as finished, and a bad value is refused before any work.  run_cli returns only

@@ -443,6 +443,27 @@ def test_the_fidelity_verdict_follows_issue_11s_targets_and_the_noise_floor():
     assert line.startswith("onnxruntime: LUT median |error| 12.7%") and "too noisy to judge the table" in line
 
 
+def test_a_table_off_while_its_own_blocks_drifted_is_judged_drifted_not_off():
+    """Measured on this VM (2026-12-07): every block 1.16x its row at 20:34 and the table 15.9%
+    "off"; at 21:36, blocks 1.00x, the same table within 2.7%."""
+    from profiler.validate import fidelity_line, fidelity_verdict
+
+    off = {"median_abs_error_pct": 15.9, "within_10pct": 0.12, "sum_over_measured": 0.84,
+           "repeat_median_abs_diff_pct": 1.9, "repeat_within_10pct": 0.88}
+    drift = {"status": "measured", "n": 8, "ratio_median": 1.16, "ratio_min": 1.14, "ratio_max": 1.35,
+             "share_of_model": 0.28, "model_x_drift": {"median_abs_error_pct": 3.1, "within_10pct": 0.9,
+                                                        "sum_over_measured": 0.97}}
+    key, words = fidelity_verdict({**off, "lut_drift": drift})
+    assert key == "drifted" and "its blocks now take 1.16x their LUT time" in words and "3.1%" in words
+    assert fidelity_verdict({**off, "lut_drift": {**drift, "ratio_median": 0.90}})[0] == "drifted"  # faster too
+    # blocks within the tolerance, drift not measured, or a table within the target: as before
+    assert fidelity_verdict({**off, "lut_drift": {**drift, "ratio_median": 1.03}})[0] == "off"
+    assert fidelity_verdict({**off, "lut_drift": {"status": "off"}})[0] == "off"
+    good = {**off, "median_abs_error_pct": 3.0, "within_10pct": 0.95}
+    assert fidelity_verdict({**good, "lut_drift": drift})[0] == "faithful"
+    assert "the device drifted since the table was measured" in fidelity_line("onnxruntime", {**off, "lut_drift": drift})
+
+
 def test_fidelity_statistics_are_the_ones_the_readme_reports():
     """The figures behind every fidelity table, on numbers worked out by hand: the error is
     relative to the measurement, its median is taken over networks, the shares count errors
