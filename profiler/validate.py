@@ -71,7 +71,7 @@ from .export import ArtifactCache, base_format, default_export_workers, export_n
 from supernet.atomic import Busy, ExclusiveLock, atomic_open, atomic_write_text, ensure_writable_folder, lock_path
 
 from .calibrate import CalibrationError, calibration_id, network_inputs
-from .costmodel import LatencyModel, calibration_key, write_calibration
+from .costmodel import UNUSABLE_VERDICTS, LatencyModel, calibration_key, write_calibration
 from .lut import LutError, calibration_path, lut_sibling
 from .quantize import CALIB_SAMPLES
 
@@ -514,7 +514,6 @@ def _summary_for(model, plain, subnets, pred: np.ndarray, meas: np.ndarray) -> t
         summary["fastest_pass"] = kept(pred[seen], fast[seen])
     summary.update(repeat_agreement(meas))
     summary["passes"] = int(meas.shape[0])
-    summary["verdict"] = fidelity_verdict(summary)[0]
     return summary, p_all, m_all
 
 
@@ -541,7 +540,7 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
             scaled = summarise(p_all * d["ratio_median"], m_all)
             d["model_x_drift"] = {k: scaled[k] for k in ("median_abs_error_pct", "within_10pct", "sum_over_measured")}
         s["lut_drift"] = d
-        s["verdict"] = fidelity_verdict(s)[0]  # again, with the drift
+        s["verdict"] = fidelity_verdict(s)[0]
         summaries[rt] = s
         panels.append((f"{device.name} / {rt} {args.precision} / {space.name}", p_all, m_all, s))
     atomic_write_text(outputs[".validate.csv"], _report_csv(subnets, preds, rows))
@@ -593,8 +592,8 @@ def _report(args, device, models, space: SearchSpace, subnets: list[SubnetConfig
                   f"{s['load_avg_median']:.2f} during validation")
         sign = "-" if s["b"] < 0 else "+"
         how = "least-squares fit" if s["fit"] == "least-squares" else "the plain ratio: the fit fell or priced small networks at nothing"
-        unused = {"noisy": "; searches will not apply it (fitted on noise)",
-                  "drifted": "; searches will not apply it (fitted on a drifted device)"}.get(s["verdict"], "")
+        unused = (f"; searches will not apply it (fitted {UNUSABLE_VERDICTS[s['verdict']][0]})"
+                  if s["verdict"] in UNUSABLE_VERDICTS else "")
         print(f"  calibration ({how}): measured ~ {s['a']:.4f} * model {sign} {abs(s['b']):.4f} ms -> median |error| "
               f"{s['calibrated_median_abs_error_pct']:.1f}%, within 10%: {s['calibrated_within_10pct'] * 100:.0f}%"
               f"{unused}\n")
