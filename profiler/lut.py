@@ -51,11 +51,6 @@ CONTEXTS = ("warm", "round-robin")
 STAT_COLUMNS = {"quiet": ("quiet_ms", "median_ms", "mean_ms"), "median": ("median_ms", "mean_ms"),
                 "mean": ("mean_ms", "median_ms")}
 STATS = tuple(STAT_COLUMNS)
-
-
-def row_ms(row: dict[str, Any], stat: str = "quiet") -> float:
-    """An ``ok`` row's time by ``stat``: the first of ``STAT_COLUMNS[stat]`` the row has."""
-    return float(next(row[c] for c in STAT_COLUMNS[stat] if row[c] not in ("", None)))
 FLOAT_COLUMNS = ("median_ms", "mean_ms", "std_ms", "p90_ms", "min_ms", "max_ms", "iqr_ms")
 OTHER_FLOAT_COLUMNS = ("load_avg", "quant_error", "quant_bound", "sweep_spread", "quiet_ms")
 PRECISIONS = ("fp32", "int8")
@@ -63,6 +58,11 @@ INT_COLUMNS = ("count", "threads", "attempts", "resolution", "sweeps")
 REQUIRED = ("key", "runtime", "status")
 TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in FLOAT_COLUMNS + OTHER_FLOAT_COLUMNS + INT_COLUMNS + ("noisy",))
 NOISY_IQR_RATIO = 0.10  # torch.utils.benchmark flags IQR/median above 10%
+
+
+def row_ms(row: dict[str, Any], stat: str = "quiet") -> float:
+    """An ``ok`` row's time by ``stat``: the first of ``STAT_COLUMNS[stat]`` the row has."""
+    return float(next(row[c] for c in STAT_COLUMNS[stat] if row[c] not in ("", None)))
 
 
 def finite(v: Any) -> bool:

@@ -500,13 +500,13 @@ def _main(argv: list[str] | None, held: contextlib.ExitStack) -> int:
     # 4c. a validation that could not judge the table (a busy host in those two minutes) is made
     # again, minutes later, before the searches read its calibration; the first is kept
     try:
-        noisy = unjudged_runtimes(validated)
+        unjudged = unjudged_runtimes(validated)
     except (OSError, ValueError, AttributeError) as exc:  # AttributeError: JSON that is no object
         raise fail(f"{validated}: unreadable ({exc}); rerun with --force") from None
-    again = noisy or "validate again" in stages.done
+    again = unjudged or "validate again" in stages.done
     if again and not stages.finished("validate again", validate_cmd, [validated, first_validation]):
         atomic_write_text(first_validation, validated.read_text())
-        print(f"note: the validate stage could not judge the LUT for {', '.join(noisy)} (the "
+        print(f"note: the validate stage could not judge the LUT for {', '.join(unjudged)} (the "
               f"same networks measured twice too far apart, or the LUT's blocks no longer at their rows' time); "
               f"validating again, the first report kept in "
               f"{first_validation}", flush=True)
@@ -682,7 +682,7 @@ def write_summary(out: Path, rows: list[dict], searches: dict, runtimes: list[st
                   int8: dict | None = None, first_fidelity: dict | None = None) -> None:
     """The final table, ``summary.csv``, ``summary.json`` and ``summary.png``.  ``fidelity``:
     ``profiler.validate``'s report; ``first_fidelity``: the validate stage's own report when
-    it was too noisy and the pipeline validated again (``fidelity`` is then the second)."""
+    it could not judge the table and the pipeline validated again (``fidelity`` is then the second)."""
     import matplotlib
 
     matplotlib.use("Agg")
